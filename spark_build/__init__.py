@@ -1,0 +1,1 @@
+"""spark-build: a validated vLLM wheel for new NVIDIA hardware, from one resumable command."""

@@ -1,0 +1,214 @@
+"""`build-vllm`: lock the workdir, plan the steps, run them with checkpoints, report.
+
+Order matters and lives here only: preflight → venv → torch → clone → patch →
+use-existing-torch → build-deps → compile → validate → publish.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from spark_build import state as checkpoint
+from spark_build.compile import Compile
+from spark_build.config import BuildConfig
+from spark_build.errors import Interrupted, SparkBuildError, StepFailed, UsageError
+from spark_build.lock import WorkdirLock, stop_process_group
+from spark_build.pipeline import StepPlan, StepSpec, fingerprint, plan
+from spark_build.proc import InterruptSignal, Runner, interrupt_signals
+from spark_build.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
+from spark_build.state import BuildState, StepRecord
+from spark_build.steps import BuildDeps, Clone, Context, Patch, Preflight, Step, Torch, UseExistingTorch, Venv
+from spark_build.targets import resolve_arch
+from spark_build.validate import Publish, Validate
+
+STEPS: tuple[Step, ...] = (
+    Preflight(),
+    Venv(),
+    Torch(),
+    Clone(),
+    Patch(),
+    UseExistingTorch(),
+    BuildDeps(),
+    Compile(),
+    Validate(),
+    Publish(),
+)
+
+
+def specs_for(steps: Sequence[Step], ctx: Context) -> list[StepSpec]:
+    out, upstream = [], ""
+    for step in steps:
+        fp = fingerprint({"step": step.name, **step.inputs(ctx)}, upstream)
+        out.append(StepSpec(step.name, fp, step.volatile))
+        if not step.volatile:
+            upstream = fp
+    return out
+
+
+def _usable_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write to the workdir {workdir} ({exc.strerror})",
+            hint="choose a writable folder with --workdir",
+        ) from exc
+
+
+def build(config: BuildConfig, console: Console, *, clock: Callable[[], float] = time.monotonic) -> int:
+    """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure."""
+    _usable_workdir(config.workdir)
+    if config.resume and not config.state_file.exists():
+        raise UsageError(
+            f"nothing to resume in {config.workdir} (no state.json)",
+            hint="run without --resume to start a build",
+        )
+    arch = resolve_arch(config.arch)
+    lock = WorkdirLock(config.workdir)
+    with lock.held():
+        if lock.leftover_pgid is not None:
+            stopped = stop_process_group(lock.leftover_pgid)
+            if stopped:
+                console.print(f"stopped {stopped} leftover process(es) of an earlier, killed build")
+        recorded = checkpoint.load(config.state_file) if config.resume else None
+        if config.example and not Path(config.repo).exists() and not config.dry_run:
+            from spark_build.example import make_example_upstream
+
+            make_example_upstream(Path(config.repo))
+            console.print(f"example upstream created at {config.repo}")
+        return _run(config, console, clock, arch, recorded, lock)
+
+
+def _run(
+    config: BuildConfig,
+    console: Console,
+    clock: Callable[[], float],
+    arch: str,
+    recorded: BuildState | None,
+    lock: WorkdirLock,
+) -> int:
+    run_id = new_run_id(time.time(), os.getpid())
+    log_dir = config.logs_dir / run_id
+    log_dir.mkdir(parents=True, exist_ok=True)
+    point_latest(config.logs_dir, log_dir)
+    reporter = Reporter(console, clock=clock)
+    runner = Runner(reporter, on_group=lock.note_child)
+    state = recorded if recorded is not None else BuildState()
+    state.run_id = run_id
+    ctx = Context(config=config, arch=arch, runner=runner, log_dir=log_dir, state=state)
+    by_name = {s.name: s for s in STEPS}
+
+    def still_valid(name: str) -> bool:
+        record = state.record(name)
+        return record is not None and by_name[name].check(ctx, record.result)
+
+    plans = plan(specs_for(STEPS, ctx), recorded, resume=config.resume, still_valid=still_valid)
+    if config.dry_run:
+        reporter.plan(plans, {s.name: s.summary for s in STEPS})
+        return 0
+    console.print(f"build {run_id}: {config.repo} @ {config.ref} for {arch} in {config.workdir}", highlight=False)
+    outcomes: list[StepOutcome] = []
+    error: SparkBuildError | None = None
+    try:
+        with interrupt_signals():
+            for p in plans:
+                _carry_out(p, by_name[p.name], ctx, reporter, clock, outcomes)
+    except SparkBuildError as exc:
+        error = exc
+        raise
+    finally:
+        done = {o.name for o in outcomes}
+        outcomes += [StepOutcome(p.name, "not run", 0.0, p.reason) for p in plans if p.name not in done]
+        code = error.exit_code if error else 0
+        for note in ctx.notes:
+            reporter.note(note)
+        reporter.table(outcomes)
+        results = {name: rec.result for name, rec in state.steps.items() if rec.status == "done"}
+        summary = summary_payload(
+            run_id=run_id,
+            exit_code=code,
+            arch=arch,
+            outcomes=outcomes,
+            results=results,
+            error=error.message if error else None,
+        )
+        path = write_summary(log_dir, summary)
+        console.print(f"logs: {log_dir}  summary: {path.name}", highlight=False)
+    return 0
+
+
+def _carry_out(
+    p: StepPlan,
+    step: Step,
+    ctx: Context,
+    reporter: Reporter,
+    clock: Callable[[], float],
+    outcomes: list[StepOutcome],
+) -> None:
+    """Run one planned step, checkpointing before and after; its outcome joins `outcomes`
+    whether it succeeds, fails or is interrupted."""
+    if p.action == "skip":
+        reporter.skip(p.name, p.reason)
+        outcomes.append(StepOutcome(p.name, "skipped", 0.0, p.reason))
+        return
+    record = StepRecord(fingerprint=p.fingerprint, status="running", started=time.time(), run_id=ctx.state.run_id)
+    if not step.volatile:
+        # Volatile steps (preflight) are never checkpointed: a bad --ref or a missing nvcc
+        # found there must not overwrite the state of a finished build in this workdir.
+        ctx.state.steps[p.name] = record
+        _save(ctx)
+    reporter.begin(p.name, step.summary)
+    started = clock()
+
+    def close(status: str, code: int) -> None:
+        _finish(ctx, record, status)
+        seconds = clock() - started
+        reporter.end(p.name, status, seconds)
+        outcomes.append(StepOutcome(p.name, status, seconds, p.reason, exit_code=code))
+
+    try:
+        result: dict[str, Any] = step.run(ctx)
+    except InterruptSignal as sig:
+        close("interrupted", Interrupted.exit_code)
+        raise Interrupted(
+            f"stopped by {sig} during {p.name}",
+            step=p.name,
+            log=ctx.log(p.name),
+            hint="continue where it stopped with: invoke build-vllm --resume",
+        ) from None
+    except SparkBuildError as exc:
+        close("failed", exc.exit_code)
+        exc.step = exc.step or p.name
+        exc.log = exc.log or ctx.log(p.name)
+        exc.hint = exc.hint or "fix the cause above, then continue with: invoke build-vllm --resume"
+        raise
+    except Exception as exc:
+        close("failed", StepFailed.exit_code)
+        raise StepFailed(
+            f"{type(exc).__name__}: {exc}",
+            step=p.name,
+            log=ctx.log(p.name),
+            hint="rerun with --debug for the traceback; --resume keeps what is done",
+        ) from exc
+    record.result = result
+    close("done", 0)
+
+
+def _finish(ctx: Context, record: StepRecord, status: str) -> None:
+    record.status = status
+    record.ended = time.time()
+    if any(r is record for r in ctx.state.steps.values()):
+        _save(ctx)
+
+
+def _save(ctx: Context) -> None:
+    checkpoint.save(ctx.config.state_file, ctx.state)

@@ -1,0 +1,242 @@
+"""Build options: defaults ← invoke.yaml ← SPARK_BUILD_* environment ← command line, resolved once.
+
+Everything downstream reads the frozen `BuildConfig`; nothing re-reads the environment. An
+unknown key or a bad value is rejected here, with the nearest valid name suggested, before
+anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from spark_build.errors import UsageError
+
+VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
+VLLM_DEFAULT_REF = "v0.13.0"
+TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
+ENV_PREFIX = "SPARK_BUILD_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The example upstream is built at this tag unless --ref says otherwise.
+EXAMPLE_DEFAULT_REF = "v0.2.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """One build's inputs. Paths are absolute once resolved."""
+
+    workdir: Path
+    repo: str
+    ref: str
+    arch: str | None
+    jobs: int | None
+    nvcc_threads: int | None
+    mem_budget: int | None
+    python: str
+    torch_index: str
+    torch_packages: tuple[str, ...]
+    torch_cuda: str
+    cuda_home: Path
+    wheelhouse: Path
+    logs_dir: Path
+    patches_dir: Path
+    uv_cache_dir: Path | None
+    build_type: str
+    example: bool
+    no_patches: bool
+    resume: bool
+    dry_run: bool
+    debug: bool
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+
+# Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
+SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig))
+_BOOLEANS = {"example", "no_patches", "resume", "dry_run", "debug"}
+_PATHS = {"workdir", "cuda_home", "wheelhouse", "logs_dir", "patches_dir", "uv_cache_dir"}
+_BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
+
+
+def defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    """Sane defaults for a DGX Spark: CUDA 13 torch, vLLM's release tag, the GPU's own arch."""
+    return {
+        "workdir": "work",
+        "repo": VLLM_UPSTREAM,
+        "ref": VLLM_DEFAULT_REF,
+        "arch": None,
+        "jobs": None,
+        "nvcc_threads": None,
+        "mem_budget": None,
+        "python": sys.executable,
+        "torch_index": TORCH_CU130_INDEX,
+        "torch_packages": "torch torchvision torchaudio",
+        "torch_cuda": "13",
+        "cuda_home": env.get("CUDA_HOME") or "/usr/local/cuda",
+        "wheelhouse": None,
+        "logs_dir": "logs",
+        "patches_dir": str(PROJECT_ROOT / "patches"),
+        "uv_cache_dir": None,
+        "build_type": "Release",
+        "example": False,
+        "no_patches": False,
+        "resume": False,
+        "dry_run": False,
+        "debug": False,
+    }
+
+
+def _suggest(name: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(choices)}"
+
+
+def _reject_unknown(source: str, keys: Mapping[str, Any]) -> None:
+    for key in keys:
+        if key not in SETTABLE:
+            raise UsageError(f"unknown option '{key}' in {source}", hint=_suggest(key, SETTABLE))
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """SPARK_BUILD_<KEY> variables; an unknown one is a typo worth stopping for."""
+    found = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    _reject_unknown(f"the environment ({ENV_PREFIX}*)", found)
+    return found
+
+
+def _positive_int(option: str, value: Any, *, allow_auto: bool) -> int | None:
+    if value is None or (allow_auto and str(value).strip().lower() == "auto"):
+        return None
+    text = str(value).strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    auto = " or 'auto'" if allow_auto else ""
+    raise UsageError(
+        f"--{option.replace('_', '-')} must be a positive whole number{auto}, got '{value}'",
+        hint=f"for example --{option.replace('_', '-')} 8",
+    )
+
+
+def _boolean(option: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise UsageError(f"{option} must be true or false, got '{value}'", hint=f"set {option}=true")
+
+
+def _torch_cuda(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text == "cpu" or (text.isdigit() and int(text) >= 11):
+        return text
+    raise UsageError(
+        f"--torch-cuda must be a CUDA major version (e.g. 13) or 'cpu', got '{value}'",
+        hint="the DGX Spark needs --torch-cuda 13",
+    )
+
+
+def resolve(
+    cli: Mapping[str, Any],
+    file: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+) -> BuildConfig:
+    """Merge the layers, validate every value once, and return the frozen config."""
+    env = os.environ if env is None else env
+    file = dict(file or {})
+    _reject_unknown("invoke.yaml (spark_build section)", file)
+    merged: dict[str, Any] = defaults(env)
+    merged.update({k: v for k, v in file.items() if v is not None})
+    merged.update(from_env(env))
+    _reject_unknown("the command line", cli)
+    merged.update({k: v for k, v in cli.items() if v is not None and v is not False})
+
+    base = cwd or Path.cwd()
+    for key in _BOOLEANS:
+        merged[key] = _boolean(key, merged[key])
+    if merged["example"]:
+        # The built-in example stands in for vLLM where a GB10 is absent: its upstream is
+        # generated inside the workdir unless the user points --repo elsewhere.
+        if merged["repo"] == VLLM_UPSTREAM:
+            merged["repo"] = None
+        if merged["ref"] == VLLM_DEFAULT_REF:
+            merged["ref"] = EXAMPLE_DEFAULT_REF
+    paths: dict[str, Path | None] = {}
+    for key in _PATHS:
+        value = merged[key]
+        paths[key] = None if value in (None, "") else (base / Path(str(value)).expanduser()).resolve()
+    workdir = paths["workdir"]
+    assert workdir is not None
+    repo = merged["repo"] or str(workdir / "example-upstream")
+    if not str(merged["ref"]).strip():
+        raise UsageError("--ref must name a tag, branch or commit", hint="for example --ref v0.13.0")
+    build_type = str(merged["build_type"])
+    if build_type not in _BUILD_TYPES:
+        raise UsageError(f"unknown build type '{build_type}'", hint=_suggest(build_type, _BUILD_TYPES))
+    packages = merged["torch_packages"]
+    if isinstance(packages, str):
+        packages = packages.replace(",", " ").split()
+    if not packages:
+        raise UsageError("--torch-packages is empty", hint="for example --torch-packages 'torch torchvision'")
+    arch = merged["arch"]
+    if arch is not None:
+        arch = str(arch).strip()
+        if not arch:
+            arch = None
+
+    return BuildConfig(
+        workdir=workdir,
+        repo=_normalise_repo(repo, base),
+        ref=str(merged["ref"]).strip(),
+        arch=arch,
+        jobs=_positive_int("jobs", merged["jobs"], allow_auto=True),
+        nvcc_threads=_positive_int("nvcc_threads", merged["nvcc_threads"], allow_auto=True),
+        mem_budget=_mem_budget(merged["mem_budget"]),
+        python=str(merged["python"]),
+        torch_index=_normalise_index(str(merged["torch_index"]), base),
+        torch_packages=tuple(str(p) for p in packages),
+        torch_cuda=_torch_cuda(merged["torch_cuda"]),
+        cuda_home=paths["cuda_home"] or Path("/usr/local/cuda"),
+        wheelhouse=paths["wheelhouse"] or workdir / "wheelhouse",
+        logs_dir=paths["logs_dir"] or base / "logs",
+        patches_dir=paths["patches_dir"] or PROJECT_ROOT / "patches",
+        uv_cache_dir=paths["uv_cache_dir"],
+        build_type=build_type,
+        example=merged["example"],
+        no_patches=merged["no_patches"],
+        resume=merged["resume"],
+        dry_run=merged["dry_run"],
+        debug=merged["debug"],
+    )
+
+
+def _mem_budget(value: Any) -> int | None:
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    from spark_build.governor import parse_mem_size
+
+    return parse_mem_size(str(value))
+
+
+def _normalise_repo(repo: str, base: Path) -> str:
+    """A local path becomes absolute so the clone works from any directory; URLs stay as given."""
+    if "://" in repo or repo.startswith("git@"):
+        return repo
+    return str((base / Path(repo).expanduser()).resolve())
+
+
+def _normalise_index(index: str, base: Path) -> str:
+    if "://" in index:
+        return index
+    return str((base / Path(index).expanduser()).resolve())

@@ -1,0 +1,115 @@
+"""What we know about an upstream's build interface, read from its source tree.
+
+vLLM moved its build requirements between releases (`requirements/build.txt` in 0.13,
+`requirements/build/*.txt` later), so the recipe is derived from the checked-out tree rather
+than assumed. The import name and the compiled extensions to load are what validation needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from spark_build.errors import StepFailed
+
+# Compiled extensions a working install must load, per distribution. vLLM's `_C` and
+# `_moe_C` are built for every CUDA target (vLLM's CMakeLists.txt, `define_gpu_extension_target`).
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "vllm": ("vllm._C", "vllm._moe_C"),
+    "spark-example": ("spark_example._C",),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    dist: str
+    import_name: str
+    version: Version | None
+    build_requirements: tuple[str, ...]
+    extensions: tuple[str, ...]
+
+    @property
+    def series_name(self) -> str | None:
+        """The patch series folder for this source, e.g. `vllm-0.13`."""
+        if self.version is None:
+            return None
+        return f"{self.dist}-{self.version.major}.{self.version.minor}"
+
+
+def project_name(source: Path) -> str:
+    """The distribution name from pyproject.toml, else from setup.py's `name=`."""
+    pyproject = source / "pyproject.toml"
+    if pyproject.is_file():
+        with pyproject.open("rb") as handle:
+            name = tomllib.load(handle).get("project", {}).get("name")
+        if name:
+            return str(canonicalize_name(name))
+    setup_py = source / "setup.py"
+    if setup_py.is_file():
+        found = re.search(r"""\bname\s*=\s*["']([A-Za-z0-9._-]+)["']""", setup_py.read_text())
+        if found:
+            return str(canonicalize_name(found.group(1)))
+    raise StepFailed(
+        f"cannot tell which project {source} holds (no name in pyproject.toml or setup.py)",
+        hint="point --repo at a vLLM checkout",
+    )
+
+
+def version_from_tag(describe: str) -> Version | None:
+    """`v0.13.0`, `v0.13.0-12-gabc` → 0.13.0; a bare commit → None (no version-scoped patches)."""
+    match = re.match(r"v?(\d+(?:\.\d+)*(?:rc\d+)?)", describe.strip())
+    if not match:
+        return None
+    try:
+        return Version(match.group(1))
+    except InvalidVersion:
+        return None
+
+
+def build_requirement_files(source: Path) -> tuple[str, ...]:
+    """Where this tree keeps its build requirements (0.13: one file; later: a folder)."""
+    folder = source / "requirements" / "build"
+    if folder.is_dir():
+        return tuple(sorted(str(p.relative_to(source)) for p in folder.glob("*.txt")))
+    single = source / "requirements" / "build.txt"
+    if single.is_file():
+        return ("requirements/build.txt",)
+    raise StepFailed(
+        f"no build requirements found in {source} (looked for requirements/build.txt and requirements/build/)",
+        hint="this vLLM layout is unknown to spark-build; please report the version you are building",
+    )
+
+
+def recipe_for(source: Path, describe: str) -> Recipe:
+    dist = project_name(source)
+    return Recipe(
+        dist=dist,
+        import_name=dist.replace("-", "_"),
+        version=version_from_tag(describe),
+        build_requirements=build_requirement_files(source),
+        extensions=EXTENSIONS.get(dist, ()),
+    )
+
+
+_TORCH_PIN = re.compile(r"""^\s*["']?torch\s*(?:\[[^\]]*\])?\s*(==|>=|<=|~=|!=|<|>|@)""")
+
+
+def torch_pins(source: Path) -> list[str]:
+    """Lines that still pin torch in the files vLLM's `use_existing_torch.py` rewrites
+    (`requirements/**/*.txt`, `requirements/**/*.in`, `pyproject.toml`); after the script these
+    must be empty, or build-deps would replace the torch we installed."""
+    files = [*sorted((source / "requirements").rglob("*.txt")), *sorted((source / "requirements").rglob("*.in"))]
+    files.append(source / "pyproject.toml")
+    found: list[str] = []
+    for path in files:
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _TORCH_PIN.match(line):
+                found.append(f"{path.relative_to(source)}:{number}: {line.strip()}")
+    return found

@@ -1,0 +1,79 @@
+"""spark-build's commands. Thin: each task parses its options and calls one library function.
+
+invoke build-vllm --arch 12.1a          # build, validate and publish vLLM for a DGX Spark
+invoke build-vllm --resume              # continue after a crash, OOM or Ctrl-C
+invoke build-vllm --example --dry-run   # show the plan for the built-in example
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import Context, task
+from invoke.exceptions import Exit
+
+
+def _file_options(c: Context) -> dict[str, Any]:
+    """The `spark_build:` section of invoke.yaml (or a file given with `invoke -f`)."""
+    section = c.config.get("spark_build", None) or {}
+    return dict(section)
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "ref": "vLLM tag, branch or commit to build (default v0.13.0; v0.2.0 with --example)",
+        "repo": "git URL or local path of the source (default: vLLM upstream; a generated example with --example)",
+        "workdir": "where the venv, source, build tree, state and wheelhouse live (default ./work)",
+        "arch": "TORCH_CUDA_ARCH_LIST target, e.g. 12.1a for a DGX Spark (default: read from the GPU)",
+        "jobs": "compile jobs (MAX_JOBS); default 'auto' plans them from free memory and cores",
+        "nvcc-threads": "threads per nvcc job (NVCC_THREADS); default 'auto'",
+        "mem-budget": "cap on memory the compile may use, e.g. 64G (leave room for a running model)",
+        "python": "Python for the build venv (default: the one running spark-build)",
+        "torch-index": "index URL or local wheel folder to install torch from (default: PyTorch's cu130 index)",
+        "torch-packages": "torch requirements to install, space separated (default 'torch torchvision torchaudio')",
+        "torch-cuda": "CUDA major the torch build must have, or 'cpu' (default 13)",
+        "cuda-home": "CUDA toolkit root (default $CUDA_HOME or /usr/local/cuda)",
+        "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",
+        "logs-dir": "where per-run logs go (default ./logs)",
+        "uv-cache-dir": "uv's download cache (default: uv's own, shared between builds)",
+        "example": "build the built-in example upstream instead of vLLM (for machines without a GB10)",
+        "no-patches": "build pristine source: skip the patch series in patches/",
+        "resume": "continue the build in WORKDIR, skipping steps that are done and still check out",
+        "dry-run": "print the plan (each step, what it does, whether --resume would skip it) and stop",
+        "debug": "show tracebacks",
+    },
+)
+def build_vllm(
+    c: Context,
+    ref: str | None = None,
+    repo: str | None = None,
+    workdir: str | None = None,
+    arch: str | None = None,
+    jobs: str | None = None,
+    nvcc_threads: str | None = None,
+    mem_budget: str | None = None,
+    python: str | None = None,
+    torch_index: str | None = None,
+    torch_packages: str | None = None,
+    torch_cuda: str | None = None,
+    cuda_home: str | None = None,
+    wheelhouse: str | None = None,
+    logs_dir: str | None = None,
+    uv_cache_dir: str | None = None,
+    example: bool = False,
+    no_patches: bool = False,
+    resume: bool = False,
+    dry_run: bool = False,
+    debug: bool = False,
+) -> None:
+    """Build, validate and publish a vLLM wheel for this GPU; resumable with --resume."""
+    cli = {k: v for k, v in locals().items() if k != "c"}
+    from spark_build.cli import build_vllm as run
+
+    _exit(run(cli, _file_options(c)))

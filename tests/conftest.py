@@ -1,0 +1,161 @@
+"""Shared fixtures: a real example upstream, a loopback torch index, and a way to run
+`invoke build-vllm` as a user would (a real process, real signals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import wheel_index
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU_TORCH_GLOB = "torch-2.13.0+cpu-*.whl"
+CPU_TORCH = "torch==2.13.0+cpu"
+
+
+@pytest.fixture(scope="session")
+def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uv cache for the session: torch unpacks once, later venvs hardlink it."""
+    return tmp_path_factory.mktemp("uv-cache")
+
+
+@pytest.fixture(scope="session")
+def cpu_torch_wheel() -> Path:
+    """The CPU torch wheel this machine kind ships (see /work/.library/env); CUDA torch is
+    several GB and cannot be what every test installs."""
+    found = sorted(Path("/opt/wheels").glob(CPU_TORCH_GLOB))
+    if not found:
+        pytest.fail(f"no {CPU_TORCH_GLOB} in /opt/wheels: this machine lacks the CPU torch wheel the tests use")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def torch_index(tmp_path_factory: pytest.TempPathFactory, cpu_torch_wheel: Path) -> Iterator[str]:
+    """A real HTTP index on 127.0.0.1 standing in for download.pytorch.org (unreachable here)."""
+    with wheel_index(tmp_path_factory.mktemp("torch-index"), [cpu_torch_wheel]) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spark_build.example import make_example_upstream
+
+    return make_example_upstream(tmp_path_factory.mktemp("upstreams") / "example")
+
+
+@dataclass
+class Build:
+    """Runs `invoke build-vllm` for one workdir, with the options every test shares."""
+
+    workdir: Path
+    repo: str
+    torch_index: str
+    uv_cache: Path
+    output: str = ""
+    seconds: float = 0.0
+
+    def argv(self, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "invoke",
+            "--search-root",
+            str(ROOT),
+            "build-vllm",
+            "--workdir",
+            str(self.workdir),
+            "--logs-dir",
+            str(self.workdir / "logs"),
+            "--repo",
+            self.repo,
+            "--arch",
+            "12.1a",
+            "--jobs",
+            "2",
+            "--torch-index",
+            self.torch_index,
+            "--torch-packages",
+            CPU_TORCH,
+            "--torch-cuda",
+            "cpu",
+            "--uv-cache-dir",
+            str(self.uv_cache),
+            *extra,
+        ]
+
+    def run(self, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*extra), capture_output=True, text=True, timeout=timeout, env=_env())
+
+    def start(self, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+        )
+
+    def state(self) -> dict:
+        path = self.workdir / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {"steps": {}}
+
+    def step_status(self, step: str) -> str | None:
+        return self.state()["steps"].get(step, {}).get("status")
+
+    def summary(self) -> dict:
+        return json.loads((self.workdir / "logs" / "latest" / "summary.json").read_text())
+
+    def kill_when(self, proc: subprocess.Popen[str], ready: Callable[[], bool], sig: int, timeout: float = 300) -> None:
+        """Send `sig` to the orchestrator the moment `ready()` holds (polled every 50 ms)."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                out = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"the build ended (exit {proc.returncode}) before the kill point:\n{out}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("the kill point never came")
+            time.sleep(0.05)
+        os.kill(proc.pid, sig)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CUDA_HOME", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture
+def make_build(tmp_path: Path, upstream: Path, torch_index: str, uv_cache: Path) -> Callable[..., Build]:
+    def make(name: str = "work", repo: str | None = None) -> Build:
+        return Build(tmp_path / name, repo or str(upstream), torch_index, uv_cache)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory: pytest.TempPathFactory, upstream: Path, torch_index: str, uv_cache: Path) -> Build:
+    """One uninterrupted build of the example: the reference resumed builds are compared with,
+    and the finished workdir that bad-input tests must leave intact."""
+    build = Build(tmp_path_factory.mktemp("baseline") / "work", str(upstream), torch_index, uv_cache)
+    started = time.monotonic()
+    build.output = ok(build.run()).stdout
+    build.seconds = time.monotonic() - started
+    return build
+
+
+def published_wheel(build: Build) -> Path:
+    wheels = list((build.workdir / "wheelhouse" / "spark-example").glob("*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result

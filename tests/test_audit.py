@@ -1,0 +1,493 @@
+"""The wheel audits, run on real libraries built here with nvcc and gcc, read by the real cuobjdump.
+
+The session fixture compiles one tiny CUDA library per case (a native `sm_121a` build, an
+`sm_120a`-only build that cannot run on the Spark, a PTX-only build, a family `sm_120f` build
+linked against the shared `libcudart.so.13`, two kernel families in one library) and a few
+host-only ELF files whose NEEDED entries name a CUDA-12 runtime or libraries that exist nowhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from spark_build.audit import (
+    LibrarySearch,
+    arch_audit,
+    cuda_major_of,
+    find_cuobjdump,
+    linkage_audit,
+    parse_fatbin_dump,
+    parse_listing,
+    read_ld_cache,
+)
+from spark_build.errors import StepFailed, UsageError
+from spark_build.gpuarch import ComputeCapability, Verdict
+
+SPARK = ComputeCapability(12, 1)
+CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+NVCC = CUDA_HOME / "bin" / "nvcc"
+
+KERNEL = """
+__global__ void {name}(float* x, float a) {{ x[threadIdx.x] *= a; }}
+extern "C" void launch_{name}(float* x, float a) {{ {name}<<<1, 32>>>(x, a); }}
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing what cuobjdump prints (recorded from cuobjdump 13.5 on libraries nvcc 13.0 built)
+
+LIST_ELF = """\
+ELF file    1: mix.1.sm_120a.cubin
+ELF file    2: mix.2.sm_120.cubin
+"""
+LIST_PTX = "PTX file    1: mix.1.sm_120a.ptx\nPTX file    2: mix.2.sm_80.ptx\n"
+SYMBOLS_AND_PTX = """
+Fatbin elf code:
+================
+arch = sm_120a
+code version = [1,8]
+host = linux
+compile_size = 64bit
+
+symbols:
+OBJECT        WEAK    DEFAULT    -                                 U  .nv.reservedSmem.offset0
+FUNC          GLOBAL  DEFAULT    ENTRY                                _Z15fp4_gemm_kernelPff
+
+Fatbin elf code:
+================
+arch = sm_120f
+code version = [1,8]
+host = linux
+compile_size = 64bit
+
+symbols:
+FUNC          GLOBAL  DEFAULT    ENTRY                                _Z16moe_align_kernelPff
+
+Fatbin ptx code:
+================
+arch = sm_80
+code version = [9,0]
+host = linux
+compile_size = 64bit
+compressed
+ptxasOptions =
+
+.version 9.0
+.target sm_80
+.address_size 64
+.visible .entry _Z15fp4_gemm_kernelPff(
+.param .u64 _Z15fp4_gemm_kernelPff_param_0,
+)
+"""
+
+
+def test_listing_names_cubins_and_ptx_by_arch_and_ptx_becomes_a_compute_code() -> None:
+    assert [c.name for c in parse_listing(LIST_ELF.splitlines())] == ["sm_120a", "sm_120"]
+    assert [c.name for c in parse_listing(LIST_PTX.splitlines())] == ["compute_120a", "compute_80"]
+
+
+def test_fatbin_dump_keeps_the_family_suffix_that_the_listing_drops_and_names_kernels() -> None:
+    images = parse_fatbin_dump(SYMBOLS_AND_PTX.splitlines())
+    assert [(i.code.name, i.kernels) for i in images] == [
+        ("sm_120a", ("_Z15fp4_gemm_kernelPff",)),
+        ("sm_120f", ("_Z16moe_align_kernelPff",)),
+        ("compute_80", ("_Z15fp4_gemm_kernelPff",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("soname", "major"),
+    [
+        ("libcudart.so.12", 12),
+        ("libcublas.so.13", 13),
+        ("libcublasLt.so.12", 12),
+        ("libnvrtc-builtins.so.13.0", 13),
+        ("libnvJitLink.so.13", 13),
+        ("libcufft.so.11", None),  # cuFFT numbers its soname on its own
+        ("libcudnn.so.9", None),
+        ("libnccl.so.2", None),
+        ("libcuda.so.1", None),  # the driver, not the toolkit
+        ("libcudart.so", None),
+    ],
+    ids=lambda v: str(v),
+)
+def test_cuda_major_is_read_only_from_sonames_that_track_the_toolkit(soname: str, major: int | None) -> None:
+    assert cuda_major_of(soname) == major
+
+
+# --------------------------------------------------------------------------------------------
+# Finding cuobjdump
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_cuobjdump_in_cuda_home_wins_over_path_and_venv(tmp_path: Path) -> None:
+    in_cuda = _executable(tmp_path / "cuda" / "bin" / "cuobjdump")
+    _executable(tmp_path / "elsewhere" / "cuobjdump")
+    env = {"PATH": str(tmp_path / "elsewhere")}
+    assert find_cuobjdump(tmp_path / "cuda", env) == in_cuda
+
+
+def test_cuobjdump_on_path_is_used_when_cuda_home_lacks_it(tmp_path: Path) -> None:
+    on_path = _executable(tmp_path / "elsewhere" / "cuobjdump")
+    (tmp_path / "cuda" / "bin").mkdir(parents=True)
+    assert find_cuobjdump(tmp_path / "cuda", {"PATH": str(on_path.parent)}) == on_path
+
+
+def test_cuobjdump_from_the_pypi_package_is_found_through_its_record(tmp_path: Path) -> None:
+    site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages"
+    binary = _executable(site / "nvidia" / "cu13" / "bin" / "cuobjdump")
+    dist_info = site / "nvidia_cuda_cuobjdump-13.0.85.dist-info"
+    dist_info.mkdir()
+    (dist_info / "RECORD").write_text("nvidia/cu13/bin/cuobjdump,sha256=x,1\n")
+    python = _executable(tmp_path / "venv" / "bin" / "python")
+    assert find_cuobjdump(None, {"PATH": ""}, python) == binary
+
+
+def test_missing_cuobjdump_is_a_usage_error_that_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        find_cuobjdump(tmp_path, {"PATH": ""}, tmp_path)
+    assert "nvidia-cuda-cuobjdump" in (err.value.hint or "")
+
+
+# --------------------------------------------------------------------------------------------
+# Real libraries
+
+
+@dataclass(frozen=True)
+class Built:
+    root: Path
+    venv: Path
+    wheel: Path
+
+    def lib(self, name: str) -> Path:
+        """The directory holding only library `name` (as `pkg/<name>.so`), to audit alone."""
+        return self.root / name
+
+
+def _run_all(commands: Sequence[Sequence[str | Path]], cwd: Path) -> None:
+    """Run the commands side by side (nvcc is mostly waiting on its own children)."""
+    procs = [
+        (cmd, subprocess.Popen([str(c) for c in cmd], cwd=cwd, stderr=subprocess.PIPE, text=True))
+        for cmd in commands
+    ]
+    for cmd, proc in procs:
+        _, err = proc.communicate()
+        assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{err}"
+
+
+def _nvcc(gencode: str, out: Path | str, source: str, *extra: str) -> list[str | Path]:
+    """One nvcc command for one `-gencode`; `-c` in `extra` gives an object instead of a library."""
+    kind = [] if "-c" in extra else ["-shared"]
+    return [NVCC, *kind, "-Xcompiler", "-fPIC", *extra, "-gencode", gencode, "-o", out, source]
+
+
+def _stub(directory: Path, soname: str) -> list[str | Path]:
+    """A gcc command for an empty shared object whose DT_SONAME is `soname`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", directory / soname, "stub.c"]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    if not os.access(NVCC, os.X_OK) or shutil.which("gcc") is None:
+        pytest.skip(f"needs nvcc at {NVCC} and gcc")
+    work = tmp_path_factory.mktemp("audit")
+    src, site = work / "src", work / "venv/lib/python3.12/site-packages"
+    src.mkdir()
+    (work / "runpath" / "pkg").mkdir(parents=True)
+    for name in ("scale", "moe_align_kernel", "fp4_gemm_kernel"):
+        (src / f"{name}.cu").write_text(KERNEL.format(name=name))
+    (src / "stub.c").write_text("int spark_stub(void) { return 0; }\n")
+    (src / "consumer.c").write_text("int consumer(void) { return 1; }\n")
+
+    def out(name: str) -> Path:
+        (work / name / "pkg").mkdir(parents=True, exist_ok=True)
+        return work / name / "pkg" / f"{name}.so"
+
+    _run_all(
+        [
+            _nvcc("arch=compute_121a,code=sm_121a", out("sm121a"), "scale.cu"),
+            _nvcc("arch=compute_120a,code=sm_120a", out("sm120a"), "scale.cu"),
+            _nvcc("arch=compute_80,code=compute_80", out("ptx80"), "scale.cu"),
+            _nvcc("arch=compute_120f,code=sm_120f", out("cudart13"), "scale.cu", "-cudart", "shared"),
+            _nvcc("arch=compute_121a,code=sm_121a", "moe.o", "moe_align_kernel.cu", "-c"),
+            _nvcc("arch=compute_120a,code=sm_120a", "fp4.o", "fp4_gemm_kernel.cu", "-c"),
+            ["gcc", "-shared", "-fPIC", "-o", out("hostonly"), "consumer.c"],
+            _stub(work / "gone", "libcudart.so.12"),
+            _stub(work / "gone", "libgone.so.3"),
+            _stub(site / "nvidia/cu13/lib", "libcublas.so.13"),
+            _stub(site / "torch/lib", "libtorch_stub.so"),
+            _stub(work / "runpath/pkg.libs", "libhelper.so.1"),
+        ],
+        cwd=src,
+    )
+    search = [work / "gone", site / "nvidia/cu13/lib", site / "torch/lib", work / "runpath/pkg.libs"]
+    # --no-as-needed: the consumer calls nothing, and the NEEDED entries are the point
+    consumer: list[str | Path] = [
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-Wl,--no-as-needed",
+        *(f"-L{d}" for d in search),
+    ]
+    consumer.append("consumer.c")
+    _run_all(
+        [
+            [
+                "g++",
+                "-shared",
+                "-o",
+                out("kernels"),
+                "moe.o",
+                "fp4.o",
+                f"-L{CUDA_HOME / 'lib64'}",
+                "-lcudart",
+            ],
+            [*consumer, "-o", out("needs_cuda12"), "-l:libcudart.so.12", "-l:libgone.so.3"],
+            [*consumer, "-o", out("needs_venv"), "-l:libcublas.so.13"],
+            [*consumer, "-o", out("needs_torch"), "-Wl,-rpath,$ORIGIN/../torch/lib", "-l:libtorch_stub.so"],
+            [*consumer, "-o", work / "runpath/pkg/uses_helper.so", "-Wl,-rpath,$ORIGIN/../pkg.libs"]
+            + ["-l:libhelper.so.1"],
+        ],
+        cwd=src,
+    )
+    shutil.rmtree(work / "gone")  # the CUDA-12 runtime and libgone now exist nowhere
+
+    wheel = work / "pkg-0.1-cp312-abi3-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in ("sm121a", "needs_cuda12", "needs_torch"):
+            zf.write(out(name), f"pkg/{name}.so")
+        zf.writestr("pkg-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: pkg\nVersion: 0.1\n")
+        zf.writestr("pkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
+        zf.writestr("pkg-0.1.dist-info/RECORD", "")
+    return Built(work, work / "venv", wheel)
+
+
+@pytest.fixture(scope="session")
+def cuobjdump() -> Path:
+    return find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
+
+
+# ---- arch coverage
+
+
+@pytest.mark.integration
+def test_sm121a_build_runs_natively_on_the_spark(built: Built, cuobjdump: Path) -> None:
+    report = arch_audit(built.lib("sm121a"), SPARK, cuobjdump)
+    (ext,) = report.extensions
+    assert (ext.path, ext.sass, ext.ptx, ext.verdict) == ("pkg/sm121a.so", ("sm_121a",), (), Verdict.NATIVE)
+    assert report.ok and report.verdict is Verdict.NATIVE
+
+
+@pytest.mark.integration
+def test_sm120a_only_build_cannot_run_on_the_spark_and_fails_naming_the_extension(
+    built: Built, cuobjdump: Path
+) -> None:
+    report = arch_audit(built.lib("sm120a"), SPARK, cuobjdump)
+    assert report.extensions[0].verdict is Verdict.CANNOT_RUN
+    assert not report.ok
+    assert report.problems == ("pkg/sm120a.so: kernel family sm120a cannot run on 12.1, it has only sm_120a",)
+    with pytest.raises(StepFailed, match="sm120a cannot run on 12.1"):
+        report.raise_if_failed()
+
+
+@pytest.mark.integration
+def test_sm120a_only_build_runs_natively_on_an_rtx_50xx(built: Built, cuobjdump: Path) -> None:
+    assert arch_audit(built.lib("sm120a"), ComputeCapability(12, 0), cuobjdump).ok
+
+
+@pytest.mark.integration
+def test_ptx_only_build_is_jit_compiled_on_the_spark(built: Built, cuobjdump: Path) -> None:
+    (ext,) = arch_audit(built.lib("ptx80"), SPARK, cuobjdump).extensions
+    assert (ext.sass, ext.ptx, ext.verdict) == ((), ("compute_80",), Verdict.JIT)
+
+
+@pytest.mark.integration
+def test_family_cubin_is_reported_as_sm_120f_and_runs_natively_on_the_spark(
+    built: Built, cuobjdump: Path
+) -> None:
+    report = arch_audit(built.lib("cudart13"), SPARK, cuobjdump, promised={"cudart13": ["sm_120f"]})
+    assert report.extensions[0].sass == ("sm_120f",)
+    assert report.ok and report.verdict is Verdict.NATIVE
+
+
+@pytest.mark.integration
+def test_kernel_families_in_one_extension_are_judged_apart(built: Built, cuobjdump: Path) -> None:
+    families = {"*moe_align*": "moe", "*fp4_gemm*": "fp4"}
+    report = arch_audit(built.lib("kernels"), SPARK, cuobjdump, families=families)
+    by_family = {f.family: f for f in report.families}
+    assert report.extensions[0].verdict is Verdict.NATIVE  # something in it runs…
+    assert by_family["moe"].verdict is Verdict.NATIVE
+    assert by_family["fp4"].verdict is Verdict.CANNOT_RUN  # …but not the FP4 GEMM
+    assert by_family["fp4"].unrunnable_kernels == ("_Z15fp4_gemm_kernelPff",)
+    assert report.problems == ("pkg/kernels.so: kernel family fp4 cannot run on 12.1, it has only sm_120a",)
+    assert report.verdict is Verdict.CANNOT_RUN
+
+
+@pytest.mark.integration
+def test_ptx_kernels_are_sorted_into_families_too(built: Built, cuobjdump: Path) -> None:
+    report = arch_audit(built.lib("ptx80"), SPARK, cuobjdump, families={"*scale*": "scale"})
+    (scale,) = report.families
+    assert (scale.family, scale.codes, scale.verdict) == ("scale", ("compute_80",), Verdict.JIT)
+
+
+@pytest.mark.integration
+def test_missing_code_the_arch_plan_promised_fails_the_audit(built: Built, cuobjdump: Path) -> None:
+    report = arch_audit(
+        built.lib("kernels"),
+        SPARK,
+        cuobjdump,
+        families={"*moe_align*": "moe", "*fp4_gemm*": "fp4"},
+        promised={"moe": ["sm_121a"], "fp4": ["sm_120f"], "_flashmla_C": ["sm_121a"]},
+    )
+    assert (
+        "fp4: the arch plan promised sm_120f (native on 12.1); the wheel carries sm_120a" in report.problems
+    )
+    assert (
+        "the arch plan promised _flashmla_C, but no extension or kernel family has that name"
+        in report.problems
+    )
+    assert not any(p.startswith("moe:") for p in report.problems)
+
+
+def test_a_promised_code_with_a_bad_name_is_rejected_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="12.0f"):
+        arch_audit(tmp_path, SPARK, Path("/nonexistent/cuobjdump"), promised={"_C": ["12.0f"]})
+
+
+@pytest.mark.integration
+def test_host_only_libraries_are_listed_but_not_judged(built: Built, cuobjdump: Path) -> None:
+    (ext,) = arch_audit(built.lib("hostonly"), SPARK, cuobjdump).extensions
+    assert (ext.sass, ext.ptx, ext.verdict) == ((), (), None)
+    report = arch_audit(built.lib("hostonly"), SPARK, cuobjdump)
+    assert report.problems == ("no extension in hostonly carries GPU code",)
+
+
+# ---- linkage
+
+
+@pytest.mark.integration
+def test_cuda13_runtime_resolves_and_is_accepted_in_a_cuda13_build(built: Built) -> None:
+    search = LibrarySearch(ld_library_path=(CUDA_HOME / "lib64",))
+    report = linkage_audit(built.lib("cudart13"), search, cuda_major=13)
+    cudart = next(lib for lib in report.libraries if lib.library == "libcudart.so.13")
+    assert cudart.via == "LD_LIBRARY_PATH"
+    assert Path(cudart.resolved or "").resolve() == (CUDA_HOME / "lib64" / "libcudart.so.13").resolve()
+    libc = next(lib for lib in report.libraries if lib.library == "libc.so.6")
+    assert libc.via in ("ld.so.cache", "default dirs") and libc.resolved
+    assert report.ok, report.problems
+
+
+@pytest.mark.integration
+def test_cuda12_runtime_is_rejected_in_a_cuda13_build_and_unresolved_libraries_are_reported(
+    built: Built,
+) -> None:
+    report = linkage_audit(built.lib("needs_cuda12"), LibrarySearch(), cuda_major=13)
+    assert (
+        "pkg/needs_cuda12.so: libcudart.so.12 is a CUDA 12 library; this build is CUDA 13" in report.problems
+    )
+    assert "pkg/needs_cuda12.so: libgone.so.3 not found" in report.problems
+    with pytest.raises(StepFailed) as err:
+        report.raise_if_failed(step="validate")
+    assert "libcudart.so.12" in err.value.message and err.value.step == "validate"
+
+
+@pytest.mark.integration
+def test_libraries_resolve_through_runpath_relative_to_origin(built: Built) -> None:
+    report = linkage_audit(built.lib("runpath"), LibrarySearch(), cuda_major=13)
+    helper = next(lib for lib in report.libraries if lib.library == "libhelper.so.1")
+    assert (helper.resolved, helper.via) == ("pkg.libs/libhelper.so.1", "runpath")
+    assert report.ok, report.problems
+
+
+@pytest.mark.integration
+def test_libraries_resolve_from_the_venvs_nvidia_and_torch_directories(built: Built) -> None:
+    report = linkage_audit(built.lib("needs_venv"), LibrarySearch.for_venv(built.venv, {}), cuda_major=13)
+    cublas = next(lib for lib in report.libraries if lib.library == "libcublas.so.13")
+    assert cublas.via == "venv"
+    assert cublas.resolved == str(built.venv / "lib/python3.12/site-packages/nvidia/cu13/lib/libcublas.so.13")
+    assert report.ok, report.problems
+
+
+@pytest.mark.integration
+def test_ld_cache_reader_agrees_with_ldconfig() -> None:
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    if not Path("/etc/ld.so.cache").is_file() or not os.access(ldconfig, os.X_OK):
+        pytest.skip("no ld.so.cache or ldconfig here")
+    printed = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=True).stdout
+    expected = {
+        (line.split(" (", 1)[0].strip(), line.rsplit("=> ", 1)[1].strip())
+        for line in printed.splitlines()[1:]
+        if "=> " in line
+    }
+    cache = read_ld_cache()
+    assert {(name, str(path)) for name, paths in cache.items() for path in paths} == expected
+
+
+# ---- wheels and reports
+
+
+@pytest.mark.integration
+def test_a_wheel_is_audited_like_its_installed_tree(built: Built, cuobjdump: Path) -> None:
+    arch = arch_audit(built.wheel, SPARK, cuobjdump)
+    assert {e.path: e.verdict for e in arch.extensions} == {
+        "pkg/needs_cuda12.so": None,
+        "pkg/needs_torch.so": None,
+        "pkg/sm121a.so": Verdict.NATIVE,
+    }
+    assert arch.ok and arch.source == built.wheel.name
+
+    linkage = linkage_audit(built.wheel, LibrarySearch.for_venv(built.venv, {}), cuda_major=13)
+    torch = next(lib for lib in linkage.libraries if lib.library == "libtorch_stub.so")
+    # $ORIGIN/../torch/lib is looked up as if the wheel were installed into the venv
+    assert torch.via == "runpath"
+    assert torch.resolved == str(built.venv / "lib/python3.12/site-packages/torch/lib/libtorch_stub.so")
+    assert [p for p in linkage.problems if "libcudart.so.12" in p] == [
+        "pkg/needs_cuda12.so: libcudart.so.12 is a CUDA 12 library; this build is CUDA 13"
+    ]
+
+
+@pytest.mark.integration
+def test_reports_serialise_to_json_and_render_a_table(built: Built, cuobjdump: Path) -> None:
+    arch = arch_audit(built.lib("kernels"), SPARK, cuobjdump, families={"*fp4_gemm*": "fp4"})
+    linkage = linkage_audit(built.lib("needs_cuda12"), LibrarySearch(), cuda_major=13)
+    summary = json.loads(json.dumps({"arch": arch.to_dict(), "linkage": linkage.to_dict()}))
+    assert summary["arch"]["target"] == "12.1"
+    assert {f["family"]: f["verdict"] for f in summary["arch"]["families"]} == {
+        "fp4": "cannot run",
+        "kernels": "native",
+    }
+    assert summary["linkage"]["ok"] is False
+
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    arch.render(console)
+    linkage.render(console)
+    text = out.getvalue()
+    assert "pkg/kernels.so" in text and "sm_121a" in text and "cannot run" in text
+    assert "libcudart.so.12 is a CUDA 12 library" in text
+
+
+def test_a_file_that_is_neither_wheel_nor_directory_is_a_usage_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "vllm.tar.gz"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(UsageError, match="neither a directory nor a wheel"):
+        linkage_audit(bogus, LibrarySearch(), cuda_major=13)

@@ -1,0 +1,194 @@
+"""`invoke build-vllm` end to end on the example upstream: real git, uv venvs, CPU torch from a
+loopback index, CMake + Ninja + nvcc for sm_121a, a real wheel — and real kills."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from spark_build.errors import BuildLocked
+from spark_build.lock import WorkdirLock
+from tests.conftest import Build, ok, published_wheel
+from tests.servers import git_server
+
+pytestmark = pytest.mark.integration
+
+STEPS = [
+    "preflight",
+    "venv",
+    "torch",
+    "clone",
+    "patch",
+    "use-existing-torch",
+    "build-deps",
+    "compile",
+    "validate",
+    "publish",
+]
+
+
+def record_hashes(wheel: Path) -> dict[str, str]:
+    """The wheel's contents as its RECORD states them (file → sha256), RECORD itself left out."""
+    with zipfile.ZipFile(wheel) as archive:
+        record = next(n for n in archive.namelist() if n.endswith(".dist-info/RECORD"))
+        rows = [line.split(",") for line in archive.read(record).decode().splitlines() if line]
+    return {path: digest for path, digest, _size in rows if path != record}
+
+
+def build_processes(workdir: Path) -> list[psutil.Process]:
+    """Every live process that belongs to a build in `workdir` (by its command line or cwd)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
+        info = proc.info
+        if info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        text = " ".join(info["cmdline"] or []) + " " + (info["cwd"] or "")
+        if str(workdir) in text:
+            found.append(proc)
+    return found
+
+
+def objects_on_disk(workdir: Path) -> list[Path]:
+    return list((workdir / "src" / "build").glob("**/*.o"))
+
+
+def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, tmp_path, uv_cache):
+    wheel = published_wheel(baseline)
+    summary = baseline.summary()
+    assert [s["name"] for s in summary["steps"]] == STEPS
+    assert all(s["status"] == "done" and s["seconds"] > 0 for s in summary["steps"])
+    assert summary["wheel_sha256"] == (wheel.with_name(wheel.name + ".sha256").read_text().split()[0])
+    assert summary["max_jobs"] == 2
+    install = next(line for line in baseline.output.splitlines() if "install with:" in line)
+    assert "uv pip install --extra-index-url file://" in install
+
+    # A user's own fresh venv, installing from the wheelhouse index the way the printed line says.
+    from uv import find_uv_bin
+
+    venv = tmp_path / "user-venv"
+    env = {"UV_CACHE_DIR": str(uv_cache), "PATH": "/usr/bin:/bin"}
+    subprocess.run([find_uv_bin(), "venv", "-q", str(venv)], check=True, env=env)
+    command = install.split("install with: ", 1)[1].replace("uv pip install", "").strip()
+    extra, spec = command.split(" '")
+    subprocess.run(
+        [find_uv_bin(), "pip", "install", "-q", "--python", str(venv / "bin/python"), *extra.split(), spec.strip("'")],
+        check=True,
+        env=env,
+    )
+    probe = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import spark_example._C as c; print(c.compiled_archs(), c.device_count())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.split() == ["12.1a", "0"]
+
+
+def test_resume_of_a_finished_build_skips_every_step_and_keeps_the_wheel(baseline):
+    wheel = published_wheel(baseline)
+    before = wheel.stat().st_mtime_ns
+    result = ok(baseline.run("--resume"))
+    steps = {s["name"]: s["status"] for s in baseline.summary()["steps"]}
+    assert steps.pop("preflight") == "done"
+    assert set(steps.values()) == {"skipped"}
+    assert wheel.stat().st_mtime_ns == before
+    assert "↷ compile skipped" in result.stdout
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(baseline):
+    state_before = (baseline.workdir / "state.json").read_text()
+    result = ok(baseline.run("--resume", "--dry-run"))
+    assert "build plan" in result.stdout
+    for step in STEPS:
+        assert step in result.stdout
+    assert (baseline.workdir / "state.json").read_text() == state_before
+
+
+def test_kill_9_during_clone_then_resume_completes_without_redoing_venv_or_torch(
+    tmp_path, upstream, torch_index, uv_cache
+):
+    # A copy of the upstream with a 3 MB file, served at 1 MB/s: the clone takes seconds.
+    served = tmp_path / "served"
+    subprocess.run(["git", "clone", "-q", "--bare", str(upstream), str(served / "example.git")], check=True)
+    heavy = tmp_path / "heavy"
+    subprocess.run(["git", "clone", "-q", str(served / "example.git"), str(heavy)], check=True)
+    (heavy / "model-card.bin").write_bytes(__import__("os").urandom(3 << 20))
+    git = ["git", "-C", str(heavy), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "add", "model-card.bin"], check=True)
+    subprocess.run([*git, "commit", "-qm", "big file"], check=True)
+    subprocess.run([*git, "tag", "v0.3.0"], check=True)
+    subprocess.run([*git, "push", "-q", "origin", "HEAD:refs/heads/main", "v0.3.0"], check=True)
+
+    with git_server(served, rate=1 << 20) as base_url:
+        build = Build(tmp_path / "work", base_url + "example.git", torch_index, uv_cache)
+        proc = build.start("--ref", "v0.3.0")
+        build.kill_when(proc, lambda: (build.workdir / "src" / ".git").exists(), signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        assert build.step_status("clone") == "running"
+        assert build.step_status("torch") == "done"
+
+        ok(build.run("--ref", "v0.3.0", "--resume"))
+    steps = {s["name"]: s["status"] for s in build.summary()["steps"]}
+    assert steps["venv"] == steps["torch"] == "skipped"
+    assert steps["clone"] == steps["compile"] == steps["publish"] == "done"
+    assert (build.workdir / "src" / "model-card.bin").stat().st_size == 3 << 20
+
+
+def test_kill_9_during_build_deps_then_resume_keeps_the_clone(make_build):
+    build = make_build()
+    proc = build.start()
+    build.kill_when(proc, lambda: build.step_status("build-deps") == "running", signal.SIGKILL)
+    proc.wait(timeout=60)
+    commit = build.state()["steps"]["clone"]["result"]["commit"]
+
+    ok(build.run("--resume"))
+    steps = {s["name"]: s["status"] for s in build.summary()["steps"]}
+    assert [steps[s] for s in ("venv", "torch", "clone", "patch", "use-existing-torch")] == ["skipped"] * 5
+    assert steps["build-deps"] == steps["compile"] == "done"
+    assert build.state()["steps"]["clone"]["result"]["commit"] == commit
+
+
+def test_kill_9_mid_compile_then_resume_builds_fewer_objects_and_the_same_wheel(make_build, baseline):
+    build = make_build()
+    proc = build.start()
+    build.kill_when(proc, lambda: len(objects_on_disk(build.workdir)) >= 3, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert build.step_status("compile") == "running"
+
+    result = ok(build.run("--resume"))
+    assert "leftover process" in result.stdout or not build_processes(build.workdir)
+    resumed = build.state()["steps"]["compile"]["result"]["objects_built"]
+    full = baseline.state()["steps"]["compile"]["result"]["objects_built"]
+    assert 0 < resumed < full, (resumed, full)
+    assert record_hashes(published_wheel(build)) == record_hashes(published_wheel(baseline))
+
+
+def test_ctrl_c_mid_compile_exits_130_leaves_no_process_and_resume_completes(make_build):
+    build = make_build()
+    proc = build.start()
+    build.kill_when(proc, lambda: len(objects_on_disk(build.workdir)) >= 1, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "invoke build-vllm --resume" in out
+    assert build.step_status("compile") == "interrupted"
+    assert build_processes(build.workdir) == []
+
+    ok(build.run("--resume"))
+    assert build.summary()["steps"][STEPS.index("compile")]["status"] == "done"
+
+
+def test_a_second_build_in_the_same_workdir_is_refused_naming_the_holder(make_build):
+    build = make_build()
+    lock = WorkdirLock(build.workdir)
+    with lock.held():
+        result = build.run()
+        assert result.returncode == 2
+        assert f"another build (PID {__import__('os').getpid()})" in result.stderr
+        with pytest.raises(BuildLocked):
+            WorkdirLock(build.workdir).acquire()

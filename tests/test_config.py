@@ -1,0 +1,88 @@
+"""Options: layered, validated once, bad input named with its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spark_build import config
+from spark_build.errors import UsageError
+
+
+def resolve(cli=None, file=None, env=None, tmp: Path | None = None):
+    return config.resolve(cli or {}, file or {}, env or {}, cwd=tmp or Path("/tmp"))
+
+
+def test_defaults_target_vllm_with_cuda_13_torch():
+    cfg = resolve()
+    assert cfg.repo == config.VLLM_UPSTREAM and cfg.ref == "v0.13.0"
+    assert cfg.torch_cuda == "13" and cfg.torch_index.endswith("/cu130")
+    assert cfg.jobs is None and cfg.arch is None
+    assert cfg.workdir == Path("/tmp/work") and cfg.wheelhouse == Path("/tmp/work/wheelhouse")
+
+
+def test_command_line_beats_environment_beats_invoke_yaml():
+    cfg = resolve(
+        cli={"ref": "v3"},
+        file={"ref": "v1", "torch_cuda": "cpu", "arch": "9.0a"},
+        env={"SPARK_BUILD_REF": "v2", "SPARK_BUILD_ARCH": "12.1a"},
+    )
+    assert (cfg.ref, cfg.arch, cfg.torch_cuda) == ("v3", "12.1a", "cpu")
+
+
+def test_example_mode_builds_a_generated_upstream_inside_the_workdir():
+    cfg = resolve(cli={"example": True, "workdir": "/w"})
+    assert cfg.repo == "/w/example-upstream" and cfg.ref == config.EXAMPLE_DEFAULT_REF
+
+
+def test_local_repo_paths_become_absolute(tmp_path):
+    cfg = resolve(cli={"repo": "up"}, tmp=tmp_path)
+    assert cfg.repo == str(tmp_path / "up")
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "abc", "2.5"], ids=["zero", "negative", "word", "fraction"])
+def test_jobs_must_be_a_positive_whole_number(jobs):
+    with pytest.raises(UsageError) as caught:
+        resolve(cli={"jobs": jobs})
+    assert caught.value.exit_code == 2
+    assert f"got '{jobs}'" in caught.value.message and "--jobs" in caught.value.message
+
+
+def test_jobs_auto_means_planned():
+    assert resolve(cli={"jobs": "auto"}).jobs is None
+    assert resolve(cli={"jobs": "6"}).jobs == 6
+
+
+def test_an_unknown_invoke_yaml_key_suggests_the_nearest_one():
+    with pytest.raises(UsageError) as caught:
+        resolve(file={"torch_indx": "x"})
+    assert "torch_indx" in caught.value.message and "torch_index" in (caught.value.hint or "")
+
+
+def test_an_unknown_environment_variable_with_our_prefix_is_a_typo_worth_stopping_for():
+    with pytest.raises(UsageError) as caught:
+        resolve(env={"SPARK_BUILD_JOBZ": "4"})
+    assert "jobz" in caught.value.message and "'jobs'" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("torch_cuda", "twelve"), ("build_type", "Fast"), ("resume", "maybe"), ("ref", "  ")],
+    ids=["torch-cuda", "build-type", "boolean", "empty-ref"],
+)
+def test_bad_values_are_rejected_with_a_fix(option, value):
+    with pytest.raises(UsageError) as caught:
+        resolve(file={option: value})
+    assert caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("cuda", "wanted", "fits"),
+    [("13.0", "13", True), ("12.8", "13", False), (None, "13", False), (None, "cpu", True), ("13.0", "cpu", False)],
+    ids=["cu130-for-spark", "cu128-on-spark", "cpu-when-cuda-wanted", "cpu-for-tests", "cuda-when-cpu-wanted"],
+)
+def test_the_torch_step_accepts_only_the_cuda_major_asked_for(cuda, wanted, fits):
+    from spark_build.steps import torch_matches
+
+    assert torch_matches(cuda, wanted) is fits

@@ -1,0 +1,557 @@
+"""Preflight: each rule fires on the host that should trip it and stays quiet on a healthy Spark.
+
+Rules are judged on canned `HostFacts` (no process runs); `gather_host` is fed canned command
+output; the integration tests at the end run the real nvcc on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.version import Version
+from rich.console import Console
+
+from spark_build.doctor import (
+    BUILD_DISK_NEED_BYTES,
+    CACHE_DISK_NEED_BYTES,
+    GIB,
+    ONE_JOB_MIN_AVAILABLE_BYTES,
+    Problem,
+    can_build,
+    evaluate,
+    render_table,
+    run_doctor,
+    to_json,
+)
+from spark_build.errors import UsageError
+from spark_build.host import (
+    PROBE_CACHE_NAME,
+    PROBE_TIMEOUT_S,
+    ArchProbe,
+    Gpu,
+    HostFacts,
+    TorchInfo,
+    find_nvcc,
+    gather_host,
+    parse_nvidia_smi,
+    probe_nvcc,
+    probe_nvcc_arch,
+    run_command,
+)
+
+CUDA13 = Path("/usr/local/cuda-13.0")
+NVCC13_BUILD = "cuda_13.0.r13.0/compiler.36424714_0"
+GB10 = Gpu("NVIDIA GB10", "12.1", "580.95.05")
+
+# A DGX Spark ready to build: GB10, CUDA 13.0, R580 driver, cu130 torch, Triton pointed at
+# CUDA 13's ptxas, plenty of memory and disk.
+SPARK = HostFacts(
+    cpu_arch="aarch64",
+    cpu_count=20,
+    mem_total_bytes=119 * GIB,
+    mem_available_bytes=100 * GIB,
+    workdir=Path("/home/me/spark/work"),
+    workdir_free_bytes=800 * GIB,
+    cache_dir=Path("/home/me/.cache/spark-build"),
+    cache_free_bytes=800 * GIB,
+    cache_on_workdir_fs=True,
+    gpus=(GB10,),
+    gpu_query_error=None,
+    nvcc=CUDA13 / "bin" / "nvcc",
+    nvcc_version=Version("13.0.88"),
+    nvcc_build=NVCC13_BUILD,
+    cuda_home=CUDA13,
+    cuda_home_env=str(CUDA13),
+    ptxas=CUDA13 / "bin" / "ptxas",
+    probes=(ArchProbe("12.1a", "sm_121a", True),),
+    python_version="3.12.3",
+    uv_version="0.9.2",
+    git_version="2.43.0",
+    ld_library_path=(),
+    cuda12_lib_dirs=(),
+    cuda13_lib_dirs=(),
+    torch=TorchInfo("2.9.0+cu130", "13.0", Path("/home/me/spark/work/venv/bin/python")),
+    torch_query_error=None,
+    triton_ptxas_path=str(CUDA13 / "bin" / "ptxas"),
+    triton_ptxas_blackwell_path=str(CUDA13 / "bin" / "ptxas"),
+    triton_ptxas_path_exists=True,
+)
+
+NO_GPU: dict[str, Any] = {"gpus": (), "gpu_query_error": "nvidia-smi: not found"}
+CUDA128: dict[str, Any] = {
+    "nvcc": Path("/usr/local/cuda-12.8/bin/nvcc"),
+    "nvcc_version": Version("12.8.93"),
+    "cuda_home": Path("/usr/local/cuda-12.8"),
+    "cuda_home_env": "/usr/local/cuda-12.8",
+}
+
+
+def row(problems: Sequence[Problem], check: str) -> Problem:
+    matches = [problem for problem in problems if problem.check == check]
+    assert matches, f"no {check!r} row in {[problem.check for problem in problems]}"
+    return matches[0]
+
+
+def test_a_healthy_spark_passes_every_check() -> None:
+    problems = evaluate(SPARK, None)
+    assert [(p.check, p.severity) for p in problems if p.severity != "ok"] == []
+    assert can_build(problems)
+    assert row(problems, "target arch").value == "12.1a (from GPU 12.1)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    changes: dict[str, Any]
+    arch: str | None
+    check: str
+    severity: str
+    says: str = ""  # a phrase the value or fix must contain
+
+
+FIRES = {
+    "no GPU and no --arch stops the build": Rule(NO_GPU | {"probes": ()}, None, "gpu", "error", "--arch"),
+    "no GPU with --arch builds but warns that serving needs the GPU": Rule(
+        NO_GPU, "12.1a", "gpu", "warning", "serve"
+    ),
+    "a GPU newer than the arch table asks for --arch": Rule(
+        {"gpus": (Gpu("NVIDIA Future", "13.0", "600.1"),), "probes": ()},
+        None,
+        "target arch",
+        "error",
+        "--arch",
+    ),
+    "--arch 12.0a on a 12.1 GPU builds kernels this GPU cannot load": Rule(
+        {"probes": (ArchProbe("12.0a", "sm_120a", True),)}, "12.0a", "target arch", "warning", "12.1a"
+    ),
+    "nvcc older than 12.9 cannot target sm_121": Rule(
+        CUDA128, None, "nvcc", "error", "cannot target sm_121a"
+    ),
+    "no nvcc at all": Rule({"nvcc": None, "nvcc_version": None, "probes": ()}, None, "nvcc", "error", "CUDA"),
+    "CUDA 13 no longer builds Volta": Rule(
+        {"probes": (ArchProbe("7.0", "sm_70", False, "Unsupported gpu architecture 'compute_70'"),)},
+        "7.0;12.1a",
+        "nvcc",
+        "error",
+        "7.0",
+    ),
+    "CUDA_HOME pointing at no toolkit": Rule(
+        {
+            "cuda_home_env": "/opt/nothing",
+            "cuda_home": Path("/opt/nothing"),
+            "nvcc": None,
+            "nvcc_version": None,
+        },
+        None,
+        "CUDA_HOME",
+        "error",
+        "CUDA_HOME",
+    ),
+    "nvcc rejecting the target in the probe": Rule(
+        {"probes": (ArchProbe("12.1a", "sm_121a", False, "nvcc fatal : Unsupported gpu architecture"),)},
+        None,
+        "nvcc probe sm_121a",
+        "error",
+        "Unsupported gpu architecture",
+    ),
+    "a driver older than R580 for CUDA 13": Rule(
+        {"gpus": (Gpu("NVIDIA GB10", "12.1", "575.57.08"),)}, None, "driver", "error", "580"
+    ),
+    "free disk below the build's need": Rule(
+        {"workdir_free_bytes": BUILD_DISK_NEED_BYTES - GIB}, None, "disk", "error", "free"
+    ),
+    "a cache on another disk that is too small": Rule(
+        {"cache_on_workdir_fs": False, "cache_free_bytes": CACHE_DISK_NEED_BYTES - GIB},
+        None,
+        "disk (cache)",
+        "error",
+        "/home/me/.cache/spark-build",
+    ),
+    "available memory below one compile job": Rule(
+        {"mem_available_bytes": 8 * GIB}, None, "memory", "error", "heaviest compile job"
+    ),
+    "CUDA 12 libraries ahead of CUDA 13 on LD_LIBRARY_PATH": Rule(
+        {
+            "ld_library_path": ("/usr/local/cuda-12.8/lib64", "/usr/local/cuda-13.0/lib64"),
+            "cuda12_lib_dirs": ("/usr/local/cuda-12.8/lib64",),
+            "cuda13_lib_dirs": ("/usr/local/cuda-13.0/lib64",),
+        },
+        None,
+        "LD_LIBRARY_PATH",
+        "warning",
+        "remove /usr/local/cuda-12.8/lib64",
+    ),
+    "CUDA 12 libraries on LD_LIBRARY_PATH with no CUDA 13 directory before them": Rule(
+        {"ld_library_path": ("/opt/cu12/lib",), "cuda12_lib_dirs": ("/opt/cu12/lib",)},
+        None,
+        "LD_LIBRARY_PATH",
+        "warning",
+        "/opt/cu12/lib",
+    ),
+    "a torch built for CUDA 12": Rule(
+        {"torch": TorchInfo("2.9.0+cu128", "12.8", Path("/usr/bin/python3"))}, None, "torch", "error", "cu130"
+    ),
+    "a CPU-only torch": Rule(
+        {"torch": TorchInfo("2.9.0+cpu", None, Path("/usr/bin/python3"))}, None, "torch", "warning", "cu130"
+    ),
+    "Triton's bundled ptxas for sm_121a without TRITON_PTXAS_PATH": Rule(
+        {"triton_ptxas_path": None, "triton_ptxas_path_exists": False},
+        None,
+        "triton ptxas",
+        "warning",
+        "TRITON_PTXAS_PATH=/usr/local/cuda-13.0/bin/ptxas",
+    ),
+    "TRITON_PTXAS_PATH naming a missing file": Rule(
+        {"triton_ptxas_path": "/nowhere/ptxas", "triton_ptxas_path_exists": False},
+        None,
+        "triton ptxas",
+        "warning",
+        "/nowhere/ptxas",
+    ),
+    "no uv": Rule({"uv_version": None}, None, "uv", "error", "uv"),
+    "no git": Rule({"git_version": None}, None, "git", "error", "git"),
+}
+
+
+@pytest.mark.parametrize("rule", FIRES.values(), ids=FIRES.keys())
+def test_rule_fires_with_a_one_line_fix(rule: Rule) -> None:
+    problems = evaluate(dataclasses.replace(SPARK, **rule.changes), rule.arch)
+    found = row(problems, rule.check)
+    assert found.severity == rule.severity
+    assert found.fix and "\n" not in found.fix
+    assert rule.says in f"{found.value} {found.fix}"
+    assert can_build(problems) == (rule.severity != "error")
+
+
+QUIET = {
+    "nvcc 12.9 can target sm_121": Rule(CUDA128 | {"nvcc_version": Version("12.9.1")}, None, "nvcc", "ok"),
+    "nvcc 12.8 is enough for an RTX 50xx": Rule(
+        CUDA128
+        | {
+            "gpus": (Gpu("NVIDIA GeForce RTX 5090", "12.0", "575.57.08"),),
+            "torch": TorchInfo("2.8.0+cu128", "12.8", Path("/usr/bin/python3")),
+            "probes": (ArchProbe("12.0a", "sm_120a", True),),
+        },
+        None,
+        "nvcc",
+        "ok",
+    ),
+    "R575 is enough for CUDA 12.9": Rule(
+        {
+            "gpus": (Gpu("NVIDIA GB10", "12.1", "575.57.08"),),
+            "nvcc_version": Version("12.9.1"),
+            "torch": TorchInfo("2.8.0+cu129", "12.9", Path("/usr/bin/python3")),
+        },
+        None,
+        "driver",
+        "ok",
+    ),
+    "--arch 12.0f runs on a 12.1 GPU through its family": Rule(
+        {"probes": (ArchProbe("12.0f", "sm_120f", True),)}, "12.0f", "target arch", "ok"
+    ),
+    "--arch listing 12.0a and 12.1a covers the 12.1 GPU": Rule({}, "12.0a;12.1a", "target arch", "ok"),
+    "memory just above one compile job": Rule(
+        {"mem_available_bytes": ONE_JOB_MIN_AVAILABLE_BYTES}, None, "memory", "ok"
+    ),
+    "disk exactly at the need": Rule({"workdir_free_bytes": BUILD_DISK_NEED_BYTES}, None, "disk", "ok"),
+    "CUDA 12 libraries after CUDA 13 on LD_LIBRARY_PATH": Rule(
+        {
+            "ld_library_path": ("/usr/local/cuda-13.0/lib64", "/usr/local/cuda-12.8/lib64"),
+            "cuda12_lib_dirs": ("/usr/local/cuda-12.8/lib64",),
+            "cuda13_lib_dirs": ("/usr/local/cuda-13.0/lib64",),
+        },
+        None,
+        "LD_LIBRARY_PATH",
+        "ok",
+    ),
+    "no torch yet: the torch step installs it": Rule({"torch": None}, None, "torch", "ok"),
+    "Triton's bundled ptxas already knows an RTX 50xx": Rule(
+        {
+            "gpus": (Gpu("NVIDIA GeForce RTX 5090", "12.0", "580.95.05"),),
+            "probes": (ArchProbe("12.0a", "sm_120a", True),),
+            "triton_ptxas_path": None,
+            "triton_ptxas_path_exists": False,
+        },
+        None,
+        "triton ptxas",
+        "ok",
+    ),
+    "CUDA_HOME unset while nvcc is found": Rule({"cuda_home_env": None}, None, "CUDA_HOME", "ok"),
+    "an x86_64 host may build for another GPU": Rule({"cpu_arch": "x86_64"}, None, "cpu", "ok"),
+}
+
+
+@pytest.mark.parametrize("rule", QUIET.values(), ids=QUIET.keys())
+def test_rule_stays_quiet_when_the_host_is_fine(rule: Rule) -> None:
+    problems = evaluate(dataclasses.replace(SPARK, **rule.changes), rule.arch)
+    assert row(problems, rule.check).severity == "ok"
+
+
+def test_no_gpu_and_no_arch_is_one_error_not_two() -> None:
+    problems = evaluate(dataclasses.replace(SPARK, **NO_GPU, probes=()), None)
+    assert [p.check for p in problems if p.severity == "error"] == ["gpu"]
+
+
+def test_each_target_arch_gets_its_own_probe_row() -> None:
+    facts = dataclasses.replace(
+        SPARK, probes=(ArchProbe("12.0f", "sm_120f", True), ArchProbe("12.1a", "sm_121a", True))
+    )
+    checks = [p.check for p in evaluate(facts, "12.0f;12.1a")]
+    assert checks.count("nvcc probe sm_120f") == 1 and checks.count("nvcc probe sm_121a") == 1
+
+
+def test_a_malformed_arch_is_bad_input_not_a_table_row() -> None:
+    with pytest.raises(UsageError, match="sm_121a"):
+        evaluate(SPARK, "sm_121a")
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=200, color_system=None), out
+
+
+def test_doctor_exits_0_when_a_build_can_start_and_prints_the_table() -> None:
+    console, out = _console()
+    code = run_doctor(Path("w"), Path("c"), None, False, console, gather=lambda *a, **k: SPARK)
+    assert code == 0
+    text = out.getvalue()
+    assert "nvcc probe sm_121a" in text and "✓ ok" in text
+    assert "a build can start" in text
+
+
+def test_doctor_exits_1_and_shows_the_fix_when_a_check_fails() -> None:
+    console, out = _console()
+    broken = dataclasses.replace(SPARK, **CUDA128)
+    code = run_doctor(Path("w"), Path("c"), None, False, console, gather=lambda *a, **k: broken)
+    assert code == 1
+    assert "✕ error" in out.getvalue()
+    assert "nvcc 12.8 cannot target sm_121a" in out.getvalue()
+
+
+def test_doctor_json_carries_the_verdict_every_check_and_the_host() -> None:
+    console, out = _console()
+    code = run_doctor(Path("w"), Path("c"), "12.1a", True, console, gather=lambda *a, **k: SPARK)
+    document = json.loads(out.getvalue())
+    assert code == 0 and document["can_build"] is True
+    assert {"check": "nvcc probe sm_121a", "value": "compiles", "severity": "ok", "fix": ""} in document[
+        "checks"
+    ]
+    assert document["host"]["gpus"][0]["compute_cap"] == "12.1"
+    assert document["host"]["nvcc_version"] == "13.0.88"
+
+
+def test_doctor_rejects_a_bad_arch_before_reading_the_host() -> None:
+    console, _ = _console()
+
+    def gather(*args: object, **kwargs: object) -> HostFacts:
+        raise AssertionError("the host was read for a bad --arch")
+
+    with pytest.raises(UsageError, match="twelve"):
+        run_doctor(Path("w"), Path("c"), "twelve", False, console, gather=gather)
+
+
+def test_table_cells_are_not_read_as_rich_markup() -> None:
+    console, out = _console()
+    render_table([Problem("nvcc probe sm_121a", "error [bold]x[/bold]", "error", "fix [it]")], console)
+    assert "[bold]x[/bold]" in out.getvalue() and "fix [it]" in out.getvalue()
+
+
+def test_to_json_without_host_lists_only_checks() -> None:
+    document = json.loads(to_json([Problem("git", "not found", "error", "install git")]))
+    assert document == {
+        "can_build": False,
+        "checks": [{"check": "git", "value": "not found", "severity": "error", "fix": "install git"}],
+    }
+
+
+# --- gathering, with canned command output ----------------------------------------------------
+
+
+class CannedRunner:
+    """Answers argvs by their first words, records every call; unknown commands are 'not found'."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
+        self.answers = answers
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+        self.calls.append(list(argv))
+        name = Path(argv[0]).name
+        for key, answer in self.answers.items():
+            if key == name or (key.startswith(name + " ") and key.split(" ", 1)[1] in " ".join(argv[1:])):
+                return answer
+        return 127, f"{argv[0]}: not found"
+
+
+NVCC_VERSION_OUTPUT = """nvcc: NVIDIA (R) Cuda compiler driver
+Copyright (c) 2005-2025 NVIDIA Corporation
+Built on Wed_Aug_20_01:58:59_PM_PDT_2025
+Cuda compilation tools, release 13.0, V13.0.88
+Build cuda_13.0.r13.0/compiler.36424714_0
+"""
+TORCH_ANSWER = json.dumps(
+    {
+        "version": "2.9.0+cu130",
+        "version_py": "__version__ = '2.9.0+cu130'\ndebug = False\ncuda: Optional[str] = '13.0'\n",
+    }
+)
+
+
+def _spark_answers() -> dict[str, tuple[int, str]]:
+    return {
+        "nvidia-smi": (0, "NVIDIA GB10, 12.1, 580.95.05\n"),
+        "nvcc --version": (0, NVCC_VERSION_OUTPUT),
+        "nvcc -cubin": (0, ""),
+        "uv": (0, "uv 0.9.2\n"),
+        "git": (0, "git version 2.43.0\n"),
+        "python3": (0, TORCH_ANSWER + "\n"),
+    }
+
+
+@pytest.fixture
+def toolkit(tmp_path: Path) -> Path:
+    """A directory shaped like a CUDA toolkit root, with CUDA 12 and 13 library dirs beside it."""
+    root = tmp_path / "cuda-13.0"
+    for name in ("bin/nvcc", "bin/ptxas", "include/cuda_runtime.h", "lib64/libcudart.so.13.0.88"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("")
+    cu12 = tmp_path / "cuda-12.8" / "lib64"
+    cu12.mkdir(parents=True)
+    (cu12 / "libcublas.so.12").write_text("")
+    return root
+
+
+def _gather(tmp_path: Path, toolkit: Path, runner: CannedRunner, **overrides: Any) -> HostFacts:
+    env = {
+        "CUDA_HOME": str(toolkit),
+        "PATH": "/usr/bin",
+        "LD_LIBRARY_PATH": f"{tmp_path / 'cuda-12.8' / 'lib64'}:{toolkit / 'lib64'}:/does/not/exist",
+        "TRITON_PTXAS_PATH": str(toolkit / "bin" / "ptxas"),
+    }
+    options: dict[str, Any] = {
+        "run": runner,
+        "env": env,
+        "python": Path("/usr/bin/python3"),
+        "memory": lambda: (119 * GIB, 100 * GIB),
+        "cpu_count": lambda: 20,
+        "disk_free": lambda path: 500 * GIB,
+        "same_fs": lambda a, b: True,
+    } | overrides
+    return gather_host(tmp_path / "work", tmp_path / "cache", **options)
+
+
+def test_gather_host_reads_a_spark_from_its_commands(tmp_path: Path, toolkit: Path) -> None:
+    facts = _gather(tmp_path, toolkit, CannedRunner(_spark_answers()))
+    assert facts.gpus == (GB10,)
+    assert facts.nvcc == toolkit / "bin" / "nvcc" and facts.nvcc_version == Version("13.0.88")
+    assert facts.nvcc_build == NVCC13_BUILD
+    assert facts.cuda_home == toolkit and facts.ptxas == toolkit / "bin" / "ptxas"
+    assert facts.probes == (ArchProbe("12.1a", "sm_121a", True, ""),)
+    assert facts.torch == TorchInfo("2.9.0+cu130", "13.0", Path("/usr/bin/python3"))
+    assert facts.uv_version is None or facts.uv_version == "0.9.2"  # uv may sit beside sys.executable
+    assert facts.git_version == "2.43.0"
+    assert facts.cuda12_lib_dirs == (str(tmp_path / "cuda-12.8" / "lib64"),)
+    assert facts.cuda13_lib_dirs == (str(toolkit / "lib64"),)
+    assert facts.triton_ptxas_path_exists
+    assert facts.cpu_count == 20 and facts.mem_available_bytes == 100 * GIB
+
+
+def test_the_spark_read_from_its_commands_is_judged_ready_but_for_its_library_path(
+    tmp_path: Path, toolkit: Path
+) -> None:
+    facts = _gather(tmp_path, toolkit, CannedRunner(_spark_answers()))
+    problems = [p for p in evaluate(facts, None) if p.severity != "ok" and p.check not in ("uv",)]
+    assert [(p.check, p.severity) for p in problems] == [("LD_LIBRARY_PATH", "warning")]
+
+
+def test_gather_host_without_nvidia_smi_records_why_there_is_no_gpu(tmp_path: Path, toolkit: Path) -> None:
+    answers = _spark_answers()
+    del answers["nvidia-smi"]
+    facts = _gather(tmp_path, toolkit, CannedRunner(answers))
+    assert facts.gpus == ()
+    assert facts.gpu_query_error == "nvidia-smi: not found"
+    assert facts.probes == ()  # nothing to target without a GPU or --arch
+
+
+def test_gather_host_probes_the_arch_given_with_arch(tmp_path: Path, toolkit: Path) -> None:
+    answers = _spark_answers()
+    del answers["nvidia-smi"]
+    facts = _gather(tmp_path, toolkit, CannedRunner(answers), arch="12.0f;12.1a")
+    assert [probe.sm for probe in facts.probes] == ["sm_120f", "sm_121a"]
+
+
+def test_nvidia_smi_lines_parse_into_gpus_and_junk_is_ignored() -> None:
+    output = "NVIDIA GB10, 12.1, 580.95.05\nNVIDIA H100 80GB HBM3, 9.0, 570.133.20\nNo devices were found\n"
+    assert parse_nvidia_smi(output) == (GB10, Gpu("NVIDIA H100 80GB HBM3", "9.0", "570.133.20"))
+
+
+def test_probe_results_are_cached_per_nvcc_build(tmp_path: Path) -> None:
+    runner = CannedRunner({"nvcc -cubin": (0, "")})
+    nvcc = tmp_path / "nvcc"
+    assert probe_nvcc_arch(nvcc, "12.1a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
+    assert probe_nvcc_arch(nvcc, "12.1a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
+    assert len(runner.calls) == 1
+    assert probe_nvcc_arch(nvcc, "12.1a", tmp_path, run=runner, nvcc_build="cuda_13.1.r13.1/compiler.1_0")
+    assert len(runner.calls) == 2  # another compiler build is asked again
+
+
+def test_a_corrupt_probe_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
+    (tmp_path / PROBE_CACHE_NAME).write_text("{not json")
+    runner = CannedRunner(
+        {"nvcc -cubin": (1, "nvcc fatal   : Unsupported gpu architecture 'compute_137a'\n")}
+    )
+    probe = probe_nvcc(tmp_path / "nvcc", "13.7a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
+    assert not probe.accepted and "compute_137a" in probe.detail
+    assert (
+        json.loads((tmp_path / PROBE_CACHE_NAME).read_text())[f"{NVCC13_BUILD}|sm_137a"]["accepted"] is False
+    )
+
+
+# --- integration: the real nvcc and the real machine ------------------------------------------
+
+REAL_NVCC, _ = find_nvcc(os.environ)
+needs_nvcc = pytest.mark.skipif(REAL_NVCC is None, reason="no CUDA toolkit on this machine")
+
+
+@pytest.mark.integration
+@needs_nvcc
+def test_real_nvcc_accepts_sm_121a_rejects_a_bogus_arch_and_caches_both(tmp_path: Path) -> None:
+    assert REAL_NVCC is not None
+    calls: list[list[str]] = []
+
+    def counting(argv: Sequence[str]) -> tuple[int, str]:
+        calls.append(list(argv))
+        return run_command(argv, timeout=PROBE_TIMEOUT_S)
+
+    assert probe_nvcc_arch(REAL_NVCC, "12.1a", tmp_path, run=counting) is True
+    rejected = probe_nvcc(REAL_NVCC, "13.7a", tmp_path, run=counting)
+    assert rejected.accepted is False and "compute_137a" in rejected.detail
+    assert sum("-cubin" in argv for argv in calls) == 2
+
+    calls.clear()
+    assert probe_nvcc_arch(REAL_NVCC, "12.1a", tmp_path, run=counting) is True
+    assert probe_nvcc_arch(REAL_NVCC, "13.7a", tmp_path, run=counting) is False
+    assert not any("-cubin" in argv for argv in calls)  # answered from the cache: no compile ran
+
+
+@pytest.mark.integration
+@needs_nvcc
+def test_gather_host_on_this_machine_returns_sane_facts(tmp_path: Path) -> None:
+    facts = gather_host(tmp_path / "work", tmp_path / "cache", arch="12.1a")
+    assert facts.cpu_count >= 1
+    assert 0 < facts.mem_available_bytes <= facts.mem_total_bytes
+    assert facts.workdir_free_bytes > 0 and facts.cache_on_workdir_fs
+    assert facts.nvcc_version is not None and facts.nvcc_version.major == 13
+    assert facts.probes == (ArchProbe("12.1a", "sm_121a", True, ""),)
+    if shutil.which("nvidia-smi") is None:
+        assert facts.gpus == () and facts.gpu_query_error

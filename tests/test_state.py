@@ -1,0 +1,41 @@
+"""The checkpoint file: atomic, and never trusted when corrupt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spark_build import state
+from spark_build.errors import StateCorrupt
+
+
+def test_state_round_trips_through_the_file(tmp_path):
+    path = tmp_path / "state.json"
+    saved = state.BuildState(
+        steps={"clone": state.StepRecord("abc", "done", 1.0, 2.0, "run1", {"commit": "deadbeef"})}, run_id="run1"
+    )
+    state.save(path, saved)
+    assert state.load(path) == saved
+    assert not [p for p in tmp_path.iterdir() if p.name != "state.json"], "no temp file left behind"
+
+
+def test_a_missing_state_file_means_no_recorded_build(tmp_path):
+    assert state.load(tmp_path / "state.json") is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", json.dumps({"schema": 99, "steps": {}}), json.dumps({"schema": 1, "steps": {"x": {"bogus": 1}}})],
+    ids=["truncated-json", "unknown-schema", "wrong-fields"],
+)
+def test_a_corrupt_state_file_is_moved_aside_and_reported(tmp_path, content):
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(StateCorrupt) as caught:
+        state.load(path)
+    assert not path.exists()
+    aside = list(tmp_path.glob("state.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == content, "the evidence is kept"
+    assert caught.value.exit_code == 2
+    assert "without --resume" in (caught.value.hint or "")
