@@ -77,3 +77,87 @@ def build_vllm(
     from spark_build.cli import build_vllm as run
 
     _exit(run(cli, _file_options(c)))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "workdir": "the build's workdir (free disk is checked there; default ./work)",
+        "arch": "target to check nvcc and the GPU against, e.g. 12.1a (default: read from the GPU)",
+        "json": "print the checks as JSON",
+        "example": "judge disk and memory for the built-in example rather than vLLM",
+    },
+)
+def doctor(
+    c: Context, workdir: str | None = None, arch: str | None = None, json: bool = False, example: bool = False
+) -> None:
+    """Check this machine can build: GPU, nvcc, driver, memory, disk, torch, PATH. Exit 1 when not."""
+    cli = {"workdir": workdir, "arch": arch, "example": example}
+    from spark_build.cli import doctor as run
+
+    _exit(run(cli, _file_options(c), as_json=json))
+
+
+@task(
+    auto_shortflags=False,
+    iterable=["notify"],
+    help={
+        "url": "the pinned prebuilt wheel to watch (default: the cu130 aarch64 vLLM 0.13.0 wheel)",
+        "force": "rebuild even when the pinned wheel exists",
+        "notify": "command to run after a rebuild or failure, one argument per --notify (no shell)",
+        "lock-wait": "seconds to wait for a running build in the workdir before skipping (default 600)",
+        "workdir": "the build's workdir (default ./work)",
+        "logs-dir": "where logs and the nightly history go (default ./logs)",
+    },
+)
+def nightly(
+    c: Context,
+    url: str | None = None,
+    force: bool = False,
+    notify: list[str] | None = None,
+    lock_wait: str = "600",
+    workdir: str | None = None,
+    logs_dir: str | None = None,
+) -> None:
+    """Mirror the pinned vLLM wheel while it exists; rebuild from source when it is gone.
+
+    Build options (--ref, --arch, --torch-index …) come from invoke.yaml's spark_build section
+    or SPARK_BUILD_* variables. Exit 0 present, 10 mirrored, 11 rebuilt, 1 failed, 75 skipped (another build ran)."""
+    from spark_build.cli import nightly as run
+
+    if not lock_wait.isdigit():
+        raise Exit(f"error: --lock-wait must be whole seconds, got '{lock_wait}'\n  fix: --lock-wait 600", code=2)
+    cli = {"workdir": workdir, "logs_dir": logs_dir}
+    _exit(run(cli, _file_options(c), url=url, force=force, notify=list(notify or []), lock_wait=float(lock_wait)))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "at": "local time of the nightly run, HH:MM (default 03:30)",
+        "cron": "use a crontab entry instead of a systemd user timer",
+        "remove": "remove the timer or crontab entry",
+        "status": "show what is installed, the next run and the last outcome",
+        "workdir": "the build's workdir (default ./work)",
+        "logs-dir": "where the nightly logs go (default ./logs)",
+    },
+)
+def schedule(
+    c: Context,
+    at: str = "03:30",
+    cron: bool = False,
+    remove: bool = False,
+    status: bool = False,
+    workdir: str | None = None,
+    logs_dir: str | None = None,
+) -> None:
+    """Install the nightly wheel watch as a systemd user timer (default) or a crontab entry."""
+    import sys
+    from pathlib import Path
+
+    from spark_build.cli import schedule as run
+
+    root = str(Path(__file__).resolve().parent)
+    invoke_argv = [sys.executable, "-m", "invoke", "--search-root", root]
+    cli = {"workdir": workdir, "logs_dir": logs_dir}
+    _exit(run(cli, _file_options(c), at=at, use_cron=cron, remove=remove, status=status, invoke_argv=invoke_argv))

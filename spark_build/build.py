@@ -6,6 +6,7 @@ use-existing-torch → build-deps → compile → validate → publish.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from rich.console import Console
 from spark_build import state as checkpoint
 from spark_build.compile import Compile
 from spark_build.config import BuildConfig
+from spark_build.diagnose import diagnose
 from spark_build.errors import Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.lock import WorkdirLock, stop_process_group
 from spark_build.pipeline import StepPlan, StepSpec, fingerprint, plan
@@ -64,8 +66,15 @@ def _usable_workdir(workdir: Path) -> None:
         ) from exc
 
 
-def build(config: BuildConfig, console: Console, *, clock: Callable[[], float] = time.monotonic) -> int:
-    """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure."""
+def build(
+    config: BuildConfig,
+    console: Console,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    held: WorkdirLock | None = None,
+) -> int:
+    """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure.
+    `held` is the workdir lock when the caller took it already (the nightly does)."""
     _usable_workdir(config.workdir)
     if config.resume and not config.state_file.exists():
         raise UsageError(
@@ -73,8 +82,8 @@ def build(config: BuildConfig, console: Console, *, clock: Callable[[], float] =
             hint="run without --resume to start a build",
         )
     arch = resolve_arch(config.arch)
-    lock = WorkdirLock(config.workdir)
-    with lock.held():
+    lock = held or WorkdirLock(config.workdir)
+    with contextlib.nullcontext() if held else lock.held():
         if lock.leftover_pgid is not None:
             stopped = stop_process_group(lock.leftover_pgid)
             if stopped:
@@ -189,6 +198,7 @@ def _carry_out(
         close("failed", exc.exit_code)
         exc.step = exc.step or p.name
         exc.log = exc.log or ctx.log(p.name)
+        explain(exc)
         exc.hint = exc.hint or "fix the cause above, then continue with: invoke build-vllm --resume"
         raise
     except Exception as exc:
@@ -201,6 +211,20 @@ def _carry_out(
         ) from exc
     record.result = result
     close("done", 0)
+
+
+def explain(exc: SparkBuildError) -> None:
+    """Put the first known failure signature of the step's log into the error, in plain words."""
+    if exc.log is None or not exc.log.is_file():
+        return
+    with exc.log.open("rb") as handle:
+        handle.seek(max(0, exc.log.stat().st_size - (4 << 20)))  # the tail holds the failure
+        text = handle.read().decode("utf-8", "replace")
+    found = diagnose(text)
+    if found:
+        first = found[0]
+        exc.details = [f"cause: {first.cause}", *(f"log says: {q}" for q in first.quotes[:1])]
+        exc.hint = f"{first.fix}; then: invoke build-vllm --resume"
 
 
 def _finish(ctx: Context, record: StepRecord, status: str) -> None:

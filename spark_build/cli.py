@@ -46,3 +46,139 @@ def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None) -> int:
         return build(cfg, console())
 
     return guarded(action, debug=debug)
+
+
+def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
+    from spark_build.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, render_table, to_json
+    from spark_build.host import gather_host
+
+    def action() -> int:
+        cfg = options.resolve(cli, file)
+        out = console()
+        facts = gather_host(
+            cfg.workdir,
+            cfg.workdir / "cache",
+            arch=cfg.arch,
+            python=cfg.workdir / "venv" / "bin" / "python"
+            if (cfg.workdir / "venv" / "bin" / "python").exists()
+            else None,
+        )
+        problems = evaluate(facts, cfg.arch, EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS)
+        if as_json:
+            out.out(to_json(problems, facts), highlight=False)
+        else:
+            render_table(problems, out)
+        return 0 if all(p.severity != "error" for p in problems) else 1
+
+    return guarded(action, debug=False)
+
+
+def nightly(
+    cli: Mapping[str, Any],
+    file: Mapping[str, Any] | None,
+    *,
+    url: str | None,
+    force: bool,
+    notify: list[str],
+    lock_wait: float,
+) -> int:
+    """`invoke nightly`: keep the pinned wheel mirrored while it exists, rebuild when it is gone."""
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from spark_build import state
+    from spark_build.build import build
+    from spark_build.errors import BuildLocked
+    from spark_build.lock import WorkdirLock
+    from spark_build.wheelhouse import write_indexes
+    from spark_build.wheelwatch import DEFAULT_WHEEL_URL, skipped_locked
+    from spark_build.wheelwatch import nightly as watch
+
+    def action() -> int:
+        cfg = options.resolve(cli, file)
+        out = console()
+        pinned = url or DEFAULT_WHEEL_URL
+        history = cfg.logs_dir / "nightly-history.jsonl"
+        log_path = cfg.logs_dir / f"nightly-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def say(line: str) -> None:
+            out.print(line, highlight=False)
+            with log_path.open("a") as handle:
+                handle.write(line + "\n")
+
+        lock = WorkdirLock(cfg.workdir)
+        try:
+            lock.acquire(wait=lock_wait)
+        except BuildLocked as exc:
+            outcome = skipped_locked(pinned, exc.message, history_path=history, log_path=log_path)
+            say(outcome.line())
+            return outcome.exit_code
+
+        def rebuild() -> Path:
+            # Resume an unfinished (or finished) build of the same inputs rather than start over.
+            resumable = dataclasses.replace(cfg, resume=cfg.state_file.exists())
+            build(resumable, out, held=lock)
+            recorded = state.load(cfg.state_file)
+            assert recorded is not None
+            return Path(recorded.steps["publish"].result["path"])
+
+        try:
+            outcome = watch(
+                pinned,
+                cfg.wheelhouse / "vllm",
+                build=rebuild,
+                history_path=history,
+                force=force,
+                notify=notify or None,
+                log_path=log_path,
+                say=say,
+            )
+            write_indexes(cfg.wheelhouse)
+        finally:
+            lock.release()
+        say(outcome.line())
+        return outcome.exit_code
+
+    return guarded(action, debug=bool(cli.get("debug")))
+
+
+def schedule(
+    cli: Mapping[str, Any],
+    file: Mapping[str, Any] | None,
+    *,
+    at: str,
+    use_cron: bool,
+    remove: bool,
+    status: bool,
+    invoke_argv: list[str],
+) -> int:
+    """`invoke schedule`: install, remove or show the nightly timer (systemd) or crontab entry."""
+    import os
+
+    from spark_build import schedule as timer
+
+    def action() -> int:
+        cfg = options.resolve(cli, file)
+        out = console()
+        history = cfg.logs_dir / "nightly-history.jsonl"
+        if status:
+            for line in timer.schedule_status(history_path=history).lines():
+                out.print(line, highlight=False)
+            return 0
+        if remove:
+            result = timer.remove_cron() if use_cron else timer.remove_systemd()
+        else:
+            command = [*invoke_argv, "nightly", "--workdir", str(cfg.workdir), "--logs-dir", str(cfg.logs_dir)]
+            # cron and systemd start with a bare PATH: nvcc, git and uv must still be found at 03:30.
+            environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            if use_cron:
+                result = timer.install_cron(at, command, cfg.workdir, cfg.logs_dir, environment=environment)
+            else:
+                result = timer.install_systemd(at, command, cfg.workdir, cfg.logs_dir, environment=environment)
+        for line in result.lines:
+            out.print(line, highlight=False)
+        return 0
+
+    return guarded(action, debug=False)

@@ -60,6 +60,24 @@ WORKDIR_DISK_NEED_BYTES = int(sum(gib for _, gib, where in DISK_BUDGET if where 
 CACHE_DISK_NEED_BYTES = int(sum(gib for _, gib, where in DISK_BUDGET if where == "cache") * GIB)
 BUILD_DISK_NEED_BYTES = WORKDIR_DISK_NEED_BYTES + CACHE_DISK_NEED_BYTES  # ~30.5 GiB
 
+
+@dataclass(frozen=True)
+class BuildNeeds:
+    """What one build needs of the host; vLLM's by default, far less for the built-in example."""
+
+    workdir_bytes: int
+    cache_bytes: int
+    one_job_bytes: int
+    heaviest_job_bytes: int
+
+
+VLLM_NEEDS = BuildNeeds(
+    WORKDIR_DISK_NEED_BYTES, CACHE_DISK_NEED_BYTES, ONE_JOB_MIN_AVAILABLE_BYTES, HEAVIEST_JOB_PEAK_BYTES
+)
+# The example upstream: a CPU torch venv twice (~0.8 GB each), a build tree of a dozen small
+# objects, one wheel; its nvcc units include no torch headers and stay far below vLLM's (an estimate).
+EXAMPLE_NEEDS = BuildNeeds(int(3 * GIB), int(1 * GIB), MEMORY_RESERVE_BYTES // 2, GIB // 2)
+
 # --- Driver -------------------------------------------------------------------------------
 # Oldest driver branch that runs code from each CUDA major under minor-version compatibility
 # (NVIDIA, "CUDA Compatibility": 13.x >= 580, 12.x >= 525, 11.x >= 450).
@@ -90,7 +108,7 @@ def can_build(problems: Sequence[Problem]) -> bool:
     return not any(problem.severity == "error" for problem in problems)
 
 
-def evaluate(facts: HostFacts, target_arch: str | None) -> list[Problem]:
+def evaluate(facts: HostFacts, target_arch: str | None, needs: BuildNeeds = VLLM_NEEDS) -> list[Problem]:
     """Judge the host for a build targeting `target_arch` (`--arch`; None: this GPU's arch).
 
     Pure: no process, no file, no clock. A malformed `target_arch` raises `UsageError`.
@@ -100,8 +118,8 @@ def evaluate(facts: HostFacts, target_arch: str | None) -> list[Problem]:
     targets, target_problem = _resolve_targets(facts, target_arch)
     problems = [
         _check_platform(facts),
-        _check_memory(facts),
-        *_check_disk(facts),
+        _check_memory(facts, needs),
+        *_check_disk(facts, needs),
         _check_gpu(facts, target_arch),
         *([target_problem] if target_problem else []),
         _check_cuda_home(facts),
@@ -118,9 +136,7 @@ def evaluate(facts: HostFacts, target_arch: str | None) -> list[Problem]:
     return problems
 
 
-def _resolve_targets(
-    facts: HostFacts, target_arch: str | None
-) -> tuple[tuple[archmap.ArchEntry, ...], Problem | None]:
+def _resolve_targets(facts: HostFacts, target_arch: str | None) -> tuple[tuple[archmap.ArchEntry, ...], Problem | None]:
     try:
         targets = target_entries(target_arch, facts.gpus)
     except UsageError as error:
@@ -162,34 +178,33 @@ def _check_platform(facts: HostFacts) -> Problem:
     return Problem("cpu", f"{facts.cpu_arch}, {facts.cpu_count} cores", "ok")
 
 
-def _check_memory(facts: HostFacts) -> Problem:
+def _check_memory(facts: HostFacts, needs: BuildNeeds) -> Problem:
     value = f"{_gib(facts.mem_available_bytes)} available of {_gib(facts.mem_total_bytes)}"
-    if facts.mem_available_bytes < ONE_JOB_MIN_AVAILABLE_BYTES:
+    if facts.mem_available_bytes < needs.one_job_bytes:
         return Problem(
             "memory",
             value,
             "error",
-            f"free memory: the heaviest compile job alone peaks at {_gib(HEAVIEST_JOB_PEAK_BYTES)}; "
-            f"need {_gib(ONE_JOB_MIN_AVAILABLE_BYTES)} available (stop models or notebooks)",
+            f"free memory: the heaviest compile job alone peaks at {_gib(needs.heaviest_job_bytes)}; "
+            f"need {_gib(needs.one_job_bytes)} available (stop models or notebooks)",
         )
     return Problem("memory", value, "ok")
 
 
-def _check_disk(facts: HostFacts) -> list[Problem]:
+def _check_disk(facts: HostFacts, needs: BuildNeeds) -> list[Problem]:
     if facts.cache_on_workdir_fs:
-        return [_disk_row("disk", facts.workdir, facts.workdir_free_bytes, BUILD_DISK_NEED_BYTES)]
+        total = needs.workdir_bytes + needs.cache_bytes
+        return [_disk_row("disk", facts.workdir, facts.workdir_free_bytes, total)]
     return [
-        _disk_row("disk (workdir)", facts.workdir, facts.workdir_free_bytes, WORKDIR_DISK_NEED_BYTES),
-        _disk_row("disk (cache)", facts.cache_dir, facts.cache_free_bytes, CACHE_DISK_NEED_BYTES),
+        _disk_row("disk (workdir)", facts.workdir, facts.workdir_free_bytes, needs.workdir_bytes),
+        _disk_row("disk (cache)", facts.cache_dir, facts.cache_free_bytes, needs.cache_bytes),
     ]
 
 
 def _disk_row(check: str, path: Path, free: int, need: int) -> Problem:
     value = f"{_gib(free)} free at {path}"
     if free < need:
-        return Problem(
-            check, value, "error", f"free {_gib(need - free)} more at {path}, or choose a larger disk"
-        )
+        return Problem(check, value, "error", f"free {_gib(need - free)} more at {path}, or choose a larger disk")
     return Problem(check, value, "ok")
 
 

@@ -28,6 +28,7 @@ class SparkBuildError(Exception):
         self.hint = hint
         self.step = step
         self.log = log
+        self.details: list[str] = []  # e.g. a diagnosis of the log: cause and the quoted line
 
     def lines(self) -> list[str]:
         """The message as the user sees it: the problem, then the log, then the fix."""
@@ -35,6 +36,7 @@ class SparkBuildError(Exception):
         out = [f"error: {where}{self.message}"]
         if self.log is not None:
             out.append(f"  log: {self.log}")
+        out.extend(f"  {line}" for line in self.details)
         if self.hint:
             out.append(f"  fix: {self.hint}")
         return out

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -28,18 +28,26 @@ class WorkdirLock:
         self._fd: int | None = None
         self.leftover_pgid: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, *, wait: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """Take the lock, waiting up to `wait` seconds (the nightly waits; a user's build
+        does not), else raise `BuildLocked` naming the holder's PID."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read(fd).get("pid", "?")
-            os.close(fd)
-            raise BuildLocked(
-                f"another build (PID {holder}) is using {self.path.parent}",
-                hint=f"wait for it to finish, or stop it with: kill {holder}",
-            ) from None
+        deadline = clock() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if clock() < deadline:
+                    time.sleep(min(1.0, max(0.0, deadline - clock())))
+                    continue
+                holder = _read(fd).get("pid", "?")
+                os.close(fd)
+                raise BuildLocked(
+                    f"another build (PID {holder}) is using {self.path.parent}",
+                    hint=f"wait for it to finish, or stop it with: kill {holder}",
+                ) from None
         previous = _read(fd)
         self._fd = fd
         pgid = previous.get("child_pgid")
@@ -69,8 +77,8 @@ class WorkdirLock:
         os.fsync(self._fd)
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[WorkdirLock]:
-        self.acquire()
+    def held(self, *, wait: float = 0.0) -> Iterator[WorkdirLock]:
+        self.acquire(wait=wait)
         try:
             yield self
         finally:

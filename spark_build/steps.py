@@ -19,8 +19,10 @@ import git
 from uv import find_uv_bin
 
 from spark_build.config import BuildConfig
-from spark_build.durable import sha256_of
+from spark_build.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, to_json
+from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import StepFailed, UsageError
+from spark_build.host import gather_host
 from spark_build.patches import find_series, patches_digest
 from spark_build.proc import Runner
 from spark_build.recipe import Recipe, recipe_for, torch_pins
@@ -107,7 +109,7 @@ class Step:
 
 class Preflight(Step):
     name = "preflight"
-    summary = "check the tools the build needs (git, uv, nvcc) and that the repo has the ref"
+    summary = "read the host (GPU, nvcc, memory, disk, torch) and check the repo has the ref"
     volatile = True
 
     def run(self, ctx: Context) -> dict[str, Any]:
@@ -118,14 +120,31 @@ class Preflight(Step):
                 f"no nvcc at {nvcc}",
                 hint="install CUDA 13.0, or point --cuda-home (or CUDA_HOME) at it",
             )
-        if shutil.which("git") is None:
-            raise UsageError("git is not installed", hint="install git (apt-get install git)")
-        ctx.run(self.name, [nvcc, "--version"])
-        ctx.run(self.name, [find_uv_bin(), "--version"])
-        ctx.run(self.name, ["git", "--version"])
+        facts = gather_host(
+            ctx.workdir,
+            ctx.workdir / "cache",
+            arch=ctx.arch,
+            python=ctx.python if ctx.python.exists() else Path(cfg.python),
+            # The compile step sets TRITON_PTXAS_PATH itself; judge the host as the build sees it.
+            env={
+                **os.environ,
+                "CUDA_HOME": str(cfg.cuda_home),
+                "TRITON_PTXAS_PATH": str(cfg.cuda_home / "bin" / "ptxas"),
+            },
+        )
+        problems = evaluate(facts, ctx.arch, EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS)
+        atomic_write_text(ctx.log_dir / "host.json", to_json(problems, facts))
+        for problem in problems:
+            if problem.severity != "ok":
+                ctx.notes.append(f"preflight {problem.severity}: {problem.check}: {problem.value} — {problem.fix}")
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            first = errors[0]
+            more = f" (+{len(errors) - 1} more: invoke doctor)" if len(errors) > 1 else ""
+            raise UsageError(f"{first.check}: {first.value}{more}", hint=first.fix)
         # A wrong --ref is found here, at second zero, not after torch is installed.
         kind = ref_kind(cfg.repo, cfg.ref)
-        return {"nvcc": str(nvcc), "arch": ctx.arch, "ref_kind": kind}
+        return {"arch": ctx.arch, "ref_kind": kind, "warnings": [p.check for p in problems if p.severity == "warning"]}
 
 
 class Venv(Step):
