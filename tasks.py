@@ -161,3 +161,36 @@ def schedule(
     invoke_argv = [sys.executable, "-m", "invoke", "--search-root", root]
     cli = {"workdir": workdir, "logs_dir": logs_dir}
     _exit(run(cli, _file_options(c), at=at, use_cron=cron, remove=remove, status=status, invoke_argv=invoke_argv))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "wheel": "the .whl to prove (built here or downloaded)",
+        "arch": "target GPU arch, e.g. 12.1a (default: read from the GPU)",
+        "workdir": "where the fresh venv is made (default ./work)",
+        "logs-dir": "where the log goes (default ./logs)",
+        "torch-index": "index URL or wheel folder for torch (default: PyTorch's cu130 index)",
+        "torch-packages": "torch requirements to install beside the wheel (default 'torch torchvision torchaudio')",
+        "torch-cuda": "CUDA major to audit linkage against, or 'cpu' to take nvcc's (default 13)",
+        "uv-cache-dir": "uv's download cache",
+        "debug": "show tracebacks",
+    },
+)
+def validate(
+    c: Context,
+    wheel: str,
+    arch: str | None = None,
+    workdir: str | None = None,
+    logs_dir: str | None = None,
+    torch_index: str | None = None,
+    torch_packages: str | None = None,
+    torch_cuda: str | None = None,
+    uv_cache_dir: str | None = None,
+    debug: bool = False,
+) -> None:
+    """Prove any wheel: fresh venv install, imports, linkage audit, GPU-code audit; tables printed."""
+    cli = {k: v for k, v in locals().items() if k not in ("c", "wheel")}
+    from spark_build.cli import validate as run
+
+    _exit(run(wheel, cli, _file_options(c)))

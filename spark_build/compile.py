@@ -67,7 +67,6 @@ class Compile(Step):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         plan = _plan_jobs(ctx)
-        ctx.jobs_plan = plan
         ctx.notes.append(f"compile: MAX_JOBS={plan.max_jobs} NVCC_THREADS={plan.nvcc_threads} — {plan.reason}")
         ctx.dist.mkdir(parents=True, exist_ok=True)
         for stale in ctx.dist.glob("*.whl"):

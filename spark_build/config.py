@@ -224,7 +224,7 @@ def resolve(
 def _mem_budget(value: Any) -> int | None:
     if value is None or str(value).strip().lower() == "auto":
         return None
-    from spark_build.governor import parse_mem_size
+    from spark_build.jobplan import parse_mem_size
 
     return parse_mem_size(str(value))
 

@@ -22,7 +22,7 @@ from spark_build.config import BuildConfig
 from spark_build.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, to_json
 from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import StepFailed, UsageError
-from spark_build.host import gather_host
+from spark_build.host import HostFacts, gather_host
 from spark_build.patches import find_series, patches_digest
 from spark_build.proc import Runner
 from spark_build.recipe import Recipe, recipe_for, torch_pins
@@ -38,8 +38,8 @@ class Context:
     runner: Runner
     log_dir: Path
     state: BuildState
-    jobs_plan: Any = None  # set by compile: what it decided, for the summary
     notes: list[str] = field(default_factory=list)
+    host: HostFacts | None = None  # read by preflight on every run
 
     @property
     def workdir(self) -> Path:
@@ -74,14 +74,19 @@ class Context:
         return self.runner.run(argv, log=self.log(step), step=step, **kwargs)
 
     def uv(self, step: str, *args: str | os.PathLike[str], **kwargs: Any) -> int:
-        env = dict(os.environ)
-        if self.config.uv_cache_dir is not None:
-            env["UV_CACHE_DIR"] = str(self.config.uv_cache_dir)
-        env.setdefault("UV_NO_PROGRESS", "1")
-        return self.run(step, [find_uv_bin(), *args], env=env, **kwargs)
+        return self.run(step, [find_uv_bin(), *args], env=uv_env(self.config.uv_cache_dir), **kwargs)
 
     def recipe(self) -> Recipe:
         return recipe_for(self.src, str(self.result("clone").get("describe", "")))
+
+
+def uv_env(cache_dir: Path | None) -> dict[str, str]:
+    """uv's environment: our cache when one is configured, and no progress bars in logs."""
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["UV_CACHE_DIR"] = str(cache_dir)
+    env.setdefault("UV_NO_PROGRESS", "1")
+    return env
 
 
 def python_json(ctx: Context, step: str, python: Path, code: str) -> dict[str, Any]:
@@ -132,6 +137,7 @@ class Preflight(Step):
                 "TRITON_PTXAS_PATH": str(cfg.cuda_home / "bin" / "ptxas"),
             },
         )
+        ctx.host = facts
         problems = evaluate(facts, ctx.arch, EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS)
         atomic_write_text(ctx.log_dir / "host.json", to_json(problems, facts))
         for problem in problems:

@@ -1,5 +1,6 @@
-"""Prove the wheel outside the build: a fresh venv, the wheel and the torch the build used,
-then import the package and load every compiled extension.
+"""Prove the wheel outside the build: a fresh venv holding the wheel and the torch the build
+used, every compiled extension imported, every ELF file's libraries resolved (no CUDA 12
+library in a CUDA 13 build), and the GPU code judged against the target GPU.
 
 A fresh venv matters: the build venv holds the source tree's build requirements and could
 hide a dependency the wheel forgot to declare.
@@ -7,22 +8,31 @@ hide a dependency the wheel forgot to declare.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from spark_build import archmap
+from spark_build.audit import LibrarySearch, arch_audit, find_cuobjdump, linkage_audit
 from spark_build.compile import Compile
-from spark_build.durable import sha256_of
+from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import StepFailed
-from spark_build.steps import Context, Step, index_args
+from spark_build.gpuarch import ComputeCapability
+from spark_build.proc import Runner
+from spark_build.steps import Context, Step, index_args, uv_env
 from spark_build.wheelhouse import install_line, publish
 
 _IMPORT_PROBE = """
 import importlib, json, sys
-modules = sys.argv[2:]
 found = {}
-for name in modules:
+for name in sys.argv[2:]:
     try:
         found[name] = {"ok": True, "file": getattr(importlib.import_module(name), "__file__", None)}
     except Exception as exc:  # report every module, not just the first failure
@@ -31,37 +41,148 @@ json.dump(found, open(sys.argv[1], "w"))
 """
 
 
+@dataclass(frozen=True)
+class WheelProof:
+    """What `prove_wheel` needs: the wheel, where to install it, and what to judge it by."""
+
+    wheel: Path
+    venv: Path
+    python: str  # interpreter the fresh venv is made from
+    requirements: tuple[str, ...]  # e.g. torch==2.9.0+cu130 — a source-built wheel no longer pins it
+    index: str
+    modules: tuple[str, ...]  # the package and its compiled extensions
+    cuda_home: Path
+    cuda_major: int
+    targets: tuple[str, ...]  # compute capabilities, e.g. ("12.1",)
+    uv_cache_dir: Path | None = None
+
+
+@dataclass
+class Proof:
+    """The outcome of `prove_wheel`: results for summary.json, the audit reports to render, and
+    the problems found (empty when the wheel checks out)."""
+
+    results: dict[str, Any]
+    reports: list[Any]
+    problems: list[str]
+
+    def raise_if_failed(self, *, step: str, log: Path) -> None:
+        if self.problems:
+            more = f" (+{len(self.problems) - 1} more in the log)" if len(self.problems) > 1 else ""
+            raise StepFailed(
+                f"{self.problems[0]}{more}",
+                step=step,
+                log=log,
+                hint="the linkage and GPU-code tables in the log show what is missing or from which CUDA",
+            )
+
+
+def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "validate") -> Proof:
+    """Install into a fresh venv, audit linkage and GPU code, import every module. Every check
+    runs even when an earlier one fails: a failed import is best explained by the linkage table."""
+    python = proof.venv / "bin" / "python"
+    env = uv_env(proof.uv_cache_dir)
+    uv = _uv()
+    runner.run([uv, "venv", "--clear", "--python", proof.python, proof.venv], log=log, step=step, env=env)
+    runner.run(
+        [uv, "pip", "install", "--python", python, *index_args(proof.index), proof.wheel, *proof.requirements],
+        log=log,
+        step=step,
+        env=env,
+    )
+    linkage = linkage_audit(proof.wheel, LibrarySearch.for_venv(proof.venv, os.environ), proof.cuda_major)
+    cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
+    arch_reports = [arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump) for cc in proof.targets]
+    imports_file = log.with_suffix(".imports.json")
+    runner.run([python, "-c", _IMPORT_PROBE, imports_file, *proof.modules], log=log, step=step, cwd=proof.venv)
+    found = json.loads(imports_file.read_text())
+    problems = [f"the installed wheel fails to import {m}: {r['error']}" for m, r in found.items() if not r["ok"]]
+    problems += [f"linkage: {p}" for p in linkage.problems]
+    problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
+    reports = [linkage, *arch_reports]
+    _append_tables(log, reports)
+    results = {
+        "wheel_sha256": sha256_of(proof.wheel),
+        "imports": {m: r["ok"] for m, r in found.items()},
+        "linkage": linkage.to_dict(),
+        "arch": [r.to_dict() for r in arch_reports],
+        "verdicts": {str(r.target): r.verdict.value for r in arch_reports},
+        "problems": problems,
+    }
+    return Proof(results, reports, problems)
+
+
+def _uv() -> str:
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+def _append_tables(log: Path, reports: Sequence[Any]) -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    for report in reports:
+        report.render(console)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(buffer.getvalue())
+
+
+def render_proof(results: Mapping[str, Any]) -> list[str]:
+    """One line per check, for the run's notes."""
+    linkage = results["linkage"]
+    lines = [
+        f"validate: imports ok: {', '.join(sorted(results['imports']))}",
+        f"validate: linkage ok: {len(linkage['libraries'])} libraries resolved, none from another CUDA major",
+    ]
+    lines += [f"validate: GPU code for compute capability {cc}: {v}" for cc, v in results["verdicts"].items()]
+    return lines
+
+
+def targets_of(arch: str) -> tuple[str, ...]:
+    """The distinct compute capabilities an arch list is built for: `9.0a;12.1a` → 9.0, 12.1."""
+    seen: dict[str, None] = {}
+    for entry in archmap.parse_arch_list(arch):
+        seen[entry.compute_capability] = None
+    return tuple(seen)
+
+
+def cuda_major_of(ctx: Context) -> int:
+    if ctx.config.torch_cuda.isdigit():
+        return int(ctx.config.torch_cuda)
+    version = ctx.host.nvcc_version if ctx.host is not None else None
+    if version is None:
+        raise StepFailed("cannot tell the CUDA major to audit against", hint="set --torch-cuda 13")
+    return int(version.major)
+
+
 class Validate(Step):
     name = "validate"
-    summary = "install the wheel into a fresh venv and import the package and its extensions"
+    summary = "fresh venv: install the wheel, import it, audit its linkage and GPU code"
 
     @staticmethod
     def venv(ctx: Context) -> Path:
         return ctx.workdir / "validate-venv"
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        wheel = Path(ctx.result(Compile.name)["wheel"])
-        torch = ctx.result("torch")
         recipe = ctx.recipe()
-        venv = self.venv(ctx)
-        python = venv / "bin" / "python"
-        ctx.uv(self.name, "venv", "--clear", "--python", ctx.config.python, venv)
-        # The torch the build compiled against, pinned: the wheel's own torch pin was removed
-        # by use_existing_torch.py, so nothing else would bring the right one.
-        torch_pin = f"torch=={torch['version']}"
-        ctx.uv(self.name, "pip", "install", "--python", python, *index_args(ctx.config.torch_index), wheel, torch_pin)
-        modules = [recipe.import_name, *recipe.extensions]
-        out = ctx.log_dir / f"{self.name}.imports.json"
-        ctx.run(self.name, [python, "-c", _IMPORT_PROBE, str(out), *modules], cwd=ctx.workdir)
-        found = json.loads(out.read_text())
-        failed = {m: r["error"] for m, r in found.items() if not r["ok"]}
-        if failed:
-            first = next(iter(failed))
-            raise StepFailed(
-                f"the installed wheel fails to import {first}: {failed[first]}",
-                hint="read the validate log; a missing shared library usually means a CUDA version mismatch",
-            )
-        return {"wheel_sha256": sha256_of(wheel), "imports": sorted(found)}
+        proof = WheelProof(
+            wheel=Path(ctx.result(Compile.name)["wheel"]),
+            venv=self.venv(ctx),
+            python=ctx.config.python,
+            # The torch the build compiled against: use_existing_torch.py removed the wheel's pin.
+            requirements=(f"torch=={ctx.result('torch')['version']}",),
+            index=ctx.config.torch_index,
+            modules=(recipe.import_name, *recipe.extensions),
+            cuda_home=ctx.config.cuda_home,
+            cuda_major=cuda_major_of(ctx),
+            targets=targets_of(ctx.arch),
+            uv_cache_dir=ctx.config.uv_cache_dir,
+        )
+        outcome = prove_wheel(proof, ctx.runner, ctx.log(self.name))
+        atomic_write_text(ctx.log_dir / "validate.json", json.dumps(outcome.results, indent=2, default=str))
+        outcome.raise_if_failed(step=self.name, log=ctx.log(self.name))
+        ctx.notes.extend(render_proof(outcome.results))
+        return outcome.results
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         wheel = Path(str(ctx.state.steps[Compile.name].result.get("wheel", "")))

@@ -62,34 +62,32 @@ class Build:
     output: str = ""
     seconds: float = 0.0
 
+    def options(self) -> dict[str, str]:
+        """The options every test build shares (the example's tag, CPU torch, two jobs)."""
+        return {
+            "workdir": str(self.workdir),
+            "logs-dir": str(self.workdir / "logs"),
+            "repo": self.repo,
+            "ref": "v0.2.0",
+            "arch": "12.1a",
+            "jobs": "2",
+            "torch-index": self.torch_index,
+            "torch-packages": CPU_TORCH,
+            "torch-cuda": "cpu",
+            "uv-cache-dir": str(self.uv_cache),
+        }
+
     def argv(self, *extra: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "invoke",
-            "--search-root",
-            str(ROOT),
-            "build-vllm",
-            "--workdir",
-            str(self.workdir),
-            "--logs-dir",
-            str(self.workdir / "logs"),
-            "--repo",
-            self.repo,
-            "--arch",
-            "12.1a",
-            "--jobs",
-            "2",
-            "--torch-index",
-            self.torch_index,
-            "--torch-packages",
-            CPU_TORCH,
-            "--torch-cuda",
-            "cpu",
-            "--uv-cache-dir",
-            str(self.uv_cache),
-            *extra,
-        ]
+        """`invoke build-vllm` with the shared options; an option in `extra` replaces its default."""
+        given = {arg[2:] for arg in extra if arg.startswith("--")}
+        shared = [part for key, value in self.options().items() if key not in given for part in (f"--{key}", value)]
+        return [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-vllm", *shared, *extra]
+
+    def env(self) -> dict[str, str]:
+        """The shared options as SPARK_BUILD_* variables, for tasks that read them that way."""
+        skip = {"workdir", "logs-dir"}
+        settings = {f"SPARK_BUILD_{k.replace('-', '_').upper()}": v for k, v in self.options().items() if k not in skip}
+        return {**_env(), **settings}
 
     def run(self, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(*extra), capture_output=True, text=True, timeout=timeout, env=_env())

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from spark_build.compile import ninja_log_entries
 from spark_build.errors import BuildLocked
 from spark_build.lock import WorkdirLock
 from tests.conftest import Build, ok, published_wheel
@@ -53,8 +54,9 @@ def build_processes(workdir: Path) -> list[psutil.Process]:
     return found
 
 
-def objects_on_disk(workdir: Path) -> list[Path]:
-    return list((workdir / "src" / "build").glob("**/*.o"))
+def objects_finished(workdir: Path) -> int:
+    """Objects Ninja has finished and recorded (a `.o` on disk may still be half written)."""
+    return ninja_log_entries(workdir / "src")
 
 
 def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, tmp_path, uv_cache):
@@ -128,7 +130,7 @@ def test_kill_9_during_clone_then_resume_completes_without_redoing_venv_or_torch
         build = Build(tmp_path / "work", base_url + "example.git", torch_index, uv_cache)
         proc = build.start("--ref", "v0.3.0")
         build.kill_when(proc, lambda: (build.workdir / "src" / ".git").exists(), signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL
         assert build.step_status("clone") == "running"
         assert build.step_status("torch") == "done"
@@ -144,7 +146,7 @@ def test_kill_9_during_build_deps_then_resume_keeps_the_clone(make_build):
     build = make_build()
     proc = build.start()
     build.kill_when(proc, lambda: build.step_status("build-deps") == "running", signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)
     commit = build.state()["steps"]["clone"]["result"]["commit"]
 
     ok(build.run("--resume"))
@@ -157,8 +159,8 @@ def test_kill_9_during_build_deps_then_resume_keeps_the_clone(make_build):
 def test_kill_9_mid_compile_then_resume_builds_fewer_objects_and_the_same_wheel(make_build, baseline):
     build = make_build()
     proc = build.start()
-    build.kill_when(proc, lambda: len(objects_on_disk(build.workdir)) >= 3, signal.SIGKILL)
-    proc.wait(timeout=60)
+    build.kill_when(proc, lambda: objects_finished(build.workdir) >= 3, signal.SIGKILL)
+    proc.communicate(timeout=60)
     assert build.step_status("compile") == "running"
 
     result = ok(build.run("--resume"))
@@ -172,7 +174,7 @@ def test_kill_9_mid_compile_then_resume_builds_fewer_objects_and_the_same_wheel(
 def test_ctrl_c_mid_compile_exits_130_leaves_no_process_and_resume_completes(make_build):
     build = make_build()
     proc = build.start()
-    build.kill_when(proc, lambda: len(objects_on_disk(build.workdir)) >= 1, signal.SIGINT)
+    build.kill_when(proc, lambda: objects_finished(build.workdir) >= 1, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "invoke build-vllm --resume" in out
