@@ -34,6 +34,7 @@ def _exit(code: int) -> None:
         "jobs": "compile jobs (MAX_JOBS); default 'auto' plans them from free memory and cores",
         "nvcc-threads": "threads per nvcc job (NVCC_THREADS); default 'auto'",
         "mem-budget": "cap on memory the compile may use, e.g. 64G (leave room for a running model)",
+        "mem-reserve": "memory kept free for everything else while compiling (default 4G)",
         "python": "Python for the build venv (default: the one running spark-build)",
         "torch-index": "index URL or local wheel folder to install torch from (default: PyTorch's cu130 index)",
         "torch-packages": "torch requirements to install, space separated (default 'torch torchvision torchaudio')",
@@ -42,6 +43,9 @@ def _exit(code: int) -> None:
         "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",
         "logs-dir": "where per-run logs go (default ./logs)",
         "uv-cache-dir": "uv's download cache (default: uv's own, shared between builds)",
+        "serve-model": "model for the serve check: a local path or a cached Hugging Face name (default: a small "
+        "instruct model from the HF cache, else a generated tiny Llama)",
+        "no-serve": "skip the serve check in validate",
         "example": "build the built-in example upstream instead of vLLM (for machines without a GB10)",
         "no-patches": "build pristine source: skip the patch series in patches/",
         "resume": "continue the build in WORKDIR, skipping steps that are done and still check out",
@@ -58,6 +62,7 @@ def build_vllm(
     jobs: str | None = None,
     nvcc_threads: str | None = None,
     mem_budget: str | None = None,
+    mem_reserve: str | None = None,
     python: str | None = None,
     torch_index: str | None = None,
     torch_packages: str | None = None,
@@ -66,6 +71,8 @@ def build_vllm(
     wheelhouse: str | None = None,
     logs_dir: str | None = None,
     uv_cache_dir: str | None = None,
+    serve_model: str | None = None,
+    no_serve: bool = False,
     example: bool = False,
     no_patches: bool = False,
     resume: bool = False,
@@ -174,6 +181,8 @@ def schedule(
         "torch-packages": "torch requirements to install beside the wheel (default 'torch torchvision torchaudio')",
         "torch-cuda": "CUDA major to audit linkage against, or 'cpu' to take nvcc's (default 13)",
         "uv-cache-dir": "uv's download cache",
+        "serve": "also serve a model from the wheel and ask it for a completion and a chat completion",
+        "serve-model": "model to serve: local path or cached Hugging Face name (default: HF cache, else a tiny Llama)",
         "debug": "show tracebacks",
     },
 )
@@ -187,10 +196,12 @@ def validate(
     torch_packages: str | None = None,
     torch_cuda: str | None = None,
     uv_cache_dir: str | None = None,
+    serve: bool = False,
+    serve_model: str | None = None,
     debug: bool = False,
 ) -> None:
     """Prove any wheel: fresh venv install, imports, linkage audit, GPU-code audit; tables printed."""
-    cli = {k: v for k, v in locals().items() if k not in ("c", "wheel")}
+    cli = {k: v for k, v in locals().items() if k not in ("c", "wheel", "serve")}
     from spark_build.cli import validate as run
 
-    _exit(run(wheel, cli, _file_options(c)))
+    _exit(run(wheel, cli, _file_options(c), serve=serve))

@@ -184,26 +184,22 @@ def schedule(
     return guarded(action, debug=False)
 
 
-def validate(wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None) -> int:
+def validate(wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, serve: bool = False) -> int:
     """`invoke validate WHEEL`: the validate step's proof for any wheel, also a downloaded one."""
     import time
     from pathlib import Path
 
-    from packaging.utils import canonicalize_name, parse_wheel_filename
-
     from spark_build.errors import UsageError
     from spark_build.host import parse_nvcc_version, run_command
     from spark_build.proc import Runner, interrupt_signals
-    from spark_build.recipe import EXTENSIONS
     from spark_build.targets import resolve_arch
-    from spark_build.validate import WheelProof, prove_wheel, targets_of
+    from spark_build.validate import WheelProof, modules_of, prove_wheel, targets_of
 
     def action() -> int:
         cfg = options.resolve(cli, file)
         path = Path(wheel).expanduser().resolve()
         if not path.is_file() or path.suffix != ".whl":
             raise UsageError(f"no wheel at {path}", hint="give the path of a .whl file")
-        name = str(canonicalize_name(parse_wheel_filename(path.name)[0]))
         if cfg.torch_cuda.isdigit():
             cuda_major = int(cfg.torch_cuda)
         else:
@@ -218,11 +214,13 @@ def validate(wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None)
             python=cfg.python,
             requirements=cfg.torch_packages,
             index=cfg.torch_index,
-            modules=(name.replace("-", "_"), *EXTENSIONS.get(name, ())),
+            modules=modules_of(path),
             cuda_home=cfg.cuda_home,
             cuda_major=cuda_major,
             targets=targets_of(resolve_arch(cfg.arch)),
             uv_cache_dir=cfg.uv_cache_dir,
+            serve=serve,
+            serve_model=cfg.serve_model,
         )
         log = cfg.logs_dir / f"validate-{time.strftime('%Y%m%d-%H%M%S')}.log"
         out = console()
@@ -233,8 +231,12 @@ def validate(wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None)
             report.render(out)
         for module, imported in outcome.results["imports"].items():
             out.print(f"{'✓' if imported else '✕'} import {module}", highlight=False)
+        served = outcome.results.get("serve")
+        if served:
+            mark = "✓" if served["passed"] else "✕"
+            out.print(f"{mark} served {served['model']}: {served['failure'] or 'completion and chat answered'}")
         outcome.raise_if_failed(step="validate", log=log)
-        out.print(f"✓ {path.name}: imports, linkage and GPU code check out", highlight=False)
+        out.print(f"✓ {path.name}: imports, linkage, GPU code{' and serving' if served else ''} check out")
         return 0
 
     return guarded(action, debug=bool(cli.get("debug")))

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
+from spark_build.governor import Governor
+from spark_build.jobplan import cpu_count, load_estimates, parse_ninja_log, plan_jobs, write_jobs_json
+from spark_build.oom import find_oom_kills, next_jobs_after_oom, oom_give_up_error
 from spark_build.steps import Context, Step
 
 
@@ -45,16 +49,16 @@ def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class _InterimPlan:
-    max_jobs: int
-    nvcc_threads: int
-    reason: str
+# Measured per-object cost of vLLM 0.13.0's _C/_moe_C compile for 12.1a (shared/data): the
+# estimate for objects no earlier build here has recorded.
+DEFAULT_PROFILE = Path(__file__).parent / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
+OOM_MAX_TRIES = 3
 
 
-def _plan_jobs(ctx: Context) -> _InterimPlan:
-    jobs = ctx.config.jobs or len(os.sched_getaffinity(0))
-    return _InterimPlan(jobs, ctx.config.nvcc_threads or 1, "interim")
+def _log_tail(log: Path, size: int = 4 << 20) -> str:
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - size))
+        return handle.read().decode("utf-8", "replace")
 
 
 class Compile(Step):
@@ -66,20 +70,74 @@ class Compile(Step):
         return {"arch": ctx.arch, "build_type": ctx.config.build_type, "cuda_home": str(ctx.config.cuda_home)}
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        plan = _plan_jobs(ctx)
-        ctx.notes.append(f"compile: MAX_JOBS={plan.max_jobs} NVCC_THREADS={plan.nvcc_threads} — {plan.reason}")
+        cfg = ctx.config
+        commit = ctx.result("clone")["commit"]
+        source = f"{ctx.recipe().dist}@{commit} {ctx.arch}"
+        estimates = load_estimates([cfg.logs_dir], DEFAULT_PROFILE, source=source)
+        plan = plan_jobs(
+            psutil.virtual_memory().available,
+            cfg.mem_reserve,
+            estimates.peaks,
+            cpu_count(),
+            cfg.nvcc_threads or 1,
+            jobs_override=cfg.jobs,
+            mem_budget=cfg.mem_budget,
+        )
+        ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}")
         ctx.dist.mkdir(parents=True, exist_ok=True)
         for stale in ctx.dist.glob("*.whl"):
             stale.unlink()
         before = ninja_log_entries(ctx.src)
-        env_vars = compile_env(ctx, plan.max_jobs, plan.nvcc_threads)
-        ctx.run(
-            self.name,
-            [ctx.python, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", ctx.dist, "."],
-            cwd=ctx.src,
-            env={**os.environ, **env_vars},
-            env_note=env_vars,
-        )
+        ninja_jobs, tries, records, peak_tree, pauses = plan.concurrent_jobs, 0, [], 0, 0
+        log = ctx.log(self.name)
+        while True:
+            governor: Governor | None = None
+
+            def govern(pid: int) -> None:
+                # Holds the youngest jobs back (SIGSTOP) when the tree would outgrow the budget.
+                nonlocal governor
+                governor = Governor(
+                    pid,
+                    budget_bytes=plan.budget_bytes,
+                    default_peak=plan.per_job_bytes,
+                    estimates=estimates.peaks,
+                    reserve_bytes=cfg.mem_reserve,
+                ).start()
+
+            env_vars = compile_env(ctx, ninja_jobs * plan.nvcc_threads, plan.nvcc_threads)
+            try:
+                code = ctx.run(
+                    self.name,
+                    [ctx.python, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", ctx.dist, "."],
+                    cwd=ctx.src,
+                    env={**os.environ, **env_vars},
+                    env_note=env_vars,
+                    on_start=govern,
+                    check=False,
+                )
+            finally:
+                if governor is not None:
+                    governor.stop()  # always: resumes every job it paused
+                    records += governor.job_records()
+                    peak_tree = max(peak_tree, governor.peak_tree_rss)
+                    pauses += governor.stops
+                ninja = [e for p in ctx.src.glob("build/**/.ninja_log") for e in parse_ninja_log(p)]
+                write_jobs_json(ctx.log_dir / "jobs.json", records, ninja, source=source)
+            if code == 0:
+                break
+            kills = find_oom_kills(_log_tail(log), code)
+            if not kills:
+                raise StepFailed(f"the compile failed (exit status {code})", step=self.name, log=log)
+            tries += 1
+            fewer = next_jobs_after_oom(ninja_jobs, tries, max_tries=OOM_MAX_TRIES)
+            if fewer is None:
+                peaks = {r.object: r.peak_rss_bytes for r in records}
+                raise oom_give_up_error(kills, peaks, jobs=ninja_jobs * plan.nvcc_threads, tries=tries, log=log)
+            ctx.notes.append(
+                f"compile: {kills[0].object or 'a job'} was killed for memory; rerunning with {fewer} jobs "
+                "(objects already built are kept)"
+            )
+            ninja_jobs = fewer  # same build tree: Ninja reuses every object already built
         wheels = sorted(ctx.dist.glob("*.whl"))
         if len(wheels) != 1:
             raise StepFailed(
@@ -90,9 +148,14 @@ class Compile(Step):
         return {
             "wheel": str(wheel),
             "sha256": sha256_of(wheel),
-            "max_jobs": plan.max_jobs,
+            "max_jobs": ninja_jobs * plan.nvcc_threads,
+            "planned_jobs": plan.max_jobs,
             "nvcc_threads": plan.nvcc_threads,
+            "budget_bytes": plan.budget_bytes,
+            "oom_retries": tries,
             "objects_built": ninja_log_entries(ctx.src) - before,
+            "peak_tree_rss_bytes": peak_tree,
+            "governor_pauses": pauses,
         }
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:

@@ -37,6 +37,7 @@ class BuildConfig:
     jobs: int | None
     nvcc_threads: int | None
     mem_budget: int | None
+    mem_reserve: int
     python: str
     torch_index: str
     torch_packages: tuple[str, ...]
@@ -47,8 +48,10 @@ class BuildConfig:
     patches_dir: Path
     uv_cache_dir: Path | None
     build_type: str
+    serve_model: str | None
     example: bool
     no_patches: bool
+    no_serve: bool
     resume: bool
     dry_run: bool
     debug: bool
@@ -60,7 +63,7 @@ class BuildConfig:
 
 # Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
 SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig))
-_BOOLEANS = {"example", "no_patches", "resume", "dry_run", "debug"}
+_BOOLEANS = {"example", "no_patches", "no_serve", "resume", "dry_run", "debug"}
 _PATHS = {"workdir", "cuda_home", "wheelhouse", "logs_dir", "patches_dir", "uv_cache_dir"}
 _BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
 
@@ -75,6 +78,8 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "jobs": None,
         "nvcc_threads": None,
         "mem_budget": None,
+        # Kept free for the OS, the desktop and the GPU driver's own use of unified memory.
+        "mem_reserve": "4G",
         "python": sys.executable,
         "torch_index": TORCH_CU130_INDEX,
         "torch_packages": "torch torchvision torchaudio",
@@ -85,8 +90,10 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "patches_dir": str(PROJECT_ROOT / "patches"),
         "uv_cache_dir": None,
         "build_type": "Release",
+        "serve_model": None,
         "example": False,
         "no_patches": False,
+        "no_serve": False,
         "resume": False,
         "dry_run": False,
         "debug": False,
@@ -203,6 +210,7 @@ def resolve(
         jobs=_positive_int("jobs", merged["jobs"], allow_auto=True),
         nvcc_threads=_positive_int("nvcc_threads", merged["nvcc_threads"], allow_auto=True),
         mem_budget=_mem_budget(merged["mem_budget"]),
+        mem_reserve=_mem_reserve(merged["mem_reserve"]),
         python=str(merged["python"]),
         torch_index=_normalise_index(str(merged["torch_index"]), base),
         torch_packages=tuple(str(p) for p in packages),
@@ -213,8 +221,10 @@ def resolve(
         patches_dir=paths["patches_dir"] or PROJECT_ROOT / "patches",
         uv_cache_dir=paths["uv_cache_dir"],
         build_type=build_type,
+        serve_model=str(merged["serve_model"]) if merged["serve_model"] else None,
         example=merged["example"],
         no_patches=merged["no_patches"],
+        no_serve=merged["no_serve"],
         resume=merged["resume"],
         dry_run=merged["dry_run"],
         debug=merged["debug"],
@@ -227,6 +237,14 @@ def _mem_budget(value: Any) -> int | None:
     from spark_build.jobplan import parse_mem_size
 
     return parse_mem_size(str(value))
+
+
+def _mem_reserve(value: Any) -> int:
+    from spark_build.jobplan import parse_mem_size
+
+    if str(value).strip() in ("0", "0G", "0M"):
+        return 0
+    return parse_mem_size(str(value), option="--mem-reserve")
 
 
 def _normalise_repo(repo: str, base: Path) -> str:

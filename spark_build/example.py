@@ -53,18 +53,17 @@ def make_example_upstream(dest: Path) -> Path:
         )
     _copy_template(dest)
 
-    repo = git.Repo.init(dest, initial_branch=BRANCH)
-    with repo.git.custom_environment(**_identity_env(_FIRST_DATE)):
-        _commit_all(repo, "spark-example 0.1.0", _FIRST_DATE)
-        repo.create_tag(FIRST_TAG, message="spark-example 0.1.0")
+    with git.Repo.init(dest, initial_branch=BRANCH) as repo:
+        with repo.git.custom_environment(**_identity_env(_FIRST_DATE)):
+            _commit_all(repo, "spark-example 0.1.0", _FIRST_DATE)
+            repo.create_tag(FIRST_TAG, message="spark-example 0.1.0")
 
-    _bump_version(dest / "setup.py", "0.1.0", "0.2.0")
-    with repo.git.custom_environment(**_identity_env(_SECOND_DATE)):
-        _commit_all(repo, "spark-example 0.2.0", _SECOND_DATE)
-        repo.create_tag(SECOND_TAG, message="spark-example 0.2.0")
+        _bump_version(dest / "setup.py", "0.1.0", "0.2.0")
+        with repo.git.custom_environment(**_identity_env(_SECOND_DATE)):
+            _commit_all(repo, "spark-example 0.2.0", _SECOND_DATE)
+            repo.create_tag(SECOND_TAG, message="spark-example 0.2.0")
 
-    repo.git.update_server_info()
-    repo.close()
+        repo.git.update_server_info()
     return dest
 
 

@@ -128,11 +128,15 @@ class Runner:
                 stop_process_group(proc.pid)
                 proc.wait()
                 reader.join(timeout=5)
+                if proc.stdout is not None:
+                    proc.stdout.close()
                 out.write(b"# stopped: the build was interrupted\n")
                 raise
             finally:
                 self.on_group(None)
             reader.join()
+            assert proc.stdout is not None
+            proc.stdout.close()
             # The leader is gone, but a daemonised grandchild may still hold the group.
             stop_process_group(proc.pid, grace=1.0)
             out.write(f"# exit {code}\n".encode())

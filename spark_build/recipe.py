@@ -2,7 +2,7 @@
 
 vLLM moved its build requirements between releases (`requirements/build.txt` in 0.13,
 `requirements/build/*.txt` later), so the recipe is derived from the checked-out tree rather
-than assumed. The import name and the compiled extensions to load are what validation needs.
+than assumed; the patch series is chosen by the version.
 """
 
 from __future__ import annotations
@@ -17,21 +17,12 @@ from packaging.version import InvalidVersion, Version
 
 from spark_build.errors import StepFailed
 
-# Compiled extensions a working install must load, per distribution. vLLM's `_C` and
-# `_moe_C` are built for every CUDA target (vLLM's CMakeLists.txt, `define_gpu_extension_target`).
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "vllm": ("vllm._C", "vllm._moe_C"),
-    "spark-example": ("spark_example._C",),
-}
-
 
 @dataclass(frozen=True)
 class Recipe:
     dist: str
-    import_name: str
     version: Version | None
     build_requirements: tuple[str, ...]
-    extensions: tuple[str, ...]
 
     @property
     def series_name(self) -> str | None:
@@ -89,10 +80,8 @@ def recipe_for(source: Path, describe: str) -> Recipe:
     dist = project_name(source)
     return Recipe(
         dist=dist,
-        import_name=dist.replace("-", "_"),
         version=version_from_tag(describe),
         build_requirements=build_requirement_files(source),
-        extensions=EXTENSIONS.get(dist, ()),
     )
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,9 @@ from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import StepFailed
 from spark_build.gpuarch import ComputeCapability
 from spark_build.proc import Runner
+from spark_build.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.steps import Context, Step, index_args, uv_env
+from spark_build.tinymodel import script_argv
 from spark_build.wheelhouse import install_line, publish
 
 _IMPORT_PROBE = """
@@ -55,6 +59,8 @@ class WheelProof:
     cuda_major: int
     targets: tuple[str, ...]  # compute capabilities, e.g. ("12.1",)
     uv_cache_dir: Path | None = None
+    serve: bool = False  # also start the server and ask it for completions (vLLM only)
+    serve_model: str | None = None  # None: a small instruct model from the HF cache, else a tiny Llama
 
 
 @dataclass
@@ -101,6 +107,11 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
     reports = [linkage, *arch_reports]
     _append_tables(log, reports)
+    serve_report = None
+    if proof.serve and not problems:
+        serve_report = _serve(proof, runner, log, step)
+        if not serve_report.passed:
+            problems.append(f"serve: {serve_report.failure}")
     results = {
         "wheel_sha256": sha256_of(proof.wheel),
         "imports": {m: r["ok"] for m, r in found.items()},
@@ -108,8 +119,28 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         "arch": [r.to_dict() for r in arch_reports],
         "verdicts": {str(r.target): r.verdict.value for r in arch_reports},
         "problems": problems,
+        "serve": serve_report.to_dict() if serve_report is not None else None,
     }
     return Proof(results, reports, problems)
+
+
+def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeReport:
+    """Serve a small model from the fresh venv: a 200 from /health is not enough, so the check
+    sends a real completion and chat completion (a server can die at its first request)."""
+    python = proof.venv / "bin" / "python"
+    model = proof.serve_model
+    if model is None:
+        cached = find_cached_instruct_model(hf_hub_cache(os.environ, Path.home()))
+        if cached is not None:
+            model = str(cached)
+        else:
+            # No Hugging Face cache (offline box): a tiny random-weight Llama proves the serving
+            # path; it says nothing about output quality.
+            tiny = proof.venv.parent / "tiny-llama"
+            runner.run(script_argv(python, tiny), log=log, step=step)
+            model = str(tiny)
+    options = ServeOptions(model=model, python=python, workdir=proof.venv.parent / "serve")
+    return serve_check(options, log=log.with_suffix(".serve.log"), on_group=runner.on_group, say=runner.sink.line)
 
 
 def _uv() -> str:
@@ -135,7 +166,43 @@ def render_proof(results: Mapping[str, Any]) -> list[str]:
         f"validate: linkage ok: {len(linkage['libraries'])} libraries resolved, none from another CUDA major",
     ]
     lines += [f"validate: GPU code for compute capability {cc}: {v}" for cc, v in results["verdicts"].items()]
+    serve = results.get("serve")
+    if serve:
+        eager = " (needed --enforce-eager)" if serve["enforce_eager_needed"] else ""
+        lines.append(f"validate: served {serve['model']}: ready in {serve['time_to_ready_s']:.1f}s{eager}")
     return lines
+
+
+def serve_decision(dist: str, gpus: int, wanted: bool) -> tuple[bool, str]:
+    """Serve only where it can mean something: vLLM itself, on a machine with its GPU."""
+    if not wanted:
+        return False, "serve check off (--no-serve)"
+    if dist != "vllm":
+        return False, f"serve check not applicable to {dist} (not vLLM)"
+    if gpus == 0:
+        return False, "serve check skipped: no GPU on this machine (run invoke validate on the Spark)"
+    return True, "serve check on"
+
+
+_EXTENSION_SUFFIX = re.compile(r"\.(abi3|cpython-[^./]+)\.so$")
+
+
+def wheel_modules(names: Sequence[str]) -> tuple[str, ...]:
+    """What a working install must import, read from the wheel's own file list: each top-level
+    package, then every compiled extension module inside one (`vllm/_C.abi3.so` → `vllm._C`).
+    Vendored libraries (`vllm.libs/libfoo.so`) are loaded by the extensions, not imported."""
+    packages = sorted({n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/__init__.py")})
+    extensions = []
+    for name in sorted(names):
+        match = _EXTENSION_SUFFIX.search(name)
+        if match and name.split("/")[0] in packages:
+            extensions.append(name[: match.start()].replace("/", "."))
+    return (*packages, *extensions)
+
+
+def modules_of(wheel: Path) -> tuple[str, ...]:
+    with zipfile.ZipFile(wheel) as archive:
+        return wheel_modules(archive.namelist())
 
 
 def targets_of(arch: str) -> tuple[str, ...]:
@@ -165,18 +232,25 @@ class Validate(Step):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         recipe = ctx.recipe()
+        gpus = len(ctx.host.gpus) if ctx.host is not None else 0
+        serve, why = serve_decision(recipe.dist, gpus, not ctx.config.no_serve)
+        if not serve:
+            ctx.notes.append(f"validate: {why}")
+        wheel = Path(ctx.result(Compile.name)["wheel"])
         proof = WheelProof(
-            wheel=Path(ctx.result(Compile.name)["wheel"]),
+            wheel=wheel,
             venv=self.venv(ctx),
             python=ctx.config.python,
             # The torch the build compiled against: use_existing_torch.py removed the wheel's pin.
             requirements=(f"torch=={ctx.result('torch')['version']}",),
             index=ctx.config.torch_index,
-            modules=(recipe.import_name, *recipe.extensions),
+            modules=modules_of(wheel),
             cuda_home=ctx.config.cuda_home,
             cuda_major=cuda_major_of(ctx),
             targets=targets_of(ctx.arch),
             uv_cache_dir=ctx.config.uv_cache_dir,
+            serve=serve,
+            serve_model=ctx.config.serve_model,
         )
         outcome = prove_wheel(proof, ctx.runner, ctx.log(self.name))
         atomic_write_text(ctx.log_dir / "validate.json", json.dumps(outcome.results, indent=2, default=str))

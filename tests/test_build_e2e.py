@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -194,3 +195,33 @@ def test_a_second_build_in_the_same_workdir_is_refused_naming_the_holder(make_bu
         assert f"another build (PID {__import__('os').getpid()})" in result.stderr
         with pytest.raises(BuildLocked):
             WorkdirLock(build.workdir).acquire()
+
+
+def test_a_compile_job_killed_for_memory_is_retried_with_fewer_jobs_reusing_finished_objects(make_build):
+    """The kernel's OOM killer is played by a real SIGKILL of one running nvcc stage."""
+    build = make_build()
+    proc = build.start()
+    stages = {"cicc", "ptxas", "cudafe++", "cc1plus", "nvlink", "fatbinary"}
+
+    def kill_one_stage() -> bool:
+        if objects_finished(build.workdir) < 2:
+            return False
+        for candidate in psutil.process_iter(["name", "cmdline"]):
+            if candidate.info["name"] in stages and str(build.workdir) in " ".join(candidate.info["cmdline"] or []):
+                candidate.send_signal(signal.SIGKILL)
+                return True
+        return False
+
+    deadline = time.monotonic() + 300
+    while not kill_one_stage():
+        assert proc.poll() is None, "the build ended before a compile job could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    compiled = build.state()["steps"]["compile"]["result"]
+    assert compiled["oom_retries"] == 1 and compiled["max_jobs"] == 1, compiled
+    assert "killed for memory; rerunning with 1 jobs" in out
+    ninja_log = next((build.workdir / "src" / "build").glob("*/.ninja_log"))
+    built = [line.split("\t")[3] for line in ninja_log.read_text().splitlines() if not line.startswith("#")]
+    assert len(built) == len(set(built)), "no object was compiled twice"

