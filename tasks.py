@@ -24,35 +24,35 @@ def _exit(code: int) -> None:
         raise Exit(code=code)
 
 
-@task(
-    auto_shortflags=False,
-    help={
-        "ref": "vLLM tag, branch or commit to build (default v0.13.0; v0.2.0 with --example)",
-        "repo": "git URL or local path of the source (default: vLLM upstream; a generated example with --example)",
-        "workdir": "where the venv, source, build tree, state and wheelhouse live (default ./work)",
-        "arch": "TORCH_CUDA_ARCH_LIST target, e.g. 12.1a for a DGX Spark (default: read from the GPU)",
-        "jobs": "compile jobs (MAX_JOBS); default 'auto' plans them from free memory and cores",
-        "nvcc-threads": "threads per nvcc job (NVCC_THREADS); default 'auto'",
-        "mem-budget": "cap on memory the compile may use, e.g. 64G (leave room for a running model)",
-        "mem-reserve": "memory kept free for everything else while compiling (default 4G)",
-        "python": "Python for the build venv (default: the one running spark-build)",
-        "torch-index": "index URL or local wheel folder to install torch from (default: PyTorch's cu130 index)",
-        "torch-packages": "torch requirements to install, space separated (default 'torch torchvision torchaudio')",
-        "torch-cuda": "CUDA major the torch build must have, or 'cpu' (default 13)",
-        "cuda-home": "CUDA toolkit root (default $CUDA_HOME or /usr/local/cuda)",
-        "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",
-        "logs-dir": "where per-run logs go (default ./logs)",
-        "uv-cache-dir": "uv's download cache (default: uv's own, shared between builds)",
-        "serve-model": "model for the serve check: a local path or a cached Hugging Face name (default: a small "
-        "instruct model from the HF cache, else a generated tiny Llama)",
-        "no-serve": "skip the serve check in validate",
-        "example": "build the built-in example upstream instead of vLLM (for machines without a GB10)",
-        "no-patches": "build pristine source: skip the patch series in patches/",
-        "resume": "continue the build in WORKDIR, skipping steps that are done and still check out",
-        "dry-run": "print the plan (each step, what it does, whether --resume would skip it) and stop",
-        "debug": "show tracebacks",
-    },
-)
+BUILD_HELP = {
+    "ref": "vLLM tag, branch or commit to build (default v0.13.0; v0.2.0 with --example)",
+    "repo": "git URL or local path of the source (default: vLLM upstream; a generated example with --example)",
+    "workdir": "where the venv, source, build tree, state and wheelhouse live (default ./work)",
+    "arch": "TORCH_CUDA_ARCH_LIST target, e.g. 12.1a for a DGX Spark (default: read from the GPU)",
+    "jobs": "compile jobs (MAX_JOBS); default 'auto' plans them from free memory and cores",
+    "nvcc-threads": "threads per nvcc job (NVCC_THREADS); default 'auto'",
+    "mem-budget": "cap on memory the compile may use, e.g. 64G (leave room for a running model)",
+    "mem-reserve": "memory kept free for everything else while compiling (default 4G)",
+    "python": "Python for the build venv (default: the one running spark-build)",
+    "torch-index": "index URL or local wheel folder to install torch from (default: PyTorch's cu130 index)",
+    "torch-packages": "torch requirements to install, space separated (default 'torch torchvision torchaudio')",
+    "torch-cuda": "CUDA major the torch build must have, or 'cpu' (default 13)",
+    "cuda-home": "CUDA toolkit root (default $CUDA_HOME or /usr/local/cuda)",
+    "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",
+    "logs-dir": "where per-run logs go (default ./logs)",
+    "uv-cache-dir": "uv's download cache (default: uv's own, shared between builds)",
+    "serve-model": "model for the serve check: a local path or a cached Hugging Face name (default: a small "
+    "instruct model from the HF cache, else a generated tiny Llama)",
+    "no-serve": "skip the serve check in validate",
+    "example": "build the built-in example upstream instead of vLLM (for machines without a GB10)",
+    "no-patches": "build pristine source: skip the patch series in patches/",
+    "resume": "continue the build in WORKDIR, skipping steps that are done and still check out",
+    "dry-run": "print the plan (each step, what it does, whether --resume would skip it) and stop",
+    "debug": "show tracebacks",
+}
+
+
+@task(auto_shortflags=False, help=BUILD_HELP)
 def build_vllm(
     c: Context,
     ref: str | None = None,
@@ -84,6 +84,54 @@ def build_vllm(
     from spark_build.cli import build_vllm as run
 
     _exit(run(cli, _file_options(c)))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        k: BUILD_HELP[k]
+        for k in (
+            "ref",
+            "repo",
+            "workdir",
+            "arch",
+            "python",
+            "torch-index",
+            "torch-packages",
+            "torch-cuda",
+            "cuda-home",
+            "logs-dir",
+            "uv-cache-dir",
+            "no-patches",
+            "resume",
+            "debug",
+        )
+    },
+)
+def arch_plan(
+    c: Context,
+    ref: str | None = None,
+    repo: str | None = None,
+    workdir: str | None = None,
+    arch: str | None = None,
+    python: str | None = None,
+    torch_index: str | None = None,
+    torch_packages: str | None = None,
+    torch_cuda: str | None = None,
+    cuda_home: str | None = None,
+    logs_dir: str | None = None,
+    uv_cache_dir: str | None = None,
+    no_patches: bool = False,
+    resume: bool = False,
+    debug: bool = False,
+) -> None:
+    """Before compiling: which vLLM kernels will run on the target GPU natively, by PTX JIT, or not at all.
+
+    Runs build-vllm's steps up to vLLM's own CMake configure (no compile) and prints the table."""
+    cli = {k: v for k, v in locals().items() if k != "c"}
+    from spark_build.cli import build_vllm as run
+
+    _exit(run(cli, _file_options(c), stop_after="arch-plan"))
 
 
 @task(

@@ -290,10 +290,7 @@ class _Resolver:
         origins = [elf.parent]
         rel_dir = elf.parent.relative_to(self.root)
         origins += [sp / rel_dir for sp in self.search.site_packages]  # as if installed there
-        return [
-            Path(os.path.normpath(entry.replace("${ORIGIN}", str(o)).replace("$ORIGIN", str(o))))
-            for o in origins
-        ]
+        return [Path(os.path.normpath(entry.replace("${ORIGIN}", str(o)).replace("$ORIGIN", str(o)))) for o in origins]
 
     def resolve(self, name: str, elf: Path, dyn: _Dynamic) -> tuple[Path | None, str | None, list[Path]]:
         """Return (path, how it was found, candidates of the wrong class or machine)."""
@@ -391,9 +388,7 @@ def find_cuobjdump(cuda_home: Path | None, env: Mapping[str, str], venv: Path | 
                     rel = line.split(",", 1)[0]
                     if rel.endswith("bin/cuobjdump") and os.access(site_packages / rel, os.X_OK):
                         return site_packages / rel
-    python = (
-        (venv if venv.is_file() else venv / "bin" / "python") if venv is not None else "<venv>/bin/python"
-    )
+    python = (venv if venv.is_file() else venv / "bin" / "python") if venv is not None else "<venv>/bin/python"
     raise UsageError(
         "cuobjdump not found in CUDA_HOME/bin, on PATH, or in the nvidia-cuda-cuobjdump package",
         hint=f"uv pip install --python {python} nvidia-cuda-cuobjdump",
@@ -412,9 +407,7 @@ def _cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Itera
     argv = [str(cuobjdump), *options, str(target)]
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full stderr pipe would hang us
         try:
-            proc = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=err, encoding="utf-8", errors="replace"
-            )
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, encoding="utf-8", errors="replace")
         except OSError as exc:
             raise UsageError(f"cannot run cuobjdump at {cuobjdump}: {exc}", hint=_CUOBJDUMP_HINT) from exc
         with proc:
@@ -549,9 +542,7 @@ class ArchReport:
             "ok": self.ok,
             "verdict": self.verdict.value,
             "problems": list(self.problems),
-            "extensions": [
-                {**asdict(e), "verdict": e.verdict.value if e.verdict else None} for e in self.extensions
-            ],
+            "extensions": [{**asdict(e), "verdict": e.verdict.value if e.verdict else None} for e in self.extensions],
             "families": [{**asdict(f), "verdict": f.verdict.value} for f in self.families],
         }
 
@@ -565,12 +556,8 @@ class ArchReport:
                 continue
             for fam in (f for f in self.families if f.extension == ext.path):
                 style = _VERDICT_STYLE[fam.verdict]
-                note = (
-                    f" ({len(fam.unrunnable_kernels)} kernels cannot run)" if fam.unrunnable_kernels else ""
-                )
-                table.add_row(
-                    ext.path, fam.family, ", ".join(fam.codes), f"[{style}]{fam.verdict.value}[/]{note}"
-                )
+                note = f" ({len(fam.unrunnable_kernels)} kernels cannot run)" if fam.unrunnable_kernels else ""
+                table.add_row(ext.path, fam.family, ", ".join(fam.codes), f"[{style}]{fam.verdict.value}[/]{note}")
         console.print(table)
         for problem in self.problems:
             console.print(f"[red]✕[/] {problem}")
@@ -665,9 +652,7 @@ def arch_audit(
     try:  # bad names are the caller's mistake; say so before spending time on cuobjdump
         promised_codes = {fam: [GpuCode.parse(n) for n in names] for fam, names in (promised or {}).items()}
     except ValueError as err:
-        raise UsageError(
-            f"arch plan: {err}", hint="name codes as nvcc does: sm_121a, sm_120f, compute_80"
-        ) from err
+        raise UsageError(f"arch plan: {err}", hint="name codes as nvcc does: sm_121a, sm_120f, compute_80") from err
     extensions: list[ExtensionArch] = []
     fams: list[FamilyArch] = []
     with _unpacked(wheel_or_dir) as root:
@@ -677,9 +662,7 @@ def arch_audit(
             except ELFError:
                 continue
             if shared:
-                ext, ext_fams = _audit_extension(
-                    elf, elf.relative_to(root).as_posix(), target, cuobjdump, families
-                )
+                ext, ext_fams = _audit_extension(elf, elf.relative_to(root).as_posix(), target, cuobjdump, families)
                 extensions.append(ext)
                 fams.extend(ext_fams)
 
@@ -693,9 +676,7 @@ def arch_audit(
     for family, codes in promised_codes.items():
         carried = {c for f in fams if f.family == family for c in f.codes}
         if not any(f.family == family for f in fams):
-            problems.append(
-                f"the arch plan promised {family}, but no extension or kernel family has that name"
-            )
+            problems.append(f"the arch plan promised {family}, but no extension or kernel family has that name")
             continue
         for code in codes:
             if code.name not in carried:

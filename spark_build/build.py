@@ -24,6 +24,7 @@ from spark_build.lock import WorkdirLock, stop_process_group
 from spark_build.pipeline import StepPlan, StepSpec, fingerprint, plan
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals
 from spark_build.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
+from spark_build.source_steps import ArchPlanStep, Sources
 from spark_build.state import BuildState, StepRecord
 from spark_build.steps import BuildDeps, Clone, Context, Patch, Preflight, Step, Torch, UseExistingTorch, Venv
 from spark_build.targets import resolve_arch
@@ -37,6 +38,8 @@ STEPS: tuple[Step, ...] = (
     Patch(),
     UseExistingTorch(),
     BuildDeps(),
+    Sources(),
+    ArchPlanStep(),
     Compile(),
     Validate(),
     Publish(),
@@ -72,6 +75,7 @@ def build(
     *,
     clock: Callable[[], float] = time.monotonic,
     held: WorkdirLock | None = None,
+    stop_after: str | None = None,
 ) -> int:
     """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure.
     `held` is the workdir lock when the caller took it already (the nightly does)."""
@@ -94,7 +98,8 @@ def build(
 
             make_example_upstream(Path(config.repo))
             console.print(f"example upstream created at {config.repo}")
-        return _run(config, console, clock, arch, recorded, lock)
+        steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
+        return _run(config, console, clock, arch, recorded, lock, steps)
 
 
 def _run(
@@ -104,6 +109,7 @@ def _run(
     arch: str,
     recorded: BuildState | None,
     lock: WorkdirLock,
+    steps: Sequence[Step],
 ) -> int:
     run_id = new_run_id(time.time(), os.getpid())
     log_dir = config.logs_dir / run_id
@@ -113,16 +119,16 @@ def _run(
     runner = Runner(reporter, on_group=lock.note_child)
     state = recorded if recorded is not None else BuildState()
     state.run_id = run_id
-    ctx = Context(config=config, arch=arch, runner=runner, log_dir=log_dir, state=state)
-    by_name = {s.name: s for s in STEPS}
+    ctx = Context(config=config, arch=arch, runner=runner, log_dir=log_dir, state=state, console=console)
+    by_name = {s.name: s for s in steps}
 
     def still_valid(name: str) -> bool:
         record = state.record(name)
         return record is not None and by_name[name].check(ctx, record.result)
 
-    plans = plan(specs_for(STEPS, ctx), recorded, resume=config.resume, still_valid=still_valid)
+    plans = plan(specs_for(steps, ctx), recorded, resume=config.resume, still_valid=still_valid)
     if config.dry_run:
-        reporter.plan(plans, {s.name: s.summary for s in STEPS})
+        reporter.plan(plans, {s.name: s.summary for s in steps})
         return 0
     console.print(f"build {run_id}: {config.repo} @ {config.ref} for {arch} in {config.workdir}", highlight=False)
     outcomes: list[StepOutcome] = []

@@ -18,7 +18,8 @@ from spark_build.errors import SparkBuildError
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    # Logs and cron mail are read later on wider screens than rich's 80-column default.
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 150)
 
 
 def guarded(action: Callable[[], int], *, debug: bool) -> int:
@@ -36,14 +37,15 @@ def guarded(action: Callable[[], int], *, debug: bool) -> int:
         return 130
 
 
-def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None) -> int:
+def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_after: str | None = None) -> int:
+    """`invoke build-vllm`, and `invoke arch-plan` (the same steps, stopping after the plan)."""
     from spark_build.build import build
 
     debug = bool(cli.get("debug"))
 
     def action() -> int:
         cfg = options.resolve(cli, file)
-        return build(cfg, console())
+        return build(cfg, console(), stop_after=stop_after)
 
     return guarded(action, debug=debug)
 

@@ -21,6 +21,7 @@ from spark_build.errors import StepFailed
 from spark_build.governor import Governor
 from spark_build.jobplan import cpu_count, load_estimates, parse_ninja_log, plan_jobs, write_jobs_json
 from spark_build.oom import find_oom_kills, next_jobs_after_oom, oom_give_up_error
+from spark_build.source_steps import sources_env
 from spark_build.steps import Context, Step
 
 
@@ -37,6 +38,7 @@ def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:
     cfg = ctx.config
     cuda_bin = cfg.cuda_home / "bin"
     return {
+        **sources_env(ctx),  # *_SRC_DIR: CMake builds from the fetched sources, never GitHub
         "TORCH_CUDA_ARCH_LIST": ctx.arch,
         "MAX_JOBS": str(jobs),
         "NVCC_THREADS": str(nvcc_threads),

@@ -49,6 +49,9 @@ class BuildConfig:
     uv_cache_dir: Path | None
     build_type: str
     serve_model: str | None
+    source_mirrors: Mapping[str, str]
+    offline: bool
+    cutlass_from_package: bool
     example: bool
     no_patches: bool
     no_serve: bool
@@ -63,7 +66,7 @@ class BuildConfig:
 
 # Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
 SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig))
-_BOOLEANS = {"example", "no_patches", "no_serve", "resume", "dry_run", "debug"}
+_BOOLEANS = {"example", "no_patches", "no_serve", "resume", "dry_run", "debug", "offline", "cutlass_from_package"}
 _PATHS = {"workdir", "cuda_home", "wheelhouse", "logs_dir", "patches_dir", "uv_cache_dir"}
 _BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
 
@@ -91,6 +94,10 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "uv_cache_dir": None,
         "build_type": "Release",
         "serve_model": None,
+        # name or URL of an external project → a local git repo, bundle or URL to fetch it from
+        "source_mirrors": {},
+        "offline": False,
+        "cutlass_from_package": False,
         "example": False,
         "no_patches": False,
         "no_serve": False,
@@ -222,6 +229,9 @@ def resolve(
         uv_cache_dir=paths["uv_cache_dir"],
         build_type=build_type,
         serve_model=str(merged["serve_model"]) if merged["serve_model"] else None,
+        source_mirrors=_mirrors(merged["source_mirrors"], base),
+        offline=merged["offline"],
+        cutlass_from_package=merged["cutlass_from_package"],
         example=merged["example"],
         no_patches=merged["no_patches"],
         no_serve=merged["no_serve"],
@@ -237,6 +247,21 @@ def _mem_budget(value: Any) -> int | None:
     from spark_build.jobplan import parse_mem_size
 
     return parse_mem_size(str(value))
+
+
+def _mirrors(value: Any, base: Path) -> dict[str, str]:
+    """`{name: where}` from invoke.yaml, or `name=where,name=where` from the environment."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+            raise UsageError(
+                f"source_mirrors must be name=path pairs, got '{value}'",
+                hint="e.g. SPARK_BUILD_SOURCE_MIRRORS=qutlass=/mirror/qutlass.bundle,flashmla=/mirror/FlashMLA.bundle",
+            )
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, Mapping):
+        raise UsageError("source_mirrors must map project names to paths or URLs", hint="see README.md")
+    return {str(k): _normalise_repo(str(v), base) for k, v in value.items()}
 
 
 def _mem_reserve(value: Any) -> int:

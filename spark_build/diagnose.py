@@ -62,8 +62,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "triton-ptxas-unknown-arch",
         r"Value '(sm_\d+[af]?)' is not defined for option 'gpu-name'",
         "a ptxas older than this GPU (usually Triton's bundled CUDA 12.8 one) was asked to compile for it",
-        "export TRITON_PTXAS_PATH=/usr/local/cuda/bin/ptxas "
-        "TRITON_PTXAS_BLACKWELL_PATH=/usr/local/cuda/bin/ptxas",
+        "export TRITON_PTXAS_PATH=/usr/local/cuda/bin/ptxas TRITON_PTXAS_BLACKWELL_PATH=/usr/local/cuda/bin/ptxas",
     ),
     _signature(
         "compiler-oom-killed",

@@ -75,9 +75,7 @@ class GpuCode:
         """Read ``sm_121a`` (SASS) or ``compute_80`` (PTX), the names nvcc's ``-gencode`` uses."""
         match = _CODE_RE.match(name.strip())
         if match is None:
-            raise ValueError(
-                f"not a GPU arch name: {name!r} (expected e.g. 'sm_121a', 'sm_120f' or 'compute_80')"
-            )
+            raise ValueError(f"not a GPU arch name: {name!r} (expected e.g. 'sm_121a', 'sm_120f' or 'compute_80')")
         num = match["num"]
         kind = CodeKind.SASS if match["kind"] == "sm" else CodeKind.PTX
         # NVIDIA's names put the minor in the last digit: sm_75 is 7.5, sm_121 is 12.1.

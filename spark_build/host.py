@@ -418,9 +418,7 @@ def gather_host(
     notes: list[str] = []
     total, available = memory()
 
-    status, output = run(
-        ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]
-    )
+    status, output = run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"])
     gpus = parse_nvidia_smi(output) if status == 0 else ()
     gpu_query_error = None
     if not gpus:
@@ -488,8 +486,7 @@ def gather_host(
         torch_query_error=torch_query_error,
         triton_ptxas_path=env.get("TRITON_PTXAS_PATH") or None,
         triton_ptxas_blackwell_path=env.get("TRITON_PTXAS_BLACKWELL_PATH") or None,
-        triton_ptxas_path_exists=bool(env.get("TRITON_PTXAS_PATH"))
-        and Path(env["TRITON_PTXAS_PATH"]).is_file(),
+        triton_ptxas_path_exists=bool(env.get("TRITON_PTXAS_PATH")) and Path(env["TRITON_PTXAS_PATH"]).is_file(),
         target_arch_option=arch,
         notes=tuple(notes),
     )

@@ -78,21 +78,26 @@ def build_requirement_files(source: Path) -> tuple[str, ...]:
 
 def recipe_for(source: Path, describe: str) -> Recipe:
     dist = project_name(source)
-    return Recipe(
-        dist=dist,
-        version=version_from_tag(describe),
-        build_requirements=build_requirement_files(source),
-    )
+    version = version_from_tag(describe)
+    if dist == "vllm" and version is not None:
+        # Release-specific: from 0.20 `requirements/build/` also holds cpu.txt with a +cpu torch pin.
+        from spark_build.versions import build_requirement_files as vllm_build_requirements
+
+        requirements = vllm_build_requirements(source, version)
+    else:
+        requirements = build_requirement_files(source)
+    return Recipe(dist=dist, version=version, build_requirements=requirements)
 
 
 _TORCH_PIN = re.compile(r"""^\s*["']?torch\s*(?:\[[^\]]*\])?\s*(==|>=|<=|~=|!=|<|>|@)""")
 
 
 def torch_pins(source: Path) -> list[str]:
-    """Lines that still pin torch in the files vLLM's `use_existing_torch.py` rewrites
-    (`requirements/**/*.txt`, `requirements/**/*.in`, `pyproject.toml`); after the script these
-    must be empty, or build-deps would replace the torch we installed."""
-    files = [*sorted((source / "requirements").rglob("*.txt")), *sorted((source / "requirements").rglob("*.in"))]
+    """Lines that still pin torch in the files pip installs from (`requirements/**/*.txt` and
+    `pyproject.toml`); after `use_existing_torch.py` these must be empty, or build-deps would
+    replace the torch we installed. `*.in` files are pip-compile inputs nothing installs from;
+    vLLM 0.13.0's script leaves `requirements/test.in` pinned, and that is harmless."""
+    files = sorted((source / "requirements").rglob("*.txt"))
     files.append(source / "pyproject.toml")
     found: list[str] = []
     for path in files:

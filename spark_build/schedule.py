@@ -66,9 +66,7 @@ def _check_paths(command: Sequence[str], workdir: Path, log_dir: Path) -> None:
         raise UsageError("the scheduled command is empty")
     for what, path in (("command", Path(command[0])), ("work dir", workdir), ("log dir", log_dir)):
         if not path.is_absolute():
-            raise UsageError(
-                f"scheduled {what} must be an absolute path: {path}", hint="pass a resolved path"
-            )
+            raise UsageError(f"scheduled {what} must be an absolute path: {path}", hint="pass a resolved path")
     for arg in (*command, str(workdir), str(log_dir)):
         if "\n" in arg or "\0" in arg:
             raise UsageError(f"scheduled command argument holds a newline: {arg!r}")
@@ -216,13 +214,9 @@ def install_systemd(
             changed = True
     _systemctl(runner, "daemon-reload")
     _systemctl(runner, "enable", "--now", f"{name}.timer")
-    lines = [
-        f"systemd timer {name}.timer runs daily at {at} (units in {unit_dir}); output → {log_dir / LOG_NAME}"
-    ]
+    lines = [f"systemd timer {name}.timer runs daily at {at} (units in {unit_dir}); output → {log_dir / LOG_NAME}"]
     if not linger():
-        lines.append(
-            "note: run `loginctl enable-linger $USER` so the timer also fires while you are logged out"
-        )
+        lines.append("note: run `loginctl enable-linger $USER` so the timer also fires while you are logged out")
     return ScheduleResult(changed, tuple(lines))
 
 
@@ -266,9 +260,7 @@ CrontabFactory = Callable[[], Any]
 def user_crontab() -> Any:
     """The invoking user's real crontab (python-crontab drives the `crontab` program)."""
     if shutil.which("crontab") is None:
-        raise UsageError(
-            "crontab not found: cron is not installed", hint="sudo apt-get install cron, or use --systemd"
-        )
+        raise UsageError("crontab not found: cron is not installed", hint="sudo apt-get install cron, or use --systemd")
     from crontab import CronTab
 
     return CronTab(user=True)
@@ -278,9 +270,7 @@ def _write(tab: Any) -> None:
     try:
         tab.write()
     except OSError as err:
-        raise SparkBuildError(
-            f"writing the crontab failed: {err}", hint="run `crontab -l` to see why"
-        ) from err
+        raise SparkBuildError(f"writing the crontab failed: {err}", hint="run `crontab -l` to see why") from err
 
 
 def install_cron(

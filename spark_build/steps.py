@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import git
+from rich.console import Console
 from uv import find_uv_bin
 
 from spark_build.config import BuildConfig
@@ -40,6 +41,12 @@ class Context:
     state: BuildState
     notes: list[str] = field(default_factory=list)
     host: HostFacts | None = None  # read by preflight on every run
+    console: Console | None = None
+
+    def show(self, renderable: Any) -> None:
+        """Put a table in front of the user (the arch plan), not only in the logs."""
+        if self.console is not None:
+            self.console.print(renderable)
 
     @property
     def workdir(self) -> Path:

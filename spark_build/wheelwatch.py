@@ -148,9 +148,7 @@ def transient_retry(policy: RetryPolicy = RETRY_POLICY, *, on_retry: Say | None 
     )
 
 
-def _status_failure(
-    what: str, url: str, err: HTTPStatusError, policy: RetryPolicy, hint: str
-) -> SparkBuildError:
+def _status_failure(what: str, url: str, err: HTTPStatusError, policy: RetryPolicy, hint: str) -> SparkBuildError:
     tries = f" (after {policy.attempts} attempts)" if is_transient(err) else ""
     return SparkBuildError(f"{what} {url}: {err.status_line}{tries}", hint=hint)
 
@@ -191,9 +189,7 @@ _OPENER = urllib.request.build_opener(_KeepHeadOnRedirect)
 
 
 def _open(url: str, *, timeout: float, method: str = "GET", headers: Mapping[str, str] | None = None) -> Any:
-    request = urllib.request.Request(
-        url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})}
-    )
+    request = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
     try:
         return _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as err:
@@ -695,9 +691,7 @@ def nightly(
     name = wheel_filename(split_sha256_fragment(url)[0])
     extra: dict[str, Any] = {}
 
-    def finish(
-        outcome: Outcome, message: str, wheel: Path | None = None, sha: str | None = None
-    ) -> NightlyOutcome:
+    def finish(outcome: Outcome, message: str, wheel: Path | None = None, sha: str | None = None) -> NightlyOutcome:
         result = NightlyOutcome(outcome, url, message, started, clock(), wheel, sha, log_path, extra)
         append_history(history_path, result.record())
         _notify(notify, result, notify_runner, say)

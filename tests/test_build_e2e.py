@@ -28,6 +28,8 @@ STEPS = [
     "patch",
     "use-existing-torch",
     "build-deps",
+    "sources",
+    "arch-plan",
     "compile",
     "validate",
     "publish",

@@ -1,0 +1,112 @@
+"""`invoke arch-plan` on the real vLLM 0.13.0 source, offline: sdist → local git repo tagged
+v0.13.0 → CUDA 13 torch → build-deps → sources from the mirror's bundles → vLLM's own CMake
+configure → the table. Before the patch series qutlass is built as sm_120a, which a GB10
+cannot run; after it every 12.x family runs natively."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import git
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+MIRROR = ROOT.parent / "shared" / "mirror"
+
+
+@pytest.fixture(scope="module")
+def offline_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The sdist as the repo to clone, and an invoke.yaml naming every local stand-in."""
+    root = tmp_path_factory.mktemp("vllm-upstream")
+    with tarfile.open(MIRROR / "vllm-0.13.0.tar.gz") as tar:
+        tar.extractall(root, filter="data")
+    source = root / "vllm-0.13.0"
+    repo = git.Repo.init(source, initial_branch="main")
+    repo.git.add("-A", "-f")
+    repo.git.commit(
+        "-qm",
+        "vLLM 0.13.0 sdist",
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t.invalid",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t.invalid",
+        },
+    )
+    repo.create_tag("v0.13.0")
+    # Triton is not mirrored; vLLM's CMake only copies the .py files of its triton_kernels.
+    triton = root / "triton"
+    package = triton / "python" / "triton_kernels" / "triton_kernels"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("# stand-in for Triton v3.5.0's triton_kernels\n")
+    stand_in = git.Repo.init(triton, initial_branch="main")
+    stand_in.index.add([str(package / "__init__.py")])
+    stand_in.index.commit("triton_kernels stand-in")
+    stand_in.create_tag("v3.5.0")
+    settings = root / "offline.yaml"
+    settings.write_text(
+        "spark_build:\n"
+        "  offline: true\n"
+        "  cutlass_from_package: true\n"
+        "  source_mirrors:\n"
+        f"    vllm-flash-attn: {MIRROR / 'flash-attention.bundle'}\n"
+        f"    flashmla: {MIRROR / 'FlashMLA.bundle'}\n"
+        f"    qutlass: {MIRROR / 'qutlass.bundle'}\n"
+        f"    triton_kernels: {triton}\n"
+        # The CUDA 13.0 torch this machine kind keeps on disk (see /work/.library/env).
+        "  torch_index: file:///opt/pypi-more/simple\n"
+        "  torch_packages: torch==2.14.1\n"
+        "  torch_cuda: '13'\n"
+    )
+    return source, settings
+
+
+def arch_plan(settings: Path, source: Path, workdir: Path, uv_cache: Path, *extra: str):
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "-f", str(settings), "arch-plan",
+            "--repo", str(source), "--arch", "12.1a", "--workdir", str(workdir), "--logs-dir", str(workdir / "logs"),
+            "--uv-cache-dir", str(uv_cache), *extra]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=1500)
+
+
+def rows(workdir: Path) -> dict[str, list[dict]]:
+    plan = json.loads((workdir / "logs" / "latest" / "arch-plan.json").read_text())
+    out: dict[str, list[dict]] = {}
+    for row in plan["rows"]:
+        out.setdefault(row["name"], []).append(row)
+    return out
+
+
+def test_pristine_0_13_0_stops_before_compiling_because_qutlass_cannot_run_then_the_patched_plan_passes(
+    offline_setup, tmp_path, uv_cache
+):
+    source, settings = offline_setup
+    work = tmp_path / "work"
+
+    pristine = arch_plan(settings, source, work, uv_cache, "--no-patches")
+    assert pristine.returncode == 1, pristine.stdout + pristine.stderr
+    assert "would be built without code that runs on 12.1" in pristine.stderr
+    before = rows(work)
+    qutlass = [r for name, rs in before.items() if "qutlass" in name for r in rs]
+    assert qutlass and all(r["sass"] == ["sm_120a"] and r["verdict"] == "cannot run" for r in qutlass)
+    assert before["scaled_mm_c3x_sm120"][0]["sass"] == ["sm_120f"], "CUDA 13 builds the 12.0 family code"
+    assert "CUDA supported target architectures: 12.0" in (work / "logs" / "latest" / "arch-plan.log").read_text()
+
+    patched = arch_plan(settings, source, work, uv_cache, "--resume")
+    assert patched.returncode == 0, patched.stdout + patched.stderr
+    steps = {
+        s["name"]: s["status"] for s in json.loads((work / "logs" / "latest" / "summary.json").read_text())["steps"]
+    }
+    assert steps["torch"] == steps["clone"] == "skipped", "the patch change reruns only what follows it"
+    assert steps["patch"] == steps["arch-plan"] == "done"
+    after = rows(work)
+    qutlass = [r for name, rs in after.items() if "qutlass" in name for r in rs]
+    assert qutlass and all(r["sass"] == ["sm_120f"] and r["verdict"] == "native" for r in qutlass)
+    twelve_x = [r for rs in after.values() for r in rs if any(c.startswith("sm_12") for c in r["sass"])]
+    assert twelve_x and all(r["verdict"] == "native" for r in twelve_x)

@@ -1,0 +1,186 @@
+"""What spark-build knows per vLLM release: where build requirements live, what CMake fetches.
+
+The requirement layouts below were read from the released sdists on the package index
+(`pip download --no-deps --no-binary :all: vllm==X`): 0.13.0 … 0.19.1 keep one
+`requirements/build.txt`; 0.20.0 moved to `requirements/build/{cpu,cuda,rocm,tpu}.txt`;
+0.22.0 added a Rust crate; 0.26.0 … 0.33.0 also carry `build/rust.txt` (and 0.33.0 `rock.txt`).
+The trees here are synthetic copies of those layouts (file names only).
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from spark_build.errors import UsageError
+from spark_build.versions import (
+    build_requirement_files,
+    external_projects,
+    parse_external_projects,
+    rules_for,
+)
+
+MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
+
+LAYOUT_0_13 = ["requirements/build.txt", "requirements/cuda.txt", "requirements/common.txt"]
+LAYOUT_0_20 = [f"requirements/build/{d}.txt" for d in ("cpu", "cuda", "rocm", "tpu")]
+LAYOUT_0_33 = [f"requirements/build/{d}.txt" for d in ("cpu", "cuda", "rock", "rocm", "rust", "tpu")]
+
+
+def _tree(root: Path, files: list[str]) -> Path:
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("cmake>=3.26.1\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("version", "layout", "expected"),
+    [
+        pytest.param("0.13.0", LAYOUT_0_13, ("requirements/build.txt",), id="0.13.0 keeps one build.txt"),
+        pytest.param("0.19.1", LAYOUT_0_13, ("requirements/build.txt",), id="0.19.1 is the last with build.txt"),
+        pytest.param("0.20.0", LAYOUT_0_20, ("requirements/build/cuda.txt",), id="0.20.0 has one file per device"),
+        pytest.param("0.33.0", LAYOUT_0_33, ("requirements/build/cuda.txt",), id="0.33.0 adds rust.txt and rock.txt"),
+    ],
+)
+def test_a_cuda_build_installs_only_the_cuda_build_requirements_of_its_release(
+    tmp_path: Path, version: str, layout: list[str], expected: tuple[str, ...]
+) -> None:
+    # Installing every file of requirements/build/ would pull cpu.txt's `torch==…+cpu` pin.
+    assert build_requirement_files(_tree(tmp_path, layout), Version(version)) == expected
+
+
+def test_a_tree_without_the_requirement_file_its_release_should_have_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"requirements/build/cuda\.txt"):
+        build_requirement_files(_tree(tmp_path, LAYOUT_0_13), Version("0.22.0"))
+
+
+@pytest.mark.parametrize(
+    ("version", "rust"),
+    [("0.13.0", False), ("0.21.0", False), ("0.22.0", True), ("0.33.0", True)],
+    ids=["0.13.0 has no Rust", "0.21.0 has no Rust", "0.22.0 brings a Rust crate", "0.33.0 needs Rust"],
+)
+def test_releases_from_0_22_need_a_rust_toolchain_and_read_its_variables(version: str, rust: bool) -> None:
+    rules = rules_for(Version(version))
+    assert rules.needs_rust is rust
+    assert ("VLLM_USE_PRECOMPILED_RUST" in rules.setup_env) is rust
+    assert {"MAX_JOBS", "NVCC_THREADS", "VLLM_TARGET_DEVICE", "CMAKE_BUILD_TYPE"} <= set(rules.setup_env)
+
+
+def test_a_release_older_than_spark_build_knows_is_refused_by_version() -> None:
+    with pytest.raises(UsageError, match=r"0\.11\.0 is older"):
+        rules_for(Version("0.11.0"))
+
+
+# CMake text written for these tests, in the shapes vLLM's files use.
+_PINNED_BY_VARIABLE = """
+set(WIDGET_REVISION "v1.2.3")  # keep in sync with GIT_TAG below
+if (DEFINED ENV{WIDGET_SRC_DIR})
+  set(WIDGET_SRC_DIR $ENV{WIDGET_SRC_DIR})
+endif()
+if(WIDGET_SRC_DIR)
+  FetchContent_Declare(widget SOURCE_DIR ${WIDGET_SRC_DIR})
+else()
+  FetchContent_Declare(
+      widget
+      GIT_REPOSITORY https://example.org/widget.git
+      # GIT_TAG deadbeef  (a comment must not count)
+      GIT_TAG ${WIDGET_REVISION}
+      GIT_PROGRESS TRUE)
+endif()
+"""
+
+_SUBDIR_AND_COMMIT = """
+if (DEFINED ENV{KERNELS_SRC_DIR})
+  FetchContent_Declare(kernels SOURCE_DIR $ENV{KERNELS_SRC_DIR})
+else()
+  FetchContent_Declare(
+          kernels
+          GIT_REPOSITORY https://example.org/big.git
+          GIT_TAG 0123456789abcdef0123456789abcdef01234567
+          SOURCE_SUBDIR python/kernels/kernels
+  )
+endif()
+"""
+
+_DEPENDS_ON_DEVICE = """
+if (DEFINED ENV{TOOL_SRC_DIR})
+  FetchContent_Declare(tool SOURCE_DIR $ENV{TOOL_SRC_DIR})
+else()
+  if (VLLM_TARGET_DEVICE STREQUAL "rocm")
+    set(TOOL_GIT "https://example.org/rocm-tool.git")
+    set(TOOL_TAG "aaaa")
+  else()
+    set(TOOL_GIT "https://example.org/tool.git")
+    set(TOOL_TAG "v2.0")
+  endif()
+  FetchContent_Declare(tool GIT_REPOSITORY ${TOOL_GIT} GIT_TAG ${TOOL_TAG})
+endif()
+"""
+
+
+def test_a_pin_held_in_a_variable_is_resolved_and_the_local_copy_variable_found() -> None:
+    (widget,) = parse_external_projects({"CMakeLists.txt": _PINNED_BY_VARIABLE})
+    assert (widget.name, widget.repository, widget.revision) == ("widget", "https://example.org/widget.git", "v1.2.3")
+    assert widget.src_dir_env == "WIDGET_SRC_DIR"
+    assert widget.defined_in == "CMakeLists.txt"
+    assert not widget.is_commit
+
+
+def test_a_project_used_from_a_subfolder_says_where_its_variable_must_point() -> None:
+    (kernels,) = parse_external_projects({"cmake/external_projects/kernels.cmake": _SUBDIR_AND_COMMIT})
+    assert kernels.source_subdir == "python/kernels/kernels"
+    assert kernels.is_commit
+    assert kernels.src_dir_env == "KERNELS_SRC_DIR"
+
+
+def test_a_pin_that_depends_on_the_device_is_reported_as_ambiguous_not_guessed() -> None:
+    (tool,) = parse_external_projects({"cmake/external_projects/tool.cmake": _DEPENDS_ON_DEVICE})
+    assert tool.revision is None and tool.repository is None
+    assert not tool.pinned
+    assert set(tool.candidates) == {"aaaa", "v2.0"}
+    assert set(tool.repository_candidates) == {"https://example.org/rocm-tool.git", "https://example.org/tool.git"}
+
+
+def test_a_renamed_local_copy_variable_is_refused(tmp_path: Path) -> None:
+    # If CMake stopped reading QUTLASS_SRC_DIR, pointing it at the cache would silently go online.
+    (tmp_path / "cmake" / "external_projects").mkdir(parents=True)
+    (tmp_path / "cmake" / "external_projects" / "qutlass.cmake").write_text(
+        _SUBDIR_AND_COMMIT.replace("kernels", "qutlass").replace("KERNELS_SRC_DIR", "QUTLASS_DIR_RENAMED_SRC_DIR")
+    )
+    with pytest.raises(UsageError, match="QUTLASS_DIR_RENAMED_SRC_DIR for qutlass, not QUTLASS_SRC_DIR"):
+        external_projects(tmp_path, Version("0.13.0"))
+
+
+@pytest.fixture(scope="module")
+def vllm_0_13_cmake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CMake files of the real vLLM 0.13.0 sdist from the shared mirror (read, not run)."""
+    sdist = MIRROR / "vllm-0.13.0.tar.gz"
+    if not sdist.is_file():
+        pytest.fail(f"{sdist} is missing: the shared mirror of vLLM 0.13.0's sources is needed")
+    root = tmp_path_factory.mktemp("sdist")
+    with tarfile.open(sdist) as tar:
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile()
+            and (m.name.endswith("/CMakeLists.txt") and m.name.count("/") == 1 or "/cmake/external_projects/" in m.name)
+        ]
+        tar.extractall(root, members=members, filter="data")
+    return root / "vllm-0.13.0"
+
+
+def test_vllm_0_13_fetches_five_projects_at_the_pins_the_mirror_holds(vllm_0_13_cmake: Path) -> None:
+    projects = {p.name: p for p in external_projects(vllm_0_13_cmake, Version("0.13.0"))}
+    assert {name: (p.revision, p.src_dir_env) for name, p in projects.items()} == {
+        "cutlass": ("v4.2.1", "VLLM_CUTLASS_SRC_DIR"),
+        "vllm-flash-attn": ("86f8f157cf82aa2342743752b97788922dd7de43", "VLLM_FLASH_ATTN_SRC_DIR"),
+        "flashmla": ("46d64a8ebef03fa50b4ae74937276a5c940e3f95", "FLASH_MLA_SRC_DIR"),
+        "qutlass": ("830d2c4537c7396e14a02a46fbddd18b5d107c65", "QUTLASS_SRC_DIR"),
+        "triton_kernels": ("v3.5.0", "TRITON_KERNELS_SRC_DIR"),
+    }
+    assert projects["triton_kernels"].source_subdir == "python/triton_kernels/triton_kernels"
+    assert projects["qutlass"].repository == "https://github.com/IST-DASLab/qutlass.git"
