@@ -8,6 +8,7 @@ pure over summary documents); `load_runs` is the only function reading files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -187,9 +188,7 @@ def load_runs(logs_dir: Path) -> list[dict[str, Any]]:
             summary = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # runs before traces existed
             summary[TRACE_META] = json.loads((path.parent / "trace.json").read_text()).get("otherData") or {}
-        except (OSError, ValueError, AttributeError):
-            pass
         runs.append(summary)
     return runs
