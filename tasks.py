@@ -220,13 +220,15 @@ def schedule(
 
 @task(
     auto_shortflags=False,
+    iterable=["with_package"],
     help={
         "wheel": "the .whl to prove (built here or downloaded)",
         "arch": "target GPU arch, e.g. 12.1a (default: read from the GPU)",
         "workdir": "where the fresh venv is made (default ./work)",
         "logs-dir": "where the log goes (default ./logs)",
         "torch-index": "index URL or wheel folder for torch (default: PyTorch's cu130 index)",
-        "torch-packages": "torch requirements to install beside the wheel (default 'torch torchvision torchaudio')",
+        "with-package": "a requirement to install beside the wheel, e.g. the torch it was built against "
+        "(repeatable; default none: the wheel's own dependencies only)",
         "torch-cuda": "CUDA major to audit linkage against, or 'cpu' to take nvcc's (default 13)",
         "uv-cache-dir": "uv's download cache",
         "serve": "also serve a model from the wheel and ask it for a completion and a chat completion",
@@ -241,7 +243,7 @@ def validate(
     workdir: str | None = None,
     logs_dir: str | None = None,
     torch_index: str | None = None,
-    torch_packages: str | None = None,
+    with_package: list[str] | None = None,
     torch_cuda: str | None = None,
     uv_cache_dir: str | None = None,
     serve: bool = False,
@@ -249,7 +251,7 @@ def validate(
     debug: bool = False,
 ) -> None:
     """Prove any wheel: fresh venv install, imports, linkage audit, GPU-code audit; tables printed."""
-    cli = {k: v for k, v in locals().items() if k not in ("c", "wheel", "serve")}
+    cli = {k: v for k, v in locals().items() if k not in ("c", "wheel", "serve", "with_package")}
     from spark_build.cli import validate as run
 
-    _exit(run(wheel, cli, _file_options(c), serve=serve))
+    _exit(run(wheel, cli, _file_options(c), serve=serve, extra=list(with_package or [])))

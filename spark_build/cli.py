@@ -186,7 +186,9 @@ def schedule(
     return guarded(action, debug=False)
 
 
-def validate(wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, serve: bool = False) -> int:
+def validate(
+    wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, serve: bool = False, extra: list[str]
+) -> int:
     """`invoke validate WHEEL`: the validate step's proof for any wheel, also a downloaded one."""
     import time
     from pathlib import Path
@@ -214,7 +216,7 @@ def validate(wheel: str, cli: Mapping[str, Any], file: Mapping[str, Any] | None,
             wheel=path,
             venv=cfg.workdir / f"validate-{path.stem}",
             python=cfg.python,
-            requirements=cfg.torch_packages,
+            requirements=tuple(extra),
             index=cfg.torch_index,
             modules=modules_of(path),
             cuda_home=cfg.cuda_home,

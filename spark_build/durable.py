@@ -21,6 +21,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _readable_mode() -> int:
+    """0644 less the umask: mkstemp's 0600 would hide a published wheel from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace `path` with `text` so readers see the old or the new content, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), _readable_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -45,6 +53,7 @@ def atomic_copy(source: Path, target: Path) -> None:
     try:
         shutil.copyfile(source, tmp)
         with open(tmp, "rb") as handle:
+            os.fchmod(handle.fileno(), _readable_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:

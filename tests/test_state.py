@@ -39,3 +39,14 @@ def test_a_corrupt_state_file_is_moved_aside_and_reported(tmp_path, content):
     assert len(aside) == 1 and aside[0].read_text() == content, "the evidence is kept"
     assert caught.value.exit_code == 2
     assert "without --resume" in (caught.value.hint or "")
+
+
+def test_published_files_are_readable_by_other_users(tmp_path):
+    from spark_build.durable import atomic_copy, atomic_write_text
+
+    atomic_write_text(tmp_path / "index.html", "<html/>")
+    source = tmp_path / "a.whl"
+    source.write_bytes(b"wheel")
+    atomic_copy(source, tmp_path / "house" / "a.whl")
+    for path in (tmp_path / "index.html", tmp_path / "house" / "a.whl"):
+        assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
