@@ -73,6 +73,11 @@ def build_vllm(
     uv_cache_dir: str | None = None,
     serve_model: str | None = None,
     no_serve: bool = False,
+    cache: str | None = None,
+    cache_size: str | None = None,
+    cache_dir: str | None = None,
+    dist: str | None = None,
+    dist_token_file: str | None = None,
     example: bool = False,
     no_patches: bool = False,
     resume: bool = False,
@@ -255,3 +260,32 @@ def validate(
     from spark_build.cli import validate as run
 
     _exit(run(wheel, cli, _file_options(c), serve=serve, extra=list(with_package or [])))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "run": "run id, a unique prefix of one, or a run folder (default: logs/latest)",
+        "json": "print the report as JSON",
+        "html": "also write the timeline as a self-contained HTML page (no network needed) to this file",
+        "logs-dir": "where per-run logs are (default ./logs)",
+    },
+)
+def report(
+    c: Context, run: str | None = None, json: bool = False, html: str | None = None, logs_dir: str | None = None
+) -> None:
+    """Explain one build: timing, slowest and hungriest objects, CPU use, critical path, cache, validation."""
+    from spark_build.cli import report as run_report
+
+    _exit(run_report({"logs_dir": logs_dir}, _file_options(c), run=run, as_json=json, html=html))
+
+
+@task(
+    auto_shortflags=False,
+    help={"json": "print the rows as JSON", "logs-dir": "where per-run logs are (default ./logs)"},
+)
+def history(c: Context, json: bool = False, logs_dir: str | None = None) -> None:
+    """One line per build (date, ref, arch, wall, jobs, peak memory, cache hits, outcome) and what changed."""
+    from spark_build.cli import history as run_history
+
+    _exit(run_history({"logs_dir": logs_dir}, _file_options(c), as_json=json))

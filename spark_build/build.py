@@ -28,6 +28,7 @@ from spark_build.source_steps import ArchPlanStep, Sources
 from spark_build.state import BuildState, StepRecord
 from spark_build.steps import BuildDeps, Clone, Context, Patch, Preflight, Step, Torch, UseExistingTorch, Venv
 from spark_build.targets import resolve_arch
+from spark_build.trace import write_trace
 from spark_build.validate import Publish, Validate
 
 STEPS: tuple[Step, ...] = (
@@ -93,10 +94,11 @@ def build(
             if stopped:
                 console.print(f"stopped {stopped} leftover process(es) of an earlier, killed build")
         recorded = checkpoint.load(config.state_file) if config.resume else None
-        if config.example and not Path(config.repo).exists() and not config.dry_run:
+        generated = config.workdir / "example-upstream"
+        if config.example and config.repo == str(generated) and not generated.exists() and not config.dry_run:
             from spark_build.example import make_example_upstream
 
-            make_example_upstream(Path(config.repo))
+            make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
         return _run(config, console, clock, arch, recorded, lock, steps)
@@ -119,7 +121,15 @@ def _run(
     runner = Runner(reporter, on_group=lock.note_child)
     state = recorded if recorded is not None else BuildState()
     state.run_id = run_id
-    ctx = Context(config=config, arch=arch, runner=runner, log_dir=log_dir, state=state, console=console)
+    ctx = Context(
+        config=config,
+        arch=arch,
+        runner=runner,
+        log_dir=log_dir,
+        state=state,
+        console=console,
+        compiles=any(s.name == Compile.name for s in steps),
+    )
     by_name = {s.name: s for s in steps}
 
     def still_valid(name: str) -> bool:
@@ -157,7 +167,14 @@ def _run(
             error=error.message if error else None,
         )
         path = write_summary(log_dir, summary)
-        console.print(f"logs: {log_dir}  summary: {path.name}", highlight=False)
+        try:
+            write_trace(
+                log_dir, state_file=config.state_file, build_root=ctx.src / "build", ninja=ctx.venv / "bin" / "ninja"
+            )
+            traced = "  trace: trace.json (Perfetto, chrome://tracing)"
+        except (OSError, ValueError, KeyError) as exc:  # a trace must never fail a build
+            traced = f"  (trace not written: {exc})"
+        console.print(f"logs: {log_dir}  summary: {path.name}{traced}", highlight=False)
     return 0
 
 
@@ -184,11 +201,11 @@ def _carry_out(
     reporter.begin(p.name, step.summary)
     started = clock()
 
-    def close(status: str, code: int) -> None:
+    def close(status: str, code: int, detail: str = "") -> None:
         _finish(ctx, record, status)
         seconds = clock() - started
         reporter.end(p.name, status, seconds)
-        outcomes.append(StepOutcome(p.name, status, seconds, p.reason, exit_code=code))
+        outcomes.append(StepOutcome(p.name, status, seconds, p.reason, exit_code=code, detail=detail))
 
     try:
         result: dict[str, Any] = step.run(ctx)
@@ -216,7 +233,7 @@ def _carry_out(
             hint="rerun with --debug for the traceback; --resume keeps what is done",
         ) from exc
     record.result = result
-    close("done", 0)
+    close("done", 0, step.detail(result))
 
 
 def explain(exc: SparkBuildError) -> None:

@@ -244,3 +244,23 @@ def validate(
         return 0
 
     return guarded(action, debug=bool(cli.get("debug")))
+
+
+def report(
+    cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, run: str | None, as_json: bool, html: str | None
+) -> int:
+    from pathlib import Path
+
+    from spark_build.insight import report_main
+
+    def action() -> int:
+        logs_dir = options.resolve(cli, file).logs_dir
+        return report_main(logs_dir, run, as_json, console(), html=Path(html) if html else None)
+
+    return guarded(action, debug=False)
+
+
+def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
+    from spark_build.insight import history_main
+
+    return guarded(lambda: history_main(options.resolve(cli, file).logs_dir, as_json, console()), debug=False)

@@ -16,10 +16,19 @@ from typing import Any
 
 import psutil
 
+from spark_build import compiler_cache
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
 from spark_build.governor import Governor
-from spark_build.jobplan import cpu_count, load_estimates, parse_ninja_log, plan_jobs, write_jobs_json
+from spark_build.jobplan import (
+    Estimates,
+    JobPlan,
+    cpu_count,
+    load_estimates,
+    parse_ninja_log,
+    plan_jobs,
+    write_jobs_json,
+)
 from spark_build.oom import find_oom_kills, next_jobs_after_oom, oom_give_up_error
 from spark_build.source_steps import sources_env
 from spark_build.steps import Context, Step
@@ -90,6 +99,28 @@ class Compile(Step):
         for stale in ctx.dist.glob("*.whl"):
             stale.unlink()
         before = ninja_log_entries(ctx.src)
+        token = cfg.dist_token_file.read_text().strip() if cfg.dist_token_file else None
+        cache = compiler_cache.start(
+            ctx,
+            self.name,
+            mode=cfg.cache,
+            size_limit=cfg.cache_size,
+            workdir=ctx.workdir,
+            cache_dir=cfg.cache_dir,
+            dist=cfg.dist,
+            dist_token=token,
+        )
+        try:
+            outcome = self._compile(ctx, plan, estimates, source, cache.env)
+        finally:
+            cache_record = compiler_cache.finish(ctx, self.name, cache)
+        return {**outcome, "objects_built": ninja_log_entries(ctx.src) - before, "cache": cache_record}
+
+    def _compile(
+        self, ctx: Context, plan: JobPlan, estimates: Estimates, source: str, cache_env: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Run the build, governed; on an OOM kill rerun it with fewer jobs in the same tree."""
+        cfg = ctx.config
         ninja_jobs, tries, records, peak_tree, pauses = plan.concurrent_jobs, 0, [], 0, 0
         log = ctx.log(self.name)
         while True:
@@ -106,14 +137,14 @@ class Compile(Step):
                     reserve_bytes=cfg.mem_reserve,
                 ).start()
 
-            env_vars = compile_env(ctx, ninja_jobs * plan.nvcc_threads, plan.nvcc_threads)
+            env_vars = {**compile_env(ctx, ninja_jobs * plan.nvcc_threads, plan.nvcc_threads), **cache_env}
             try:
                 code = ctx.run(
                     self.name,
                     [ctx.python, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", ctx.dist, "."],
                     cwd=ctx.src,
                     env={**os.environ, **env_vars},
-                    env_note=env_vars,
+                    env_note=compiler_cache.env_note(env_vars),
                     on_start=govern,
                     check=False,
                 )
@@ -155,10 +186,14 @@ class Compile(Step):
             "nvcc_threads": plan.nvcc_threads,
             "budget_bytes": plan.budget_bytes,
             "oom_retries": tries,
-            "objects_built": ninja_log_entries(ctx.src) - before,
             "peak_tree_rss_bytes": peak_tree,
             "governor_pauses": pauses,
         }
+
+    def detail(self, result: Mapping[str, Any]) -> str:
+        jobs = f"MAX_JOBS {result.get('max_jobs')}, {result.get('objects_built')} objects"
+        cache = compiler_cache.table_cell(result.get("cache"))
+        return f"{jobs}; {cache}" if cache else jobs
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         wheel = Path(str(result.get("wheel", "")))

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spark_build.compiler_cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
+from spark_build.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
 
 VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
@@ -49,6 +51,11 @@ class BuildConfig:
     uv_cache_dir: Path | None
     build_type: str
     serve_model: str | None
+    cache: CacheMode
+    cache_size: int
+    cache_dir: Path | None
+    dist: str | None
+    dist_token_file: Path | None
     source_mirrors: Mapping[str, str]
     offline: bool
     cutlass_from_package: bool
@@ -67,7 +74,16 @@ class BuildConfig:
 # Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
 SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig))
 _BOOLEANS = {"example", "no_patches", "no_serve", "resume", "dry_run", "debug", "offline", "cutlass_from_package"}
-_PATHS = {"workdir", "cuda_home", "wheelhouse", "logs_dir", "patches_dir", "uv_cache_dir"}
+_PATHS = {
+    "workdir",
+    "cuda_home",
+    "wheelhouse",
+    "logs_dir",
+    "patches_dir",
+    "uv_cache_dir",
+    "cache_dir",
+    "dist_token_file",
+}
 _BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
 
 
@@ -94,6 +110,11 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "uv_cache_dir": None,
         "build_type": "Release",
         "serve_model": None,
+        "cache": "auto",
+        "cache_size": DEFAULT_SIZE_LIMIT,
+        "cache_dir": None,
+        "dist": None,
+        "dist_token_file": None,
         # name or URL of an external project → a local git repo, bundle or URL to fetch it from
         "source_mirrors": {},
         "offline": False,
@@ -203,6 +224,12 @@ def resolve(
         packages = packages.replace(",", " ").split()
     if not packages:
         raise UsageError("--torch-packages is empty", hint="for example --torch-packages 'torch torchvision'")
+    dist = parse_scheduler_url(str(merged["dist"])) if merged["dist"] else None
+    if dist and paths["dist_token_file"] is None:
+        raise UsageError(
+            "--dist needs the scheduler's client token",
+            hint="copy client-token from the scheduler's machine and pass --dist-token-file PATH",
+        )
     arch = merged["arch"]
     if arch is not None:
         arch = str(arch).strip()
@@ -229,6 +256,11 @@ def resolve(
         uv_cache_dir=paths["uv_cache_dir"],
         build_type=build_type,
         serve_model=str(merged["serve_model"]) if merged["serve_model"] else None,
+        cache=parse_cache_mode(str(merged["cache"])),
+        cache_size=parse_size_limit(str(merged["cache_size"])),
+        cache_dir=paths["cache_dir"],
+        dist=dist,
+        dist_token_file=paths["dist_token_file"],
         source_mirrors=_mirrors(merged["source_mirrors"], base),
         offline=merged["offline"],
         cutlass_from_package=merged["cutlass_from_package"],

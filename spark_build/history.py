@@ -131,7 +131,7 @@ def compare(current: HistoryRow, previous: HistoryRow | None) -> dict[str, Any]:
     change: dict[str, Any] = {"previous": previous.run_id, "wall_s": round(current.wall_s - previous.wall_s, 3)}
     if previous.wall_s > 0:
         change["wall_pct"] = round(100 * (current.wall_s - previous.wall_s) / previous.wall_s, 1)
-    if current.jobs != previous.jobs:
+    if current.jobs is not None and previous.jobs is not None and current.jobs != previous.jobs:
         change["jobs_was"] = previous.jobs
     if current.peak_memory_bytes is not None and previous.peak_memory_bytes is not None:
         change["peak_memory_bytes"] = current.peak_memory_bytes - previous.peak_memory_bytes
@@ -146,20 +146,23 @@ def describe_change(change: Mapping[str, Any]) -> str:
     """One cell: `−26.8s (−34%); jobs was 4; peak +0.1 GiB; was failed at compile`."""
     if not change.get("previous"):
         return "first build of these inputs"
-    wall = change["wall_s"]
-    parts = [f"{'+' if wall >= 0 else '−'}{fmt_seconds(abs(wall))}"]
+    parts = [f"{_sign(change['wall_s'])}{fmt_seconds(abs(change['wall_s']))}"]
     if "wall_pct" in change:
-        parts[0] += f" ({change['wall_pct']:+.0f}%)"
+        parts[0] += f" ({_sign(change['wall_pct'])}{abs(change['wall_pct']):.0f}%)"
     if "jobs_was" in change:
-        parts.append(f"jobs was {change['jobs_was'] if change['jobs_was'] is not None else '—'}")
+        parts.append(f"jobs was {change['jobs_was']}")
     if change.get("peak_memory_bytes"):
         delta = change["peak_memory_bytes"]
-        parts.append(f"peak {'+' if delta >= 0 else '−'}{format_bytes(abs(delta))}")
+        parts.append(f"peak {_sign(delta)}{format_bytes(abs(delta))}")
     if change.get("cache_hit_points"):
         parts.append(f"cache {change['cache_hit_points']:+.0f} pts")
     if "outcome_was" in change:
         parts.append(f"was {change['outcome_was']}")
     return "; ".join(parts)
+
+
+def _sign(value: float) -> str:
+    return "+" if value >= 0 else "−"
 
 
 def history_rows(summaries: Sequence[Mapping[str, Any]]) -> list[HistoryRow]:

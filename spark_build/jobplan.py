@@ -193,8 +193,10 @@ def estimates_from(records: Sequence[Mapping[str, Any]], profile: Mapping[str, A
     """Merge the default profile with earlier builds' `jobs.json` documents (oldest first).
 
     A finished record replaces the profile's value (same source, same flags: a better guess than
-    a measurement of another build); a job killed before it finished only raises the estimate,
-    since its recorded peak is a lower bound.
+    a measurement of another build), but never lowers what an earlier record of this source saw:
+    a compiler-cache hit finishes in milliseconds at a tiny peak and says nothing about the
+    compile it skipped. A job killed before it finished only raises the estimate, since its
+    recorded peak is a lower bound.
     """
     peaks: dict[str, int] = {}
     seconds: dict[str, float] = {}
@@ -210,7 +212,7 @@ def estimates_from(records: Sequence[Mapping[str, Any]], profile: Mapping[str, A
                 continue
             name = normalize_object(row["object"])
             if row.get("finished", True):
-                peaks[name] = peak
+                peaks[name] = max(peak, peaks[name]) if name in learned else peak
                 learned.add(name)
                 if row.get("duration_s"):
                     seconds[name] = float(row["duration_s"])

@@ -31,6 +31,7 @@ class StepOutcome:
     seconds: float
     reason: str
     exit_code: int | None = None
+    detail: str = ""
 
 
 def new_run_id(now: float, pid: int) -> str:
@@ -47,11 +48,13 @@ def fmt_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def timing_rows(outcomes: Sequence[StepOutcome]) -> list[tuple[str, str, str, str]]:
-    """(step, status, duration, share of total) — the table printed after every run."""
+def timing_rows(outcomes: Sequence[StepOutcome]) -> list[tuple[str, str, str, str, str]]:
+    """(step, status, duration, share of total, detail) — the table printed after every run."""
     total = sum(o.seconds for o in outcomes) or 1.0
-    rows = [(o.name, o.status, fmt_seconds(o.seconds), f"{100 * o.seconds / total:.0f}%") for o in outcomes]
-    rows.append(("total", "", fmt_seconds(sum(o.seconds for o in outcomes)), "100%"))
+    rows = [
+        (o.name, o.status, fmt_seconds(o.seconds), f"{100 * o.seconds / total:.0f}%", o.detail) for o in outcomes
+    ]
+    rows.append(("total", "", fmt_seconds(sum(o.seconds for o in outcomes)), "100%", ""))
     return rows
 
 
@@ -131,7 +134,8 @@ class Reporter(StatusSink):
 
     def table(self, outcomes: Sequence[StepOutcome]) -> None:
         table = Table(title="timing")
-        for column, justify in (("step", "left"), ("status", "left"), ("duration", "right"), ("share", "right")):
+        columns = (("step", "left"), ("status", "left"), ("duration", "right"), ("share", "right"), ("", "left"))
+        for column, justify in columns:
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for row in timing_rows(outcomes):
             table.add_row(*row)
@@ -165,6 +169,7 @@ def summary_payload(
         "nvcc_threads": compile_result.get("nvcc_threads"),
         "wheel": compile_result.get("wheel"),
         "wheel_sha256": compile_result.get("sha256"),
+        "compiler_cache": compile_result.get("cache"),
         "results": results,
     }
 

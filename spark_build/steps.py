@@ -7,6 +7,7 @@ facts they found (commit, torch version, wheel sha256…), which the checkpoint 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from rich.console import Console
 from uv import find_uv_bin
 
 from spark_build.config import BuildConfig
-from spark_build.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, to_json
+from spark_build.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds, evaluate, to_json
 from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import StepFailed, UsageError
 from spark_build.host import HostFacts, gather_host
@@ -42,6 +43,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     host: HostFacts | None = None  # read by preflight on every run
     console: Console | None = None
+    compiles: bool = True  # False for `invoke arch-plan`: no compile job will need memory
 
     def show(self, renderable: Any) -> None:
         """Put a table in front of the user (the arch plan), not only in the logs."""
@@ -118,6 +120,22 @@ class Step:
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         return True
 
+    def detail(self, result: Mapping[str, Any]) -> str:
+        """A short fact for the timing table's last column (the compile's jobs and cache)."""
+        return ""
+
+
+def needs_for(example: bool, compiles: bool) -> BuildNeeds:
+    """What the host must offer: the example's little, vLLM's disk, and vLLM's memory for one
+    compile job only when something will be compiled (a configure-only arch plan needs none)."""
+    if example:
+        return EXAMPLE_NEEDS
+    if not compiles:
+        return dataclasses.replace(
+            VLLM_NEEDS, one_job_bytes=EXAMPLE_NEEDS.one_job_bytes, heaviest_job_bytes=EXAMPLE_NEEDS.heaviest_job_bytes
+        )
+    return VLLM_NEEDS
+
 
 class Preflight(Step):
     name = "preflight"
@@ -145,7 +163,7 @@ class Preflight(Step):
             },
         )
         ctx.host = facts
-        problems = evaluate(facts, ctx.arch, EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS)
+        problems = evaluate(facts, ctx.arch, needs_for(cfg.example, ctx.compiles))
         atomic_write_text(ctx.log_dir / "host.json", to_json(problems, facts))
         for problem in problems:
             if problem.severity != "ok":

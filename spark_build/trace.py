@@ -12,16 +12,18 @@ retry — and a table of durations does not show shape. The trace has:
 
 `.ninja_log` times are milliseconds from each Ninja start, and a resumed or OOM-retried build
 appends several Ninja runs to one file. The absolute time of each run comes from the log's
-mtime column: Ninja ≥ 1.12 (log v7) writes the edge's start time there, older Ninja the
-output's mtime (≈ its end); which one a file holds is told by which reading makes the runs'
-clock origins agree. Builders here are pure; `write_trace` is the one function doing I/O.
+mtime column, which means two things (both seen here): the Ninja 1.13 that vLLM's build
+requirements install writes the edge's *start* time (log v7), the system Ninja 1.11 the
+output's mtime, ≈ its *end* (log v5). Which one a file holds is told by which reading makes
+each run's clock origin agree across its lines. Builders here are pure; `write_trace` is the
+one function doing I/O.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -132,8 +134,8 @@ def _cluster(anchored: list[tuple[float, NinjaLine]]) -> list[list[tuple[float, 
 def ninja_runs(lines: Sequence[NinjaLine]) -> list[NinjaRun]:
     """Split a log into the Ninja invocations that wrote it, each with its clock origin.
 
-    Both readings of the mtime column are tried (edge start for v7, output mtime ≈ edge end
-    before); the one whose origins agree within each run — the smallest total spread — wins.
+    Both readings of the mtime column are tried (edge start in log v7, output mtime ≈ edge end
+    in v5); the one whose origins agree within each run — the smallest total spread — wins.
     Lines without an mtime form one run of unknown origin.
     """
     order = {id(line): i for i, line in enumerate(lines)}
@@ -244,12 +246,12 @@ def step_times_from_state(state: Mapping[str, Any], run_id: str) -> dict[str, tu
 
 
 # -- the events ---------------------------------------------------------------------------------
-def assign_slots(objects: Sequence[BuiltObject], to_us: Any) -> list[int]:
+def assign_slots(objects: Sequence[BuiltObject], to_us: Callable[[float], int]) -> list[int]:
     """Slot (1-based) per object: the lowest slot free at its start, as Ninja's own `-j` slots
     would be seen; a slot is free when its previous object ended at or before this start."""
     free_at: list[int] = []
     slots = [0] * len(objects)
-    for i in sorted(range(len(objects)), key=lambda k: (to_us(objects[k].start), to_us(objects[k].end))):
+    for i in sorted(range(len(objects)), key=lambda k: (to_us(objects[k].start), k)):
         start, end = to_us(objects[i].start), to_us(objects[i].end)
         for slot, busy_until in enumerate(free_at):
             if busy_until <= start:
@@ -302,7 +304,10 @@ def trace_events(
 
 
 def _compile_events(
-    objects: Sequence[BuiltObject], samples: Sequence[MemorySample], happenings: Sequence[GovernorEvent], us: Any
+    objects: Sequence[BuiltObject],
+    samples: Sequence[MemorySample],
+    happenings: Sequence[GovernorEvent],
+    us: Callable[[float], int],
 ) -> list[dict[str, Any]]:
     if not objects and not happenings and not samples:
         return []
@@ -340,7 +345,7 @@ def _compile_events(
     return events
 
 
-def _concurrency(objects: Sequence[BuiltObject], us: Any) -> list[tuple[int, int]]:
+def _concurrency(objects: Sequence[BuiltObject], us: Callable[[float], int]) -> list[tuple[int, int]]:
     changes: dict[int, int] = {}
     for o in objects:
         changes[us(o.start)] = changes.get(us(o.start), 0) + 1
@@ -353,7 +358,10 @@ def _concurrency(objects: Sequence[BuiltObject], us: Any) -> list[tuple[int, int
 
 
 def _memory_events(
-    summary: Mapping[str, Any], objects: Sequence[BuiltObject], samples: Sequence[MemorySample], us: Any
+    summary: Mapping[str, Any],
+    objects: Sequence[BuiltObject],
+    samples: Sequence[MemorySample],
+    us: Callable[[float], int],
 ) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for s in samples:
@@ -413,7 +421,9 @@ def read_governor_log(path: Path) -> tuple[list[MemorySample], list[GovernorEven
         try:
             row = json.loads(line)
             if "event" in row:
-                happenings.append(GovernorEvent(float(row["t"]), str(row["event"]), row.get("object"), row.get("detail", "")))
+                happenings.append(
+                    GovernorEvent(float(row["t"]), str(row["event"]), row.get("object"), row.get("detail", ""))
+                )
             else:
                 samples.append(MemorySample(float(row["t"]), *(row.get(k) for k in MemorySample._fields[1:])))
         except (ValueError, KeyError, TypeError):
@@ -433,9 +443,7 @@ def _peaks(log_dir: Path) -> dict[str, int]:
     }
 
 
-def write_trace(
-    log_dir: Path, *, state_file: Path, build_root: Path, ninja: Path | None = None
-) -> Path:
+def write_trace(log_dir: Path, *, state_file: Path, build_root: Path, ninja: Path | None = None) -> Path:
     """Write `log_dir/trace.json` from the run's `summary.json`, the workdir's `state.json`, the
     `.ninja_log` files under `build_root` (setuptools' `build/`), and, where present, the run's
     `jobs.json` and `governor.jsonl`. `ninja` is kept so `invoke report` can ask it for the

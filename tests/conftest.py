@@ -62,9 +62,11 @@ class Build:
     output: str = ""
     seconds: float = 0.0
 
-    def options(self) -> dict[str, str]:
-        """The options every test build shares (the example's tag, CPU torch, two jobs)."""
+    def options(self) -> dict[str, str | None]:
+        """The options every test build shares: the example (its small disk and memory needs)
+        from a repo the test made, its tag, CPU torch, two jobs. None marks a flag."""
         return {
+            "example": None,
             "workdir": str(self.workdir),
             "logs-dir": str(self.workdir / "logs"),
             "repo": self.repo,
@@ -80,13 +82,20 @@ class Build:
     def argv(self, *extra: str) -> list[str]:
         """`invoke build-vllm` with the shared options; an option in `extra` replaces its default."""
         given = {arg[2:] for arg in extra if arg.startswith("--")}
-        shared = [part for key, value in self.options().items() if key not in given for part in (f"--{key}", value)]
+        shared: list[str] = []
+        for key, value in self.options().items():
+            if key not in given:
+                shared += [f"--{key}"] if value is None else [f"--{key}", value]
         return [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-vllm", *shared, *extra]
 
     def env(self) -> dict[str, str]:
         """The shared options as SPARK_BUILD_* variables, for tasks that read them that way."""
         skip = {"workdir", "logs-dir"}
-        settings = {f"SPARK_BUILD_{k.replace('-', '_').upper()}": v for k, v in self.options().items() if k not in skip}
+        settings = {
+            f"SPARK_BUILD_{k.replace('-', '_').upper()}": "true" if v is None else v
+            for k, v in self.options().items()
+            if k not in skip
+        }
         return {**_env(), **settings}
 
     def run(self, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -112,10 +121,11 @@ class Build:
         deadline = time.monotonic() + timeout
         while not ready():
             if proc.poll() is not None:
-                out = proc.stdout.read() if proc.stdout else ""
+                out, _ = proc.communicate()
                 raise AssertionError(f"the build ended (exit {proc.returncode}) before the kill point:\n{out}")
             if time.monotonic() > deadline:
                 proc.kill()
+                proc.communicate()
                 raise AssertionError("the kill point never came")
             time.sleep(0.05)
         os.kill(proc.pid, sig)

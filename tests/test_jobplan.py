@@ -164,15 +164,15 @@ def test_a_killed_job_only_raises_its_estimate(tmp_path: Path) -> None:
     assert est.peaks["_C.dir/b.cu.o"] == 2 * GIB
 
 
-def test_the_newest_record_wins_and_unreadable_records_are_skipped(tmp_path: Path) -> None:
+def test_records_are_read_oldest_first_keep_the_largest_peak_and_skip_unreadable_files(tmp_path: Path) -> None:
     old, new, bad = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "bad.json"
-    done = [NinjaLogEntry("_C.dir/a.cu.o", 0, 1000)]
-    write_jobs_json(old, [JobRecord("_C.dir/a.cu.o", 3 * GIB, 1.0)], done)
-    write_jobs_json(new, [JobRecord("_C.dir/a.cu.o", 2 * GIB, 1.0)], done)
+    done = [NinjaLogEntry("_C.dir/a.cu.o", 0, 1000), NinjaLogEntry("_C.dir/b.cu.o", 0, 1000)]
+    write_jobs_json(old, [JobRecord("_C.dir/a.cu.o", 3 * GIB, 1.0), JobRecord("_C.dir/b.cu.o", 1 * GIB, 1.0)], done)
+    write_jobs_json(new, [JobRecord("_C.dir/a.cu.o", 2 * GIB, 1.0), JobRecord("_C.dir/b.cu.o", 2 * GIB, 1.0)], done)
     bad.write_text("{not json")
     os.utime(old, (1, 1))
     est = load_estimates([new, bad, old], None)
-    assert est.peaks == {"_C.dir/a.cu.o": 2 * GIB}
+    assert est.peaks == {"_C.dir/a.cu.o": 3 * GIB, "_C.dir/b.cu.o": 2 * GIB}
 
 
 def test_no_records_and_no_profile_is_an_error_with_a_fix(tmp_path: Path) -> None:
@@ -235,3 +235,12 @@ def test_records_of_another_source_are_ignored_when_reading_a_logs_folder(tmp_pa
     write_jobs_json(logs / "r2" / "jobs.json", [JobRecord("_C.dir/a.cu.o", 5 * GIB, 1.0)], done, source="vllm@new")
     assert load_estimates([logs], None, source="vllm@new").peaks == {"_C.dir/a.cu.o": 5 * GIB}
     assert load_estimates([logs], None, source="vllm@old").peaks == {"_C.dir/a.cu.o": 3 * GIB}
+
+
+def test_a_cache_hit_build_never_lowers_an_object_estimate_an_earlier_build_measured():
+    from spark_build.jobplan import estimates_from, normalize_object
+
+    real = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 3 << 30, "finished": True, "duration_s": 60}]}
+    cached = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 20 << 20, "finished": True, "duration_s": 0.05}]}
+    estimates = estimates_from([real, cached], None)
+    assert estimates.peaks[normalize_object("csrc/a.cu.o")] == 3 << 30

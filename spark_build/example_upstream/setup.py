@@ -109,7 +109,9 @@ class cmake_build_ext(build_ext):
         ]
         if os.environ.get("VERBOSE"):
             cmake_args.append("-DCMAKE_VERBOSE_MAKEFILE=ON")
-        launcher = which("sccache") and "sccache" or which("ccache") and "ccache"
+        # As vLLM: sccache first, unless VLLM_DISABLE_SCCACHE=1 (then ccache if present).
+        use_sccache = which("sccache") and os.getenv("VLLM_DISABLE_SCCACHE", "0") == "0"
+        launcher = use_sccache and "sccache" or which("ccache") and "ccache"
         if launcher:
             cmake_args += [
                 f"-DCMAKE_C_COMPILER_LAUNCHER={launcher}",
