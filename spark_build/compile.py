@@ -25,6 +25,7 @@ from spark_build.jobplan import (
     JobPlan,
     cpu_count,
     load_estimates,
+    parse_ninja_lines,
     parse_ninja_log,
     plan_jobs,
     write_jobs_json,
@@ -35,11 +36,8 @@ from spark_build.steps import Context, Step
 
 
 def ninja_log_entries(src: Path) -> int:
-    """How many objects Ninja has recorded building in this tree (its `.ninja_log`)."""
-    total = 0
-    for log in src.glob("build/**/.ninja_log"):
-        total += sum(1 for line in log.read_text(errors="replace").splitlines() if line and not line.startswith("#"))
-    return total
+    """How many objects Ninja has recorded building in this tree, rebuilds counted again."""
+    return sum(len(parse_ninja_lines(log.read_text(errors="replace"))) for log in src.glob("build/**/.ninja_log"))
 
 
 def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:

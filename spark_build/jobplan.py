@@ -317,6 +317,43 @@ class NinjaLogEntry(NamedTuple):
     end_ms: int
 
 
+class NinjaLine(NamedTuple):
+    """One `.ninja_log` line, kept in file order (a resumed build lists an object twice)."""
+
+    object: str
+    start_ms: int
+    end_ms: int
+    mtime_s: float | None  # epoch seconds; None when Ninja recorded none (phony, missing output)
+
+
+def _epoch_seconds(mtime: int) -> float | None:
+    """Ninja's mtime column is nanoseconds since 1.10 (seconds before); 0 means none."""
+    if mtime <= 0:
+        return None
+    for scale in (1e9, 1e6, 1e3, 1.0):
+        if mtime >= 1e8 * scale:
+            return mtime / scale
+    return None
+
+
+def parse_ninja_lines(text: str) -> list[NinjaLine]:
+    """Every line of a `.ninja_log`, in file order (the trace needs to know which Ninja run built
+    what; `parse_ninja_log` keeps only the last line per object)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) < 5:
+            continue
+        try:
+            start, end, mtime = int(fields[0]), int(fields[1]), int(fields[2])
+        except ValueError:
+            continue
+        out.append(NinjaLine(normalize_object(fields[3]), start, end, _epoch_seconds(mtime)))
+    return out
+
+
 def parse_ninja_log(path: Path) -> list[NinjaLogEntry]:
     """Finished edges from Ninja's `.ninja_log` (v5–v7: start, end, mtime, output, hash).
 
@@ -329,19 +366,9 @@ def parse_ninja_log(path: Path) -> list[NinjaLogEntry]:
     except FileNotFoundError:
         return []
     entries: dict[str, NinjaLogEntry] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        if len(fields) < 5:
-            continue
-        try:
-            start, end = int(fields[0]), int(fields[1])
-        except ValueError:
-            continue
-        name = normalize_object(fields[3])
-        entries.pop(name, None)
-        entries[name] = NinjaLogEntry(name, start, end)
+    for line in parse_ninja_lines(text):
+        entries.pop(line.object, None)
+        entries[line.object] = NinjaLogEntry(line.object, line.start_ms, line.end_ms)
     return list(entries.values())
 
 

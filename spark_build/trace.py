@@ -28,22 +28,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from spark_build.durable import atomic_write_text
-from spark_build.jobplan import GIB, normalize_object
+from spark_build.jobplan import GIB, NinjaLine, normalize_object, parse_ninja_lines
 
 TRACE_FILE = "trace.json"
 GOVERNOR_LOG = "governor.jsonl"  # one JSON object a line: a memory sample, or {"event": …}
 PID_BUILD, PID_COMPILE, PID_MEMORY = 1, 2, 3
 TID_GOVERNOR = 1000  # the compile process's track for the governor's instants
 _ORIGIN_TOLERANCE_S = 1.0  # lines whose clock origins differ less belong to one Ninja run
-
-
-class NinjaLine(NamedTuple):
-    """One `.ninja_log` line, kept in file order (a resumed build lists an object twice)."""
-
-    object: str
-    start_ms: int
-    end_ms: int
-    mtime_s: float | None  # epoch seconds; None when Ninja recorded none (phony, missing output)
 
 
 class NinjaRun(NamedTuple):
@@ -93,34 +84,6 @@ class StepSpan(NamedTuple):
 
 
 # -- reading .ninja_log ------------------------------------------------------------------------
-def _epoch_seconds(mtime: int) -> float | None:
-    """Ninja's mtime column is nanoseconds since 1.10 (seconds before); 0 means none."""
-    if mtime <= 0:
-        return None
-    for scale in (1e9, 1e6, 1e3, 1.0):
-        if mtime >= 1e8 * scale:
-            return mtime / scale
-    return None
-
-
-def parse_ninja_lines(text: str) -> list[NinjaLine]:
-    """Every line of a `.ninja_log`, in file order; `jobplan.parse_ninja_log` keeps only the last
-    line per object, which loses which Ninja run built what."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        if len(fields) < 5:
-            continue
-        try:
-            start, end, mtime = int(fields[0]), int(fields[1]), int(fields[2])
-        except ValueError:
-            continue
-        out.append(NinjaLine(normalize_object(fields[3]), start, end, _epoch_seconds(mtime)))
-    return out
-
-
 def _cluster(anchored: list[tuple[float, NinjaLine]]) -> list[list[tuple[float, NinjaLine]]]:
     groups: list[list[tuple[float, NinjaLine]]] = []
     for item in sorted(anchored, key=lambda a: a[0]):
