@@ -9,7 +9,9 @@ TRITON_PTXAS_PATH, since Triton's bundled ptxas rejects `sm_121a`.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,18 @@ def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:
 # estimate for objects no earlier build here has recorded.
 DEFAULT_PROFILE = Path(__file__).parent / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
 OOM_MAX_TRIES = 3
+
+
+class GovernorJournal:
+    """`governor.jsonl`: one line per sample or event, appended as they happen, so a killed
+    build still leaves its memory timeline for the trace (a torn last line is skipped there)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, row: Mapping[str, object]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
 
 
 def _log_tail(log: Path, size: int = 4 << 20) -> str:
@@ -121,6 +135,7 @@ class Compile(Step):
         cfg = ctx.config
         ninja_jobs, tries, records, peak_tree, pauses = plan.concurrent_jobs, 0, [], 0, 0
         log = ctx.log(self.name)
+        journal = GovernorJournal(ctx.log_dir / "governor.jsonl")
         while True:
             governor: Governor | None = None
 
@@ -133,6 +148,7 @@ class Compile(Step):
                     default_peak=plan.per_job_bytes,
                     estimates=estimates.peaks,
                     reserve_bytes=cfg.mem_reserve,
+                    journal=journal.write,
                 ).start()
 
             env_vars = {**compile_env(ctx, ninja_jobs * plan.nvcc_threads, plan.nvcc_threads), **cache_env}
@@ -159,6 +175,8 @@ class Compile(Step):
             kills = find_oom_kills(_log_tail(log), code)
             if not kills:
                 raise StepFailed(f"the compile failed (exit status {code})", step=self.name, log=log)
+            for kill in kills:
+                journal.write({"t": time.time(), "event": "oom-kill", "object": kill.object, "detail": kill.evidence})
             tries += 1
             fewer = next_jobs_after_oom(ninja_jobs, tries, max_tries=OOM_MAX_TRIES)
             if fewer is None:
@@ -168,6 +186,7 @@ class Compile(Step):
                 f"compile: {kills[0].object or 'a job'} was killed for memory; rerunning with {fewer} jobs "
                 "(objects already built are kept)"
             )
+            journal.write({"t": time.time(), "event": "retry", "object": None, "detail": f"{fewer} jobs"})
             ninja_jobs = fewer  # same build tree: Ninja reuses every object already built
         wheels = sorted(ctx.dist.glob("*.whl"))
         if len(wheels) != 1:

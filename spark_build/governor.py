@@ -161,8 +161,11 @@ class Governor:
         is_scheduler: Callable[[ProcInfo], bool] = _is_scheduler,
         clock: Callable[[], float] = time.monotonic,
         install_signal_handlers: bool = True,
+        journal: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self.root_pid = root_pid
+        # Hears each sample and each pause/resume (epoch time), for the build's trace.json.
+        self._journal = journal or (lambda _row: None)
         self.budget_bytes = budget_bytes
         self.default_peak = default_peak
         self.estimates = {normalize_object(k): v for k, v in (estimates or {}).items()}
@@ -224,8 +227,10 @@ class Governor:
             to_stop, to_resume = decide(jobs, available, self.low_mark, self.high_mark, self.max_running)
             for pid in to_stop:
                 self._stop(pid, subtrees[pid], now)
+                self._note_event("pause", pid)
             for pid in to_resume:
                 self._resume(pid, subtrees[pid], now)
+                self._note_event("resume", pid)
             for pid, held in self._stopped.items():  # children forked just before the stop
                 for child in subtrees.get(pid, []):
                     if child not in held.pids:
@@ -233,6 +238,21 @@ class Governor:
                         held.pids.add(child)
         self.samples += 1
         self.sample_seconds += time.perf_counter() - began
+        held = sum(1 for j in jobs if j.pid in self._stopped)
+        self._journal(
+            {
+                "t": time.time(),
+                "available_bytes": available,
+                "budget_bytes": self.budget_bytes,
+                "used_bytes": tree_rss,
+                "running": len(jobs) - held,
+                "held": held,
+            }
+        )
+
+    def _note_event(self, event: str, pid: int) -> None:
+        seen = self._seen_by_pid(pid)
+        self._journal({"t": time.time(), "event": event, "object": seen.object if seen else None})
 
     def _job_state(self, job: ProcInfo, rss: int, now: float) -> JobState:
         key = (job.pid, job.started)

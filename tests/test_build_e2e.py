@@ -3,6 +3,7 @@ loopback index, CMake + Ninja + nvcc for sm_121a, a real wheel — and real kill
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -69,6 +70,9 @@ def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, 
     assert all(s["status"] == "done" and s["seconds"] > 0 for s in summary["steps"])
     assert summary["wheel_sha256"] == (wheel.with_name(wheel.name + ".sha256").read_text().split()[0])
     assert summary["max_jobs"] == 2
+    trace = json.loads((baseline.workdir / "logs" / "latest" / "trace.json").read_text())
+    kinds = {(e["ph"], e.get("name") if e["ph"] == "C" else e.get("cat")) for e in trace["traceEvents"]}
+    assert {("X", "step"), ("X", "compile"), ("C", "available memory"), ("C", "jobs running")} <= kinds
     install = next(line for line in baseline.output.splitlines() if "install with:" in line)
     assert "uv pip install --extra-index-url file://" in install
 

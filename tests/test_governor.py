@@ -134,7 +134,9 @@ def compile_tree(job_rss_mb: tuple[int, int]) -> list[ProcInfo]:
     ]
 
 
-def fake_governor(table: FakeTable, budget_mb: int, clock: Callable[[], float]) -> Governor:
+def fake_governor(
+    table: FakeTable, budget_mb: int, clock: Callable[[], float], journal: list[dict] | None = None
+) -> Governor:
     return Governor(
         10,
         budget_bytes=budget_mb * MB,
@@ -146,6 +148,7 @@ def fake_governor(table: FakeTable, budget_mb: int, clock: Callable[[], float]) 
         processes=table,
         clock=clock,
         install_signal_handlers=False,
+        journal=None if journal is None else journal.append,
     )
 
 
@@ -164,6 +167,20 @@ def test_tick_stops_the_whole_youngest_job_and_resumes_it_when_the_older_one_is_
     assert records["_C.dir/b.cu.o"].times_stopped == 1
     assert records["_C.dir/b.cu.o"].stopped_s == 30.0
     assert records["_C.dir/a.cu.o"].peak_rss_bytes == 1501 * MB  # sh + nvcc
+
+
+def test_the_journal_gets_a_sample_per_tick_and_each_pause_and_resume_for_the_trace() -> None:
+    now, journal = [100.0], []
+    table = FakeTable(compile_tree((1500, 200)))
+    gov = fake_governor(table, 4000, lambda: now[0], journal)
+    gov.tick()
+    table.procs = [p for p in compile_tree((1500, 200)) if p.pid not in (20, 21)]
+    gov.tick()
+    events = [(row["event"], row["object"]) for row in journal if "event" in row]
+    assert events == [("pause", "_C.dir/b.cu.o"), ("resume", "_C.dir/b.cu.o")]
+    samples = [row for row in journal if "event" not in row]
+    assert [(s["running"], s["held"]) for s in samples] == [(1, 1), (1, 0)]
+    assert all(s["budget_bytes"] == 4000 * MB and s["used_bytes"] > 0 for s in samples)
 
 
 def test_stop_resumes_every_process_it_stopped_and_then_acts_no_more() -> None:
