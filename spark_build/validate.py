@@ -22,11 +22,12 @@ from typing import Any
 from rich.console import Console
 
 from spark_build import archmap
-from spark_build.audit import LibrarySearch, arch_audit, find_cuobjdump, linkage_audit
+from spark_build.archaudit import arch_audit, find_cuobjdump
 from spark_build.compile import Compile
 from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import StepFailed
 from spark_build.gpuarch import ComputeCapability
+from spark_build.linkage import LibrarySearch, linkage_audit
 from spark_build.proc import Runner
 from spark_build.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.steps import Context, Step, index_args, uv_env

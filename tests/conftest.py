@@ -61,6 +61,7 @@ class Build:
     uv_cache: Path
     output: str = ""
     seconds: float = 0.0
+    first_summary: dict | None = None  # the fixture's own run (later runs move logs/latest)
 
     def options(self) -> dict[str, str | None]:
         """The options every test build shares: the example (its small disk and memory needs)
@@ -155,6 +156,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, upstream: Path, torch_ind
     started = time.monotonic()
     build.output = ok(build.run()).stdout
     build.seconds = time.monotonic() - started
+    build.first_summary = build.summary()
     return build
 
 

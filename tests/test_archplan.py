@@ -24,6 +24,7 @@ import pytest
 from packaging.version import Version
 from rich.console import Console
 
+from spark_build.archaudit import find_cuobjdump, parse_listing
 from spark_build.archplan import (
     COMMON_FAMILY,
     ArchPlan,
@@ -43,7 +44,6 @@ from spark_build.archplan import (
     render_plan,
     target_of,
 )
-from spark_build.audit import find_cuobjdump, parse_listing
 from spark_build.errors import StepFailed
 from spark_build.gpuarch import ComputeCapability, Verdict, best_on
 from spark_build.patches import find_series

@@ -20,15 +20,9 @@ import psutil
 import pytest
 from uv import find_uv_bin
 
-from spark_build.serve import (
-    CHAT,
-    COMPLETIONS,
-    SOCKET_DIR_MAX,
-    ServeOptions,
-    ServeReport,
-    serve_check,
-    short_socket_dir,
-)
+from spark_build.serve import ServeOptions, ServeReport, serve_check
+from spark_build.servecheck_http import CHAT, COMPLETIONS
+from spark_build.serverproc import SOCKET_DIR_MAX, short_socket_dir
 from spark_build.tinymodel import script_argv
 
 pytestmark = pytest.mark.integration
@@ -245,8 +239,9 @@ def test_server_that_never_gets_ready_is_killed_retried_with_enforce_eager_then_
     assert [(a.enforce_eager, a.outcome) for a in report.attempts] == [(False, "timeout"), (True, "timeout")]
     assert report.failure == "the vLLM server did not answer /health within 3 s and again with --enforce-eager"
     assert report.requests == ()
-    # It ignored SIGINT, so the stop had to escalate; the helper child went with the group.
-    assert [a.stopped_by for a in report.attempts] == ["SIGTERM", "SIGTERM"]
+    # It ignored SIGINT, so the stop had to escalate (to SIGTERM, or to SIGKILL when a loaded
+    # machine lets the 5 s SIGTERM grace pass); the helper child went with the group.
+    assert [a.stopped_by in ("SIGTERM", "SIGKILL") for a in report.attempts] == [True, True]
     assert report.leftover_pids == ()
     _assert_group_gone(report)
     started = [int(pid) for pid in (tmp_path / "pids").read_text().split()]

@@ -9,25 +9,27 @@ from pathlib import Path
 import pytest
 
 from spark_build.serve import (
-    CHAT,
-    COMPLETIONS,
-    DONE,
-    RequestResult,
     ServeOptions,
     StartAttempt,
     attempt_plan,
     build_report,
-    check_response,
-    error_excerpt,
     find_cached_instruct_model,
     hf_hub_cache,
     log_cause,
     server_argv,
     server_env,
-    socket_dir_too_long,
+)
+from spark_build.servecheck_http import (
+    CHAT,
+    COMPLETIONS,
+    DONE,
+    RequestResult,
+    check_response,
+    error_excerpt,
     sse_event,
     summarize_stream,
 )
+from spark_build.serverproc import socket_dir_too_long
 
 VENV_PYTHON = Path("/work/validate-venv/bin/python")
 

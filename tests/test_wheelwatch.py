@@ -20,25 +20,27 @@ from pathlib import Path
 import pytest
 
 from spark_build.errors import SparkBuildError, StepFailed
-from spark_build.wheelwatch import (
-    DEFAULT_WHEEL_URL,
-    EXIT_CODES,
-    Action,
+from spark_build.wheelfetch import (
     Availability,
     HTTPStatusError,
-    Outcome,
     RetryPolicy,
     WheelGone,
     WheelStatus,
     check_wheel,
-    decide,
     is_transient,
     mirror_wheel,
+    sha256_from_index,
+    wheel_filename,
+)
+from spark_build.wheelwatch import (
+    DEFAULT_WHEEL_URL,
+    EXIT_CODES,
+    Action,
+    Outcome,
+    decide,
     nightly,
     read_history,
-    sha256_from_index,
     skipped_locked,
-    wheel_filename,
 )
 
 NAME = "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
