@@ -105,3 +105,16 @@ def test_resume_runs_steps_that_never_ran(missing):
     del state.steps[missing]
     plans = plan(s, state, resume=True, still_valid=lambda _n: True)
     assert next(p for p in plans if p.name == missing).reason == "not run yet"
+
+
+def test_a_failed_step_is_explained_in_plain_words_from_its_log(tmp_path):
+    from spark_build.build import explain
+    from spark_build.errors import StepFailed
+
+    log = tmp_path / "validate.log"
+    log.write_text("+ python -c 'import vllm._C'\nImportError: libcudart.so.12: cannot open shared object file\n")
+    error = StepFailed("the installed wheel fails to import vllm._C", step="validate", log=log)
+    explain(error)
+    lines = "\n".join(error.lines())
+    assert "cause:" in lines and "libcudart.so.12" in lines
+    assert error.hint and "--resume" in error.hint
