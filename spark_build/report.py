@@ -104,7 +104,8 @@ class Reporter(StatusSink):
         self.console.print(f"↷ {step} skipped: {reason}", highlight=False)
 
     def note(self, text: str) -> None:
-        self.console.print(f"  {text}", highlight=False)
+        # Never wrapped: notes carry commands (the install line) that people copy and paste.
+        self.console.print(f"  {text}", highlight=False, soft_wrap=True)
 
     # StatusSink
     def command(self, argv: Sequence[str]) -> None:

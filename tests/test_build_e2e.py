@@ -70,7 +70,7 @@ def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, 
     assert all(s["status"] == "done" and s["seconds"] > 0 for s in summary["steps"])
     assert summary["wheel_sha256"] == (wheel.with_name(wheel.name + ".sha256").read_text().split()[0])
     assert summary["max_jobs"] == 2
-    trace = json.loads((baseline.workdir / "logs" / "latest" / "trace.json").read_text())
+    trace = json.loads((baseline.workdir / "logs" / summary["run_id"] / "trace.json").read_text())
     kinds = {(e["ph"], e.get("name") if e["ph"] == "C" else e.get("cat")) for e in trace["traceEvents"]}
     assert {("X", "step"), ("X", "compile"), ("C", "available memory"), ("C", "jobs running")} <= kinds
     install = next(line for line in baseline.output.splitlines() if "install with:" in line)
