@@ -9,7 +9,6 @@ the answers is `wheelwatch`'s business.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from spark_build.durable import atomic_write_text, fsync_dir, sha256_of
 from spark_build.errors import SparkBuildError, UsageError
 
 PARTIAL_DIR = ".partial"
@@ -207,32 +207,6 @@ def wheel_filename(url: str) -> str:
     return name
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 # --------------------------------------------------------------------------- check
 
 
@@ -375,7 +349,7 @@ def _download_once(fetch_url: str, part: Path, meta: Path, timeout: float, chunk
         else:  # 200: Range unsupported, or If-Range saw a changed file — restart cleanly
             etag = resp.headers.get("ETag")
             strong_etag = etag if etag and not etag.startswith("W/") else None
-            write_atomic(
+            atomic_write_text(
                 meta,
                 json.dumps(
                     {
@@ -412,7 +386,7 @@ def read_sidecar(wheel: Path) -> str | None:
 
 def write_sidecar(wheel: Path, sha256: str) -> Path:
     path = sidecar_path(wheel)
-    write_atomic(path, f"{sha256}  {wheel.name}\n")
+    atomic_write_text(path, f"{sha256}  {wheel.name}\n")
     return path
 
 
@@ -424,7 +398,7 @@ def wheel_in_wheelhouse(wheelhouse: Path, filename: str, expected_sha256: str | 
     recorded = read_sidecar(wheel)
     if recorded is None and expected_sha256 is None:
         return True  # put there by hand or by publish without a sidecar; nothing to compare against
-    actual = sha256_file(wheel)
+    actual = sha256_of(wheel)
     return all(want is None or want == actual for want in (recorded, expected_sha256))
 
 
@@ -471,7 +445,7 @@ def mirror_wheel(
         hint = "the next run resumes from what was kept in .partial/"
         raise _status_failure("downloading", fetch_url, err, policy, hint) from err
 
-    actual = sha256_file(part)
+    actual = sha256_of(part)
     if expected is not None and actual != expected:
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
@@ -482,6 +456,6 @@ def mirror_wheel(
     wheel = wheelhouse / name
     write_sidecar(wheel, actual)  # first, so a wheel in the wheelhouse always has its hash beside it
     os.replace(part, wheel)
-    _fsync_dir(wheelhouse)
+    fsync_dir(wheelhouse)
     meta.unlink(missing_ok=True)
     return wheel

@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import SparkBuildError
 from spark_build.wheelfetch import (
     RETRY_POLICY,
@@ -30,12 +31,10 @@ from spark_build.wheelfetch import (
     check_wheel,
     mirror_wheel,
     read_sidecar,
-    sha256_file,
     sha256_from_index,
     split_sha256_fragment,
     wheel_filename,
     wheel_in_wheelhouse,
-    write_atomic,
 )
 
 # What the community guide "DGX Spark ML Training Setup" pins for aarch64 + CUDA 13.0: vLLM 0.13.0's
@@ -162,7 +161,7 @@ def append_history(path: Path, record: Mapping[str, Any], *, keep: int = HISTORY
             f.flush()
             os.fsync(f.fileno())
         return
-    write_atomic(path, "".join(lines[-(keep - 1) :]) + line)
+    atomic_write_text(path, "".join(lines[-(keep - 1) :]) + line)
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -254,7 +253,7 @@ def nightly(
         wheel = build()
         if not wheel.is_file():
             return finish(Outcome.FAILED, f"the build reported {wheel}, which does not exist")
-        sha = sha256_file(wheel)
+        sha = sha256_of(wheel)
         return finish(Outcome.REBUILT, f"built {wheel.name} (sha256 {sha})", wheel, sha)
 
     try:
@@ -273,14 +272,14 @@ def nightly(
 
         if action is Action.KEEP:
             wheel = wheelhouse / name
-            sha = read_sidecar(wheel) or sha256_file(wheel)  # always record it, even for a hand-placed wheel
+            sha = read_sidecar(wheel) or sha256_of(wheel)  # always record it, even for a hand-placed wheel
             return finish(Outcome.PRESENT, f"{name} is hosted and mirrored", wheel, sha)
         if action is Action.MIRROR:
             try:
                 wheel = mirror_wheel(url, wheelhouse, expected, timeout=timeout, policy=policy, on_retry=say)
             except WheelGone as gone:
                 return rebuild(gone.message)
-            sha = read_sidecar(wheel) or sha256_file(wheel)
+            sha = read_sidecar(wheel) or sha256_of(wheel)
             return finish(Outcome.MIRRORED, f"mirrored {name} into {wheelhouse} (sha256 {sha})", wheel, sha)
         return rebuild("--force" if force else f"{name} is gone: {status.status_line if status else ''}")
     except SparkBuildError as err:
