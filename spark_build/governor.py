@@ -238,15 +238,15 @@ class Governor:
                         held.pids.add(child)
         self.samples += 1
         self.sample_seconds += time.perf_counter() - began
-        held = sum(1 for j in jobs if j.pid in self._stopped)
+        held_back = sum(1 for j in jobs if j.pid in self._stopped)
         self._journal(
             {
                 "t": time.time(),
                 "available_bytes": available,
                 "budget_bytes": self.budget_bytes,
                 "used_bytes": tree_rss,
-                "running": len(jobs) - held,
-                "held": held,
+                "running": len(jobs) - held_back,
+                "held": held_back,
             }
         )
 

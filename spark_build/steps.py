@@ -257,7 +257,7 @@ def ref_kind(repo: str, ref: str) -> str:
     """'name' when the remote has a tag or branch called `ref`, 'commit' when it looks like a
     commit id (ls-remote cannot confirm those), else a bad-input error before anything runs."""
     try:
-        listing = git.Git().ls_remote(repo)
+        listing = str(git.Git().ls_remote(repo))
     except git.GitCommandError as exc:
         raise UsageError(
             f"cannot read the repository {repo}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}",
