@@ -22,7 +22,7 @@ from spark_build.diagnose import diagnose
 from spark_build.errors import Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.lock import WorkdirLock, stop_process_group
 from spark_build.pipeline import StepPlan, StepSpec, fingerprint, plan
-from spark_build.proc import InterruptSignal, Runner, interrupt_signals
+from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
 from spark_build.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
 from spark_build.source_steps import ArchPlanStep, Sources
 from spark_build.state import BuildState, StepRecord
@@ -240,10 +240,7 @@ def explain(exc: SparkBuildError) -> None:
     """Put the first known failure signature of the step's log into the error, in plain words."""
     if exc.log is None or not exc.log.is_file():
         return
-    with exc.log.open("rb") as handle:
-        handle.seek(max(0, exc.log.stat().st_size - (4 << 20)))  # the tail holds the failure
-        text = handle.read().decode("utf-8", "replace")
-    found = diagnose(text)
+    found = diagnose(log_tail(exc.log))
     if found:
         first = found[0]
         exc.details = [f"cause: {first.cause}", *(f"log says: {q}" for q in first.quotes[:1])]

@@ -33,6 +33,7 @@ from spark_build.jobplan import (
     write_jobs_json,
 )
 from spark_build.oom import find_oom_kills, next_jobs_after_oom, oom_give_up_error
+from spark_build.proc import log_tail
 from spark_build.source_steps import sources_env
 from spark_build.steps import Context, Step
 
@@ -76,12 +77,6 @@ class GovernorJournal:
     def write(self, row: Mapping[str, object]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, default=str) + "\n")
-
-
-def _log_tail(log: Path, size: int = 4 << 20) -> str:
-    with log.open("rb") as handle:
-        handle.seek(max(0, log.stat().st_size - size))
-        return handle.read().decode("utf-8", "replace")
 
 
 class Compile(Step):
@@ -172,7 +167,7 @@ class Compile(Step):
                 write_jobs_json(ctx.log_dir / "jobs.json", records, ninja, source=source)
             if code == 0:
                 break
-            kills = find_oom_kills(_log_tail(log), code)
+            kills = find_oom_kills(log_tail(log), code)
             if not kills:
                 raise StepFailed(f"the compile failed (exit status {code})", step=self.name, log=log)
             for kill in kills:

@@ -299,9 +299,7 @@ def _mirrors(value: Any, base: Path) -> dict[str, str]:
 def _mem_reserve(value: Any) -> int:
     from spark_build.jobplan import parse_mem_size
 
-    if str(value).strip() in ("0", "0G", "0M"):
-        return 0
-    return parse_mem_size(str(value), option="--mem-reserve")
+    return parse_mem_size(str(value), option="--mem-reserve", allow_zero=True)
 
 
 def _normalise_repo(repo: str, base: Path) -> str:

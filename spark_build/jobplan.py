@@ -39,7 +39,7 @@ SLOT_QUANTILE = 0.75
 JOBS_JSON_VERSION = 1
 
 
-def parse_mem_size(text: str, *, option: str = "--mem-budget") -> int:
+def parse_mem_size(text: str, *, option: str = "--mem-budget", allow_zero: bool = False) -> int:
     """Bytes from `16G`, `1.5GiB`, `512M`, `64GB`, `2T` or a plain byte count.
 
     Units are binary (1G = 2**30) with or without `B`/`iB`, as build tools and `free -g` use
@@ -52,6 +52,8 @@ def parse_mem_size(text: str, *, option: str = "--mem-budget") -> int:
             f"{option} {text!r} is not a memory size", hint=f"give a size such as {option} 16G, 1.5G or 512M"
         )
     value = float(match["num"]) * _UNITS[match["unit"].upper()]
+    if allow_zero and value == 0:
+        return 0  # a reserve may be nothing; a budget may not
     if value < 1 or not math.isfinite(value):
         raise UsageError(
             f"{option} {text!r} must be a positive size", hint=f"give a size such as {option} 16G, 1.5G or 512M"

@@ -100,7 +100,7 @@ def stop_process_group(pgid: int, *, grace: float = 5.0) -> int:
     Stopped (SIGSTOP'd) members get SIGCONT too, or they would never see the SIGTERM.
     Returns how many processes were found in the group.
     """
-    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid]
+    members = group_members(pgid)
     if not members:
         return 0
     for sig in (signal.SIGTERM, signal.SIGCONT):
@@ -113,6 +113,16 @@ def stop_process_group(pgid: int, *, grace: float = 5.0) -> int:
         os.killpg(pgid, signal.SIGKILL)
     psutil.wait_procs(members, timeout=grace)
     return len(members)
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes of a process group (zombies hold no memory and are left to their reaper)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if _pgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
 
 
 def _pgid(pid: int) -> int | None:

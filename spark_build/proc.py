@@ -149,6 +149,14 @@ class Runner:
         return code
 
 
+def log_tail(log: Path, size: int = 4 << 20) -> str:
+    """The last `size` bytes of a step log, where a failure's evidence is (a compile's log can
+    run to hundreds of MB; reading all of it to find the last error is wasted work)."""
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - size))
+        return handle.read().decode("utf-8", "replace")
+
+
 def _describe(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):

@@ -28,6 +28,8 @@ from typing import Literal
 
 import psutil
 
+from spark_build.lock import group_members
+
 Clock = Callable[[], float]
 Say = Callable[[str], None]
 
@@ -91,18 +93,6 @@ def start_server(argv: list[str], *, env: Mapping[str, str], log: Path, cwd: Pat
         )
     port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 0
     return Server(process=process, port=port, log=log, log_offset=offset)
-
-
-def group_members(group: int) -> list[psutil.Process]:
-    """Live processes of a process group (zombies hold no memory and are left to init)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return found
 
 
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:

@@ -86,3 +86,11 @@ def test_the_torch_step_accepts_only_the_cuda_major_asked_for(cuda, wanted, fits
     from spark_build.steps import torch_matches
 
     assert torch_matches(cuda, wanted) is fits
+
+
+def test_a_reserve_may_be_zero_but_a_budget_may_not():
+    assert resolve(cli={"mem_reserve": "0"}).mem_reserve == 0
+    assert resolve(cli={"mem_reserve": "0K"}).mem_reserve == 0
+    assert resolve(cli={"mem_reserve": "2G"}).mem_reserve == 2 << 30
+    with pytest.raises(UsageError):
+        resolve(cli={"mem_budget": "0"})
