@@ -35,7 +35,10 @@ BUILD_HELP = {
     "mem-reserve": "memory kept free for everything else while compiling (default 4G)",
     "python": "Python for the build venv (default: the one running spark-build)",
     "torch-index": "index URL or local wheel folder to install torch from (default: PyTorch's cu130 index)",
-    "torch-packages": "torch requirements to install, space separated (default 'torch torchvision torchaudio')",
+    "torch-packages": (
+        "torch requirements to install, space separated (default: what the --ref release pins, "
+        "for v0.13.0 torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0; else the newest)"
+    ),
     "torch-cuda": "CUDA major the torch build must have, or 'cpu' (default 13)",
     "cuda-home": "CUDA toolkit root (default $CUDA_HOME or /usr/local/cuda)",
     "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",

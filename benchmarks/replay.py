@@ -352,15 +352,21 @@ def simulate(
     dt: float = 0.25,
     interval: float = 0.5,
     base: int = 64 * MIB,
+    oracle: bool = False,
+    longest_first: bool = False,
 ) -> Row:
     """Ninja's scheduling of `jobs` on `cores` CPUs, time-stepped. A job's RSS ramps linearly to
     its peak over the first half of its CPU work (as replay_job.py does); CPUs are shared
     equally among unstopped jobs; over the budget the largest job is killed and, like Ninja,
-    nothing new starts after a failure. The governor is `decide` with the Governor's defaults."""
-    pending = list(range(len(jobs)))
+    nothing new starts after a failure. The governor is `decide` with the Governor's defaults.
+
+    Two bounds that no real governor has, to tell what limits (c): `oracle` gives `decide` the
+    exact peaks and no safety margins; `longest_first` also reorders Ninja's queue, which
+    Ninja does not allow (it starts edges in manifest order, whatever the targets' order)."""
+    pending = sorted(range(len(jobs)), key=lambda i: -jobs[i].cpu_s) if longest_first else list(range(len(jobs)))
     running: dict[int, dict[str, float]] = {}
     t, peak, killed, cpu_used, failed, next_sample = 0.0, 0, 0, 0.0, False, 0.0
-    low, high = budget // 50, budget // 25
+    low, high = (0, 0) if oracle else (budget // 50, budget // 25)
 
     def rss(i: int) -> int:
         done = running[i]["done"] / max(jobs[i].cpu_s, 1e-9)
@@ -374,7 +380,13 @@ def simulate(
         if governed and t >= next_sample:
             next_sample = t + interval
             states = [
-                JobState(i, r["started"], rss(i), max(jobs[i].estimate, rss(i)), bool(r["stopped"]))
+                JobState(
+                    i,
+                    r["started"],
+                    rss(i),
+                    max(jobs[i].peak if oracle else jobs[i].estimate, rss(i)),
+                    bool(r["stopped"]),
+                )
                 for i, r in running.items()
             ]
             available = budget - sum(s.rss for s in states)
@@ -442,6 +454,28 @@ def strategies(jobs: list[Job], budget: int, cores: int, available: int) -> list
     ]
 
 
+def bound_rows(machine: str, jobs: list[Job], budget: int, cores: int) -> list[Row]:
+    """(c) with exact peaks and no margins, then also longest-first: what is left of the gap to
+    the ideal once the governor knows everything is Ninja's order, not the governor."""
+    _, _, (_, nj, _, per_job) = strategies(jobs, budget, cores, budget)
+    return [
+        simulate(
+            f"(c) bound: exact peaks, no margins [{machine}]", jobs, nj, budget, cores, True, per_job, oracle=True
+        ),
+        simulate(
+            f"(c) bound + longest first [{machine}]",
+            jobs,
+            nj,
+            budget,
+            cores,
+            True,
+            per_job,
+            oracle=True,
+            longest_first=True,
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", type=Path, default=PROFILE)
@@ -458,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-real", action="store_true", help="simulation rows only")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the real strategies")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--sim-cores", type=int, help="CPUs of the modelled local machine (default: this one's)")
+    parser.add_argument("--bounds", action="store_true", help="add the simulated bounds rows for (c)")
     args = parser.parse_args(argv)
 
     cores = cpu_count()
@@ -473,19 +509,24 @@ def main(argv: list[str] | None = None) -> int:
         spark_budget = budget_gb * GIB
         for label, nj, governed, per_job in strategies(spark, spark_budget, 20, spark_budget):
             rows.append(simulate(f"{label} [Spark {budget_gb}G]", spark, nj, spark_budget, 20, governed, per_job))
+        if args.bounds:
+            rows += bound_rows(f"Spark {budget_gb}G", spark, spark_budget, 20)
+    sim_cores = args.sim_cores or cores
     local_full = load_jobs(args.profile, 1.0, 1.0, args.jitter, args.seed)
-    for label, nj, governed, per_job in strategies(local_full, budget_full, cores, budget_full):
+    for label, nj, governed, per_job in strategies(local_full, budget_full, sim_cores, budget_full):
         rows.append(
             simulate(
-                f"{label} [{cores} cores {format_bytes(budget_full)}]",
+                f"{label} [{sim_cores} cores {format_bytes(budget_full)}]",
                 local_full,
                 nj,
                 budget_full,
-                cores,
+                sim_cores,
                 governed,
                 per_job,
             )
         )
+    if args.bounds:
+        rows += bound_rows(f"{sim_cores} cores {format_bytes(budget_full)}", local_full, budget_full, sim_cores)
     if not args.no_real:
         jobs = load_jobs(args.profile, args.scale, args.mem_scale, args.jitter, args.seed)
         budget = int(budget_full * args.mem_scale)

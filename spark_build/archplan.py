@@ -155,6 +155,7 @@ def configure(
     env: Mapping[str, str] | None = None,
     step: str = "arch-plan",
     build_type: str = "RelWithDebInfo",
+    jobs: int = 1,
 ) -> Configured:
     """Run vLLM's real CMake configure (nothing is compiled) into a fresh `build_dir`.
 
@@ -162,7 +163,8 @@ def configure(
     `env` adds the sources' `*_SRC_DIR` variables so nothing is fetched from the network.
     Missing driver libraries are replaced by stubs, which is safe only because this stops
     after configure. The build folder starts empty: a stale CMakeCache from another arch or
-    an unpatched tree would answer for the wrong source.
+    an unpatched tree would answer for the wrong source. `jobs` sizes CMake's compile pool, as
+    setup.py sizes it from MAX_JOBS, for a caller that goes on to run Ninja in this folder.
     """
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
@@ -171,7 +173,9 @@ def configure(
     python = venv / "bin" / "python"
     cmake = venv / "bin" / "cmake"
     argv = [str(cmake if cmake.exists() else "cmake")]
-    argv += cmake_args(source, build_dir, python=python, cuda_home=cuda_home, build_type=build_type, stubs=stubs)
+    argv += cmake_args(
+        source, build_dir, python=python, cuda_home=cuda_home, build_type=build_type, jobs=jobs, stubs=stubs
+    )
     variables = {
         "TORCH_CUDA_ARCH_LIST": arch,
         "CUDA_HOME": str(cuda_home),

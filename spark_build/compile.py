@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 from spark_build import compiler_cache
+from spark_build.cxxstd import check_source_against_torch
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
 from spark_build.governor import Governor
@@ -90,7 +91,11 @@ class Compile(Step):
     def run(self, ctx: Context) -> dict[str, Any]:
         cfg = ctx.config
         commit = ctx.result("clone")["commit"]
-        source = f"{ctx.recipe().dist}@{commit} {ctx.arch}"
+        recipe = ctx.recipe()
+        source = f"{recipe.dist}@{commit} {ctx.arch}"
+        # Seconds here instead of an #error at the first object that includes torch.
+        label = f"{recipe.dist} {recipe.version}" if recipe.version else recipe.dist
+        check_source_against_torch(ctx.src, ctx.venv, ctx.result("torch")["version"], label)
         estimates = load_estimates([cfg.logs_dir], DEFAULT_PROFILE, source=source)
         plan = plan_jobs(
             psutil.virtual_memory().available,

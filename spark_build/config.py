@@ -18,6 +18,7 @@ from typing import Any
 from spark_build.compiler_cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
 from spark_build.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
+from spark_build.versions import torch_packages_for
 
 VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
 VLLM_DEFAULT_REF = "v0.13.0"
@@ -101,7 +102,7 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "mem_reserve": "4G",
         "python": sys.executable,
         "torch_index": TORCH_CU130_INDEX,
-        "torch_packages": "torch torchvision torchaudio",
+        "torch_packages": None,  # the pins of the --ref release (versions.TORCH_PINS), else the newest
         "torch_cuda": "13",
         "cuda_home": env.get("CUDA_HOME") or "/usr/local/cuda",
         "wheelhouse": None,
@@ -220,6 +221,8 @@ def resolve(
     if build_type not in _BUILD_TYPES:
         raise UsageError(f"unknown build type '{build_type}'", hint=_suggest(build_type, _BUILD_TYPES))
     packages = merged["torch_packages"]
+    if packages is None:
+        packages = torch_packages_for(str(merged["ref"]).strip())
     if isinstance(packages, str):
         packages = packages.replace(",", " ").split()
     if not packages:

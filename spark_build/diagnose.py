@@ -122,6 +122,14 @@ SIGNATURES: tuple[Signature, ...] = (
         "install the R580 (or newer) driver; remove cuda-compat directories from LD_LIBRARY_PATH",
     ),
     _signature(
+        "torch-needs-newer-cxx",
+        r"#error C\+\+(\d+) or later compatible compiler is required to use (?:ATen|PyTorch)",
+        "the installed torch's headers need a newer C++ standard than this source compiles with "
+        "(torch 2.14 needs C++20; vLLM 0.13 compiles as C++17)",
+        "install the torch the source pins (requirements/cuda.txt; vLLM 0.13.0: --torch-packages "
+        "'torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0') and rerun with --resume",
+    ),
+    _signature(
         "no-kernel-image",
         r"no kernel image is available for execution on the device",
         "the wheel has no SASS or PTX for this GPU (e.g. built for 12.0a, running on 12.1)",

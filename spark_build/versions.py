@@ -92,6 +92,23 @@ RULES: tuple[VersionRules, ...] = (
 )
 
 
+# The torch each release pins for CUDA (its requirements/cuda.txt), installed by default for that
+# ref: vLLM's CMake is tested against it, and newer torch can break the compile outright (torch
+# 2.14's headers need C++20; vLLM 0.13 compiles as C++17). Releases not listed get the newest.
+TORCH_PINS: Mapping[Version, tuple[str, ...]] = {
+    Version("0.13.0"): ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0"),
+}
+NEWEST_TORCH = ("torch", "torchvision", "torchaudio")
+
+
+def torch_packages_for(ref: str) -> tuple[str, ...]:
+    """The default `--torch-packages` for building `ref`: its release's pins where we know them."""
+    from spark_build.recipe import version_from_tag
+
+    version = version_from_tag(ref)
+    return TORCH_PINS.get(version, NEWEST_TORCH) if version is not None else NEWEST_TORCH
+
+
 def rules_for(version: Version) -> VersionRules:
     """The rules for a release; an older release than we have checked is refused by name."""
     for rules in RULES:

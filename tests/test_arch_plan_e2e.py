@@ -75,6 +75,13 @@ def arch_plan(settings: Path, source: Path, workdir: Path, uv_cache: Path, *extr
     return subprocess.run(argv, capture_output=True, text=True, timeout=1500)
 
 
+def build_vllm(settings: Path, source: Path, workdir: Path, uv_cache: Path, *extra: str):
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "-f", str(settings), "build-vllm",
+            "--repo", str(source), "--arch", "12.1a", "--workdir", str(workdir), "--logs-dir", str(workdir / "logs"),
+            "--uv-cache-dir", str(uv_cache), "--no-serve", *extra]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=1500)
+
+
 def rows(workdir: Path) -> dict[str, list[dict]]:
     plan = json.loads((workdir / "logs" / "latest" / "arch-plan.json").read_text())
     out: dict[str, list[dict]] = {}
@@ -83,7 +90,7 @@ def rows(workdir: Path) -> dict[str, list[dict]]:
     return out
 
 
-def test_pristine_0_13_0_stops_before_compiling_because_qutlass_cannot_run_then_the_patched_plan_passes(
+def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_torch_stops_the_compile(
     offline_setup, tmp_path, uv_cache
 ):
     source, settings = offline_setup
@@ -110,3 +117,15 @@ def test_pristine_0_13_0_stops_before_compiling_because_qutlass_cannot_run_then_
     assert qutlass and all(r["sass"] == ["sm_120f"] and r["verdict"] == "native" for r in qutlass)
     twelve_x = [r for rs in after.values() for r in rs if any(c.startswith("sm_12") for c in r["sass"])]
     assert twelve_x and all(r["verdict"] == "native" for r in twelve_x)
+
+    # The only CUDA 13 torch here is 2.14.1, whose headers need C++20; vLLM 0.13.0 compiles as
+    # C++17. build-vllm goes on from the plan and stops at the compile's first moment, naming
+    # the torch vLLM pins, instead of an #error at the first object that includes torch.
+    build = build_vllm(settings, source, work, uv_cache, "--resume")
+    assert build.returncode == 1, build.stdout + build.stderr
+    assert "[compile] torch 2.14.1+cu130's headers need C++20, but vllm 0.13.0 compiles as C++17" in build.stderr
+    assert "--torch-packages 'torch==2.9.0 torchaudio==2.9.0 torchvision==0.24.0'" in build.stderr
+    summary = json.loads((work / "logs" / "latest" / "summary.json").read_text())
+    steps = {s["name"]: s["status"] for s in summary["steps"]}
+    assert steps["arch-plan"] == "skipped" and steps["compile"] == "failed"
+    assert not list((work / "src").glob("build/**/.ninja_log")), "nothing was compiled"

@@ -119,6 +119,17 @@ CUDA kernel errors might be asynchronously reported at some other API call.
 """,
         "RuntimeError: CUDA error: CUDA driver version is insufficient for CUDA runtime version",
     ),
+    "torch-needs-newer-cxx": (
+        """\
+[3/101] Building CXX object CMakeFiles/_moe_C.dir/csrc/moe/torch_bindings.cpp.o
+FAILED: [code=1] CMakeFiles/_moe_C.dir/csrc/moe/torch_bindings.cpp.o
+/usr/bin/c++ -DPy_LIMITED_API=3 -DTORCH_EXTENSION_NAME=_moe_C -O3 -std=gnu++17 -c csrc/moe/torch_bindings.cpp
+In file included from /venv/lib/python3.12/site-packages/torch/include/torch/all.h:1,
+/venv/lib/python3.12/site-packages/torch/include/torch/csrc/api/include/torch/all.h:5:2: error: \
+#error C++20 or later compatible compiler is required to use PyTorch.
+""",
+        "#error C++20 or later compatible compiler is required to use PyTorch.",
+    ),
     "no-kernel-image": (
         """\
 (EngineCore_0 pid=4242) ERROR [core.py:714]   File "/work/venv/lib/python3.12/site-packages/vllm/_ops.py"

@@ -1,0 +1,89 @@
+"""The C++ standard torch's headers demand, against the one the source compiles with.
+
+torch 2.14 raised its headers' floor from C++17 to C++20 (`ATen/ATen.h`: `#error C++20 or
+later compatible compiler is required to use ATen` under `__cplusplus < 202002L`), while vLLM
+0.13.0 compiles its extensions as C++17 (`set(CMAKE_CXX_STANDARD 17)`). Unchecked, the two meet
+at the first object that includes ATen, one `#error` among thousands of compile lines. Both facts
+are on disk before the compile starts, so the compile step reads them and stops at once, naming
+the torch the source itself pins (read from the commit, since use_existing_torch.py strips it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import git
+
+from spark_build.errors import StepFailed
+
+_FLOOR = re.compile(r"__cplusplus\s*<\s*(\d{4})\d{2}L")
+_STANDARD = re.compile(r"^\s*set\s*\(\s*CMAKE_CXX_STANDARD\s+(\d+)\s*\)", re.MULTILINE | re.IGNORECASE)
+_PIN = re.compile(r"^\s*(torch|torchvision|torchaudio)\s*==\s*([\w.+]+)", re.MULTILINE)
+PIN_FILES = ("requirements/cuda.txt", "requirements-cuda.txt")
+
+
+def header_floor(aten_h: str) -> int | None:
+    """The lowest standard `ATen/ATen.h` accepts: its `__cplusplus < 202002L` guard → 20."""
+    found = _FLOOR.search(aten_h)
+    return int(found.group(1)) % 100 if found else None
+
+
+def torch_floor(venv: Path) -> int | None:
+    """The floor of the torch installed in `venv`, or None when its headers state none."""
+    for header in sorted(venv.glob("lib/python*/site-packages/torch/include/ATen/ATen.h")):
+        return header_floor(header.read_text(errors="replace"))
+    return None
+
+
+def source_standard(cmakelists: str) -> int | None:
+    """The standard a CMake project sets for its C++ (`set(CMAKE_CXX_STANDARD 17)` → 17)."""
+    found = _STANDARD.search(cmakelists)
+    return int(found.group(1)) if found else None
+
+
+def pinned_torch(requirements: str) -> tuple[str, ...]:
+    """The exact torch, torchvision and torchaudio pins of a requirements file, in its order."""
+    return tuple(f"{name}=={version}" for name, version in _PIN.findall(requirements))
+
+
+def committed_text(source: Path, rel: str) -> str:
+    """A file as the checked-out commit has it (before any step rewrote it); '' if absent."""
+    try:
+        return str(git.Repo(source).git.show(f"HEAD:{rel}"))
+    except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+        return ""
+
+
+def conflict(
+    torch_version: str, floor: int | None, standard: int | None, pins: Sequence[str], dist: str, step: str = "compile"
+) -> StepFailed | None:
+    """The error to stop with when the torch headers need a newer C++ than the source uses."""
+    if floor is None or standard is None or floor <= standard:
+        return None
+    pinned = next((p.split("==", 1)[1] for p in pins if p.startswith("torch==")), None)
+    if pinned is not None:
+        hint = f"build against the torch {dist} pins: --torch-packages '{' '.join(pins)}', then --resume"
+    else:
+        hint = f"install a torch whose headers accept C++{standard} (--torch-packages 'torch==X.Y'), then --resume"
+    return StepFailed(
+        f"torch {torch_version}'s headers need C++{floor}, but {dist} compiles as C++{standard} "
+        f"(CMakeLists.txt: CMAKE_CXX_STANDARD {standard}); every object that includes torch would fail",
+        hint=hint,
+        step=step,
+    )
+
+
+def check_source_against_torch(source: Path, venv: Path, torch_version: str, dist: str) -> None:
+    """Raise the conflict for this source tree and build venv, if there is one."""
+    cmakelists = source / "CMakeLists.txt"
+    standard = source_standard(cmakelists.read_text(errors="replace")) if cmakelists.is_file() else None
+    pins: tuple[str, ...] = ()
+    for rel in PIN_FILES:
+        pins = pinned_torch(committed_text(source, rel))
+        if pins:
+            break
+    error = conflict(torch_version, torch_floor(venv), standard, pins, dist)
+    if error is not None:
+        raise error

@@ -1,0 +1,131 @@
+"""The compile stops before its first object when torch's headers need a newer C++ than the
+source compiles with, and names the torch the source pins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import git
+import pytest
+
+from spark_build.cxxstd import (
+    check_source_against_torch,
+    committed_text,
+    conflict,
+    header_floor,
+    pinned_torch,
+    source_standard,
+    torch_floor,
+)
+from spark_build.errors import StepFailed
+
+# The first lines of ATen/ATen.h as torch 2.13.0 and 2.14.1 ship them.
+ATEN_2_13 = """#if !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)
+#pragma once
+
+#if !defined(_MSC_VER) && __cplusplus < 201703L
+#error C++17 or later compatible compiler is required to use ATen.
+#endif
+"""
+ATEN_2_14 = ATEN_2_13.replace("201703L", "202002L").replace("C++17", "C++20")
+
+# vLLM 0.13.0's requirements/cuda.txt, as committed (use_existing_torch.py deletes the pins).
+CUDA_TXT = """# Common dependencies
+-r common.txt
+
+numba == 0.61.2 # Required for N-gram speculative decoding
+torch==2.9.0
+torchaudio==2.9.0
+# These must be updated alongside torch
+torchvision==0.24.0 # Required for phi3v processor.
+flashinfer-python==0.5.3
+"""
+VLLM_PINS = ("torch==2.9.0", "torchaudio==2.9.0", "torchvision==0.24.0")
+
+
+@pytest.mark.parametrize(("header", "floor"), [(ATEN_2_13, 17), (ATEN_2_14, 20), ("#pragma once\n", None)])
+def test_the_torch_floor_is_read_from_atens_cplusplus_guard(header: str, floor: int | None) -> None:
+    assert header_floor(header) == floor
+
+
+@pytest.mark.parametrize(
+    ("cmakelists", "standard"),
+    [
+        ("cmake_minimum_required(VERSION 3.26)\nset(CMAKE_CXX_STANDARD 17)\nset(CMAKE_CXX_STANDARD_REQUIRED ON)\n", 17),
+        ("SET( CMAKE_CXX_STANDARD 20 )\n", 20),
+        ("project(x LANGUAGES CXX)\n", None),
+    ],
+)
+def test_the_source_standard_is_read_from_its_cmakelists(cmakelists: str, standard: int | None) -> None:
+    assert source_standard(cmakelists) == standard
+
+
+def test_the_exact_torch_pins_are_read_in_file_order_and_nothing_else() -> None:
+    assert pinned_torch(CUDA_TXT) == VLLM_PINS
+    assert pinned_torch("torch>=2.9\n") == ()
+
+
+@pytest.mark.parametrize(("floor", "standard"), [(17, 17), (17, 20), (None, 17), (20, None)])
+def test_no_conflict_when_the_source_standard_meets_the_floor_or_either_is_unknown(floor, standard) -> None:
+    assert conflict("2.13.0", floor, standard, VLLM_PINS, "vllm 0.13.0") is None
+
+
+def test_a_conflict_names_both_standards_and_the_torch_the_source_pins() -> None:
+    error = conflict("2.14.1", 20, 17, VLLM_PINS, "vllm 0.13.0")
+    assert isinstance(error, StepFailed)
+    assert error.message.startswith("torch 2.14.1's headers need C++20, but vllm 0.13.0 compiles as C++17")
+    assert error.hint == (
+        "build against the torch vllm 0.13.0 pins: --torch-packages "
+        "'torch==2.9.0 torchaudio==2.9.0 torchvision==0.24.0', then --resume"
+    )
+    assert error.step == "compile"
+
+
+def test_without_pins_the_fix_names_the_standard_to_look_for() -> None:
+    error = conflict("2.14.1", 20, 17, (), "spark-example")
+    assert error is not None and error.hint is not None and "headers accept C++17" in error.hint
+
+
+def _source(tmp_path: Path, cmakelists: str, cuda_txt: str | None) -> Path:
+    src = tmp_path / "src"
+    (src / "requirements").mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text(cmakelists)
+    repo = git.Repo.init(src)
+    if cuda_txt is not None:
+        (src / "requirements" / "cuda.txt").write_text(cuda_txt)
+    repo.git.add("-A")
+    repo.git.commit(
+        "-qm",
+        "source",
+        "--allow-empty",
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
+    return src
+
+
+def _venv(tmp_path: Path, header: str) -> Path:
+    aten = tmp_path / "venv" / "lib" / "python3.12" / "site-packages" / "torch" / "include" / "ATen"
+    aten.mkdir(parents=True)
+    (aten / "ATen.h").write_text(header)
+    return tmp_path / "venv"
+
+
+def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp_path: Path) -> None:
+    src = _source(tmp_path, "set(CMAKE_CXX_STANDARD 17)\n", CUDA_TXT)
+    (src / "requirements" / "cuda.txt").write_text("numba == 0.61.2\n")  # what the script leaves
+    assert pinned_torch(committed_text(src, "requirements/cuda.txt")) == VLLM_PINS
+    with pytest.raises(StepFailed) as caught:
+        check_source_against_torch(src, _venv(tmp_path, ATEN_2_14), "2.14.1", "vllm 0.13.0")
+    assert "torch==2.9.0" in str(caught.value.hint)
+
+
+def test_a_matching_torch_passes_and_a_tree_without_git_or_pins_still_gets_checked(tmp_path: Path) -> None:
+    src = _source(tmp_path, "set(CMAKE_CXX_STANDARD 17)\n", None)
+    assert torch_floor(_venv(tmp_path, ATEN_2_13)) == 17
+    check_source_against_torch(src, tmp_path / "venv", "2.13.0", "spark-example")
+    assert committed_text(tmp_path, "requirements/cuda.txt") == ""  # not a git repo
