@@ -16,7 +16,10 @@ CPU-seconds are reached. Objects are built in the profile's order, as Ninja woul
 
     python benchmarks/real_compile.py --sdist vllm-0.13.0.tar.gz --mirror DIR \\
         --cutlass-wheel nvidia_cutlass-4.2.0.0-py3-none-any.whl --venv /opt/torch/.venv \\
-        --budget 40G --cpu-s 2400 --json out.json
+        --budget 32G --cpu-s 2000 [--strategy a] --out DIR --json DIR/real.json
+
+`--strategy c` (default) is spark-build's plan and governor; `--strategy a` is `-j nproc`
+ungoverned (the governor only watches, to record each object's peak), to show the failure.
 """
 
 from __future__ import annotations

@@ -95,8 +95,11 @@ RULES: tuple[VersionRules, ...] = (
 # The torch each release pins for CUDA (its requirements/cuda.txt), installed by default for that
 # ref: vLLM's CMake is tested against it, and newer torch can break the compile outright (torch
 # 2.14's headers need C++20; vLLM 0.13 compiles as C++17). Releases not listed get the newest.
+# Read from each release's sdist on the package index.
 TORCH_PINS: Mapping[Version, tuple[str, ...]] = {
     Version("0.13.0"): ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0"),
+    Version("0.20.0"): ("torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"),
+    Version("0.33.0"): ("torch==2.14.0", "torchvision==0.29.0", "torchaudio==2.11.0"),
 }
 NEWEST_TORCH = ("torch", "torchvision", "torchaudio")
 

@@ -26,7 +26,8 @@ def test_defaults_target_vllm_with_cuda_13_torch():
     ("ref", "packages"),
     [
         ("v0.13.0", ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0")),
-        ("v0.33.0", ("torch", "torchvision", "torchaudio")),
+        ("v0.33.0", ("torch==2.14.0", "torchvision==0.29.0", "torchaudio==2.11.0")),
+        ("v0.34.0", ("torch", "torchvision", "torchaudio")),
         ("main", ("torch", "torchvision", "torchaudio")),
     ],
 )
