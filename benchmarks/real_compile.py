@@ -12,7 +12,8 @@ rows can be read against the real one's: ratio to the ideal, peak against the bu
 The whole `_C`/`_moe_C` compile is ~10,400 CPU-s (three 9-minute calls on the 16-core device);
 `--cpu-s` picks a subset that fits one call: every object of 6 GB or more (the CUTLASS sm120
 FP8/NVFP4 ones, the reason budgets matter), then others spread evenly over the profile until the
-CPU-seconds are reached. Objects are built in the profile's order, as Ninja would meet them.
+CPU-seconds are reached. Ninja starts them in its manifest's order whatever the order of the
+targets on its command line, so the simulation and the replay take that order too.
 
     python benchmarks/real_compile.py --sdist vllm-0.13.0.tar.gz --mirror DIR \\
         --cutlass-wheel nvidia_cutlass-4.2.0.0-py3-none-any.whl --venv /opt/torch/.venv \\
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +89,12 @@ def select_objects(objects: list[dict[str, Any]], cpu_s: float | None, names: li
                 chosen.add(o["object"])
                 total += o["cpu_s"]
     return [o for o in objects if o["object"] in chosen]
+
+
+def manifest_order(build: Path) -> dict[str, int]:
+    """Each object's place among the build statements of `build.ninja`: the order Ninja starts them."""
+    outputs = re.findall(r"^build (CMakeFiles/[^\s:]+\.o)\b", (build / "build.ninja").read_text(), re.MULTILINE)
+    return {normalize_object(out): index for index, out in enumerate(outputs)}
 
 
 def _git_env() -> dict[str, str]:
@@ -228,6 +236,41 @@ def compile_enforced(
     }
 
 
+def real_row(
+    real: dict[str, Any],
+    chosen: list[dict[str, Any]],
+    estimates: dict[str, int],
+    label: str,
+    ninja_jobs: int,
+    cores: int,
+    budget: int,
+    result: str,
+) -> Row:
+    """The real compile as a table row; its ideal from the measured durations and peaks."""
+    measured = [
+        Job(
+            "CMakeFiles/" + o["object"],
+            real["durations"].get(o["object"], o["wall_s"]),
+            real["peaks"].get(o["object"]) or o["peak_rss_mb"] * MIB,
+            estimates[o["object"]],
+        )
+        for o in chosen
+    ]
+    return Row(
+        "real",
+        label,
+        ninja_jobs,
+        real["wall"],
+        ideal_wall(measured, cores, budget),
+        real["peak"],
+        real["killed"],
+        real["cpu"] / (real["wall"] * cores),
+        result,
+        budget,
+        f"{real['pauses']} pauses, {real['samples']} samples at {real['sample_ms']:.1f} ms; {real['enforcement']}",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sdist", type=Path, required=True)
@@ -245,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-s", type=float, default=2400.0, help="profile CPU-seconds to compile (0: all)")
     parser.add_argument("--objects", nargs="*", default=[], help="compile only objects whose names contain these")
     parser.add_argument("--replay-scale", type=float, default=0.1, help="time scale of the replay of the same objects")
+    parser.add_argument("--no-compile", action="store_true", help="configure, simulate and replay only")
     parser.add_argument("--deadline", type=float, default=480.0, help="stop the compile after this many seconds")
     parser.add_argument("--enforce", choices=["auto", "cgroup", "watchdog"], default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spark-real"))
@@ -263,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = json.loads(args.profile.read_text())["objects"]
     known = {normalize_object(e["output"]) for e in json.loads((build / "compile_commands.json").read_text())}
     selected = select_objects(profile, args.cpu_s or None, args.objects)
-    chosen = [o for o in selected if o["object"] in known]
+    order = manifest_order(build)
+    chosen = sorted((o for o in selected if o["object"] in known), key=lambda o: order.get(o["object"], len(order)))
     missing = [o["object"] for o in selected if o["object"] not in known]
     targets = ["CMakeFiles/" + o["object"] for o in chosen]
     estimates = {o["object"]: o["peak_rss_mb"] * MIB for o in chosen}
@@ -278,36 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     governed = args.strategy == "c"
     ninja_jobs = plan.concurrent_jobs if governed else cores
     label = "(c) plan+governor" if governed else "(a) MAX_JOBS=nproc"
-    real = compile_enforced(
-        build, targets, ninja_jobs, plan.budget_bytes, estimates, plan.per_job_bytes, args, governed
-    )
-    built = [o for o in chosen if (build / "CMakeFiles" / o["object"]).is_file()]
-    measured = [
-        Job(
-            "CMakeFiles/" + o["object"],
-            real["durations"].get(o["object"], o["wall_s"]),
-            real["peaks"].get(o["object"]) or o["peak_rss_mb"] * MIB,
-            estimates[o["object"]],
+    rows: list[Row] = []
+    real: dict[str, Any] = {"peaks": {}, "durations": {}}
+    ok = True
+    if not args.no_compile:
+        real = compile_enforced(
+            build, targets, ninja_jobs, plan.budget_bytes, estimates, plan.per_job_bytes, args, governed
         )
-        for o in chosen
-    ]
-    ok = real["returncode"] == 0 and len(built) == len(chosen)
-    rows = [
-        Row(
-            "real",
-            f"{label}, real nvcc",
-            ninja_jobs,
-            real["wall"],
-            ideal_wall(measured, cores, plan.budget_bytes),
-            real["peak"],
-            real["killed"],
-            real["cpu"] / (real["wall"] * cores),
-            "ok" if ok else f"FAILED {len(built)}/{len(chosen)} built (exit {real['returncode']})",
-            plan.budget_bytes,
-            f"{real['pauses']} pauses, {real['samples']} samples at {real['sample_ms']:.1f} ms; {real['enforcement']}",
+        built = [o for o in chosen if (build / "CMakeFiles" / o["object"]).is_file()]
+        ok = real["returncode"] == 0 and len(built) == len(chosen)
+        result = "ok" if ok else f"FAILED {len(built)}/{len(chosen)} built (exit {real['returncode']})"
+        rows.append(
+            real_row(real, chosen, estimates, f"{label}, real nvcc", ninja_jobs, cores, plan.budget_bytes, result)
         )
-    ]
-    print(f"#   real: {rows[0].result} in {rows[0].wall:.0f} s; {rows[0].note}", flush=True)
+        print(f"#   real: {result} in {real['wall']:.0f} s; {rows[0].note}", flush=True)
 
     # The same objects from the profile: full-scale simulation and a real replay at reduced scale.
     profiled = [
