@@ -51,9 +51,7 @@ def fmt_seconds(seconds: float) -> str:
 def timing_rows(outcomes: Sequence[StepOutcome]) -> list[tuple[str, str, str, str, str]]:
     """(step, status, duration, share of total, detail) — the table printed after every run."""
     total = sum(o.seconds for o in outcomes) or 1.0
-    rows = [
-        (o.name, o.status, fmt_seconds(o.seconds), f"{100 * o.seconds / total:.0f}%", o.detail) for o in outcomes
-    ]
+    rows = [(o.name, o.status, fmt_seconds(o.seconds), f"{100 * o.seconds / total:.0f}%", o.detail) for o in outcomes]
     rows.append(("total", "", fmt_seconds(sum(o.seconds for o in outcomes)), "100%", ""))
     return rows
 

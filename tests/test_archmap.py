@@ -26,9 +26,7 @@ from spark_build.errors import UsageError
         pytest.param("8.0+PTX", (ArchEntry(8, 0, ptx=True),), id="a target with PTX for later GPUs"),
         pytest.param("12.0f", (ArchEntry(12, 0, "f"),), id="a family target"),
         pytest.param("12.0a;12.1a", (ArchEntry(12, 0, "a"), ArchEntry(12, 1, "a")), id="semicolon separated"),
-        pytest.param(
-            " 8.0  9.0a+PTX ", (ArchEntry(8, 0), ArchEntry(9, 0, "a", ptx=True)), id="space separated"
-        ),
+        pytest.param(" 8.0  9.0a+PTX ", (ArchEntry(8, 0), ArchEntry(9, 0, "a", ptx=True)), id="space separated"),
         pytest.param("12.1a;12.1a", (ArchEntry(12, 1, "a"),), id="a duplicate is dropped"),
     ],
 )
@@ -51,9 +49,7 @@ def test_an_arch_list_round_trips_to_the_value_cmake_reads() -> None:
         pytest.param("12.1x", "'12.1x'", "12.1a", id="unknown suffix"),
     ],
 )
-def test_garbage_is_rejected_naming_the_bad_item_and_a_valid_form(
-    value: str, named: str, suggested: str
-) -> None:
+def test_garbage_is_rejected_naming_the_bad_item_and_a_valid_form(value: str, named: str, suggested: str) -> None:
     with pytest.raises(UsageError) as caught:
         parse_arch_list(value)
     assert caught.value.exit_code == 2

@@ -177,8 +177,7 @@ class Built:
 def _run_all(commands: Sequence[Sequence[str | Path]], cwd: Path) -> None:
     """Run the commands side by side (nvcc is mostly waiting on its own children)."""
     procs = [
-        (cmd, subprocess.Popen([str(c) for c in cmd], cwd=cwd, stderr=subprocess.PIPE, text=True))
-        for cmd in commands
+        (cmd, subprocess.Popen([str(c) for c in cmd], cwd=cwd, stderr=subprocess.PIPE, text=True)) for cmd in commands
     ]
     for cmd, proc in procs:
         _, err = proc.communicate()
@@ -313,9 +312,7 @@ def test_ptx_only_build_is_jit_compiled_on_the_spark(built: Built, cuobjdump: Pa
 
 
 @pytest.mark.integration
-def test_family_cubin_is_reported_as_sm_120f_and_runs_natively_on_the_spark(
-    built: Built, cuobjdump: Path
-) -> None:
+def test_family_cubin_is_reported_as_sm_120f_and_runs_natively_on_the_spark(built: Built, cuobjdump: Path) -> None:
     report = arch_audit(built.lib("cudart13"), SPARK, cuobjdump, promised={"cudart13": ["sm_120f"]})
     assert report.extensions[0].sass == ("sm_120f",)
     assert report.ok and report.verdict is Verdict.NATIVE
@@ -350,13 +347,8 @@ def test_missing_code_the_arch_plan_promised_fails_the_audit(built: Built, cuobj
         families={"*moe_align*": "moe", "*fp4_gemm*": "fp4"},
         promised={"moe": ["sm_121a"], "fp4": ["sm_120f"], "_flashmla_C": ["sm_121a"]},
     )
-    assert (
-        "fp4: the arch plan promised sm_120f (native on 12.1); the wheel carries sm_120a" in report.problems
-    )
-    assert (
-        "the arch plan promised _flashmla_C, but no extension or kernel family has that name"
-        in report.problems
-    )
+    assert "fp4: the arch plan promised sm_120f (native on 12.1); the wheel carries sm_120a" in report.problems
+    assert "the arch plan promised _flashmla_C, but no extension or kernel family has that name" in report.problems
     assert not any(p.startswith("moe:") for p in report.problems)
 
 
@@ -393,9 +385,7 @@ def test_cuda12_runtime_is_rejected_in_a_cuda13_build_and_unresolved_libraries_a
     built: Built,
 ) -> None:
     report = linkage_audit(built.lib("needs_cuda12"), LibrarySearch(), cuda_major=13)
-    assert (
-        "pkg/needs_cuda12.so: libcudart.so.12 is a CUDA 12 library; this build is CUDA 13" in report.problems
-    )
+    assert "pkg/needs_cuda12.so: libcudart.so.12 is a CUDA 12 library; this build is CUDA 13" in report.problems
     assert "pkg/needs_cuda12.so: libgone.so.3 not found" in report.problems
     with pytest.raises(StepFailed) as err:
         report.raise_if_failed(step="validate")

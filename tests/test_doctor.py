@@ -118,9 +118,7 @@ class Rule:
 
 FIRES = {
     "no GPU and no --arch stops the build": Rule(NO_GPU | {"probes": ()}, None, "gpu", "error", "--arch"),
-    "no GPU with --arch builds but warns that serving needs the GPU": Rule(
-        NO_GPU, "12.1a", "gpu", "warning", "serve"
-    ),
+    "no GPU with --arch builds but warns that serving needs the GPU": Rule(NO_GPU, "12.1a", "gpu", "warning", "serve"),
     "a GPU newer than the arch table asks for --arch": Rule(
         {"gpus": (Gpu("NVIDIA Future", "13.0", "600.1"),), "probes": ()},
         None,
@@ -131,9 +129,7 @@ FIRES = {
     "--arch 12.0a on a 12.1 GPU builds kernels this GPU cannot load": Rule(
         {"probes": (ArchProbe("12.0a", "sm_120a", True),)}, "12.0a", "target arch", "warning", "12.1a"
     ),
-    "nvcc older than 12.9 cannot target sm_121": Rule(
-        CUDA128, None, "nvcc", "error", "cannot target sm_121a"
-    ),
+    "nvcc older than 12.9 cannot target sm_121": Rule(CUDA128, None, "nvcc", "error", "cannot target sm_121a"),
     "no nvcc at all": Rule({"nvcc": None, "nvcc_version": None, "probes": ()}, None, "nvcc", "error", "CUDA"),
     "CUDA 13 no longer builds Volta": Rule(
         {"probes": (ArchProbe("7.0", "sm_70", False, "Unsupported gpu architecture 'compute_70'"),)},
@@ -343,9 +339,7 @@ def test_doctor_json_carries_the_verdict_every_check_and_the_host() -> None:
     code = run_doctor(Path("w"), Path("c"), "12.1a", True, console, gather=lambda *a, **k: SPARK)
     document = json.loads(out.getvalue())
     assert code == 0 and document["can_build"] is True
-    assert {"check": "nvcc probe sm_121a", "value": "compiles", "severity": "ok", "fix": ""} in document[
-        "checks"
-    ]
+    assert {"check": "nvcc probe sm_121a", "value": "compiles", "severity": "ok", "fix": ""} in document["checks"]
     assert document["host"]["gpus"][0]["compute_cap"] == "12.1"
     assert document["host"]["nvcc_version"] == "13.0.88"
 
@@ -507,14 +501,10 @@ def test_probe_results_are_cached_per_nvcc_build(tmp_path: Path) -> None:
 
 def test_a_corrupt_probe_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     (tmp_path / PROBE_CACHE_NAME).write_text("{not json")
-    runner = CannedRunner(
-        {"nvcc -cubin": (1, "nvcc fatal   : Unsupported gpu architecture 'compute_137a'\n")}
-    )
+    runner = CannedRunner({"nvcc -cubin": (1, "nvcc fatal   : Unsupported gpu architecture 'compute_137a'\n")})
     probe = probe_nvcc(tmp_path / "nvcc", "13.7a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
     assert not probe.accepted and "compute_137a" in probe.detail
-    assert (
-        json.loads((tmp_path / PROBE_CACHE_NAME).read_text())[f"{NVCC13_BUILD}|sm_137a"]["accepted"] is False
-    )
+    assert json.loads((tmp_path / PROBE_CACHE_NAME).read_text())[f"{NVCC13_BUILD}|sm_137a"]["accepted"] is False
 
 
 # --- integration: the real nvcc and the real machine ------------------------------------------

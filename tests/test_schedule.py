@@ -119,12 +119,8 @@ class FakeSystemctl:
 def test_installing_the_timer_twice_leaves_one_timer_and_reloads_systemd(tmp_path: Path) -> None:
     units, logs = tmp_path / "systemd-user", tmp_path / "logs"
     systemctl = FakeSystemctl()
-    first = install_systemd(
-        "03:30", COMMAND, WORK, logs, unit_dir=units, runner=systemctl, linger=lambda: True
-    )
-    second = install_systemd(
-        "03:30", COMMAND, WORK, logs, unit_dir=units, runner=systemctl, linger=lambda: True
-    )
+    first = install_systemd("03:30", COMMAND, WORK, logs, unit_dir=units, runner=systemctl, linger=lambda: True)
+    second = install_systemd("03:30", COMMAND, WORK, logs, unit_dir=units, runner=systemctl, linger=lambda: True)
 
     assert sorted(p.name for p in units.iterdir()) == [
         "spark-build-nightly.service",
@@ -145,9 +141,7 @@ def test_installing_the_timer_twice_leaves_one_timer_and_reloads_systemd(tmp_pat
 def test_installing_at_a_new_time_replaces_the_timer(tmp_path: Path) -> None:
     units = tmp_path / "systemd-user"
     for at in ("03:30", "04:15"):
-        install_systemd(
-            at, COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True
-        )
+        install_systemd(at, COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True)
     assert parse_timer_at((units / "spark-build-nightly.timer").read_text()) == "04:15"
     assert len(list(units.glob("*.timer"))) == 1
 
@@ -180,9 +174,7 @@ def test_a_systemctl_failure_is_reported_with_a_fix(tmp_path: Path) -> None:
 
 def test_removing_the_timer_disables_it_and_deletes_both_units(tmp_path: Path) -> None:
     units = tmp_path / "u"
-    install_systemd(
-        "03:30", COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True
-    )
+    install_systemd("03:30", COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True)
     systemctl = FakeSystemctl()
     removed = remove_systemd(unit_dir=units, runner=systemctl)
     again = remove_systemd(unit_dir=units, runner=systemctl)
@@ -194,13 +186,9 @@ def test_removing_the_timer_disables_it_and_deletes_both_units(tmp_path: Path) -
 
 def test_status_shows_the_timers_next_run_and_the_last_outcome(tmp_path: Path) -> None:
     units, history = tmp_path / "u", tmp_path / "history.jsonl"
-    install_systemd(
-        "03:30", COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True
-    )
+    install_systemd("03:30", COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True)
     append_history(history, {"outcome": "present", "finished": "2026-02-28T03:30:05+01:00", "message": "ok"})
-    append_history(
-        history, {"outcome": "mirrored", "finished": "2026-03-01T03:31:00+01:00", "message": "new"}
-    )
+    append_history(history, {"outcome": "mirrored", "finished": "2026-03-01T03:31:00+01:00", "message": "new"})
 
     status = schedule_status(
         history_path=history,
@@ -241,9 +229,7 @@ def tabfile(tmp_path: Path) -> Path:
     return tab
 
 
-def test_cron_install_twice_leaves_one_entry_and_keeps_the_users_other_lines(
-    tabfile: Path, tmp_path: Path
-) -> None:
+def test_cron_install_twice_leaves_one_entry_and_keeps_the_users_other_lines(tabfile: Path, tmp_path: Path) -> None:
     tab = lambda: CronTab(tabfile=str(tabfile))  # noqa: E731
     first = install_cron("03:30", COMMAND, WORK, tmp_path / "logs", crontab=tab)
     second = install_cron("03:30", COMMAND, WORK, tmp_path / "logs", crontab=tab)
@@ -255,15 +241,11 @@ def test_cron_install_twice_leaves_one_entry_and_keeps_the_users_other_lines(
     ours = [line for line in text.splitlines() if CRON_MARKER in line]
     assert ours[0].startswith("30 3 * * * cd '/srv/spark work' && ")
     assert "--notify x\\%y" in ours[0]  # % escaped for cron, read back unescaped below
-    assert [job.command for job in tab().find_comment(CRON_MARKER)] == [
-        cron_command(COMMAND, WORK, tmp_path / "logs")
-    ]
+    assert [job.command for job in tab().find_comment(CRON_MARKER)] == [cron_command(COMMAND, WORK, tmp_path / "logs")]
     assert cron_at(tab()) == "03:30"
 
 
-def test_cron_install_at_a_new_time_replaces_the_entry_and_remove_leaves_none(
-    tabfile: Path, tmp_path: Path
-) -> None:
+def test_cron_install_at_a_new_time_replaces_the_entry_and_remove_leaves_none(tabfile: Path, tmp_path: Path) -> None:
     tab = lambda: CronTab(tabfile=str(tabfile))  # noqa: E731
     install_cron("03:30", COMMAND, WORK, tmp_path, crontab=tab)
     install_cron("22:05", COMMAND, WORK, tmp_path, crontab=tab)

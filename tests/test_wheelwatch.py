@@ -427,9 +427,7 @@ def _nightly(url: str, tmp_path: Path, build: FakeBuild, **kw: object) -> tuple:
     return result, lines
 
 
-def test_nightly_mirrors_a_hosted_wheel_then_reports_it_present(
-    wheel_host: WheelHost, tmp_path: Path
-) -> None:
+def test_nightly_mirrors_a_hosted_wheel_then_reports_it_present(wheel_host: WheelHost, tmp_path: Path) -> None:
     url = wheel_host.script(PATH, serve())
     build = FakeBuild(tmp_path)
     first, _ = _nightly(url, tmp_path, build)
