@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from replay import Job, Row, choose_enforcement, ideal_wall, run_real, simulate, table  # noqa: E402
 
-from spark_build.archplan import configure  # noqa: E402
+from spark_build.cmake_configure import configure  # noqa: E402
 from spark_build.governor import Governor  # noqa: E402
 from spark_build.jobplan import (  # noqa: E402
     cpu_count,

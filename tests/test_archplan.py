@@ -31,11 +31,8 @@ from spark_build.archplan import (
     ParsedPlan,
     PlanRow,
     builds_for_major,
-    cmake_args,
-    cuda_major,
     gencode_codes,
     judge,
-    missing_link_libraries,
     parse_compile_commands,
     parse_configure_messages,
     plan_from_outputs,
@@ -44,6 +41,7 @@ from spark_build.archplan import (
     render_plan,
     target_of,
 )
+from spark_build.cmake_configure import cmake_args, cuda_major, missing_link_libraries
 from spark_build.errors import StepFailed
 from spark_build.gpuarch import ComputeCapability, Verdict, best_on
 from spark_build.patches import find_series

@@ -1,0 +1,173 @@
+"""vLLM's own CMake configure, run for what it decides, never to compile.
+
+The arch plan reads what `cmake` decides (per-object `-gencode` flags in
+`compile_commands.json`, the `Building … for archs` messages); benchmarks configure the same
+way and then run Ninja in the folder. This module is the process side: the cmake command
+vLLM's `setup.py` would run, and stand-ins for the driver libraries a machine without a GPU
+lacks (safe only because a configure links nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spark_build.errors import StepFailed
+from spark_build.proc import Runner
+
+
+@dataclass(frozen=True)
+class StubLibrary:
+    """A driver library CMake insists on finding although a configure never links it."""
+
+    cmake_var: str
+    soname: str
+
+
+def cuda_major(cuda_home: Path) -> int:
+    """The toolkit's major version from `include/cuda.h` (`#define CUDA_VERSION 13000`)."""
+    header = cuda_home / "include" / "cuda.h"
+    found = (
+        re.search(r"#define\s+CUDA_VERSION\s+(\d+)", header.read_text(errors="replace")) if header.is_file() else None
+    )
+    if found is None:
+        raise StepFailed(f"cannot read the CUDA version from {header}", hint="point --cuda-home at a CUDA toolkit")
+    return int(found[1]) // 1000
+
+
+def missing_link_libraries(cuda_home: Path) -> list[StubLibrary]:
+    """Libraries CMake's FindCUDAToolkit must find for vLLM's targets (`CUDA::cuda_driver` for
+    `cumem_allocator`, nvrtc through torch) but a toolkit without a driver may lack: a build
+    machine with no GPU has no `libcuda.so`, and a trimmed toolkit may ship neither it nor
+    its `lib64/stubs/` copy."""
+    lib_dirs = [cuda_home / "lib64", cuda_home / "lib", *sorted((cuda_home / "targets").glob("*/lib"))]
+
+    def present(name: str) -> bool:
+        return any((d / name).exists() or (d / "stubs" / name).exists() for d in lib_dirs)
+
+    missing = []
+    if not present("libcuda.so"):
+        missing.append(StubLibrary("CUDA_cuda_driver_LIBRARY", "libcuda.so.1"))
+    if not present("libnvrtc.so"):
+        missing.append(StubLibrary("CUDA_nvrtc_LIBRARY", f"libnvrtc.so.{cuda_major(cuda_home)}"))
+    return missing
+
+
+def build_stubs(
+    missing: Sequence[StubLibrary], stub_dir: Path, runner: Runner, log: Path, step: str
+) -> dict[str, Path]:
+    """Empty shared objects with the real sonames, for a configure-only run.
+
+    They are never linked or loaded: the arch plan stops after configure. A real compile
+    links `cumem_allocator` against the driver, so it must not be given these.
+    """
+    stub_dir.mkdir(parents=True, exist_ok=True)
+    source = stub_dir / "empty.c"
+    source.write_text("/* configure-only stand-in for a CUDA library; never linked */\n")
+    made: dict[str, Path] = {}
+    for lib in missing:
+        out = stub_dir / (lib.soname.split(".so")[0] + ".so")
+        runner.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{lib.soname}", "-o", out, source], log=log, step=step)
+        made[lib.cmake_var] = out
+    return made
+
+
+def cmake_args(
+    source: Path,
+    build_dir: Path,
+    *,
+    python: Path,
+    cuda_home: Path,
+    build_type: str = "RelWithDebInfo",
+    jobs: int = 1,
+    nvcc_threads: int | None = None,
+    stubs: Mapping[str, Path] | None = None,
+) -> list[str]:
+    """The cmake command vLLM's `setup.py` (`cmake_build_ext.configure`) would run, plus
+    `CMAKE_EXPORT_COMPILE_COMMANDS` so the per-object flags can be read back.
+
+    Left out on purpose: ccache/sccache launchers (they change no flag that decides an arch)
+    and `VLLM_PYTHON_PATH` (only machete's Hopper generator reads it, and the venv's own
+    interpreter already has its site-packages on its path).
+    """
+    args = [
+        str(source),
+        "-G",
+        "Ninja",
+        f"-DCMAKE_BUILD_TYPE={build_type}",
+        "-DVLLM_TARGET_DEVICE=cuda",
+        f"-DVLLM_PYTHON_EXECUTABLE={python}",
+        # setup.py uses <source>/.deps; ours stays in the build folder so the source tree
+        # (which the patch step reverse-checks) gets no new folder.
+        f"-DFETCHCONTENT_BASE_DIR={build_dir / '.deps'}",
+    ]
+    if nvcc_threads:
+        args.append(f"-DNVCC_THREADS={nvcc_threads}")
+    args += [
+        "-DCMAKE_JOB_POOL_COMPILE:STRING=compile",
+        f"-DCMAKE_JOB_POOLS:STRING=compile={jobs}",
+        f"-DCMAKE_CUDA_COMPILER={cuda_home / 'bin' / 'nvcc'}",
+        "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+    ]
+    args += [f"-D{var}={path}" for var, path in sorted((stubs or {}).items())]
+    return args
+
+
+@dataclass(frozen=True)
+class Configured:
+    build_dir: Path
+    log: Path
+    compile_commands: Path
+    stubs: Mapping[str, Path] = field(default_factory=dict)
+
+
+def configure(
+    source: Path,
+    build_dir: Path,
+    arch: str,
+    *,
+    venv: Path,
+    cuda_home: Path,
+    runner: Runner,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    step: str = "arch-plan",
+    build_type: str = "RelWithDebInfo",
+    jobs: int = 1,
+) -> Configured:
+    """Run vLLM's real CMake configure (nothing is compiled) into a fresh `build_dir`.
+
+    `venv` must hold the CUDA torch and the build requirements (cmake ≥ 3.26 among them);
+    `env` adds the sources' `*_SRC_DIR` variables so nothing is fetched from the network.
+    Missing driver libraries are replaced by stubs, which is safe only because this stops
+    after configure. The build folder starts empty: a stale CMakeCache from another arch or
+    an unpatched tree would answer for the wrong source. `jobs` sizes CMake's compile pool, as
+    setup.py sizes it from MAX_JOBS, for a caller that goes on to run Ninja in this folder.
+    """
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
+    missing = missing_link_libraries(cuda_home)
+    stubs = build_stubs(missing, build_dir / "configure-only-stubs", runner, log, step) if missing else {}
+    python = venv / "bin" / "python"
+    cmake = venv / "bin" / "cmake"
+    argv = [str(cmake if cmake.exists() else "cmake")]
+    argv += cmake_args(
+        source, build_dir, python=python, cuda_home=cuda_home, build_type=build_type, jobs=jobs, stubs=stubs
+    )
+    variables = {
+        "TORCH_CUDA_ARCH_LIST": arch,
+        "CUDA_HOME": str(cuda_home),
+        "VLLM_TARGET_DEVICE": "cuda",
+        "PATH": os.pathsep.join([str(venv / "bin"), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
+        **dict(env or {}),
+    }
+    note = {k: v for k, v in variables.items() if k != "PATH"}
+    runner.run(argv, log=log, step=step, cwd=build_dir, env={**os.environ, **variables}, env_note=note)
+    commands = build_dir / "compile_commands.json"
+    if not commands.is_file():
+        raise StepFailed("CMake configured but wrote no compile_commands.json", step=step, log=log)
+    return Configured(build_dir, log, commands, stubs)
