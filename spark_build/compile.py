@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from spark_build import compiler_cache
+from spark_build import cache_stats, compiler_cache
 from spark_build.cxxstd import check_source_against_torch
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
@@ -209,7 +209,7 @@ class Compile(Step):
 
     def detail(self, result: Mapping[str, Any]) -> str:
         jobs = f"MAX_JOBS {result.get('max_jobs')}, {result.get('objects_built')} objects"
-        cache = compiler_cache.table_cell(result.get("cache"))
+        cache = cache_stats.table_cell(result.get("cache"))
         return f"{jobs}; {cache}" if cache else jobs
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:

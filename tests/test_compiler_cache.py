@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import uv
 
+from spark_build import cache_stats as cs
 from spark_build import compiler_cache as cc
 from spark_build import distcache
 from spark_build.errors import UsageError
@@ -275,13 +276,13 @@ def test_only_sccache_needs_its_server_started_before_and_stopped_after() -> Non
 
 
 def test_ccache_json_stats_become_hits_misses_uncacheable_and_errors() -> None:
-    stats = cc.parse_stats(json.dumps(CCACHE_STATS), "ccache")
-    assert stats == cc.CacheStats(hits=14, misses=20, uncacheable=4, errors=1, remote_hits=5, remote_errors=3)
+    stats = cs.parse_stats(json.dumps(CCACHE_STATS), "ccache")
+    assert stats == cs.CacheStats(hits=14, misses=20, uncacheable=4, errors=1, remote_hits=5, remote_errors=3)
     assert stats.hit_rate == pytest.approx(14 / 34)
 
 
 def test_sccache_counts_whole_objects_not_nvcc_sub_steps() -> None:
-    stats = cc.parse_stats(json.dumps(SCCACHE_STATS), "sccache")
+    stats = cs.parse_stats(json.dumps(SCCACHE_STATS), "sccache")
     assert (stats.hits, stats.misses, stats.uncacheable, stats.dist_compiles) == (3, 2, 1, 5)
 
 
@@ -290,33 +291,33 @@ def test_sccache_counts_whole_objects_not_nvcc_sub_steps() -> None:
 )
 def test_unreadable_stats_raise_value_error(text: str, tool: cc.Tool) -> None:
     with pytest.raises(ValueError):
-        cc.parse_stats(text, tool)
+        cs.parse_stats(text, tool)
 
 
 def test_the_compile_is_credited_with_the_difference_of_the_counters() -> None:
-    before = cc.CacheStats(hits=10, misses=5, uncacheable=1)
-    after = cc.CacheStats(hits=40, misses=7, uncacheable=1, remote_hits=30)
-    assert cc.stats_delta(before, after) == cc.CacheStats(hits=30, misses=2, uncacheable=0, remote_hits=30)
+    before = cs.CacheStats(hits=10, misses=5, uncacheable=1)
+    after = cs.CacheStats(hits=40, misses=7, uncacheable=1, remote_hits=30)
+    assert cs.stats_delta(before, after) == cs.CacheStats(hits=30, misses=2, uncacheable=0, remote_hits=30)
     # A counter that went down means the cache was wiped in between: count from zero.
-    assert cc.stats_delta(cc.CacheStats(hits=50), cc.CacheStats(hits=3)).hits == 3
-    assert cc.stats_delta(None, after) == after
+    assert cs.stats_delta(cs.CacheStats(hits=50), cs.CacheStats(hits=3)).hits == 3
+    assert cs.stats_delta(None, after) == after
 
 
 def test_hit_rate_is_unknown_when_nothing_was_cacheable() -> None:
-    assert cc.CacheStats(uncacheable=3).hit_rate is None
-    assert cc.CacheStats(uncacheable=3).as_dict()["hit_rate"] is None
-    assert cc.CacheStats(hits=1, misses=3).as_dict()["hit_rate"] == 0.25
+    assert cs.CacheStats(uncacheable=3).hit_rate is None
+    assert cs.CacheStats(uncacheable=3).as_dict()["hit_rate"] is None
+    assert cs.CacheStats(hits=1, misses=3).as_dict()["hit_rate"] == 0.25
 
 
 def test_the_run_notes_one_line_with_hits_misses_and_the_rate() -> None:
     plan = cc.plan_cache(cc.CacheMode("redis", REDIS))
-    line = cc.summary_line(plan, cc.CacheStats(hits=87, misses=6, remote_hits=80, remote_errors=2))
+    line = cc.summary_line(plan, cs.CacheStats(hits=87, misses=6, remote_hits=80, remote_errors=2))
     assert line == (
         "compiler cache (ccache, redis://spark-a:6379/0): 87 hits, 6 misses, 0 uncacheable — 93.5% hit rate; "
         "80 from Redis; 2 Redis errors (those objects compiled locally)"
     )
     assert cc.summary_line(cc.plan_cache(cc.CacheMode("none")), None) == "compiler cache: off (no tool, no cache)"
-    record = cc.summary_record(plan, cc.CacheStats(hits=1, misses=1))
+    record = cc.summary_record(plan, cs.CacheStats(hits=1, misses=1))
     assert record["stats"] == {
         "hits": 1,
         "misses": 1,
@@ -332,15 +333,15 @@ def test_the_run_notes_one_line_with_hits_misses_and_the_rate() -> None:
 
 def test_the_timing_table_shows_the_compiles_cache_in_one_cell() -> None:
     plan = cc.plan_cache(cc.CacheMode("local"))
-    record = cc.summary_record(plan, cc.CacheStats(hits=87, misses=6))
-    assert cc.table_cell(record) == "ccache local: 87 hits, 6 misses, 0 uncacheable (93.5%)"
+    record = cc.summary_record(plan, cs.CacheStats(hits=87, misses=6))
+    assert cs.table_cell(record) == "ccache local: 87 hits, 6 misses, 0 uncacheable (93.5%)"
     degraded = cc.plan_cache(cc.CacheMode("redis", REDIS), redis_check=cc.Reachability(False, "refused"))
-    assert cc.table_cell(cc.summary_record(degraded, None)) == "ccache local"
+    assert cs.table_cell(cc.summary_record(degraded, None)) == "ccache local"
     dist = cc.plan_cache(cc.CacheMode("redis", REDIS), dist="http://spark-a:10600")
-    cell = cc.table_cell(cc.summary_record(dist, cc.CacheStats(misses=4, dist_compiles=9)))
+    cell = cs.table_cell(cc.summary_record(dist, cs.CacheStats(misses=4, dist_compiles=9)))
     assert cell == "sccache redis://spark-a:6379/0: 0 hits, 4 misses, 0 uncacheable (0.0%), 9 remote"
-    assert cc.table_cell(cc.summary_record(cc.plan_cache(cc.CacheMode("none")), None)) == "no cache off"
-    assert cc.table_cell(None) == ""
+    assert cs.table_cell(cc.summary_record(cc.plan_cache(cc.CacheMode("none")), None)) == "no cache off"
+    assert cs.table_cell(None) == ""
 
 
 # --- Redis PING over a socket ------------------------------------------------------------
@@ -547,7 +548,7 @@ class StepCtx:
         return self.run(step, [UV, *args], env=env, **kwargs)
 
 
-def build_example_objects(workdir: Path, venv: Path, cache_vars: dict[str, str]) -> cc.CacheStats:
+def build_example_objects(workdir: Path, venv: Path, cache_vars: dict[str, str]) -> cs.CacheStats:
     """Configure the example upstream in `workdir/src` and build its CUDA objects, as vLLM's
     setup.py runs CMake, with the compiler launcher from the cache environment. Returns what
     ccache counted for the objects alone (configure's own try-compiles go through it too)."""
@@ -565,13 +566,13 @@ def build_example_objects(workdir: Path, venv: Path, cache_vars: dict[str, str])
     python = f"-DSPARK_EXAMPLE_PYTHON_EXECUTABLE={sys.executable}"
     _run(["cmake", "-S", src, "-B", build, "-G", "Ninja", f"-DCMAKE_CUDA_COMPILER={nvcc}", python], env=env)
     ccache = cc.tool_path(venv, "ccache")
-    before = cc.query_stats("ccache", ccache, env)
+    before = cs.query_stats("ccache", ccache, env)
     _run(["cmake", "--build", build, "-j", "2", *[f"--target={target}" for target in CUDA_OBJECTS]], env=env)
-    after = cc.query_stats("ccache", ccache, env)
+    after = cs.query_stats("ccache", ccache, env)
     for target in CUDA_OBJECTS:
         assert (build / target).is_file(), target
     assert after is not None
-    return cc.stats_delta(before, after)
+    return cs.stats_delta(before, after)
 
 
 def _start(ctx: StepCtx, workdir: Path, mode: cc.CacheMode) -> cc.ActiveCache:
@@ -679,7 +680,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
-def _client_compile(venv: Path, workdir: Path, client_conf: Path, sources: list[Path]) -> cc.CacheStats:
+def _client_compile(venv: Path, workdir: Path, client_conf: Path, sources: list[Path]) -> cs.CacheStats:
     """Compile `sources` through the sccache client with this client config; its counters."""
     assert CUDA_HOME is not None
     plan = cc.plan_cache(cc.CacheMode("local"), dist="http://unused")
@@ -704,7 +705,7 @@ def _client_compile(venv: Path, workdir: Path, client_conf: Path, sources: list[
             else:
                 compiler = [CUDA_HOME / "bin" / "nvcc", "--generate-code=arch=compute_121a,code=[sm_121a]"]
             _run([tool_bin, *compiler, "-c", source, "-o", source.with_suffix(".o")], env=env)
-        stats = cc.query_stats("sccache", tool_bin, env)
+        stats = cs.query_stats("sccache", tool_bin, env)
         assert stats is not None
         return stats
     finally:
