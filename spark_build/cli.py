@@ -193,8 +193,9 @@ def validate(
     import time
     from pathlib import Path
 
+    from spark_build.archprobe import parse_nvcc_version
     from spark_build.errors import UsageError
-    from spark_build.host import parse_nvcc_version, run_command
+    from spark_build.hostquery import run_command
     from spark_build.proc import Runner, interrupt_signals
     from spark_build.targets import resolve_arch
     from spark_build.validate import WheelProof, modules_of, prove_wheel, targets_of

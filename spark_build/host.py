@@ -3,21 +3,18 @@
 Why a record: preflight, `invoke doctor`, the job planner and the build report all ask the same
 questions (how much memory, which nvcc, which GPU). Asking each once and passing the answers
 around keeps every decision a pure function of data, testable with canned facts; only
-`gather_host` and `probe_nvcc` touch the machine, and even they take the command runner, the
+`gather_host` and `archprobe.probe_nvcc` touch the machine, and even they take the command runner, the
 environment and the memory and disk readers as arguments.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,14 +24,9 @@ import psutil
 from packaging.version import Version
 
 from spark_build import archmap
+from spark_build.archprobe import ArchProbe, parse_nvcc_version, probe_nvcc
 from spark_build.errors import UsageError
-
-Runner = Callable[[Sequence[str]], tuple[int, str]]
-"""Runs an argv and returns (exit status, the text it printed on stdout and stderr)."""
-
-QUERY_TIMEOUT_S = 30.0
-PROBE_TIMEOUT_S = 180.0
-PROBE_CACHE_NAME = "nvcc-arch-probes.json"
+from spark_build.hostquery import Query, run_command
 
 # The sonames that tell a CUDA 12 library directory from a CUDA 13 one. cudart, cublas(Lt) and
 # nvrtc carry the CUDA major in their soname; a directory holding one of them is "CUDA 12" or
@@ -65,16 +57,6 @@ class Gpu:
     name: str
     compute_cap: str
     driver_version: str
-
-
-@dataclass(frozen=True)
-class ArchProbe:
-    """Whether this nvcc (and the ptxas behind it) compiled a one-kernel probe for `sm`."""
-
-    arch: str
-    sm: str
-    accepted: bool
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,33 +110,6 @@ class HostFacts:
         return plain
 
 
-def run_command(argv: Sequence[str], *, timeout: float = QUERY_TIMEOUT_S) -> tuple[int, str]:
-    """Run a short query command; a missing program reads as 127, a hang as 124.
-
-    Host queries are seconds long and their output is small, so it is captured here rather
-    than streamed through a step log; stderr is folded in because the interesting line of a
-    failing nvcc or nvidia-smi is printed there.
-    """
-    try:
-        done = subprocess.run(
-            list(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        return 127, f"{argv[0]}: not found"
-    except PermissionError:
-        return 126, f"{argv[0]}: not executable"
-    except subprocess.TimeoutExpired:
-        return 124, f"{argv[0]}: no answer after {timeout:.0f} s"
-    return done.returncode, done.stdout
-
-
 def parse_nvidia_smi(output: str) -> tuple[Gpu, ...]:
     """GPUs from `--format=csv,noheader` lines: `NVIDIA GB10, 12.1, 580.95.05`."""
     gpus = []
@@ -164,20 +119,6 @@ def parse_nvidia_smi(output: str) -> tuple[Gpu, ...]:
             continue
         gpus.append(Gpu(name=fields[0], compute_cap=fields[1], driver_version=fields[2]))
     return tuple(gpus)
-
-
-def parse_nvcc_version(output: str) -> tuple[Version | None, str | None]:
-    """`release 13.0, V13.0.88` -> (Version('13.0.88'), the `Build ...` line).
-
-    The build line (`cuda_13.0.r13.0/compiler.36424714_0`) names the exact compiler and keys
-    the probe cache: a reinstalled or patched toolkit is probed again.
-    """
-    version: Version | None = None
-    match = re.search(r"release \d+\.\d+, V(\d+\.\d+(?:\.\d+)?)", output)
-    if match is not None:
-        version = Version(match[1])
-    build = re.search(r"^Build (\S+)", output, flags=re.MULTILINE)
-    return version, build[1] if build else None
 
 
 def parse_tool_version(output: str) -> str | None:
@@ -289,100 +230,7 @@ def target_entries(arch_option: str | None, gpus: Sequence[Gpu]) -> tuple[archma
     return archmap.parse_arch_list(";".join(natives)) if natives else ()
 
 
-def probe_nvcc(
-    nvcc: Path,
-    arch: str | archmap.ArchEntry,
-    cache_dir: Path,
-    *,
-    run: Runner | None = None,
-    nvcc_build: str | None = None,
-) -> ArchProbe:
-    """Compile a one-kernel `.cu` to a cubin for `arch` with the real nvcc; cached per nvcc build.
-
-    Version tables say what nvcc *should* accept; the probe asks it. `-gencode
-    arch=compute_121a,code=sm_121a` runs the front end and ptxas, so both must know the target
-    (a CUDA 12.8 ptxas rejects `sm_121a`). The answer depends only on the compiler build and
-    the arch, so it is cached in `cache_dir/nvcc-arch-probes.json` keyed by both.
-    """
-    runner = run or (lambda argv: run_command(argv, timeout=PROBE_TIMEOUT_S))
-    entry = arch if isinstance(arch, archmap.ArchEntry) else archmap.parse_arch_entry(arch)
-    sm = archmap.sm_name(entry)
-    if nvcc_build is None:
-        status, output = runner([str(nvcc), "--version"])
-        _, nvcc_build = parse_nvcc_version(output) if status == 0 else (None, None)
-        if nvcc_build is None:
-            return ArchProbe(str(entry), sm, False, f"{nvcc} --version failed: {output.strip()[:200]}")
-    cache_file = cache_dir / PROBE_CACHE_NAME
-    cache = _read_probe_cache(cache_file)
-    key = f"{nvcc_build}|{sm}"
-    if key in cache:
-        hit = cache[key]
-        return ArchProbe(str(entry), sm, bool(hit.get("accepted")), str(hit.get("detail", "")))
-    with tempfile.TemporaryDirectory(prefix="spark-build-probe-") as scratch:
-        source = Path(scratch) / "probe.cu"
-        source.write_text("__global__ void spark_build_probe(int *out) { out[threadIdx.x] = 1; }\n")
-        status, output = runner(
-            [
-                str(nvcc),
-                "-cubin",
-                f"-gencode=arch={archmap.compute_name(entry)},code={sm}",
-                "-o",
-                str(Path(scratch) / "probe.cubin"),
-                str(source),
-            ]
-        )
-    accepted = status == 0
-    detail = "" if accepted else _first_error_line(output)
-    cache[key] = {"accepted": accepted, "detail": detail}
-    _write_probe_cache(cache_file, cache)
-    return ArchProbe(str(entry), sm, accepted, detail)
-
-
-def probe_nvcc_arch(
-    nvcc: Path,
-    arch: str | archmap.ArchEntry,
-    cache_dir: Path,
-    *,
-    run: Runner | None = None,
-    nvcc_build: str | None = None,
-) -> bool:
-    """Whether `nvcc` and its ptxas build a cubin for `arch`; see `probe_nvcc`."""
-    return probe_nvcc(nvcc, arch, cache_dir, run=run, nvcc_build=nvcc_build).accepted
-
-
-def _first_error_line(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for line in lines:
-        if "fatal" in line or "error" in line:
-            return line
-    return lines[0] if lines else "nvcc failed without output"
-
-
-def _read_probe_cache(cache_file: Path) -> dict[str, dict[str, Any]]:
-    # Only a cache: unreadable means "probe again", never "trust what is there".
-    try:
-        data = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_probe_cache(cache_file: Path, cache: Mapping[str, Any]) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(cache, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, cache_file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def query_torch(python: Path, run: Runner) -> tuple[TorchInfo | None, str | None]:
+def query_torch(python: Path, run: Query) -> tuple[TorchInfo | None, str | None]:
     """The torch importable by `python`, without importing it; (None, None) when absent."""
     status, output = run([str(python), "-c", _TORCH_QUERY])
     if status != 0:
@@ -402,7 +250,7 @@ def gather_host(
     *,
     arch: str | None = None,
     python: Path | None = None,
-    run: Runner = run_command,
+    run: Query = run_command,
     env: Mapping[str, str] = os.environ,
     memory: Callable[[], tuple[int, int]] = _memory,
     cpu_count: Callable[[], int] = _cpu_count,

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from spark_build import archmap
 from spark_build.errors import UsageError
-from spark_build.host import parse_nvidia_smi, run_command, target_entries
+from spark_build.host import parse_nvidia_smi, target_entries
+from spark_build.hostquery import run_command
 
 NVIDIA_SMI = ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]
 
