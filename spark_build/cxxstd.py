@@ -20,6 +20,7 @@ from spark_build.errors import StepFailed
 
 _FLOOR = re.compile(r"__cplusplus\s*<\s*(\d{4})\d{2}L")
 _STANDARD = re.compile(r"^\s*set\s*\(\s*CMAKE_CXX_STANDARD\s+(\d+)\s*\)", re.MULTILINE | re.IGNORECASE)
+_USES_TORCH = re.compile(r"^\s*find_package\s*\(\s*Torch\b", re.MULTILINE | re.IGNORECASE)
 _PIN = re.compile(r"^\s*(torch|torchvision|torchaudio)\s*==\s*([\w.+]+)", re.MULTILINE)
 PIN_FILES = ("requirements/cuda.txt", "requirements-cuda.txt")
 
@@ -38,9 +39,11 @@ def torch_floor(venv: Path) -> int | None:
 
 
 def source_standard(cmakelists: str) -> int | None:
-    """The standard a CMake project sets for its C++ (`set(CMAKE_CXX_STANDARD 17)` → 17)."""
+    """The standard a CMake project compiles torch's headers with (`set(CMAKE_CXX_STANDARD 17)`
+    → 17); None when it sets none or never looks for torch (`find_package(Torch)`), since then
+    no object includes them."""
     found = _STANDARD.search(cmakelists)
-    return int(found.group(1)) if found else None
+    return int(found.group(1)) if found and _USES_TORCH.search(cmakelists) else None
 
 
 def pinned_torch(requirements: str) -> tuple[str, ...]:

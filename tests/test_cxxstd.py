@@ -18,6 +18,7 @@ from spark_build.cxxstd import (
     torch_floor,
 )
 from spark_build.errors import StepFailed
+from tests.conftest import ROOT
 
 # The first lines of ATen/ATen.h as torch 2.13.0 and 2.14.1 ship them.
 ATEN_2_13 = """#if !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)
@@ -41,6 +42,7 @@ torchvision==0.24.0 # Required for phi3v processor.
 flashinfer-python==0.5.3
 """
 VLLM_PINS = ("torch==2.9.0", "torchaudio==2.9.0", "torchvision==0.24.0")
+VLLM_CMAKE = "set(CMAKE_CXX_STANDARD 17)\nset(CMAKE_CXX_STANDARD_REQUIRED ON)\nfind_package(Torch REQUIRED)\n"
 
 
 @pytest.mark.parametrize(("header", "floor"), [(ATEN_2_13, 17), (ATEN_2_14, 20), ("#pragma once\n", None)])
@@ -51,12 +53,13 @@ def test_the_torch_floor_is_read_from_atens_cplusplus_guard(header: str, floor: 
 @pytest.mark.parametrize(
     ("cmakelists", "standard"),
     [
-        ("cmake_minimum_required(VERSION 3.26)\nset(CMAKE_CXX_STANDARD 17)\nset(CMAKE_CXX_STANDARD_REQUIRED ON)\n", 17),
-        ("SET( CMAKE_CXX_STANDARD 20 )\n", 20),
-        ("project(x LANGUAGES CXX)\n", None),
+        ("set(CMAKE_CXX_STANDARD 17)\nset(CMAKE_CXX_STANDARD_REQUIRED ON)\nfind_package(Torch REQUIRED)\n", 17),
+        ("SET( CMAKE_CXX_STANDARD 20 )\nFIND_PACKAGE(Torch)\n", 20),
+        ("project(x LANGUAGES CXX)\nfind_package(Torch REQUIRED)\n", None),
+        ("set(CMAKE_CXX_STANDARD 17)\nfind_package(Python3 REQUIRED)\n", None),
     ],
 )
-def test_the_source_standard_is_read_from_its_cmakelists(cmakelists: str, standard: int | None) -> None:
+def test_the_standard_counts_only_for_a_source_that_compiles_against_torch(cmakelists: str, standard) -> None:
     assert source_standard(cmakelists) == standard
 
 
@@ -116,7 +119,7 @@ def _venv(tmp_path: Path, header: str) -> Path:
 
 
 def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp_path: Path) -> None:
-    src = _source(tmp_path, "set(CMAKE_CXX_STANDARD 17)\n", CUDA_TXT)
+    src = _source(tmp_path, VLLM_CMAKE, CUDA_TXT)
     (src / "requirements" / "cuda.txt").write_text("numba == 0.61.2\n")  # what the script leaves
     assert pinned_torch(committed_text(src, "requirements/cuda.txt")) == VLLM_PINS
     with pytest.raises(StepFailed) as caught:
@@ -125,7 +128,13 @@ def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp
 
 
 def test_a_matching_torch_passes_and_a_tree_without_git_or_pins_still_gets_checked(tmp_path: Path) -> None:
-    src = _source(tmp_path, "set(CMAKE_CXX_STANDARD 17)\n", None)
+    src = _source(tmp_path, VLLM_CMAKE, None)
     assert torch_floor(_venv(tmp_path, ATEN_2_13)) == 17
-    check_source_against_torch(src, tmp_path / "venv", "2.13.0", "spark-example")
+    check_source_against_torch(src, tmp_path / "venv", "2.13.0", "vllm")
     assert committed_text(tmp_path, "requirements/cuda.txt") == ""  # not a git repo
+
+
+def test_a_source_without_torch_headers_builds_with_any_torch(tmp_path: Path) -> None:
+    # The example upstream sets C++17 but never looks for torch: torch 2.14 cannot break it.
+    src = _source(tmp_path, (ROOT / "spark_build" / "example_upstream" / "CMakeLists.txt").read_text(), None)
+    check_source_against_torch(src, _venv(tmp_path, ATEN_2_14), "2.14.1", "spark-example")
