@@ -23,7 +23,7 @@ from elftools.common.exceptions import ELFError
 from rich.console import Console
 from rich.table import Table
 
-from spark_build.errors import StepFailed, UsageError
+from spark_build.errors import StepFailed, UsageError, first_few
 from spark_build.gpuarch import CodeKind, ComputeCapability, GpuCode, Verdict, best_on, runs_on
 from spark_build.linkage import elf_files, read_dynamic, unpacked
 
@@ -231,7 +231,7 @@ class ArchReport:
     def raise_if_failed(self, *, step: str = "validate", log: Path | None = None) -> None:
         if self.ok:
             return
-        shown = "; ".join(self.problems[:3]) + (" …" if len(self.problems) > 3 else "")
+        shown = first_few(self.problems)
         raise StepFailed(
             f"arch audit of {self.source} for {self.target} failed: {shown}",
             hint=f"compile for this GPU (TORCH_CUDA_ARCH_LIST with {self.target}a or the "

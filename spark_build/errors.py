@@ -7,6 +7,7 @@ convention for SIGINT), any other failure 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -64,3 +65,8 @@ class Interrupted(SparkBuildError):
     """Ctrl-C or SIGTERM stopped the build; `--resume` continues from here."""
 
     exit_code = 130
+
+
+def first_few(problems: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` problems for a one-line error, `…` marking that more are in the log."""
+    return "; ".join(problems[:limit]) + (" …" if len(problems) > limit else "")

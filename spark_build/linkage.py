@@ -26,7 +26,7 @@ from elftools.elf.elffile import ELFFile
 from rich.console import Console
 from rich.table import Table
 
-from spark_build.errors import StepFailed, UsageError
+from spark_build.errors import StepFailed, UsageError, first_few
 
 _ELF_MAGIC = b"\x7fELF"
 
@@ -243,7 +243,7 @@ class LinkageReport:
     def raise_if_failed(self, *, step: str = "validate", log: Path | None = None) -> None:
         if self.ok:
             return
-        shown = "; ".join(self.problems[:3]) + (" …" if len(self.problems) > 3 else "")
+        shown = first_few(self.problems)
         raise StepFailed(
             f"linkage audit of {self.source} failed: {shown}",
             hint=f"rebuild against CUDA {self.cuda_major} only (CUDA_HOME, torch from the "

@@ -17,6 +17,18 @@ import pytest
 from tests.servers import wheel_index
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cuda_home() -> Path | None:
+    """The CUDA toolkit the integration tests compile with: $CUDA_HOME, else /usr/local/cuda."""
+    for candidate in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
+            return Path(candidate)
+    return None
+
+
+CUDA_HOME = _cuda_home()
+needs_nvcc = pytest.mark.skipif(CUDA_HOME is None, reason="needs nvcc (CUDA_HOME or /usr/local/cuda)")
 CPU_TORCH_GLOB = "torch-2.13.0+cpu-*.whl"
 CPU_TORCH = "torch==2.13.0+cpu"
 

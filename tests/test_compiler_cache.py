@@ -33,6 +33,7 @@ from spark_build import distcache
 from spark_build.errors import UsageError
 from spark_build.example import TEMPLATE_DIR
 from spark_build.proc import Runner
+from tests.conftest import CUDA_HOME, needs_nvcc
 
 UV = uv.find_uv_bin()
 # The measured vLLM 0.13.0 profile as the package ships it (a copy of shared/data's).
@@ -465,17 +466,6 @@ def test_a_second_spark_nearly_halves_vllms_profiled_compile_until_the_longest_o
 # --- integration: real compiles, a real Redis, a real sccache-dist ------------------------
 
 CUDA_OBJECTS = ("CMakeFiles/_C.dir/csrc/saxpy.cu.o", "CMakeFiles/_C.dir/csrc/device.cu.o")
-
-
-def _cuda_home() -> Path | None:
-    for candidate in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
-            return Path(candidate)
-    return None
-
-
-CUDA_HOME = _cuda_home()
-needs_nvcc = pytest.mark.skipif(CUDA_HOME is None, reason="needs nvcc (CUDA_HOME or /usr/local/cuda)")
 
 
 def _run(argv: list[str | Path], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:

@@ -24,6 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from spark_build.errors import UsageError
 from spark_build.example import make_example_upstream
+from tests.conftest import CUDA_HOME, needs_nvcc
 
 ARCH_LIST = "12.1a"
 UV = uv.find_uv_bin()
@@ -145,17 +146,6 @@ def test_use_existing_torch_with_prefix_drops_only_the_pins(upstream: Path, tmp_
 
 
 # --- integration: a real wheel -------------------------------------------------------
-
-
-def _cuda_home() -> Path | None:
-    for candidate in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
-            return Path(candidate)
-    return None
-
-
-CUDA_HOME = _cuda_home()
-needs_nvcc = pytest.mark.skipif(CUDA_HOME is None, reason="needs nvcc (CUDA_HOME or /usr/local/cuda)")
 
 
 @pytest.fixture(scope="module")

@@ -392,24 +392,21 @@ def test_an_error_while_governing_leaves_no_job_stopped(
     assert len(procs) == 4 and stopped(procs) == []
 
 
+def start_runner(programs: dict[str, Path], tmp_path: Path, careful: bool = True) -> subprocess.Popen[bytes]:
+    """The governing runner over a scheduler of three jobs that never finish on their own, in
+    a session of its own; a careless runner has no SIGTERM handler of its own."""
+    argv = [sys.executable, programs["runner"], REPO, programs["scheduler"], programs["job"], "3", "-1"]
+    env = {**os.environ, **({} if careful else {"RUNNER_CAREFUL": "0"})}
+    return subprocess.Popen(
+        [str(a) for a in argv], cwd=tmp_path, stdout=subprocess.PIPE, start_new_session=True, env=env
+    )
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupting_the_build_leaves_no_process_stopped_or_behind(
     programs: dict[str, Path], tmp_path: Path, cleanup: list[subprocess.Popen[bytes] | int], sig: signal.Signals
 ) -> None:
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            str(programs["runner"]),
-            str(REPO),
-            str(programs["scheduler"]),
-            str(programs["job"]),
-            "3",
-            "-1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
+    runner = start_runner(programs, tmp_path)
     cleanup.append(runner)
     assert runner.stdout is not None and runner.stdout.readline() == b"governing\n"
     held = wait_for(lambda: len(tree(runner.pid)) == 5 and stopped(tree(runner.pid)))
@@ -427,21 +424,7 @@ def test_sigterm_that_kills_a_careless_runner_outright_still_resumes_held_jobs_f
     """No `with` exit runs when SIGTERM's default action kills the runner, and the kernel only
     continues stopped processes of a group it newly orphans — not of the runner's own group.
     So the governor's own handler must continue the held jobs before the default action."""
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            str(programs["runner"]),
-            str(REPO),
-            str(programs["scheduler"]),
-            str(programs["job"]),
-            "3",
-            "-1",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-        env={**os.environ, "RUNNER_CAREFUL": "0"},
-    )
+    runner = start_runner(programs, tmp_path, careful=False)
     cleanup.append(runner)
     assert runner.stdout is not None and runner.stdout.readline() == b"governing\n"
     wait_for(lambda: len(tree(runner.pid)) == 5 and stopped(tree(runner.pid)))
