@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from replay import Job, Row, choose_enforcement, ideal_wall, run_real, simulate, table  # noqa: E402
+from replay import Job, Row, _rss, _tree, choose_enforcement, ideal_wall, run_real, simulate, table  # noqa: E402
 
 from spark_build.cmake_configure import configure  # noqa: E402
 from spark_build.governor import Governor  # noqa: E402
@@ -188,7 +188,7 @@ def compile_enforced(
         "PATH": os.pathsep.join([str(args.venv / "bin"), str(args.cuda_home / "bin"), os.environ["PATH"]]),
     }
     log_path = args.out / "compile.log"
-    peak, cpu = 0, 0.0
+    peak = 0
     cpu0 = psutil.cpu_times()
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -199,11 +199,7 @@ def compile_enforced(
         try:
             with governor:
                 while proc.poll() is None:
-                    try:
-                        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                        peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-                    except psutil.Error:
-                        pass
+                    peak = max(peak, sum(_rss(p) for p in _tree(proc.pid)))
                     if time.perf_counter() - t0 > args.deadline:
                         os.killpg(proc.pid, signal.SIGTERM)
                     time.sleep(0.1)

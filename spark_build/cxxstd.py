@@ -65,8 +65,7 @@ def conflict(
     """The error to stop with when the torch headers need a newer C++ than the source uses."""
     if floor is None or standard is None or floor <= standard:
         return None
-    pinned = next((p.split("==", 1)[1] for p in pins if p.startswith("torch==")), None)
-    if pinned is not None:
+    if any(p.startswith("torch==") for p in pins):
         hint = f"build against the torch {dist} pins: --torch-packages '{' '.join(pins)}', then --resume"
     else:
         hint = f"install a torch whose headers accept C++{standard} (--torch-packages 'torch==X.Y'), then --resume"

@@ -27,6 +27,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from spark_build.errors import UsageError
+from spark_build.recipe import version_from_tag
 
 # Variables vLLM 0.13.0's setup.py (and vllm/envs.py, which it loads) reads to shape the build.
 _SETUP_ENV_0_13 = (
@@ -106,8 +107,6 @@ NEWEST_TORCH = ("torch", "torchvision", "torchaudio")
 
 def torch_packages_for(ref: str) -> tuple[str, ...]:
     """The default `--torch-packages` for building `ref`: its release's pins where we know them."""
-    from spark_build.recipe import version_from_tag
-
     version = version_from_tag(ref)
     return TORCH_PINS.get(version, NEWEST_TORCH) if version is not None else NEWEST_TORCH
 
