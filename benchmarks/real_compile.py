@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from replay import Job, Row, _rss, _tree, choose_enforcement, ideal_wall, run_real, simulate, table  # noqa: E402
 
-from spark_build.cmake_configure import configure  # noqa: E402
-from spark_build.governor import Governor  # noqa: E402
-from spark_build.jobplan import (  # noqa: E402
+from spark_build.arch.cmake_configure import configure  # noqa: E402
+from spark_build.compile.governor import Governor  # noqa: E402
+from spark_build.compile.jobplan import (  # noqa: E402
     cpu_count,
     format_bytes,
     normalize_object,
@@ -60,9 +60,9 @@ from spark_build.jobplan import (  # noqa: E402
     plan_jobs,
     write_jobs_json,
 )
-from spark_build.oom import find_oom_kills  # noqa: E402
+from spark_build.compile.oom import find_oom_kills  # noqa: E402
 from spark_build.proc import Runner  # noqa: E402
-from spark_build.sources import prepare_sources  # noqa: E402
+from spark_build.upstream.sources import prepare_sources  # noqa: E402
 
 PROFILE = ROOT / "spark_build" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
 MIB = 2**20

@@ -9,7 +9,7 @@ process when the tree exceeds the budget, as the OOM killer would. Strategies:
 
   (a) MAX_JOBS = nproc             what setup.py does by default
   (b) static-safe MAX_JOBS = budget // largest peak
-  (c) spark_build.jobplan.plan_jobs + spark_build.governor.Governor
+  (c) spark_build.compile.jobplan.plan_jobs + spark_build.compile.governor.Governor
 
 Rows marked `sim` are a discrete-time simulation of the same jobs at full size on a modelled
 machine (the DGX Spark: 20 cores, 119 GB less a 30 GB running model), using the governor's own
@@ -42,9 +42,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spark_build.governor import Governor, JobState, decide  # noqa: E402
-from spark_build.jobplan import GIB, cpu_count, format_bytes, parse_mem_size, plan_jobs  # noqa: E402
-from spark_build.oom import find_oom_kills  # noqa: E402
+from spark_build.compile.governor import Governor, JobState, decide  # noqa: E402
+from spark_build.compile.jobplan import GIB, cpu_count, format_bytes, parse_mem_size, plan_jobs  # noqa: E402
+from spark_build.compile.oom import find_oom_kills  # noqa: E402
 
 PROFILE = ROOT.parent / "shared" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
 WORKER = Path(__file__).with_name("replay_job.py")

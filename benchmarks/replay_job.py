@@ -2,7 +2,7 @@
 
 Shaped like a gcc/nvcc job so the spark-build machinery sees the real thing: the driver forks
 the worker (the `cc1plus`), waits, and when the worker dies of SIGKILL prints gcc's own line
-`c++: fatal error: Killed signal terminated program cc1plus`, which `spark_build.oom` must
+`c++: fatal error: Killed signal terminated program cc1plus`, which `spark_build.compile.oom` must
 recognise. Progress is counted in CPU seconds, not wall time, so a job paused by the governor
 or sharing a core does the same work as one running alone.
 

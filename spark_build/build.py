@@ -15,21 +15,21 @@ from typing import Any
 
 from rich.console import Console
 
-from spark_build import state as checkpoint
-from spark_build.compile import Compile
 from spark_build.config import BuildConfig
-from spark_build.diagnose import diagnose
 from spark_build.errors import Interrupted, SparkBuildError, StepFailed, UsageError
+from spark_build.host.target import resolve_arch
+from spark_build.insight.diagnose import diagnose
+from spark_build.insight.trace import write_trace
 from spark_build.lock import WorkdirLock, stop_process_group
-from spark_build.pipeline import StepPlan, StepSpec, fingerprint, plan
+from spark_build.pipeline import state as checkpoint
+from spark_build.pipeline.plan import StepPlan, StepSpec, fingerprint, plan
+from spark_build.pipeline.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
+from spark_build.pipeline.state import BuildState, StepRecord
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
-from spark_build.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
-from spark_build.source_steps import ArchPlanStep, Sources
-from spark_build.state import BuildState, StepRecord
-from spark_build.steps import BuildDeps, Clone, Context, Patch, Preflight, Step, Torch, UseExistingTorch, Venv
-from spark_build.targets import resolve_arch
-from spark_build.trace import write_trace
-from spark_build.validate import Publish, Validate
+from spark_build.steps.base import BuildDeps, Clone, Context, Patch, Preflight, Step, Torch, UseExistingTorch, Venv
+from spark_build.steps.compile import Compile
+from spark_build.steps.source_extra import ArchPlanStep, Sources
+from spark_build.steps.validate import Publish, Validate
 
 STEPS: tuple[Step, ...] = (
     Preflight(),
@@ -96,7 +96,7 @@ def build(
         recorded = checkpoint.load(config.state_file) if config.resume else None
         generated = config.workdir / "example-upstream"
         if config.example and config.repo == str(generated) and not generated.exists() and not config.dry_run:
-            from spark_build.example import make_example_upstream
+            from spark_build.upstream.example import make_example_upstream
 
             make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")

@@ -51,8 +51,8 @@ def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_a
 
 
 def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
-    from spark_build.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, render_table, to_json
-    from spark_build.host import gather_host
+    from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, render_table, to_json
+    from spark_build.host.facts import gather_host
 
     def action() -> int:
         cfg = options.resolve(cli, file)
@@ -89,13 +89,13 @@ def nightly(
     import time
     from pathlib import Path
 
-    from spark_build import state
     from spark_build.build import build
     from spark_build.errors import BuildLocked
     from spark_build.lock import WorkdirLock
-    from spark_build.wheelhouse import write_indexes
-    from spark_build.wheelwatch import DEFAULT_WHEEL_URL, skipped_locked
-    from spark_build.wheelwatch import nightly as watch
+    from spark_build.nightly.watch import DEFAULT_WHEEL_URL, skipped_locked
+    from spark_build.nightly.watch import nightly as watch
+    from spark_build.pipeline import state
+    from spark_build.wheel.wheelhouse import write_indexes
 
     def action() -> int:
         cfg = options.resolve(cli, file)
@@ -159,7 +159,7 @@ def schedule(
     """`invoke schedule`: install, remove or show the nightly timer (systemd) or crontab entry."""
     import os
 
-    from spark_build import schedule as timer
+    from spark_build.nightly import schedule as timer
 
     def action() -> int:
         cfg = options.resolve(cli, file)
@@ -193,12 +193,12 @@ def validate(
     import time
     from pathlib import Path
 
-    from spark_build.archprobe import parse_nvcc_version
     from spark_build.errors import UsageError
-    from spark_build.hostquery import run_command
+    from spark_build.host.archprobe import parse_nvcc_version
+    from spark_build.host.query import run_command
+    from spark_build.host.target import resolve_arch
     from spark_build.proc import Runner, interrupt_signals
-    from spark_build.targets import resolve_arch
-    from spark_build.validate import WheelProof, modules_of, prove_wheel, targets_of
+    from spark_build.steps.validate import WheelProof, modules_of, prove_wheel, targets_of
 
     def action() -> int:
         cfg = options.resolve(cli, file)
@@ -252,7 +252,7 @@ def report(
 ) -> int:
     from pathlib import Path
 
-    from spark_build.insight import report_main
+    from spark_build.insight.report import report_main
 
     def action() -> int:
         logs_dir = options.resolve(cli, file).logs_dir
@@ -262,6 +262,6 @@ def report(
 
 
 def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
-    from spark_build.insight import history_main
+    from spark_build.insight.report import history_main
 
     return guarded(lambda: history_main(options.resolve(cli, file).logs_dir, as_json, console()), debug=False)

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spark_build.compiler_cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
-from spark_build.distcache import parse_scheduler_url
+from spark_build.compile.cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
+from spark_build.compile.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
-from spark_build.versions import torch_packages_for
+from spark_build.upstream.versions import torch_packages_for
 
 VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
 VLLM_DEFAULT_REF = "v0.13.0"
@@ -279,7 +279,7 @@ def resolve(
 def _mem_budget(value: Any) -> int | None:
     if value is None or str(value).strip().lower() == "auto":
         return None
-    from spark_build.jobplan import parse_mem_size
+    from spark_build.compile.jobplan import parse_mem_size
 
     return parse_mem_size(str(value))
 
@@ -300,7 +300,7 @@ def _mirrors(value: Any, base: Path) -> dict[str, str]:
 
 
 def _mem_reserve(value: Any) -> int:
-    from spark_build.jobplan import parse_mem_size
+    from spark_build.compile.jobplan import parse_mem_size
 
     return parse_mem_size(str(value), option="--mem-reserve", allow_zero=True)
 

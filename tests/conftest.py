@@ -58,7 +58,7 @@ def torch_index(tmp_path_factory: pytest.TempPathFactory, cpu_torch_wheel: Path)
 
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from spark_build.example import make_example_upstream
+    from spark_build.upstream.example import make_example_upstream
 
     return make_example_upstream(tmp_path_factory.mktemp("upstreams") / "example")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from packaging.version import Version
 
-from spark_build.archmap import (
+from spark_build.arch.archlist import (
     ArchEntry,
     arch_for_compute_capability,
     compute_name,

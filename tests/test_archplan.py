@@ -24,8 +24,9 @@ import pytest
 from packaging.version import Version
 from rich.console import Console
 
-from spark_build.archaudit import find_cuobjdump, parse_listing
-from spark_build.archplan import (
+from spark_build.arch.cmake_configure import cmake_args, cuda_major, missing_link_libraries
+from spark_build.arch.compat import ComputeCapability, Verdict, best_on
+from spark_build.arch.plan import (
     COMMON_FAMILY,
     ArchPlan,
     ParsedPlan,
@@ -41,13 +42,12 @@ from spark_build.archplan import (
     render_plan,
     target_of,
 )
-from spark_build.cmake_configure import cmake_args, cuda_major, missing_link_libraries
 from spark_build.errors import StepFailed
-from spark_build.gpuarch import ComputeCapability, Verdict, best_on
-from spark_build.patches import find_series
 from spark_build.proc import Runner
-from spark_build.recipe import recipe_for
-from spark_build.sources import prepare_sources
+from spark_build.upstream.patches import find_series
+from spark_build.upstream.recipe import recipe_for
+from spark_build.upstream.sources import prepare_sources
+from spark_build.wheel.archaudit import find_cuobjdump, parse_listing
 
 DATA = Path(__file__).parent / "data"
 SPARK = ComputeCapability(12, 1)

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from spark_build.archaudit import arch_audit, find_cuobjdump, parse_fatbin_dump, parse_listing
+from spark_build.arch.compat import ComputeCapability, Verdict
 from spark_build.errors import StepFailed, UsageError
-from spark_build.gpuarch import ComputeCapability, Verdict
-from spark_build.linkage import LibrarySearch, cuda_major_of, linkage_audit, read_ld_cache
+from spark_build.wheel.archaudit import arch_audit, find_cuobjdump, parse_fatbin_dump, parse_listing
+from spark_build.wheel.linkage import LibrarySearch, cuda_major_of, linkage_audit, read_ld_cache
 
 SPARK = ComputeCapability(12, 1)
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from spark_build.compile import ninja_log_entries
 from spark_build.errors import BuildLocked
 from spark_build.lock import WorkdirLock
+from spark_build.steps.compile import ninja_log_entries
 from tests.conftest import Build, ok, published_wheel
 from tests.servers import git_server
 

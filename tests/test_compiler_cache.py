@@ -27,17 +27,18 @@ from pathlib import Path
 import pytest
 import uv
 
-from spark_build import cache_stats as cs
-from spark_build import compiler_cache as cc
-from spark_build import distcache
+from spark_build.compile import cache as cc
+from spark_build.compile import cache_stats as cs
+from spark_build.compile import distcache
+from spark_build.compile.jobplan import DEFAULT_PROFILE
 from spark_build.errors import UsageError
-from spark_build.example import TEMPLATE_DIR
 from spark_build.proc import Runner
+from spark_build.upstream.example import TEMPLATE_DIR
 from tests.conftest import CUDA_HOME, needs_nvcc
 
 UV = uv.find_uv_bin()
 # The measured vLLM 0.13.0 profile as the package ships it (a copy of shared/data's).
-PROFILE = TEMPLATE_DIR.parent / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
+PROFILE = DEFAULT_PROFILE
 
 # `ccache --print-stats --format=json` after a build in a second work dir (ccache 4.14.2),
 # with a few error and uncacheable counters set.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.diagnose import QUOTED_LINES, SIGNATURES, diagnose
+from spark_build.insight.diagnose import QUOTED_LINES, SIGNATURES, diagnose
 
 # signature name -> (a log excerpt as the failing tool prints it, the line that must be quoted)
 EXCERPTS: dict[str, tuple[str, str]] = {

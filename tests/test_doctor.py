@@ -19,8 +19,9 @@ import pytest
 from packaging.version import Version
 from rich.console import Console
 
-from spark_build.archprobe import PROBE_CACHE_NAME, PROBE_TIMEOUT_S, ArchProbe, probe_nvcc, probe_nvcc_arch
-from spark_build.doctor import (
+from spark_build.errors import UsageError
+from spark_build.host.archprobe import PROBE_CACHE_NAME, PROBE_TIMEOUT_S, ArchProbe, probe_nvcc, probe_nvcc_arch
+from spark_build.host.doctor import (
     BUILD_DISK_NEED_BYTES,
     CACHE_DISK_NEED_BYTES,
     GIB,
@@ -32,9 +33,8 @@ from spark_build.doctor import (
     run_doctor,
     to_json,
 )
-from spark_build.errors import UsageError
-from spark_build.host import Gpu, HostFacts, TorchInfo, find_nvcc, gather_host, parse_nvidia_smi
-from spark_build.hostquery import run_command
+from spark_build.host.facts import Gpu, HostFacts, TorchInfo, find_nvcc, gather_host, parse_nvidia_smi
+from spark_build.host.query import run_command
 
 CUDA13 = Path("/usr/local/cuda-13.0")
 NVCC13_BUILD = "cuda_13.0.r13.0/compiler.36424714_0"

@@ -23,7 +23,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from spark_build.errors import UsageError
-from spark_build.example import make_example_upstream
+from spark_build.upstream.example import make_example_upstream
 from tests.conftest import CUDA_HOME, needs_nvcc
 
 ARCH_LIST = "12.1a"
@@ -73,7 +73,7 @@ def test_example_upstream_can_be_served_over_dumb_http(upstream: Path) -> None:
 
 
 def test_example_upstream_is_a_template_tree_not_a_package_of_spark_build(upstream: Path) -> None:
-    template = Path(__file__).parents[1] / "spark_build" / "example_upstream"
+    template = Path(__file__).parents[1] / "spark_build" / "upstream" / "example_upstream"
     assert not (template / "__init__.py").exists()
     for name in ("setup.py", "CMakeLists.txt", "pyproject.toml", "use_existing_torch.py", "README.md"):
         assert (upstream / name).is_file(), name
@@ -156,7 +156,7 @@ def build_venv(upstream: Path, uv_cache: Path, cpu_torch_wheel: Path, tmp_path_f
     tree = clone(upstream, root / "requirements-source")
     run([sys.executable, "use_existing_torch.py"], cwd=tree)
     env = {**os.environ, "UV_CACHE_DIR": str(uv_cache)}
-    # --seed: the build runs `pip wheel`, as spark_build.compile does.
+    # --seed: the build runs `pip wheel`, as spark_build.steps.compile does.
     run([UV, "venv", "--seed", "--python", sys.executable, venv], env=env)
     python = venv / "bin" / "python"
     run([UV, "pip", "install", "--python", python, cpu_torch_wheel], env=env)
@@ -165,12 +165,12 @@ def build_venv(upstream: Path, uv_cache: Path, cpu_torch_wheel: Path, tmp_path_f
 
 
 def build_command(venv: Path) -> list[str | Path]:
-    """The command spark_build.compile runs: pip wheel in the source tree, no isolation."""
+    """The command spark_build.steps.compile runs: pip wheel in the source tree, no isolation."""
     return [venv / "bin" / "python", "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", "dist", "."]
 
 
 def build_env(venv: Path) -> dict[str, str]:
-    """The environment spark_build.compile gives the build (cmake >= 3.26 and ninja from the venv)."""
+    """The environment spark_build.steps.compile gives the build (cmake >= 3.26 and ninja from the venv)."""
     assert CUDA_HOME is not None
     return {
         **os.environ,

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from spark_build.governor import Governor, JobState, ProcInfo, decide, object_of
+from spark_build.compile.governor import Governor, JobState, ProcInfo, decide, object_of
 
 MB = 2**20
 REPO = Path(__file__).resolve().parents[1]
@@ -250,7 +250,7 @@ RUNNER = textwrap.dedent(
     """
     import os, signal, subprocess, sys
     sys.path.insert(0, sys.argv[1])
-    from spark_build.governor import Governor
+    from spark_build.compile.governor import Governor
     careful = os.environ.get("RUNNER_CAREFUL", "1") == "1"
     # A careful runner (spark_build's) gives the build its own process group and passes signals
     # on to it; a careless one shares its group and dies of SIGTERM's default action.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.gpuarch import (
+from spark_build.arch.compat import (
     CodeKind,
     ComputeCapability,
     GpuCode,

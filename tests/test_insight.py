@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from spark_build.critical_path import critical_path, parse_ninja_graph
-from spark_build.history import HistoryRow, compare, describe_change, history_rows, load_runs
-from spark_build.insight import find_run, history_main, load_run, report_data, report_main
-from spark_build.trace import parse_ninja_lines, write_trace
+from spark_build.insight.critical_path import critical_path, parse_ninja_graph
+from spark_build.insight.history import HistoryRow, compare, describe_change, history_rows, load_runs
+from spark_build.insight.report import find_run, history_main, load_run, report_data, report_main
+from spark_build.insight.trace import parse_ninja_lines, write_trace
 from tests.test_trace import FULL_RUN, RESUMED_RUN, trace_problems
 
 DATA = Path(__file__).parent / "data"

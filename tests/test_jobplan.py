@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_build.errors import SparkBuildError, UsageError
-from spark_build.jobplan import (
+from spark_build.compile.jobplan import (
     GIB,
     JobRecord,
     NinjaLogEntry,
@@ -21,6 +20,7 @@ from spark_build.jobplan import (
     plan_jobs,
     write_jobs_json,
 )
+from spark_build.errors import SparkBuildError, UsageError
 
 MIB = 2**20
 PROFILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
@@ -238,7 +238,7 @@ def test_records_of_another_source_are_ignored_when_reading_a_logs_folder(tmp_pa
 
 
 def test_a_cache_hit_build_never_lowers_an_object_estimate_an_earlier_build_measured():
-    from spark_build.jobplan import estimates_from, normalize_object
+    from spark_build.compile.jobplan import estimates_from, normalize_object
 
     real = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 3 << 30, "finished": True, "duration_s": 60}]}
     cached = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 20 << 20, "finished": True, "duration_s": 0.05}]}

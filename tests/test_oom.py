@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from spark_build.compile.oom import OomKill, find_oom_kills, next_jobs_after_oom, oom_give_up_error
 from spark_build.errors import StepFailed
-from spark_build.oom import OomKill, find_oom_kills, next_jobs_after_oom, oom_give_up_error
 
 OBJ = "_C.dir/csrc/quantization/fp4/nvfp4_scaled_mm_sm120_kernels.cu.o"
 CMD = f"/usr/local/cuda/bin/nvcc -gencode arch=compute_121a,code=sm_121a -c x.cu -o CMakeFiles/{OBJ}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.pipeline import StepSpec, fingerprint, plan
-from spark_build.state import BuildState, StepRecord
+from spark_build.pipeline.plan import StepSpec, fingerprint, plan
+from spark_build.pipeline.state import BuildState, StepRecord
 
 NAMES = ["preflight", "venv", "torch", "clone", "patch", "compile"]
 

@@ -13,7 +13,7 @@ import pytest
 from crontab import CronTab
 
 from spark_build.errors import SparkBuildError, UsageError
-from spark_build.schedule import (
+from spark_build.nightly.schedule import (
     CRON_MARKER,
     CommandResult,
     cron_at,
@@ -29,7 +29,7 @@ from spark_build.schedule import (
     systemd_units,
     user_crontab,
 )
-from spark_build.wheelwatch import append_history
+from spark_build.nightly.watch import append_history
 
 WORK = Path("/srv/spark work")
 LOGS = WORK / "logs"

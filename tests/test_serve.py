@@ -20,10 +20,10 @@ import psutil
 import pytest
 from uv import find_uv_bin
 
-from spark_build.serve import ServeOptions, ServeReport, serve_check
-from spark_build.servecheck_http import CHAT, COMPLETIONS
-from spark_build.serverproc import SOCKET_DIR_MAX, short_socket_dir
-from spark_build.tinymodel import script_argv
+from spark_build.wheel.serve import ServeOptions, ServeReport, serve_check
+from spark_build.wheel.servecheck_http import CHAT, COMPLETIONS
+from spark_build.wheel.serverproc import SOCKET_DIR_MAX, short_socket_dir
+from spark_build.wheel.tinymodel import script_argv
 
 pytestmark = pytest.mark.integration
 

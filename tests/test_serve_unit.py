@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_build.serve import (
+from spark_build.wheel.serve import (
     ServeOptions,
     StartAttempt,
     attempt_plan,
@@ -19,7 +19,7 @@ from spark_build.serve import (
     server_argv,
     server_env,
 )
-from spark_build.servecheck_http import (
+from spark_build.wheel.servecheck_http import (
     CHAT,
     COMPLETIONS,
     DONE,
@@ -29,7 +29,7 @@ from spark_build.servecheck_http import (
     sse_event,
     summarize_stream,
 )
-from spark_build.serverproc import socket_dir_too_long
+from spark_build.wheel.serverproc import socket_dir_too_long
 
 VENV_PYTHON = Path("/work/validate-venv/bin/python")
 

@@ -15,7 +15,7 @@ import pytest
 from packaging.version import Version
 
 from spark_build.errors import StepFailed, UsageError
-from spark_build.sources import (
+from spark_build.upstream.sources import (
     CutlassPackage,
     FetchedSources,
     checkout_intact,
@@ -28,7 +28,7 @@ from spark_build.sources import (
     prepare_sources,
     sources_intact,
 )
-from spark_build.versions import ExternalProject
+from spark_build.upstream.versions import ExternalProject
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 

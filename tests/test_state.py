@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from spark_build import state
 from spark_build.errors import StateCorrupt
+from spark_build.pipeline import state
 
 
 def test_state_round_trips_through_the_file(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spark_build.errors import UsageError
-from spark_build.targets import resolve_arch
+from spark_build.host.target import resolve_arch
 
 
 def smi(output: str, code: int = 0):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spark_build.trace import (
+from spark_build.insight.trace import (
     PID_BUILD,
     PID_COMPILE,
     PID_MEMORY,

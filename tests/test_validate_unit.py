@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.validate import serve_decision, targets_of, wheel_modules
+from spark_build.steps.validate import serve_decision, targets_of, wheel_modules
 
 
 def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_ones():

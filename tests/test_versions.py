@@ -16,7 +16,7 @@ import pytest
 from packaging.version import Version
 
 from spark_build.errors import UsageError
-from spark_build.versions import (
+from spark_build.upstream.versions import (
     build_requirement_files,
     external_projects,
     parse_external_projects,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from spark_build.errors import SparkBuildError, StepFailed
-from spark_build.wheelfetch import (
+from spark_build.nightly.fetch import (
     Availability,
     HTTPStatusError,
     RetryPolicy,
@@ -32,7 +32,7 @@ from spark_build.wheelfetch import (
     sha256_from_index,
     wheel_filename,
 )
-from spark_build.wheelwatch import (
+from spark_build.nightly.watch import (
     DEFAULT_WHEEL_URL,
     EXIT_CODES,
     Action,

@@ -1,0 +1,423 @@
+"""How many compile jobs fit: memory sizes, per-object estimates, the job plan, job records.
+
+A vLLM compile job is not cheap (0.1–9.1 GB peak per object for 0.13.0 / sm_121a, see
+`shared/data/vllm-0.13.0-sm121a-compile-profile.json`) and on a DGX Spark the memory is
+shared with the GPU, so `MAX_JOBS = nproc` gets jobs OOM-killed while `budget // largest`
+wastes most of the machine. The plan here is pure data: it reads no environment and runs
+nothing, so every decision is a unit test; `governor.Governor` enforces it at run time with
+`decide`, the pure rule for which running jobs to pause and which paused ones to resume.
+
+Records: each compile writes `logs/<run-id>/jobs.json` (`write_jobs_json`): per object its
+sampled peak RSS and its duration from Ninja's `.ninja_log`. The next plan reads them back
+(`load_estimates`) so estimates come from the same source's earlier builds, and from the
+measured default profile only for objects never built before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from spark_build.errors import SparkBuildError, UsageError
+
+KIB = 1024
+GIB = 1024**3
+_UNITS = {"": 1, "K": KIB, "M": KIB**2, "G": KIB**3, "T": KIB**4}
+_SIZE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>[KMGT]?)(?:I?B)?\s*$", re.I)
+
+# The share of objects whose peak a planned job slot is sized for. The rest (CUTLASS sm120 /
+# FP4 units at 6.5–9.1 GB) are the governor's to hold back when they coincide; sizing every
+# slot for them is the static-safe plan that halves throughput.
+SLOT_QUANTILE = 0.75
+# The measured compile every object never built before is planned from (shipped as package data).
+DEFAULT_PROFILE = Path(__file__).parents[1] / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
+JOBS_JSON_VERSION = 1
+
+
+def parse_mem_size(text: str, *, option: str = "--mem-budget", allow_zero: bool = False) -> int:
+    """Bytes from `16G`, `1.5GiB`, `512M`, `64GB`, `2T` or a plain byte count.
+
+    Units are binary (1G = 2**30) with or without `B`/`iB`, as build tools and `free -g` use
+    them. Zero, negative and unparseable sizes raise `UsageError` (exit 2): a budget of 0 would
+    plan no job at all, and silently falling back to a default would hide the typo.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise UsageError(
+            f"{option} {text!r} is not a memory size", hint=f"give a size such as {option} 16G, 1.5G or 512M"
+        )
+    value = float(match["num"]) * _UNITS[match["unit"].upper()]
+    if allow_zero and value == 0:
+        return 0  # a reserve may be nothing; a budget may not
+    if value < 1 or not math.isfinite(value):
+        raise UsageError(
+            f"{option} {text!r} must be a positive size", hint=f"give a size such as {option} 16G, 1.5G or 512M"
+        )
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """`2.6 GiB`: sizes in plan reasons and error messages, one unit throughout."""
+    if abs(n) >= GIB:
+        return f"{n / GIB:.1f} GiB"
+    return f"{n / KIB**2:.0f} MiB"
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on: `sched_getaffinity` respects taskset and container cpusets,
+    where `os.cpu_count()` reports the host's cores and overbooks a pinned build."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def normalize_object(path: str) -> str:
+    """The object's name independent of the build directory: `_C.dir/csrc/x.cu.o`.
+
+    Ninja names outputs `CMakeFiles/_C.dir/csrc/x.cu.o` relative to its build dir, nvcc may get an
+    absolute path; records and the profile must match across both and across build trees.
+    """
+    path = path.replace("\\", "/")
+    marker = "CMakeFiles/"
+    cut = path.rfind(marker)
+    if cut >= 0:
+        return path[cut + len(marker) :]
+    return path[2:] if path.startswith("./") else path
+
+
+def quantile(values: Sequence[int], q: float) -> int:
+    """The `q` quantile (nearest rank) — no numpy for one number."""
+    if not values:
+        raise ValueError("quantile of no values")
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the compile step exports (`MAX_JOBS`, `NVCC_THREADS`) and what the governor enforces."""
+
+    max_jobs: int
+    nvcc_threads: int
+    budget_bytes: int
+    per_job_bytes: int
+    reason: str
+    limited_by: str  # "memory", "cpus" or "--jobs"
+
+    @property
+    def concurrent_jobs(self) -> int:
+        """Ninja's `-j`: vLLM's setup.py divides MAX_JOBS by NVCC_THREADS (`compute_num_jobs`)."""
+        return max(1, self.max_jobs // self.nvcc_threads)
+
+    def env(self) -> dict[str, str]:
+        return {"MAX_JOBS": str(self.max_jobs), "NVCC_THREADS": str(self.nvcc_threads)}
+
+
+def plan_jobs(
+    available_bytes: int,
+    reserve_bytes: int,
+    estimates: Mapping[str, int],
+    cpus: int,
+    nvcc_threads: int = 1,
+    jobs_override: int | None = None,
+    mem_budget: int | None = None,
+) -> JobPlan:
+    """Plan `MAX_JOBS`/`NVCC_THREADS` from memory available *now* (a running model counts), a
+    reserve kept for the rest of the machine, per-object peak estimates and the CPUs.
+
+    A job slot is sized for the 75th-percentile object peak times `nvcc_threads` (each nvcc
+    thread compiles one gencode target at once); heavier objects are the governor's to hold
+    back. `jobs_override` (`--jobs`) wins but the budget is still planned for the governor.
+    """
+    if not estimates:
+        raise ValueError("plan_jobs needs at least one object estimate")
+    if cpus < 1 or nvcc_threads < 1:
+        raise ValueError(f"cpus={cpus} and nvcc_threads={nvcc_threads} must be >= 1")
+    budget = available_bytes - reserve_bytes
+    budget_why = f"{format_bytes(available_bytes)} available − {format_bytes(reserve_bytes)} reserve"
+    if mem_budget is not None and mem_budget < budget:
+        budget, budget_why = mem_budget, f"--mem-budget {format_bytes(mem_budget)}"
+    if budget <= 0:
+        raise SparkBuildError(
+            f"no memory left for the compile: {budget_why}",
+            hint="free memory (stop a running model or notebook) or lower the reserve",
+            step="compile",
+        )
+    peaks = list(estimates.values())
+    largest_name, largest = max(estimates.items(), key=lambda kv: kv[1])
+    per_job = quantile(peaks, SLOT_QUANTILE) * nvcc_threads
+    memory_jobs = max(1, budget // per_job)
+    cpu_jobs = max(1, cpus // nvcc_threads)
+    if jobs_override is not None:
+        if jobs_override < 1:
+            raise UsageError(f"--jobs {jobs_override} must be at least 1", hint="give --jobs 1 or more")
+        max_jobs, limited_by = jobs_override, "--jobs"
+        why = f"set by --jobs (plan would allow {min(memory_jobs, cpu_jobs) * nvcc_threads})"
+    elif memory_jobs < cpu_jobs:
+        max_jobs, limited_by = memory_jobs * nvcc_threads, "memory"
+        why = f"limited by memory (CPUs would allow {cpu_jobs} jobs)"
+    else:
+        max_jobs, limited_by = cpu_jobs * nvcc_threads, "cpus"
+        why = f"limited by {cpus} CPUs (memory would allow {memory_jobs} jobs)"
+    jobs_note = (
+        f" ({max(1, max_jobs // nvcc_threads)} Ninja jobs × NVCC_THREADS={nvcc_threads})" if nvcc_threads > 1 else ""
+    )
+    reason = (
+        f"MAX_JOBS={max_jobs}{jobs_note} {why}: slots of {format_bytes(per_job)} "
+        f"(75th-percentile object peak × NVCC_THREADS={nvcc_threads}) in a {format_bytes(budget)} budget "
+        f"({budget_why}); largest object {largest_name} peaks at {format_bytes(largest)}"
+    )
+    if largest > budget:
+        reason += " — more than the whole budget, it may be OOM-killed even alone"
+    return JobPlan(max_jobs, nvcc_threads, budget, per_job, reason, limited_by)
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Per-object peak bytes (and seconds, where known), with where they came from for the log."""
+
+    peaks: Mapping[str, int]
+    seconds: Mapping[str, float]
+    origin: str
+
+    def peak_for(self, obj: str, default: int) -> int:
+        return self.peaks.get(normalize_object(obj), default)
+
+
+def estimates_from(records: Sequence[Mapping[str, Any]], profile: Mapping[str, Any] | None) -> Estimates:
+    """Merge the default profile with earlier builds' `jobs.json` documents (oldest first).
+
+    A finished record replaces the profile's value (same source, same flags: a better guess than
+    a measurement of another build), but never lowers what an earlier record of this source saw:
+    a compiler-cache hit finishes in milliseconds at a tiny peak and says nothing about the
+    compile it skipped. A job killed before it finished only raises the estimate, since its
+    recorded peak is a lower bound.
+    """
+    peaks: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    for row in (profile or {}).get("objects", []):
+        name = normalize_object(row["object"])
+        peaks[name] = int(row["peak_rss_mb"]) * KIB**2
+        seconds[name] = float(row.get("wall_s") or 0.0)
+    learned: set[str] = set()
+    for doc in records:
+        for row in doc.get("objects", []):
+            peak = row.get("peak_rss_bytes")
+            if not isinstance(peak, int) or peak <= 0:
+                continue
+            name = normalize_object(row["object"])
+            if row.get("finished", True):
+                peaks[name] = max(peak, peaks[name]) if name in learned else peak
+                learned.add(name)
+                if row.get("duration_s"):
+                    seconds[name] = float(row["duration_s"])
+            else:
+                peaks[name] = max(peak, peaks.get(name, 0))
+    if not peaks:
+        raise SparkBuildError(
+            "no per-object memory estimates: no earlier build records and no default profile",
+            hint="restore shared/data/vllm-0.13.0-sm121a-compile-profile.json or pass --jobs N",
+            step="compile",
+        )
+    origin = (
+        f"{len(learned)} objects from {len(records)} earlier build record(s), "
+        f"{len(set(peaks) - learned)} from the default profile"
+    )
+    return Estimates(peaks, seconds, origin)
+
+
+def load_estimates(
+    records: Iterable[Path], default_profile_path: Path | None, *, source: str | None = None
+) -> Estimates:
+    """Read earlier builds' records and the default profile.
+
+    `records` are `jobs.json` files, run folders holding one, or a logs folder of run folders.
+    With `source` (e.g. `vllm@<commit> 12.1a`) only records written for that source count —
+    another commit's or arch's objects cost differently. A record that cannot be read is
+    skipped, not trusted: a bad guess costs a slower or OOM-retried build, never a wrong wheel.
+    """
+    files: list[Path] = []
+    for path in records:
+        if path.is_dir():
+            own = path / "jobs.json"
+            files.extend([own] if own.exists() else sorted(path.glob("*/jobs.json")))
+        else:
+            files.append(path)
+    docs: list[tuple[float, Mapping[str, Any]]] = []
+    for path in files:
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("version") == JOBS_JSON_VERSION and (source is None or doc.get("source") == source):
+                docs.append((path.stat().st_mtime, doc))
+        except (OSError, ValueError, AttributeError):
+            continue
+    profile = None
+    if default_profile_path is not None and default_profile_path.exists():
+        profile = json.loads(default_profile_path.read_text())
+    return estimates_from([doc for _, doc in sorted(docs, key=lambda d: d[0])], profile)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One compile job as the decision sees it: a direct child of Ninja and all it spawned."""
+
+    pid: int
+    started: float
+    rss: int
+    predicted_peak: int
+    stopped: bool
+
+    @property
+    def growth(self) -> int:
+        """Memory the job is still expected to take; an estimate it already passed predicts none."""
+        return max(0, self.predicted_peak - self.rss)
+
+
+def decide(
+    jobs: Sequence[JobState],
+    available: int,
+    low_mark: int,
+    high_mark: int,
+    max_running: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Which jobs to stop and which to resume, oldest first.
+
+    `available` is what the build may still take (budget − tree RSS, capped by the system's
+    available memory less the reserve); stopped jobs keep their RSS, so they are already in it.
+    Jobs are admitted by age: a job runs if its predicted growth still leaves `low_mark` free
+    (`high_mark` for a stopped job, so a job does not flap at the edge). The oldest job always
+    runs: it is the one closest to finishing and freeing memory, and the build must progress.
+    """
+    headroom = available
+    to_stop: list[int] = []
+    to_resume: list[int] = []
+    running = 0
+    for index, job in enumerate(sorted(jobs, key=lambda j: (j.started, j.pid))):
+        mark = high_mark if job.stopped else low_mark
+        slot_free = max_running is None or running < max_running
+        admit = index == 0 or (slot_free and headroom - job.growth >= mark)
+        if admit:
+            headroom -= job.growth
+            running += 1
+            if job.stopped:
+                to_resume.append(job.pid)
+        elif not job.stopped:
+            to_stop.append(job.pid)
+    return to_stop, to_resume
+
+
+class NinjaLogEntry(NamedTuple):
+    object: str
+    start_ms: int
+    end_ms: int
+
+
+class NinjaLine(NamedTuple):
+    """One `.ninja_log` line, kept in file order (a resumed build lists an object twice)."""
+
+    object: str
+    start_ms: int
+    end_ms: int
+    mtime_s: float | None  # epoch seconds; None when Ninja recorded none (phony, missing output)
+
+
+def _epoch_seconds(mtime: int) -> float | None:
+    """Ninja's mtime column is nanoseconds since 1.10 (seconds before); 0 means none."""
+    if mtime <= 0:
+        return None
+    for scale in (1e9, 1e6, 1e3, 1.0):
+        if mtime >= 1e8 * scale:
+            return mtime / scale
+    return None
+
+
+def parse_ninja_lines(text: str) -> list[NinjaLine]:
+    """Every line of a `.ninja_log`, in file order (the trace needs to know which Ninja run built
+    what; `parse_ninja_log` keeps only the last line per object)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) < 5:
+            continue
+        try:
+            start, end, mtime = int(fields[0]), int(fields[1]), int(fields[2])
+        except ValueError:
+            continue
+        out.append(NinjaLine(normalize_object(fields[3]), start, end, _epoch_seconds(mtime)))
+    return out
+
+
+def parse_ninja_log(path: Path) -> list[NinjaLogEntry]:
+    """Finished edges from Ninja's `.ninja_log` (v5–v7: start, end, mtime, output, hash).
+
+    Ninja appends a line per finished edge, so a resumed or OOM-retried build lists an object
+    more than once: the last line wins. A killed job has no line, which is how a record tells a
+    finished object from one whose peak is only a lower bound.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    entries: dict[str, NinjaLogEntry] = {}
+    for line in parse_ninja_lines(text):
+        entries.pop(line.object, None)
+        entries[line.object] = NinjaLogEntry(line.object, line.start_ms, line.end_ms)
+    return list(entries.values())
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the governor saw of one object's job: the sum of its process tree's RSS at its peak."""
+
+    object: str
+    peak_rss_bytes: int
+    seen_s: float
+    stopped_s: float = 0.0
+    times_stopped: int = 0
+
+
+def write_jobs_json(
+    path: Path,
+    records: Iterable[JobRecord],
+    ninja_log: Iterable[NinjaLogEntry],
+    *,
+    source: str | None = None,
+) -> None:
+    """Write `logs/<run-id>/jobs.json` atomically (temp, fsync, rename) for the next plan."""
+    durations = {e.object: (e.end_ms - e.start_ms) / 1000 for e in ninja_log}
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        name = normalize_object(rec.object)
+        rows[name] = {
+            "object": name,
+            "peak_rss_bytes": rec.peak_rss_bytes,
+            "duration_s": durations.get(name, round(rec.seen_s, 3)),
+            "finished": name in durations,
+            "stopped_s": round(rec.stopped_s, 3),
+            "times_stopped": rec.times_stopped,
+        }
+    for name, seconds in durations.items():  # too short to be sampled: time only
+        rows.setdefault(name, {"object": name, "peak_rss_bytes": None, "duration_s": seconds, "finished": True})
+    doc = {"version": JOBS_JSON_VERSION, "source": source, "objects": sorted(rows.values(), key=lambda r: r["object"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jobs.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

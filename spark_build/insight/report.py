@@ -1,0 +1,424 @@
+"""`invoke report [RUN]` and `invoke history`: what a finished build did, read back from its logs.
+
+The report answers "why did it take that long": per-step timing, the slowest and the
+hungriest objects, how busy the job slots were, the critical path (no number of jobs makes
+the compile faster than its longest dependency chain), how much Ninja reused, and what
+validation concluded. Everything comes from `logs/<run-id>/` — `summary.json`, `trace.json`,
+`jobs.json` — because the workdir may be rebuilt or deleted by then; only the critical path
+asks Ninja for the dependency graph, and only while the build tree still exists.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from spark_build.compile.jobplan import format_bytes, normalize_object
+from spark_build.errors import UsageError
+from spark_build.insight.critical_path import Deps, critical_path, ninja_graph
+from spark_build.insight.history import TRACE_META, describe_change, history_rows, load_runs, outcome_of, step_status
+from spark_build.insight.history import cache_hits as run_cache_hits
+from spark_build.insight.history import peak_memory as run_peak_memory
+from spark_build.insight.trace import TRACE_FILE
+from spark_build.pipeline.report import StepOutcome, fmt_seconds, timing_rows
+
+TOP = 10
+# CMake's try_compile scratch projects (compiler ABI probes at configure time): the governor
+# sees their jobs, but they are not part of the build and never reach the build's .ninja_log.
+_CMAKE_PROBE = "cmTC_"
+
+
+@dataclass(frozen=True)
+class RunLogs:
+    """What one run left in its log folder; `trace`/`jobs` are None for runs without them."""
+
+    folder: Path
+    summary: dict[str, Any]
+    trace: dict[str, Any] | None
+    jobs: dict[str, Any] | None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def find_run(logs_dir: Path, run: str | None) -> Path:
+    """The run folder for `run`: None or `latest`, a run id, a unique prefix of one, or a path."""
+    if run and Path(run).is_dir() and (Path(run) / "summary.json").exists():
+        return Path(run)
+    runs = sorted(p.parent.name for p in logs_dir.glob("*/summary.json") if not p.parent.is_symlink())
+    if not runs:
+        raise UsageError(f"no builds in {logs_dir}", hint="run invoke build-vllm first, or pass --logs-dir")
+    if run in (None, "", "latest"):
+        latest = logs_dir / "latest"
+        return latest.resolve() if (latest / "summary.json").exists() else logs_dir / runs[-1]
+    matches = [r for r in runs if r == run] or [r for r in runs if r.startswith(str(run))]
+    if len(matches) != 1:
+        shown = ", ".join(runs[-5:])
+        why = "matches several runs" if matches else "is not a run"
+        raise UsageError(f"{run!r} {why} in {logs_dir}", hint=f"give a run id, e.g. one of: {shown}")
+    return logs_dir / matches[0]
+
+
+def load_run(folder: Path) -> RunLogs:
+    summary = _read_json(folder / "summary.json")
+    if summary is None:
+        raise UsageError(f"{folder / 'summary.json'} is missing or unreadable", hint="pick another run")
+    return RunLogs(folder, summary, _read_json(folder / TRACE_FILE), _read_json(folder / "jobs.json"))
+
+
+# -- the dependency graph -----------------------------------------------------------------------
+# -- the report as data -------------------------------------------------------------------------
+def compile_slices(trace: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """This run's objects: the trace's compile slices, as {object, start_s, seconds, peak}."""
+    out = []
+    for e in (trace or {}).get("traceEvents", []):
+        if e.get("ph") == "X" and e.get("cat") == "compile":
+            args = e.get("args", {})
+            out.append(
+                {
+                    "object": args.get("object", e["name"]),
+                    "start_s": e["ts"] / 1e6,
+                    "seconds": e["dur"] / 1e6,
+                    "peak_rss_bytes": args.get("peak_rss_bytes"),
+                    "slot": e.get("tid"),
+                }
+            )
+    return out
+
+
+def report_data(run: RunLogs, graph: tuple[Deps | None, str] | None = None) -> dict[str, Any]:
+    """Everything `invoke report` shows, as plain data (`--json` prints exactly this)."""
+    summary = run.summary
+    objects = compile_slices(run.trace)
+    jobs_rows = [r for r in (run.jobs or {}).get("objects", []) if isinstance(r, dict)]
+    source = "trace.json (objects compiled in this run)"
+    if not objects and jobs_rows and run.trace is None:
+        objects = [
+            {
+                "object": r["object"],
+                "start_s": None,
+                "seconds": float(r.get("duration_s") or 0.0),
+                "peak_rss_bytes": r.get("peak_rss_bytes"),
+                "slot": None,
+            }
+            for r in jobs_rows
+        ]
+        source = "jobs.json (every object in the build tree; no trace.json)"
+    peaks = {
+        normalize_object(r["object"]): r
+        for r in jobs_rows
+        if isinstance(r.get("peak_rss_bytes"), int) and not r["object"].startswith(_CMAKE_PROBE)
+    }
+    for o in objects:
+        if o["peak_rss_bytes"] is None and o["object"] in peaks:
+            o["peak_rss_bytes"] = peaks[o["object"]]["peak_rss_bytes"]
+    slowest = sorted(objects, key=lambda o: -o["seconds"])[:TOP]
+    measured = list(peaks.values()) or [o for o in objects if o["peak_rss_bytes"] is not None]
+    hungriest = [
+        {"object": r["object"], "peak_rss_bytes": r["peak_rss_bytes"], "finished": r.get("finished", True)}
+        for r in sorted(measured, key=lambda r: -r["peak_rss_bytes"])[:TOP]
+    ]
+    rate, cache_note = run_cache_hits({**summary, TRACE_META: (run.trace or {}).get("otherData") or {}})
+    return {
+        "run_id": summary.get("run_id"),
+        "outcome": outcome_of(summary),
+        "error": summary.get("error"),
+        "arch": summary.get("arch"),
+        "steps": summary.get("steps", []),
+        "total_seconds": summary.get("total_seconds"),
+        "objects_source": source if objects else None,
+        "objects_built": len(objects),
+        "slowest": [{"object": o["object"], "seconds": round(o["seconds"], 3)} for o in slowest],
+        "hungriest": hungriest,
+        "cpu_utilisation": _utilisation(objects, summary),
+        "critical_path": _critical(objects, graph),
+        "cache": {"hit_rate": rate, "note": cache_note},
+        "memory": _memory(summary, run),
+        "validation": _validation(summary),
+    }
+
+
+def _jobs(summary: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> int | None:
+    """Ninja's -j (setup.py divides MAX_JOBS by NVCC_THREADS). After an OOM retry the summary has
+    the final, smaller -j; the slots seen in the trace then tell what the first attempt ran."""
+    compiled = step_status(summary, "compile") in ("done", "failed", "interrupted")
+    max_jobs, threads = summary.get("max_jobs"), summary.get("nvcc_threads") or 1
+    planned = max(1, max_jobs // threads) if compiled and isinstance(max_jobs, int) and max_jobs > 0 else 0
+    slots = len({o["slot"] for o in objects if o.get("slot") is not None})
+    return max(planned, slots) or None
+
+
+def _utilisation(objects: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Σ object seconds ÷ (Ninja's wall × jobs): 100% means every slot compiled all the time."""
+    timed = [o for o in objects if o["start_s"] is not None]
+    jobs = _jobs(summary, objects)
+    if not timed or not jobs:
+        return None
+    wall = max(o["start_s"] + o["seconds"] for o in timed) - min(o["start_s"] for o in timed)
+    busy = sum(o["seconds"] for o in timed)
+    share = busy / (wall * jobs) if wall > 0 else None
+    return {"object_seconds": round(busy, 3), "wall_s": round(wall, 3), "jobs": jobs, "share": share}
+
+
+def _critical(objects: Sequence[Mapping[str, Any]], graph: tuple[Deps | None, str] | None) -> dict[str, Any] | None:
+    if not objects:
+        return None
+    durations = {o["object"]: o["seconds"] for o in objects}
+    deps, why = graph if graph is not None else (None, "not looked up")
+    if deps:
+        seconds, chain = critical_path(durations, deps)
+        return {"seconds": round(seconds, 3), "chain": chain, "method": why}
+    longest = max(objects, key=lambda o: o["seconds"])
+    method = f"longest single object ({why}; the chain through the dependency graph is unknown)"
+    return {"seconds": round(longest["seconds"], 3), "chain": [longest["object"]], "method": method}
+
+
+def _memory(summary: Mapping[str, Any], run: RunLogs) -> dict[str, Any]:
+    compiled = step_status(summary, "compile") in ("done", "failed", "interrupted")
+    result = ((summary.get("results") or {}).get("compile") or {}) if compiled else {}
+    meta = (run.trace or {}).get("otherData") or {}
+    return {
+        "peak_bytes": run_peak_memory({**summary, TRACE_META: meta}),
+        "budget_bytes": result.get("budget_bytes"),
+        "governor_pauses": result.get("governor_pauses"),
+        "oom_retries": result.get("oom_retries"),
+    }
+
+
+def _validation(summary: Mapping[str, Any]) -> dict[str, Any]:
+    status = step_status(summary, "validate")
+    result = (summary.get("results") or {}).get("validate")
+    if status not in ("done", "skipped") or not isinstance(result, dict):
+        return {"status": status or "absent"}
+    linkage = result.get("linkage") or {}
+    return {
+        "status": status,
+        "verdicts": result.get("verdicts", {}),
+        "imports": result.get("imports", {}),
+        "linkage_ok": linkage.get("ok"),
+        "problems": result.get("problems", []),
+        "serve": (result.get("serve") or {}).get("passed") if result.get("serve") else None,
+    }
+
+
+# -- rendering ----------------------------------------------------------------------------------
+def _pct(share: float | None) -> str:
+    return "—" if share is None else f"{100 * share:.0f}%"
+
+
+def render_report(data: Mapping[str, Any], console: Console) -> None:
+    console.print(f"build {data['run_id']}: {data['outcome']} for {data['arch']}", highlight=False, markup=False)
+    if data.get("error"):
+        console.print(f"  error: {data['error']}", highlight=False, markup=False)
+    table = Table(title="timing")
+    for column, justify in (("step", "left"), ("status", "left"), ("duration", "right"), ("share", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    outcomes = [
+        StepOutcome(s["name"], s["status"], s["seconds"], s.get("reason", ""), s.get("exit_code"))
+        for s in data["steps"]
+    ]
+    for row in timing_rows(outcomes):
+        table.add_row(*row)
+    console.print(table)
+    if data["objects_source"]:
+        table = Table(title=f"ten slowest objects — from {data['objects_source']}")
+        table.add_column("object")
+        table.add_column("seconds", justify="right")
+        for o in data["slowest"]:
+            table.add_row(o["object"], fmt_seconds(o["seconds"]))
+        console.print(table)
+    if data["hungriest"]:
+        table = Table(title="ten hungriest objects (peak RSS of the job's process tree)")
+        table.add_column("object")
+        table.add_column("peak", justify="right")
+        for o in data["hungriest"]:
+            note = "" if o["finished"] else " (did not finish: at least)"
+            table.add_row(o["object"], format_bytes(o["peak_rss_bytes"]) + note)
+        console.print(table)
+    else:
+        console.print("hungriest objects: no per-object memory recorded (jobs.json)", highlight=False)
+    for line in _summary_lines(data):  # markup off: "[…]" in a method or problem is text
+        console.print(line, highlight=False, markup=False)
+
+
+def _summary_lines(data: Mapping[str, Any]) -> list[str]:
+    lines = []
+    util = data["cpu_utilisation"]
+    if util:
+        lines.append(
+            f"CPU utilisation: {_pct(util['share'])} — {fmt_seconds(util['object_seconds'])} of object time "
+            f"in {fmt_seconds(util['wall_s'])} × {util['jobs']} jobs"
+        )
+    crit = data["critical_path"]
+    if crit:
+        chain = " → ".join(c.rsplit("/", 1)[-1] for c in crit["chain"])
+        lines.append(f"critical path: {fmt_seconds(crit['seconds'])} — {chain} [{crit['method']}]")
+    cache = data["cache"]
+    lines.append(f"cache hit rate: {_pct(cache['hit_rate'])} — {cache['note']}")
+    mem = data["memory"]
+    if mem["peak_bytes"] is not None or mem["budget_bytes"] is not None:
+        peak = format_bytes(mem["peak_bytes"]) if mem["peak_bytes"] is not None else "—"
+        budget = format_bytes(mem["budget_bytes"]) if mem["budget_bytes"] is not None else "—"
+        lines.append(
+            f"memory: peak {peak} of a {budget} budget; {mem['governor_pauses'] or 0} pauses, "
+            f"{mem['oom_retries'] or 0} OOM retries"
+        )
+    val = data["validation"]
+    if "verdicts" not in val:
+        lines.append(f"validation: {val['status']}")
+    else:
+        verdicts = ", ".join(f"{cc}: {v}" for cc, v in val["verdicts"].items()) or "none"
+        imports = "ok" if val["imports"] and all(val["imports"].values()) else "FAILED"
+        linkage = "ok" if val["linkage_ok"] else "FAILED"
+        serve = {True: "passed", False: "FAILED", None: "not run"}[val["serve"]]
+        lines.append(
+            f"validation ({val['status']}): GPU code {verdicts}; imports {imports}; linkage {linkage}; serve {serve}"
+        )
+        lines += [f"  problem: {p}" for p in val["problems"]]
+    return lines
+
+
+# -- a viewer that needs no network --------------------------------------------------------
+_STATUS_COLOUR = {"done": "#4c9f70", "failed": "#d64545", "interrupted": "#e08a2e"}
+
+
+def timeline_html(doc: Mapping[str, Any], title: str) -> str:
+    """The trace drawn as one self-contained page (inline SVG; no script, no network): a DGX
+    Spark on an isolated network cannot load Perfetto's UI, but any browser opens this."""
+    events = doc.get("traceEvents", [])
+    meta = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] in ("process_name", "thread_name")}
+    tracks = sorted({(e["pid"], e["tid"]) for e in events if e["ph"] in ("X", "i")})
+    counters = sorted({(e["pid"], e["name"]) for e in events if e["ph"] == "C"})
+    end = max([e["ts"] + e.get("dur", 0) for e in events if "ts" in e] + [1])
+    label_w, plot_w, row_h, chart_h = 190, 1180, 20, 56
+    scale = plot_w / end
+    body: list[str] = []
+    y = 30
+    last_pid = None
+    for pid, tid in tracks:
+        if pid != last_pid:
+            body.append(f'<text x="4" y="{y + 14}" class="proc">{escape(str(meta.get((pid, 0), pid)))}</text>')
+            y, last_pid = y + row_h, pid
+        body.append(f'<text x="14" y="{y + 14}">{escape(str(meta.get((pid, tid), tid)))}</text>')
+        for e in (e for e in events if e["ph"] in ("X", "i") and (e["pid"], e["tid"]) == (pid, tid)):
+            x = label_w + e["ts"] * scale
+            tip = escape(f"{e['name']} — {json.dumps(e.get('args', {}))}")
+            if e["ph"] == "X":
+                w = max(1.0, e["dur"] * scale)
+                colour = _STATUS_COLOUR.get(e["args"].get("status", "done"), "#888")
+                if e.get("cat") == "compile":
+                    colour = "#4a7fc1" if e["args"].get("peak_rss_bytes") is None else "#7b5cc4"
+                body.append(
+                    f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row_h - 4}" fill="{colour}">'
+                    f"<title>{tip}</title></rect>"
+                )
+                if w > 7 * len(e["name"]):
+                    body.append(f'<text x="{x + 3:.1f}" y="{y + 14}" class="in">{escape(e["name"])}</text>')
+            else:
+                body.append(f'<path d="M{x:.1f} {y + 2}v{row_h - 4}" class="mark"><title>{tip}</title></path>')
+        y += row_h
+    for pid, name in counters:
+        if pid != last_pid:
+            body.append(f'<text x="4" y="{y + 14}" class="proc">{escape(str(meta.get((pid, 0), pid)))}</text>')
+            y, last_pid = y + row_h, pid
+        series = [e for e in events if e["ph"] == "C" and e["name"] == name and e["pid"] == pid]
+        unit = next(iter(series[0]["args"]))
+        points = sorted((e["ts"], e["args"][unit]) for e in series)
+        top = max(v for _, v in points) or 1
+        xy = [(label_w + ts * scale, y + chart_h - v / top * (chart_h - 8)) for ts, v in points]
+        path = f"M{xy[0][0]:.1f} {xy[0][1]:.1f}" + "".join(f"H{px:.1f}V{py:.1f}" for px, py in xy[1:])
+        body.append(f'<text x="14" y="{y + 14}">{escape(name)} (max {top:g} {escape(unit)})</text>')
+        body.append(f'<path d="{path}" class="counter"/>')
+        y += chart_h
+    step = _tick_step(end / 1e6)
+    ticks = [t * step for t in range(int(end / 1e6 / step) + 1)]
+    axis = "".join(
+        f'<path d="M{label_w + t * 1e6 * scale:.1f} 22V{y}" class="grid"/>'
+        f'<text x="{label_w + t * 1e6 * scale + 2:.1f}" y="18">{fmt_seconds(t)}</text>'
+        for t in ticks
+    )
+    width = label_w + plot_w + 20
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title>"
+        "<style>body{margin:8px;font:12px sans-serif}svg text{font-size:12px}.proc{font-weight:bold}"
+        ".in{fill:#fff;font-size:11px}.mark{stroke:#d00;stroke-width:2}.grid{stroke:#ddd}"
+        ".counter{fill:none;stroke:#c05a1b;stroke-width:1.5}</style>"
+        f"<h3>{escape(title)}</h3><p>steps: green done, red failed, orange interrupted · compile slots: one "
+        "object per bar, purple where its peak memory is known · red marks: skipped steps and governor events · "
+        f"hover for details</p><svg width='{width}' height='{y + 10}' xmlns='http://www.w3.org/2000/svg'>"
+        f"{axis}{''.join(body)}</svg>"
+    )
+
+
+def _tick_step(total_s: float) -> float:
+    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600):
+        if total_s / step <= 12:
+            return float(step)
+    return 7200.0
+
+
+def report_main(logs_dir: Path, run: str | None, as_json: bool, console: Console, html: Path | None = None) -> int:
+    """`invoke report [RUN] [--json] [--html FILE]`: 0, or 2 when there is no such run (or no
+    trace to draw for `--html`)."""
+    from spark_build.cli import guarded
+
+    def action() -> int:
+        logs = load_run(find_run(logs_dir, run))
+        meta = (logs.trace or {}).get("otherData") or {}
+        graph = ninja_graph(meta.get("build_dirs") or [], meta.get("ninja")) if logs.trace else None
+        data = report_data(logs, graph)
+        if as_json:
+            console.out(json.dumps(data, indent=2, default=str), highlight=False)
+        else:
+            render_report(data, console)
+        if html is not None:
+            if logs.trace is None:
+                raise UsageError(f"{logs.folder.name} has no {TRACE_FILE} to draw", hint="pick a newer run")
+            html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}"))
+            if not as_json:
+                console.print(f"timeline: {html}", highlight=False, markup=False)
+        return 0
+
+    return guarded(action, debug=False)
+
+
+def history_main(logs_dir: Path, as_json: bool, console: Console) -> int:
+    """`invoke history [--json]`: one line per build in `logs_dir`, oldest first."""
+    rows = history_rows(load_runs(logs_dir))
+    if as_json:
+        console.out(json.dumps([r.to_dict() for r in rows], indent=2), highlight=False)
+        return 0
+    if not rows:
+        print(f"no builds in {logs_dir}", file=sys.stderr)
+        return 0
+    table = Table(title=f"builds in {logs_dir}")
+    for column in ("date", "run", "ref", "arch", "wall", "jobs", "peak mem", "cache hits", "outcome", "change"):
+        table.add_column(column, justify="right" if column in ("wall", "jobs", "peak mem", "cache hits") else "left")
+    for r in rows:
+        table.add_row(
+            r.date,
+            r.run_id,
+            r.ref,
+            r.arch,
+            fmt_seconds(r.wall_s),
+            "—" if r.jobs is None else str(r.jobs),
+            "—" if r.peak_memory_bytes is None else format_bytes(r.peak_memory_bytes),
+            _pct(r.cache_hit_rate),
+            r.outcome,
+            describe_change(r.change),
+        )
+    console.print(table)
+    return 0

@@ -1,0 +1,289 @@
+"""Wheel watch: is the pinned cu130 aarch64 wheel still hosted, and what should tonight do about it?
+
+The community's vLLM wheel for the DGX Spark is a nightly build at a commit URL that can vanish
+at any time; when it does, the only way to vLLM is a 25–35 minute source build. So every night
+we look (`check_wheel`), keep a verified copy while it exists (`mirror_wheel`), and rebuild once
+it is gone (`nightly`, with the build injected). `decide` is the pure part; the HTTP (retries,
+resumable download, sha256 checks) lives in `wheelfetch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from spark_build.durable import atomic_write_text, sha256_of
+from spark_build.errors import SparkBuildError
+from spark_build.nightly.fetch import (
+    RETRY_POLICY,
+    RetryPolicy,
+    Say,
+    WheelGone,
+    WheelStatus,
+    check_wheel,
+    mirror_wheel,
+    read_sidecar,
+    sha256_from_index,
+    split_sha256_fragment,
+    wheel_filename,
+    wheel_in_wheelhouse,
+)
+
+# What the community guide "DGX Spark ML Training Setup" pins for aarch64 + CUDA 13.0: vLLM 0.13.0's
+# cu130 build at its release commit on the vLLM wheel host. The guide warns it "may stop being hosted
+# at any time" — which is exactly what this module watches for.
+DEFAULT_WHEEL_URL = (
+    "https://wheels.vllm.ai/72506c98349d6bcd32b4e33eec7b5513453c1502/"
+    "vllm-0.13.0%2Bcu130-cp38-abi3-manylinux_2_35_aarch64.whl"
+)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+# --------------------------------------------------------------------------- decide
+
+
+class Action(Enum):
+    KEEP = "keep"  # hosted and already mirrored: nothing to do
+    MIRROR = "mirror"  # hosted, not yet ours: download and verify
+    REBUILD = "rebuild"  # gone (or forced): build from source
+
+
+def decide(status: WheelStatus | None, in_wheelhouse: bool, force: bool) -> Action:
+    """Tonight's action, from what the host said and what the wheelhouse holds. `None` = not checked."""
+    if force:
+        return Action.REBUILD
+    if status is None:
+        raise ValueError("decide() needs a wheel status unless force is set")
+    if not status.present:
+        return Action.REBUILD
+    return Action.KEEP if in_wheelhouse else Action.MIRROR
+
+
+# --------------------------------------------------------------------------- nightly
+
+
+class Outcome(Enum):
+    PRESENT = "present"
+    MIRRORED = "mirrored"
+    REBUILT = "rebuilt"
+    FAILED = "failed"
+    SKIPPED_LOCKED = "skipped-locked"
+
+
+# Distinct so a wrapper script or `systemctl status` tells the nights apart. The scheduler lists
+# 10, 11 and 75 in SuccessExitStatus= so that only a real failure marks the unit failed.
+EXIT_CODES: Mapping[Outcome, int] = {
+    Outcome.PRESENT: 0,
+    Outcome.MIRRORED: 10,
+    Outcome.REBUILT: 11,
+    Outcome.FAILED: 1,
+    Outcome.SKIPPED_LOCKED: 75,  # EX_TEMPFAIL: a manual build held the lock; try again next time
+}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class NightlyOutcome:
+    """One night's result: the exit code, the one line the user reads, and the history record."""
+
+    outcome: Outcome
+    url: str
+    message: str
+    started: datetime
+    finished: datetime
+    wheel: Path | None = None
+    sha256: str | None = None
+    log: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+    def line(self) -> str:
+        return f"nightly: {self.outcome.value} — {self.message}"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "outcome": self.outcome.value,
+            "exit_code": self.exit_code,
+            "url": self.url,
+            "wheel": str(self.wheel) if self.wheel else None,
+            "sha256": self.sha256,
+            "log": str(self.log) if self.log else None,
+            "message": self.message,
+            **self.extra,
+        }
+
+
+def skipped_locked(
+    url: str,
+    message: str,
+    *,
+    history_path: Path,
+    log_path: Path | None = None,
+    clock: Callable[[], datetime] = _now,
+) -> NightlyOutcome:
+    """For the caller that waited on the build lock and gave up: recorded like any other night."""
+    now = clock()
+    outcome = NightlyOutcome(Outcome.SKIPPED_LOCKED, url, message, now, now, log=log_path)
+    append_history(history_path, outcome.record())
+    return outcome
+
+
+HISTORY_KEEP = 400
+
+
+def append_history(path: Path, record: Mapping[str, Any], *, keep: int = HISTORY_KEEP) -> None:
+    """One JSON line per night; trimmed to the last `keep` so the history stays small."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+    if len(lines) < keep:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    atomic_write_text(path, "".join(lines[-(keep - 1) :]) + line)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The recorded nights, oldest first; a torn or foreign line is skipped, not fatal."""
+    records: list[dict[str, Any]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                item = json.loads(raw)
+                if isinstance(item, dict):
+                    records.append(item)
+    return records
+
+
+def last_outcome(path: Path) -> dict[str, Any] | None:
+    records = read_history(path)
+    return records[-1] if records else None
+
+
+NotifyRunner = Callable[[Sequence[str], Mapping[str, str]], int]
+
+
+def run_notify_command(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run the user's notify argv as given — no shell, so a wheel name can never become a command."""
+    completed = subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL, timeout=300, check=False)
+    return completed.returncode
+
+
+def notify_env(outcome: NightlyOutcome, base: Mapping[str, str]) -> dict[str, str]:
+    return {
+        **base,
+        "SPARK_BUILD_OUTCOME": outcome.outcome.value,
+        "SPARK_BUILD_EXIT_CODE": str(outcome.exit_code),
+        "SPARK_BUILD_WHEEL": str(outcome.wheel or ""),
+        "SPARK_BUILD_SHA256": outcome.sha256 or "",
+        "SPARK_BUILD_LOG": str(outcome.log or ""),
+        "SPARK_BUILD_MESSAGE": outcome.message,
+        "SPARK_BUILD_URL": outcome.url,
+    }
+
+
+def _notify(argv: Sequence[str] | None, outcome: NightlyOutcome, runner: NotifyRunner, say: Say) -> None:
+    """Tell the user about the nights that need them (a rebuild or a failure); never changes the outcome."""
+    if not argv or outcome.outcome not in (Outcome.REBUILT, Outcome.FAILED):
+        return
+    try:
+        code = runner(argv, notify_env(outcome, os.environ))
+    except (OSError, subprocess.SubprocessError) as err:
+        say(f"notify: {argv[0]} could not run: {err}")
+        return
+    if code != 0:
+        say(f"notify: {argv[0]} exited {code}")
+
+
+def nightly(
+    url: str,
+    wheelhouse: Path,
+    *,
+    build: Callable[[], Path],
+    history_path: Path,
+    force: bool = False,
+    notify: Sequence[str] | None = None,
+    log_path: Path | None = None,
+    index_url: str | None = None,
+    clock: Callable[[], datetime] = _now,
+    timeout: float = 30.0,
+    policy: RetryPolicy = RETRY_POLICY,
+    say: Say = _print,
+    notify_runner: NotifyRunner = run_notify_command,
+) -> NightlyOutcome:
+    """Check → decide → keep / mirror / rebuild; record one history line; notify on rebuild or failure.
+
+    `build` builds, validates and publishes (build-vllm, resuming an unfinished build of the same
+    inputs) and returns the published wheel; the caller holds the build lock around this call.
+    A failure is returned as the FAILED outcome, not raised, so the night is always recorded.
+    """
+    started = clock()
+    name = wheel_filename(split_sha256_fragment(url)[0])
+    extra: dict[str, Any] = {}
+
+    def finish(outcome: Outcome, message: str, wheel: Path | None = None, sha: str | None = None) -> NightlyOutcome:
+        result = NightlyOutcome(outcome, url, message, started, clock(), wheel, sha, log_path, extra)
+        append_history(history_path, result.record())
+        _notify(notify, result, notify_runner, say)
+        return result
+
+    def rebuild(why: str) -> NightlyOutcome:
+        say(f"nightly: rebuilding from source ({why})")
+        wheel = build()
+        if not wheel.is_file():
+            return finish(Outcome.FAILED, f"the build reported {wheel}, which does not exist")
+        sha = sha256_of(wheel)
+        return finish(Outcome.REBUILT, f"built {wheel.name} (sha256 {sha})", wheel, sha)
+
+    try:
+        status: WheelStatus | None = None
+        expected: str | None = None
+        if not force:
+            status = check_wheel(url, timeout=timeout, policy=policy, on_retry=say)
+            extra["http"] = status.status_line
+            expected = status.sha256
+            if expected is None and index_url and status.present:
+                expected = sha256_from_index(index_url, name, timeout=timeout, policy=policy, on_retry=say)
+        have = wheel_in_wheelhouse(wheelhouse, name, expected)
+        action = decide(status, have, force)
+        state = "forced" if status is None else status.availability.value
+        say(f"nightly: {name}: {state}; in wheelhouse: {'yes' if have else 'no'} → {action.value}")
+
+        if action is Action.KEEP:
+            wheel = wheelhouse / name
+            sha = read_sidecar(wheel) or sha256_of(wheel)  # always record it, even for a hand-placed wheel
+            return finish(Outcome.PRESENT, f"{name} is hosted and mirrored", wheel, sha)
+        if action is Action.MIRROR:
+            try:
+                wheel = mirror_wheel(url, wheelhouse, expected, timeout=timeout, policy=policy, on_retry=say)
+            except WheelGone as gone:
+                return rebuild(gone.message)
+            sha = read_sidecar(wheel) or sha256_of(wheel)
+            return finish(Outcome.MIRRORED, f"mirrored {name} into {wheelhouse} (sha256 {sha})", wheel, sha)
+        return rebuild("--force" if force else f"{name} is gone: {status.status_line if status else ''}")
+    except SparkBuildError as err:
+        return finish(Outcome.FAILED, err.message + (f" (fix: {err.hint})" if err.hint else ""))
+    except Exception as err:  # a bug: still record the night and tell the user, then show the traceback
+        finish(Outcome.FAILED, f"unexpected {type(err).__name__}: {err}")
+        raise

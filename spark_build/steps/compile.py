@@ -1,0 +1,218 @@
+"""The compile step: the source's own `setup.py` through `pip wheel`, exactly as vLLM builds.
+
+The build directory is setuptools' `build/` inside the source tree, which persists across
+runs: after a crash or Ctrl-C, Ninja finds the objects already built and compiles only the
+rest. The environment is the one vLLM's `setup.py` reads (MAX_JOBS, NVCC_THREADS,
+TORCH_CUDA_ARCH_LIST, CMAKE_BUILD_TYPE, VLLM_TARGET_DEVICE, CUDA_HOME) plus
+TRITON_PTXAS_PATH, since Triton's bundled ptxas rejects `sm_121a`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from spark_build.compile import cache as compiler_cache
+from spark_build.compile import cache_stats
+from spark_build.compile.cxxstd import check_source_against_torch
+from spark_build.compile.governor import Governor
+from spark_build.compile.jobplan import (
+    DEFAULT_PROFILE,
+    Estimates,
+    JobPlan,
+    cpu_count,
+    load_estimates,
+    parse_ninja_lines,
+    parse_ninja_log,
+    plan_jobs,
+    write_jobs_json,
+)
+from spark_build.compile.oom import find_oom_kills, next_jobs_after_oom, oom_give_up_error
+from spark_build.durable import sha256_of
+from spark_build.errors import StepFailed
+from spark_build.proc import log_tail
+from spark_build.steps.base import Context, Step
+from spark_build.steps.source_extra import sources_env
+
+
+def ninja_log_entries(src: Path) -> int:
+    """How many objects Ninja has recorded building in this tree, rebuilds counted again."""
+    return sum(len(parse_ninja_lines(log.read_text(errors="replace"))) for log in src.glob("build/**/.ninja_log"))
+
+
+def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:
+    """The variables the build reads; everything else is inherited unchanged."""
+    cfg = ctx.config
+    cuda_bin = cfg.cuda_home / "bin"
+    return {
+        **sources_env(ctx),  # *_SRC_DIR: CMake builds from the fetched sources, never GitHub
+        "TORCH_CUDA_ARCH_LIST": ctx.arch,
+        "MAX_JOBS": str(jobs),
+        "NVCC_THREADS": str(nvcc_threads),
+        "CUDA_HOME": str(cfg.cuda_home),
+        "CMAKE_BUILD_TYPE": cfg.build_type,
+        "VLLM_TARGET_DEVICE": "cuda",
+        "TRITON_PTXAS_PATH": str(cuda_bin / "ptxas"),
+        "VIRTUAL_ENV": str(ctx.venv),
+        "PATH": os.pathsep.join([str(ctx.venv / "bin"), str(cuda_bin), os.environ.get("PATH", "")]),
+    }
+
+
+# Measured per-object cost of vLLM 0.13.0's _C/_moe_C compile for 12.1a (shared/data): the
+# estimate for objects no earlier build here has recorded.
+OOM_MAX_TRIES = 3
+
+
+class GovernorJournal:
+    """`governor.jsonl`: one line per sample or event, appended as they happen, so a killed
+    build still leaves its memory timeline for the trace (a torn last line is skipped there)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, row: Mapping[str, object]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
+
+
+class Compile(Step):
+    name = "compile"
+    summary = "compile the extensions and build the wheel (persistent build dir, memory-planned jobs)"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        # Jobs are left out on purpose: they change how fast, not what is built.
+        return {"arch": ctx.arch, "build_type": ctx.config.build_type, "cuda_home": str(ctx.config.cuda_home)}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        cfg = ctx.config
+        commit = ctx.result("clone")["commit"]
+        recipe = ctx.recipe()
+        source = f"{recipe.dist}@{commit} {ctx.arch}"
+        # Seconds here instead of an #error at the first object that includes torch.
+        label = f"{recipe.dist} {recipe.version}" if recipe.version else recipe.dist
+        check_source_against_torch(ctx.src, ctx.venv, ctx.result("torch")["version"], label)
+        estimates = load_estimates([cfg.logs_dir], DEFAULT_PROFILE, source=source)
+        plan = plan_jobs(
+            psutil.virtual_memory().available,
+            cfg.mem_reserve,
+            estimates.peaks,
+            cpu_count(),
+            cfg.nvcc_threads or 1,
+            jobs_override=cfg.jobs,
+            mem_budget=cfg.mem_budget,
+        )
+        ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}")
+        ctx.dist.mkdir(parents=True, exist_ok=True)
+        for stale in ctx.dist.glob("*.whl"):
+            stale.unlink()
+        before = ninja_log_entries(ctx.src)
+        token = cfg.dist_token_file.read_text().strip() if cfg.dist_token_file else None
+        cache = compiler_cache.start(
+            ctx,
+            self.name,
+            mode=cfg.cache,
+            size_limit=cfg.cache_size,
+            workdir=ctx.workdir,
+            cache_dir=cfg.cache_dir,
+            dist=cfg.dist,
+            dist_token=token,
+        )
+        try:
+            outcome = self._compile(ctx, plan, estimates, source, cache.env)
+        finally:
+            cache_record = compiler_cache.finish(ctx, self.name, cache)
+        return {**outcome, "objects_built": ninja_log_entries(ctx.src) - before, "cache": cache_record}
+
+    def _compile(
+        self, ctx: Context, plan: JobPlan, estimates: Estimates, source: str, cache_env: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Run the build, governed; on an OOM kill rerun it with fewer jobs in the same tree."""
+        cfg = ctx.config
+        ninja_jobs, tries, records, peak_tree, pauses = plan.concurrent_jobs, 0, [], 0, 0
+        log = ctx.log(self.name)
+        journal = GovernorJournal(ctx.log_dir / "governor.jsonl")
+        while True:
+            governor: Governor | None = None
+
+            def govern(pid: int) -> None:
+                # Holds the youngest jobs back (SIGSTOP) when the tree would outgrow the budget.
+                nonlocal governor
+                governor = Governor(
+                    pid,
+                    budget_bytes=plan.budget_bytes,
+                    default_peak=plan.per_job_bytes,
+                    estimates=estimates.peaks,
+                    reserve_bytes=cfg.mem_reserve,
+                    journal=journal.write,
+                ).start()
+
+            env_vars = {**compile_env(ctx, ninja_jobs * plan.nvcc_threads, plan.nvcc_threads), **cache_env}
+            try:
+                code = ctx.run(
+                    self.name,
+                    [ctx.python, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", ctx.dist, "."],
+                    cwd=ctx.src,
+                    env={**os.environ, **env_vars},
+                    env_note=compiler_cache.env_note(env_vars),
+                    on_start=govern,
+                    check=False,
+                )
+            finally:
+                if governor is not None:
+                    governor.stop()  # always: resumes every job it paused
+                    records += governor.job_records()
+                    peak_tree = max(peak_tree, governor.peak_tree_rss)
+                    pauses += governor.stops
+                ninja = [e for p in ctx.src.glob("build/**/.ninja_log") for e in parse_ninja_log(p)]
+                write_jobs_json(ctx.log_dir / "jobs.json", records, ninja, source=source)
+            if code == 0:
+                break
+            kills = find_oom_kills(log_tail(log), code)
+            if not kills:
+                raise StepFailed(f"the compile failed (exit status {code})", step=self.name, log=log)
+            for kill in kills:
+                journal.write({"t": time.time(), "event": "oom-kill", "object": kill.object, "detail": kill.evidence})
+            tries += 1
+            fewer = next_jobs_after_oom(ninja_jobs, tries, max_tries=OOM_MAX_TRIES)
+            if fewer is None:
+                peaks = {r.object: r.peak_rss_bytes for r in records}
+                raise oom_give_up_error(kills, peaks, jobs=ninja_jobs * plan.nvcc_threads, tries=tries, log=log)
+            ctx.notes.append(
+                f"compile: {kills[0].object or 'a job'} was killed for memory; rerunning with {fewer} jobs "
+                "(objects already built are kept)"
+            )
+            journal.write({"t": time.time(), "event": "retry", "object": None, "detail": f"{fewer} jobs"})
+            ninja_jobs = fewer  # same build tree: Ninja reuses every object already built
+        wheels = sorted(ctx.dist.glob("*.whl"))
+        if len(wheels) != 1:
+            raise StepFailed(
+                f"expected one wheel in {ctx.dist}, found {len(wheels)}",
+                hint="read the compile log; the build may have produced no wheel",
+            )
+        wheel = wheels[0]
+        return {
+            "wheel": str(wheel),
+            "sha256": sha256_of(wheel),
+            "max_jobs": ninja_jobs * plan.nvcc_threads,
+            "planned_jobs": plan.max_jobs,
+            "nvcc_threads": plan.nvcc_threads,
+            "budget_bytes": plan.budget_bytes,
+            "oom_retries": tries,
+            "peak_tree_rss_bytes": peak_tree,
+            "governor_pauses": pauses,
+        }
+
+    def detail(self, result: Mapping[str, Any]) -> str:
+        jobs = f"MAX_JOBS {result.get('max_jobs')}, {result.get('objects_built')} objects"
+        cache = cache_stats.table_cell(result.get("cache"))
+        return f"{jobs}; {cache}" if cache else jobs
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        wheel = Path(str(result.get("wheel", "")))
+        return wheel.is_file() and sha256_of(wheel) == result.get("sha256")

@@ -1,0 +1,109 @@
+"""What we know about an upstream's build interface, read from its source tree.
+
+vLLM moved its build requirements between releases (`requirements/build.txt` in 0.13,
+`requirements/build/*.txt` later), so the recipe is derived from the checked-out tree rather
+than assumed; the patch series is chosen by the version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from spark_build.errors import StepFailed
+
+
+@dataclass(frozen=True)
+class Recipe:
+    dist: str
+    version: Version | None
+    build_requirements: tuple[str, ...]
+
+    @property
+    def series_name(self) -> str | None:
+        """The patch series folder for this source, e.g. `vllm-0.13`."""
+        if self.version is None:
+            return None
+        return f"{self.dist}-{self.version.major}.{self.version.minor}"
+
+
+def project_name(source: Path) -> str:
+    """The distribution name from pyproject.toml, else from setup.py's `name=`."""
+    pyproject = source / "pyproject.toml"
+    if pyproject.is_file():
+        with pyproject.open("rb") as handle:
+            name = tomllib.load(handle).get("project", {}).get("name")
+        if name:
+            return str(canonicalize_name(name))
+    setup_py = source / "setup.py"
+    if setup_py.is_file():
+        found = re.search(r"""\bname\s*=\s*["']([A-Za-z0-9._-]+)["']""", setup_py.read_text())
+        if found:
+            return str(canonicalize_name(found.group(1)))
+    raise StepFailed(
+        f"cannot tell which project {source} holds (no name in pyproject.toml or setup.py)",
+        hint="point --repo at a vLLM checkout",
+    )
+
+
+def version_from_tag(describe: str) -> Version | None:
+    """`v0.13.0`, `v0.13.0-12-gabc` → 0.13.0; a bare commit → None (no version-scoped patches)."""
+    match = re.match(r"v?(\d+(?:\.\d+)*(?:rc\d+)?)", describe.strip())
+    if not match:
+        return None
+    try:
+        return Version(match.group(1))
+    except InvalidVersion:
+        return None
+
+
+def build_requirement_files(source: Path) -> tuple[str, ...]:
+    """Where this tree keeps its build requirements (0.13: one file; later: a folder)."""
+    folder = source / "requirements" / "build"
+    if folder.is_dir():
+        return tuple(sorted(str(p.relative_to(source)) for p in folder.glob("*.txt")))
+    single = source / "requirements" / "build.txt"
+    if single.is_file():
+        return ("requirements/build.txt",)
+    raise StepFailed(
+        f"no build requirements found in {source} (looked for requirements/build.txt and requirements/build/)",
+        hint="this vLLM layout is unknown to spark-build; please report the version you are building",
+    )
+
+
+def recipe_for(source: Path, describe: str) -> Recipe:
+    dist = project_name(source)
+    version = version_from_tag(describe)
+    if dist == "vllm" and version is not None:
+        # Release-specific: from 0.20 `requirements/build/` also holds cpu.txt with a +cpu torch pin.
+        from spark_build.upstream.versions import build_requirement_files as vllm_build_requirements
+
+        requirements = vllm_build_requirements(source, version)
+    else:
+        requirements = build_requirement_files(source)
+    return Recipe(dist=dist, version=version, build_requirements=requirements)
+
+
+_TORCH_PIN = re.compile(r"""^\s*["']?torch\s*(?:\[[^\]]*\])?\s*(==|>=|<=|~=|!=|<|>|@)""")
+
+
+def torch_pins(source: Path) -> list[str]:
+    """Lines that still pin torch in the files pip installs from (`requirements/**/*.txt` and
+    `pyproject.toml`); after `use_existing_torch.py` these must be empty, or build-deps would
+    replace the torch we installed. `*.in` files are pip-compile inputs nothing installs from;
+    vLLM 0.13.0's script leaves `requirements/test.in` pinned, and that is harmless."""
+    files = sorted((source / "requirements").rglob("*.txt"))
+    files.append(source / "pyproject.toml")
+    found: list[str] = []
+    for path in files:
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _TORCH_PIN.match(line):
+                found.append(f"{path.relative_to(source)}:{number}: {line.strip()}")
+    return found

@@ -1,0 +1,431 @@
+"""Fetch what vLLM's CMake would download, at the pinned revisions, into a cache we control.
+
+Without this, the configure step clones CUTLASS, flash-attention, FlashMLA, qutlass and Triton
+from GitHub in the middle of the build: a network blip 10 minutes in fails the build, and an
+offline Spark cannot build at all. Here each project is fetched once (from a mirror when one is
+configured: a URL, a local repository or a git bundle), checked out detached at its pin, and
+verified — the commit must equal the pin, or for a tag pin the commit the tag named when
+fetched (recorded beside the checkout). The result is the set of `*_SRC_DIR` variables
+vLLM's CMake reads instead of fetching (`versions.ExternalProject.src_dir_env`).
+
+CUTLASS may come from the `nvidia-cutlass` package instead of git: its wheel ships the headers
+(`cutlass_library/source/include`, `tools/util/include`), and vLLM needs nothing else from it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import git
+from packaging.version import Version
+
+from spark_build.errors import StepFailed, UsageError
+from spark_build.upstream.versions import ExternalProject, external_projects
+
+_PIN_RECORD = ".spark-build-pin.json"
+
+
+@dataclass(frozen=True)
+class FetchedProject:
+    """One project in the cache: where it is, what it is, and the variable that points at it."""
+
+    name: str
+    revision: str
+    commit: str
+    checkout: Path
+    env: str | None
+    env_value: Path
+    origin: str
+    reused: bool = False
+    missing_submodules: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "commit": self.commit,
+            "checkout": str(self.checkout),
+            "env": self.env,
+            "env_value": str(self.env_value),
+            "origin": self.origin,
+            "reused": self.reused,
+            "missing_submodules": list(self.missing_submodules),
+        }
+
+
+@dataclass(frozen=True)
+class FetchedSources:
+    projects: tuple[FetchedProject, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables to put in the configure and compile environment."""
+        return {p.env: str(p.env_value) for p in self.projects if p.env}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"projects": [p.to_dict() for p in self.projects], "env": self.env, "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, recorded: Mapping[str, Any]) -> FetchedSources:
+        """Back from the checkpoint, so a later step (arch-plan, compile) uses what was fetched."""
+        projects = tuple(
+            FetchedProject(
+                name=str(item["name"]),
+                revision=str(item["revision"]),
+                commit=str(item["commit"]),
+                checkout=Path(str(item["checkout"])),
+                env=item.get("env"),
+                env_value=Path(str(item["env_value"])),
+                origin=str(item["origin"]),
+                reused=bool(item.get("reused", False)),
+                missing_submodules=tuple(item.get("missing_submodules", ())),
+            )
+            for item in recorded.get("projects", [])
+        )
+        return cls(projects, tuple(recorded.get("notes", ())))
+
+
+def is_network(origin: str) -> bool:
+    """Whether fetching from `origin` needs the network (anything but a local path or file://)."""
+    return origin.startswith("git@") or ("://" in origin and not origin.startswith("file://"))
+
+
+def origin_for(project: ExternalProject, mirrors: Mapping[str, str]) -> str:
+    """The mirror named for the project (by FetchContent name or by repository URL), else the
+    repository the source pins."""
+    for key in (project.name, project.repository):
+        if key and key in mirrors:
+            return mirrors[key]
+    if project.repository is None:
+        raise UsageError(
+            f"{project.defined_in} picks {project.name}'s repository at configure time "
+            f"({', '.join(project.repository_candidates)})",
+            hint=f"name a mirror for {project.name} in the sources mapping",
+        )
+    return project.repository
+
+
+def _slug(revision: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", revision)
+
+
+def _read_pin(checkout: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((checkout / _PIN_RECORD).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_pin(checkout: Path, record: Mapping[str, Any]) -> None:
+    tmp = checkout / (_PIN_RECORD + ".tmp")
+    tmp.write_text(json.dumps(dict(record)))
+    tmp.replace(checkout / _PIN_RECORD)
+
+
+def checkout_intact(checkout: Path, revision: str, commit: str | None = None) -> bool:
+    """A cached checkout is trusted only if its HEAD is the pin it was fetched for and it is
+    unmodified: a half-fetched or hand-edited copy is fetched again, never built."""
+    record = _read_pin(checkout)
+    if record.get("revision") != revision or (commit is not None and record.get("commit") != commit):
+        return False
+    try:
+        repo = git.Repo(checkout)
+        return repo.head.commit.hexsha == record.get("commit") and not repo.is_dirty(untracked_files=False)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+        return False
+
+
+def _git_error(exc: git.GitCommandError) -> str:
+    lines = [line.strip() for line in str(exc.stderr or "").splitlines() if line.strip()]
+    return lines[-1] if lines else str(exc)
+
+
+def fetch_project(
+    project: ExternalProject,
+    cache_dir: Path,
+    origin: str,
+    *,
+    submodules: bool = True,
+) -> FetchedProject:
+    """Fetch one project at its pin into `cache_dir/<name>/<revision>` (reused when intact).
+
+    Fetches only the pinned revision first (GitHub serves a commit or tag by name), and falls
+    back to all branches and tags for servers and bundles that will not. The checkout is built
+    in a `.partial` folder and renamed into place, so an interrupted fetch leaves no half-tree
+    that looks finished.
+    """
+    assert project.revision is not None, "ambiguous pins are refused by fetch_sources"
+    revision = project.revision
+    dest = cache_dir / project.name / _slug(revision)
+    if checkout_intact(dest, revision):
+        record = _read_pin(dest)
+        missing = tuple(record.get("missing", []))
+        if missing and submodules:
+            # Cached by an offline or configure-only fetch; a compile needs the submodules now.
+            missing = _update_submodules(git.Repo(dest), project.name)
+            _write_pin(dest, {**record, "missing": list(missing)})
+        return _fetched(project, dest, record["commit"], origin, reused=True, missing=missing)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    repo = git.Repo.init(partial)
+    try:
+        try:
+            repo.git.fetch("--depth=1", origin, revision)
+            target = "FETCH_HEAD"
+        except git.GitCommandError:
+            repo.git.fetch(origin, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            target = revision
+        commit = repo.git.rev_parse("--verify", f"{target}^{{commit}}")
+        repo.git.checkout("--detach", commit)
+    except git.GitCommandError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise StepFailed(
+            f"cannot fetch {project.name} {revision} from {origin}: {_git_error(exc)}",
+            hint="check the network or the mirror for this project (a URL, a local repository or a git bundle)",
+        ) from exc
+    if project.is_commit and commit != revision:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise StepFailed(
+            f"{origin} gave commit {commit} for {project.name}, not the pinned {revision}",
+            hint="the mirror is not a copy of the pinned repository; fix or remove it",
+        )
+    try:
+        missing = _update_submodules(repo, project.name) if submodules else _submodule_paths(partial)
+    except StepFailed:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _write_pin(partial, {"revision": revision, "commit": commit, "origin": origin, "missing": list(missing)})
+    # The record sits inside the checkout; keep it out of `git status` so the tree reads clean.
+    (partial / ".git" / "info").mkdir(parents=True, exist_ok=True)
+    with (partial / ".git" / "info" / "exclude").open("a") as handle:
+        handle.write(f"/{_PIN_RECORD}\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return _fetched(project, dest, commit, origin, reused=False, missing=missing)
+
+
+def _submodule_paths(checkout: Path) -> tuple[str, ...]:
+    modules = checkout / ".gitmodules"
+    if not modules.is_file():
+        return ()
+    return tuple(re.findall(r"^\s*path\s*=\s*(\S+)", modules.read_text(), flags=re.MULTILINE))
+
+
+def _update_submodules(repo: git.Repo, name: str) -> tuple[str, ...]:
+    """Populate submodules as CMake's FetchContent would (flash-attention builds against its
+    own `csrc/cutlass`). A failure is an error: the compile would stop on a missing header."""
+    paths = _submodule_paths(Path(str(repo.working_tree_dir)))
+    if not paths:
+        return ()
+    try:
+        repo.git.submodule("update", "--init", "--recursive", "--depth", "1")
+    except git.GitCommandError as exc:
+        raise StepFailed(
+            f"cannot fetch the submodules of {name} ({', '.join(paths)}): {_git_error(exc)}",
+            hint="check the network, or fetch without submodules for a configure-only arch plan",
+        ) from exc
+    return ()
+
+
+def _fetched(
+    project: ExternalProject, checkout: Path, commit: str, origin: str, *, reused: bool, missing: tuple[str, ...]
+) -> FetchedProject:
+    # triton_kernels' variable points inside the checkout (its SOURCE_SUBDIR), the others at the root.
+    env_value = checkout / project.source_subdir if project.source_subdir else checkout
+    return FetchedProject(
+        name=project.name,
+        revision=str(project.revision),
+        commit=commit,
+        checkout=checkout,
+        env=project.src_dir_env,
+        env_value=env_value,
+        origin=origin,
+        reused=reused,
+        missing_submodules=missing,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CUTLASS from the nvidia-cutlass package
+
+
+@dataclass(frozen=True)
+class CutlassPackage:
+    """The headers of an installed `nvidia-cutlass` wheel."""
+
+    source: Path  # .../site-packages/cutlass_library/source
+    version: str  # the package's, e.g. 4.2.0.0
+
+    @property
+    def headers_version(self) -> str:
+        """The CUTLASS release the headers are (`include/cutlass/version.h`), e.g. 4.2.0."""
+        text = self.source / "include" / "cutlass" / "version.h"
+        parts = re.findall(r"#define CUTLASS_(?:MAJOR|MINOR|PATCH)\s+(\d+)", text.read_text()) if text.is_file() else []
+        return ".".join(parts) if len(parts) == 3 else self.version
+
+
+def find_cutlass_package(venv: Path) -> CutlassPackage | None:
+    """The nvidia-cutlass package installed in a venv, found on disk (no interpreter needed)."""
+    for source in sorted(venv.glob("lib/python*/site-packages/cutlass_library/source")):
+        if (source / "include" / "cutlass" / "cutlass.h").is_file():
+            metas = sorted(source.parent.parent.glob("nvidia_cutlass-*.dist-info/METADATA"))
+            version = "unknown"
+            if metas:
+                found = re.search(r"^Version:\s*(\S+)", metas[-1].read_text(), flags=re.MULTILINE)
+                version = found[1] if found else version
+            return CutlassPackage(source, version)
+    return None
+
+
+_CUTLASS_CMAKE = """\
+# Generated by spark-build: CUTLASS headers from the nvidia-cutlass package.
+# CUTLASS {headers} (nvidia-cutlass {version}) stands in for the {pinned} that vLLM pins: the
+# package index ships no {pinned} headers, and vLLM uses CUTLASS header-only
+# (CUTLASS_ENABLE_HEADERS_ONLY), so these folders are all its CMake needs: the include
+# folders, and CUTLASS_DIR for the examples/77_blackwell_fmha headers of its MLA kernel.
+# Cache variables, because vLLM reads them in its own scope after
+# FetchContent_MakeAvailable(cutlass) has added this folder.
+cmake_minimum_required(VERSION 3.26)
+project(cutlass_headers_from_package LANGUAGES NONE)
+set(CUTLASS_DIR "{source}" CACHE PATH "CUTLASS source root (nvidia-cutlass {version})")
+set(CUTLASS_INCLUDE_DIR "{source}/include" CACHE PATH "CUTLASS include/ (nvidia-cutlass {version})")
+set(CUTLASS_TOOLS_UTIL_INCLUDE_DIR "{source}/tools/util/include" CACHE PATH "CUTLASS tools/util/include/")
+"""
+
+
+def cutlass_from_package(project: ExternalProject, package: CutlassPackage, cache_dir: Path) -> FetchedProject:
+    """A folder with a generated CMakeLists.txt that hands vLLM the package's CUTLASS headers."""
+    folder = cache_dir / "cutlass" / f"nvidia-cutlass-{_slug(package.version)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = _CUTLASS_CMAKE.format(
+        headers=package.headers_version,
+        version=package.version,
+        pinned=project.revision,
+        source=package.source.as_posix(),
+    )
+    target = folder / "CMakeLists.txt"
+    if not target.is_file() or target.read_text() != text:
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+    return FetchedProject(
+        name=project.name,
+        revision=str(project.revision),
+        commit=f"nvidia-cutlass=={package.version}",
+        checkout=folder,
+        env=project.src_dir_env,
+        env_value=folder,
+        origin=str(package.source),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def fetch_sources(
+    projects: Iterable[ExternalProject],
+    cache_dir: Path,
+    *,
+    mirrors: Mapping[str, str] | None = None,
+    offline: bool = False,
+    cutlass: CutlassPackage | None = None,
+    submodules: bool = True,
+) -> FetchedSources:
+    """Every project at its pin, from cache, mirror or network; `.env` is what CMake needs.
+
+    Offline, a project that is neither cached nor mirrored locally is not attempted: one error
+    names every such project and revision before anything is fetched.
+    """
+    mirrors = dict(mirrors or {})
+    projects = list(projects)
+    ambiguous = [p for p in projects if p.revision is None and not (p.name == "cutlass" and cutlass)]
+    if ambiguous:
+        first = ambiguous[0]
+        raise UsageError(
+            f"{first.defined_in} picks {first.name}'s revision at configure time ({', '.join(first.candidates)})",
+            hint="this release is not supported by spark-build's sources step yet; report the version",
+        )
+    plan: list[tuple[ExternalProject, str | None]] = []
+    unreachable: list[str] = []
+    for project in projects:
+        if project.name == "cutlass" and cutlass is not None:
+            plan.append((project, None))
+            continue
+        origin = origin_for(project, mirrors)
+        cached = cache_dir / project.name / _slug(str(project.revision))
+        if offline and is_network(origin) and not checkout_intact(cached, str(project.revision)):
+            unreachable.append(f"{project.name} {project.revision} ({origin})")
+        plan.append((project, origin))
+    if unreachable:
+        raise UsageError(
+            f"offline, and not in the source cache {cache_dir}: {'; '.join(unreachable)}",
+            hint="fetch once with the network, or map each project to a local mirror (repository or git bundle)",
+        )
+    fetched: list[FetchedProject] = []
+    notes: list[str] = []
+    for project, maybe_origin in plan:
+        if maybe_origin is None:
+            assert cutlass is not None
+            fetched.append(cutlass_from_package(project, cutlass, cache_dir))
+            notes.append(
+                f"cutlass: CUTLASS {cutlass.headers_version} headers (nvidia-cutlass) stand in for {project.revision}"
+            )
+            continue
+        result = fetch_project(project, cache_dir, maybe_origin, submodules=submodules and not offline)
+        if result.missing_submodules:
+            notes.append(f"{project.name}: submodules not fetched ({', '.join(result.missing_submodules)})")
+        fetched.append(result)
+    return FetchedSources(tuple(fetched), tuple(notes))
+
+
+def sources_intact(recorded: Mapping[str, Any]) -> bool:
+    """Whether what `FetchedSources.to_dict()` recorded is still in the cache, unchanged."""
+    for item in recorded.get("projects", []):
+        checkout = Path(str(item.get("checkout", "")))
+        if str(item.get("commit", "")).startswith("nvidia-cutlass=="):
+            if not (checkout / "CMakeLists.txt").is_file() or not Path(str(item.get("origin"))).is_dir():
+                return False
+        elif not checkout_intact(checkout, str(item.get("revision")), str(item.get("commit"))):
+            return False
+    return True
+
+
+def prepare_sources(
+    source: Path,
+    version: Version,
+    cache_dir: Path,
+    *,
+    mirrors: Mapping[str, str] | None = None,
+    offline: bool = False,
+    cutlass_venv: Path | None = None,
+    submodules: bool = True,
+) -> FetchedSources:
+    """The sources step in one call: read the tree's pins, fetch them, return the variables.
+
+    `cutlass_venv` takes CUTLASS from the nvidia-cutlass package installed in that venv instead
+    of git (needed offline: no mirror of CUTLASS exists); the package must be there.
+    """
+    cutlass = None
+    if cutlass_venv is not None:
+        cutlass = find_cutlass_package(cutlass_venv)
+        if cutlass is None:
+            raise UsageError(
+                f"no nvidia-cutlass package in {cutlass_venv} to take CUTLASS's headers from",
+                hint=f"uv pip install --python {cutlass_venv / 'bin' / 'python'} nvidia-cutlass",
+            )
+    return fetch_sources(
+        external_projects(source, version),
+        cache_dir,
+        mirrors=mirrors,
+        offline=offline,
+        cutlass=cutlass,
+        submodules=submodules,
+    )

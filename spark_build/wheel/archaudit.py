@@ -1,0 +1,353 @@
+"""The arch audit of a built wheel: which GPUs its kernels run on, as cuobjdump reads them.
+
+It catches a failure that `pip install` and even `import vllm` do not: kernels built for
+`sm_120a` import fine on a DGX Spark (12.1) and then fail at the first launch with "no kernel
+image is available". The audit returns a frozen report (data for `summary.json`, a table for
+the terminal); the caller decides when to raise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elftools.common.exceptions import ELFError
+from rich.console import Console
+from rich.table import Table
+
+from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, best_on, runs_on
+from spark_build.errors import StepFailed, UsageError, first_few
+from spark_build.wheel.linkage import elf_files, read_dynamic, unpacked
+
+_VERDICT_STYLE = {Verdict.NATIVE: "green", Verdict.JIT: "yellow", Verdict.CANNOT_RUN: "red"}
+
+# ---------------------------------------------------------------------------------------------
+# cuobjdump: where it is, and what it says
+
+
+def find_cuobjdump(cuda_home: Path | None, env: Mapping[str, str], venv: Path | None = None) -> Path:
+    """Locate cuobjdump: CUDA_HOME/bin, then PATH, then the `nvidia-cuda-cuobjdump` wheel.
+
+    Some CUDA installs (pip-only toolkits, slim containers) lack cuobjdump; the PyPI package
+    `nvidia-cuda-cuobjdump` ships it inside site-packages (`nvidia/cu13/bin/cuobjdump` for
+    13.x), found here through the package's RECORD so a layout change does not break us.
+    `venv` may be a venv directory or a python interpreter inside one.
+    """
+    if cuda_home is not None and os.access(cuda_home / "bin" / "cuobjdump", os.X_OK):
+        return cuda_home / "bin" / "cuobjdump"
+    on_path = shutil.which("cuobjdump", path=env.get("PATH", ""))
+    if on_path:
+        return Path(on_path)
+    if venv is not None:
+        venv_dir = venv.parent.parent if venv.is_file() else venv
+        for site_packages in sorted(venv_dir.glob("lib/python3*/site-packages")):
+            for record in sorted(site_packages.glob("nvidia_cuda_cuobjdump-*.dist-info/RECORD")):
+                for line in record.read_text().splitlines():
+                    rel = line.split(",", 1)[0]
+                    if rel.endswith("bin/cuobjdump") and os.access(site_packages / rel, os.X_OK):
+                        return site_packages / rel
+    python = (venv if venv.is_file() else venv / "bin" / "python") if venv is not None else "<venv>/bin/python"
+    raise UsageError(
+        "cuobjdump not found in CUDA_HOME/bin, on PATH, or in the nvidia-cuda-cuobjdump package",
+        hint=f"uv pip install --python {python} nvidia-cuda-cuobjdump",
+    )
+
+
+_CUOBJDUMP_HINT = "pass the path find_cuobjdump() returns, or install nvidia-cuda-cuobjdump"
+
+
+class _NoDeviceCode(Exception):
+    """cuobjdump's answer for a host-only library: not an error, just nothing to audit."""
+
+
+def _cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
+    """Stream cuobjdump's stdout: a full `-ptx` dump of vLLM's `_C` runs to hundreds of MB."""
+    argv = [str(cuobjdump), *options, str(target)]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full stderr pipe would hang us
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise UsageError(f"cannot run cuobjdump at {cuobjdump}: {exc}", hint=_CUOBJDUMP_HINT) from exc
+        with proc:
+            yield from (line.rstrip("\n") for line in proc.stdout or ())
+        err.seek(0)
+        message = err.read().decode(errors="replace").strip()
+    if proc.returncode == 0:
+        return
+    if "does not contain device code" in message:
+        raise _NoDeviceCode(message)
+    raise StepFailed(
+        f"{' '.join(argv)} exited {proc.returncode}: {message.splitlines()[-1] if message else ''}",
+        hint="check that the file is a complete ELF library and cuobjdump matches the CUDA major",
+    )
+
+
+_LISTED = re.compile(r"^(?P<kind>ELF|PTX) file\s+\d+:\s+\S*?\.(?P<arch>sm_\d+[af]?)\.(?:cubin|ptx)$")
+
+
+def parse_listing(lines: Iterable[str]) -> list[GpuCode]:
+    """Codes named by `cuobjdump --list-elf` / `--list-ptx` (`ELF file 1: x.1.sm_121a.cubin`).
+
+    cuobjdump names PTX by its sm (`x.2.sm_80.ptx`); it is the `compute_80` virtual arch.
+    Note that `--list-elf` prints an `sm_120f` cubin as `sm_120`; `parse_fatbin_dump` keeps
+    the suffix.
+    """
+    codes = []
+    for line in lines:
+        match = _LISTED.match(line.strip())
+        if match:
+            code = GpuCode.parse(match["arch"])
+            codes.append(code.as_ptx() if match["kind"] == "PTX" else code)
+    return codes
+
+
+@dataclass(frozen=True)
+class FatbinImage:
+    """One cubin or PTX module in a fatbin, with the kernels (entry functions) it defines."""
+
+    code: GpuCode
+    kernels: tuple[str, ...]
+
+
+_ENTRY_SYMBOL = re.compile(r"^FUNC\s.*\sENTRY\s+(?P<name>\S+)$")
+_PTX_ENTRY = re.compile(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+(?P<name>[\w$.]+)")
+
+
+def parse_fatbin_dump(lines: Iterable[str]) -> list[FatbinImage]:
+    """Images in the output of `cuobjdump -symbols [-ptx]`, in fatbin order.
+
+    Each image opens with `Fatbin elf code:` or `Fatbin ptx code:` and an `arch = sm_120f`
+    line; cubin kernels are `FUNC … ENTRY name` symbols, PTX kernels `.entry name(` lines.
+    """
+    images: list[FatbinImage] = []
+    kind: CodeKind | None = None
+    code: GpuCode | None = None
+    kernels: list[str] = []
+
+    def close() -> None:
+        if code is not None:
+            images.append(FatbinImage(code, tuple(kernels)))
+
+    for line in lines:
+        if line.startswith("Fatbin elf code:") or line.startswith("Fatbin ptx code:"):
+            close()
+            kind = CodeKind.SASS if "elf" in line else CodeKind.PTX
+            code, kernels = None, []
+        elif code is None and kind is not None and line.startswith("arch = "):
+            arch = GpuCode.parse(line.removeprefix("arch = ").strip())
+            code = arch if kind is CodeKind.SASS else arch.as_ptx()
+        elif code is not None:
+            pattern = _ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY
+            match = pattern.match(line)
+            if match:
+                kernels.append(match["name"])
+    close()
+    return images
+
+
+# ---------------------------------------------------------------------------------------------
+# Arch coverage audit
+
+
+@dataclass(frozen=True)
+class ExtensionArch:
+    """The device code one shared object carries; verdict None means it has none (host only)."""
+
+    path: str
+    sass: tuple[str, ...]
+    ptx: tuple[str, ...]
+    verdict: Verdict | None
+
+    @property
+    def module(self) -> str:
+        """`vllm/_C.abi3.so` → `_C`, the name vLLM's CMake targets and the arch plan use."""
+        return Path(self.path).name.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class FamilyArch:
+    """A kernel family within one extension: can it run on the target, and how."""
+
+    family: str
+    extension: str
+    codes: tuple[str, ...]
+    verdict: Verdict
+    kernels: int
+    unrunnable_kernels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ArchReport:
+    source: str
+    target: ComputeCapability
+    extensions: tuple[ExtensionArch, ...]
+    families: tuple[FamilyArch, ...]
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> Verdict:
+        """Overall: the worst family — the wheel is only as usable as its weakest family."""
+        return min((f.verdict for f in self.families), key=lambda v: v.rank, default=Verdict.CANNOT_RUN)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": str(self.target),
+            "ok": self.ok,
+            "verdict": self.verdict.value,
+            "problems": list(self.problems),
+            "extensions": [{**asdict(e), "verdict": e.verdict.value if e.verdict else None} for e in self.extensions],
+            "families": [{**asdict(f), "verdict": f.verdict.value} for f in self.families],
+        }
+
+    def render(self, console: Console) -> None:
+        table = Table(title=f"GPU code in {self.source} for compute capability {self.target}")
+        for column in ("extension", "family", "SASS / PTX", "verdict"):
+            table.add_column(column)
+        for ext in self.extensions:
+            if ext.verdict is None:
+                table.add_row(ext.path, "", "[dim]no device code[/]", "[dim]host only[/]")
+                continue
+            for fam in (f for f in self.families if f.extension == ext.path):
+                style = _VERDICT_STYLE[fam.verdict]
+                note = f" ({len(fam.unrunnable_kernels)} kernels cannot run)" if fam.unrunnable_kernels else ""
+                table.add_row(ext.path, fam.family, ", ".join(fam.codes), f"[{style}]{fam.verdict.value}[/]{note}")
+        console.print(table)
+        for problem in self.problems:
+            console.print(f"[red]✕[/] {problem}")
+
+    def raise_if_failed(self, *, step: str = "validate", log: Path | None = None) -> None:
+        if self.ok:
+            return
+        shown = first_few(self.problems)
+        raise StepFailed(
+            f"arch audit of {self.source} for {self.target} failed: {shown}",
+            hint=f"compile for this GPU (TORCH_CUDA_ARCH_LIST with {self.target}a or the "
+            f"{self.target.major}.0f family) and check the arch plan and patches for the named families",
+            step=step,
+            log=log,
+        )
+
+
+def _audit_extension(
+    so: Path, rel: str, target: ComputeCapability, cuobjdump: Path, families: Mapping[str, str] | None
+) -> tuple[ExtensionArch, list[FamilyArch]]:
+    try:
+        listed_sass = parse_listing(_cuobjdump_lines(cuobjdump, ["--list-elf"], so))
+        listed_ptx = parse_listing(_cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
+    except _NoDeviceCode:
+        return ExtensionArch(rel, (), (), None), []
+    # The dump keeps the `f` that --list-elf drops, and names each image's kernels. PTX is
+    # dumped (whole, so it is costly) only when kernels must be sorted into families.
+    options = ["-symbols", "-ptx"] if families and listed_ptx else ["-symbols"]
+    images = parse_fatbin_dump(_cuobjdump_lines(cuobjdump, options, so))
+    dumped_sass = [i.code for i in images if i.code.kind is CodeKind.SASS]
+    if [c.name.rstrip("f") for c in dumped_sass] != [c.name.rstrip("f") for c in listed_sass]:
+        raise StepFailed(
+            f"cuobjdump's listing and dump of {rel} disagree: {[c.name for c in listed_sass]} "
+            f"vs {[c.name for c in dumped_sass]}",
+            hint="report this with the cuobjdump version; the arch audit cannot be trusted here",
+        )
+    codes = [*dumped_sass, *listed_ptx]
+    ext = ExtensionArch(
+        rel,
+        tuple(sorted({c.name for c in dumped_sass})),
+        tuple(sorted({c.name for c in listed_ptx})),
+        best_on(codes, target),
+    )
+    if not families:
+        kernel_count = len({k for i in images for k in i.kernels})
+        verdict = best_on(codes, target)
+        return ext, [FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count)]
+
+    kernel_codes: dict[str, set[GpuCode]] = {}
+    for image in images:
+        for kernel in image.kernels:
+            kernel_codes.setdefault(kernel, set()).add(image.code)
+    grouped: dict[str, dict[str, set[GpuCode]]] = {}
+    for kernel, kcodes in kernel_codes.items():
+        family = next((f for pat, f in families.items() if fnmatch.fnmatchcase(kernel, pat)), ext.module)
+        grouped.setdefault(family, {})[kernel] = kcodes
+    result = []
+    for family, kernels in sorted(grouped.items()):
+        union = set().union(*kernels.values())
+        unrunnable = sorted(k for k, kc in kernels.items() if best_on(kc, target) is Verdict.CANNOT_RUN)
+        result.append(
+            FamilyArch(
+                family,
+                rel,
+                tuple(sorted(c.name for c in union)),
+                best_on(union, target),
+                len(kernels),
+                tuple(unrunnable),
+            )
+        )
+    return ext, result
+
+
+def arch_audit(
+    wheel_or_dir: Path,
+    target: ComputeCapability,
+    cuobjdump: Path,
+    *,
+    families: Mapping[str, str] | None = None,
+    promised: Mapping[str, Iterable[str]] | None = None,
+) -> ArchReport:
+    """List the SASS and PTX of every shared object in a wheel and judge it against `target`.
+
+    `families` maps fnmatch patterns over kernel names as cuobjdump prints them (mangled, e.g.
+    `*cutlass_scaled_mm*sm120*`) to a family name; the first match wins and unmatched kernels
+    stay in a family named after their extension. Without it each extension is one family.
+    A linked library keeps no object-file names in its fatbin, so kernel names are what can
+    be grouped. `promised` maps a family (or extension module, e.g. `_C`) to the codes the
+    arch plan promised natively (`sm_121a`, `sm_120f`); a missing one fails the audit, as does
+    a family with no code that can run on `target`.
+    """
+    try:  # bad names are the caller's mistake; say so before spending time on cuobjdump
+        promised_codes = {fam: [GpuCode.parse(n) for n in names] for fam, names in (promised or {}).items()}
+    except ValueError as err:
+        raise UsageError(f"arch plan: {err}", hint="name codes as nvcc does: sm_121a, sm_120f, compute_80") from err
+    extensions: list[ExtensionArch] = []
+    fams: list[FamilyArch] = []
+    with unpacked(wheel_or_dir) as root:
+        for elf in elf_files(root):
+            try:
+                shared = read_dynamic(elf).shared
+            except ELFError:
+                continue
+            if shared:
+                ext, ext_fams = _audit_extension(elf, elf.relative_to(root).as_posix(), target, cuobjdump, families)
+                extensions.append(ext)
+                fams.extend(ext_fams)
+
+    problems = [
+        f"{f.extension}: kernel family {f.family} cannot run on {target}, it has only {', '.join(f.codes)}"
+        for f in fams
+        if f.verdict is Verdict.CANNOT_RUN
+    ]
+    if not any(e.verdict is not None for e in extensions):
+        problems.append(f"no extension in {wheel_or_dir.name} carries GPU code")
+    for family, codes in promised_codes.items():
+        carried = {c for f in fams if f.family == family for c in f.codes}
+        if not any(f.family == family for f in fams):
+            problems.append(f"the arch plan promised {family}, but no extension or kernel family has that name")
+            continue
+        for code in codes:
+            if code.name not in carried:
+                problems.append(
+                    f"{family}: the arch plan promised {code} ({runs_on(code, target).value} on {target}); "
+                    f"the wheel carries {', '.join(sorted(carried)) or 'nothing'}"
+                )
+    return ArchReport(wheel_or_dir.name, target, tuple(extensions), tuple(fams), tuple(problems))
