@@ -1,7 +1,7 @@
 """`build-vllm`: lock the workdir, plan the steps, run them with checkpoints, report.
 
-Order matters and lives here only: preflight → venv → torch → clone → patch →
-use-existing-torch → build-deps → compile → validate → publish.
+The order of the steps is `steps.STEPS`; this module runs them: the target resolved once,
+the resume plan, a checkpoint around each step, the timing table and summary at the end.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 
 from rich.console import Console
 
+from spark_build.arch.target import Target
 from spark_build.config import BuildConfig
 from spark_build.errors import Interrupted, SparkBuildError, StepFailed, UsageError
-from spark_build.host.target import resolve_arch
+from spark_build.host.facts import GpuQuery, query_gpus
+from spark_build.host.target import resolve_target
 from spark_build.insight.diagnose import diagnose
 from spark_build.insight.trace import write_trace
 from spark_build.lock import WorkdirLock, stop_process_group
@@ -25,26 +27,9 @@ from spark_build.pipeline import state as checkpoint
 from spark_build.pipeline.plan import StepPlan, StepSpec, fingerprint, plan
 from spark_build.pipeline.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
 from spark_build.pipeline.state import BuildState, StepRecord
+from spark_build.pipeline.step import Context, Step
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
-from spark_build.steps.base import BuildDeps, Clone, Context, Patch, Preflight, Step, Torch, UseExistingTorch, Venv
-from spark_build.steps.compile import Compile
-from spark_build.steps.source_extra import ArchPlanStep, Sources
-from spark_build.steps.validate import Publish, Validate
-
-STEPS: tuple[Step, ...] = (
-    Preflight(),
-    Venv(),
-    Torch(),
-    Clone(),
-    Patch(),
-    UseExistingTorch(),
-    BuildDeps(),
-    Sources(),
-    ArchPlanStep(),
-    Compile(),
-    Validate(),
-    Publish(),
-)
+from spark_build.steps import STEPS
 
 
 def specs_for(steps: Sequence[Step], ctx: Context) -> list[StepSpec]:
@@ -86,7 +71,8 @@ def build(
             f"nothing to resume in {config.workdir} (no state.json)",
             hint="run without --resume to start a build",
         )
-    arch = resolve_arch(config.arch)
+    gpu_query = query_gpus()
+    target = resolve_target(config.arch, gpu_query.gpus)
     lock = held or WorkdirLock(config.workdir)
     with contextlib.nullcontext() if held else lock.held():
         if lock.leftover_pgid is not None:
@@ -94,21 +80,22 @@ def build(
             if stopped:
                 console.print(f"stopped {stopped} leftover process(es) of an earlier, killed build")
         recorded = checkpoint.load(config.state_file) if config.resume else None
-        generated = config.workdir / "example-upstream"
+        generated = config.layout.example_upstream
         if config.example and config.repo == str(generated) and not generated.exists() and not config.dry_run:
             from spark_build.upstream.example import make_example_upstream
 
             make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
-        return _run(config, console, clock, arch, recorded, lock, steps)
+        return _run(config, console, clock, target, gpu_query, recorded, lock, steps)
 
 
 def _run(
     config: BuildConfig,
     console: Console,
     clock: Callable[[], float],
-    arch: str,
+    target: Target,
+    gpu_query: GpuQuery,
     recorded: BuildState | None,
     lock: WorkdirLock,
     steps: Sequence[Step],
@@ -123,12 +110,13 @@ def _run(
     state.run_id = run_id
     ctx = Context(
         config=config,
-        arch=arch,
+        target=target,
+        gpu_query=gpu_query,
         runner=runner,
         log_dir=log_dir,
         state=state,
         console=console,
-        compiles=any(s.name == Compile.name for s in steps),
+        compiles=any(s.name == "compile" for s in steps),
     )
     by_name = {s.name: s for s in steps}
 
@@ -140,7 +128,7 @@ def _run(
     if config.dry_run:
         reporter.plan(plans, {s.name: s.summary for s in steps})
         return 0
-    console.print(f"build {run_id}: {config.repo} @ {config.ref} for {arch} in {config.workdir}", highlight=False)
+    console.print(f"build {run_id}: {config.repo} @ {config.ref} for {target} in {config.workdir}", highlight=False)
     outcomes: list[StepOutcome] = []
     error: SparkBuildError | None = None
     try:
@@ -161,7 +149,7 @@ def _run(
         summary = summary_payload(
             run_id=run_id,
             exit_code=code,
-            arch=arch,
+            arch=target.arch_list,
             outcomes=outcomes,
             results=results,
             error=error.message if error else None,
@@ -169,7 +157,10 @@ def _run(
         path = write_summary(log_dir, summary)
         try:
             write_trace(
-                log_dir, state_file=config.state_file, build_root=ctx.src / "build", ninja=ctx.venv / "bin" / "ninja"
+                log_dir,
+                state_file=config.state_file,
+                build_root=ctx.layout.build_tree,
+                ninja=ctx.venv / "bin" / "ninja",
             )
             traced = "  trace: trace.json (Perfetto, chrome://tracing)"
         except (OSError, ValueError, KeyError) as exc:  # a trace must never fail a build

@@ -51,26 +51,14 @@ def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_a
 
 
 def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
-    from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, evaluate, render_table, to_json
-    from spark_build.host.facts import gather_host
+    from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, run_doctor
 
     def action() -> int:
         cfg = options.resolve(cli, file)
-        out = console()
-        facts = gather_host(
-            cfg.workdir,
-            cfg.workdir / "cache",
-            arch=cfg.arch,
-            python=cfg.workdir / "venv" / "bin" / "python"
-            if (cfg.workdir / "venv" / "bin" / "python").exists()
-            else None,
-        )
-        problems = evaluate(facts, cfg.arch, EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS)
-        if as_json:
-            out.out(to_json(problems, facts), highlight=False)
-        else:
-            render_table(problems, out)
-        return 0 if all(p.severity != "error" for p in problems) else 1
+        layout = cfg.layout
+        python = layout.python if layout.python.exists() else None
+        needs = EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS
+        return run_doctor(cfg.workdir, layout.cache, cfg.arch, as_json, console(), python=python, needs=needs)
 
     return guarded(action, debug=False)
 
@@ -193,36 +181,34 @@ def validate(
     import time
     from pathlib import Path
 
+    from spark_build.arch.target import Target
     from spark_build.errors import UsageError
     from spark_build.host.archprobe import parse_nvcc_version
+    from spark_build.host.facts import query_gpus
     from spark_build.host.query import run_command
-    from spark_build.host.target import resolve_arch
+    from spark_build.host.target import resolve_target
     from spark_build.proc import Runner, interrupt_signals
-    from spark_build.steps.validate import WheelProof, modules_of, prove_wheel, targets_of
+    from spark_build.wheel.proof import WheelProof, cuda_major, modules_of, prove_wheel
 
     def action() -> int:
         cfg = options.resolve(cli, file)
         path = Path(wheel).expanduser().resolve()
         if not path.is_file() or path.suffix != ".whl":
             raise UsageError(f"no wheel at {path}", hint="give the path of a .whl file")
-        if cfg.torch_cuda.isdigit():
-            cuda_major = int(cfg.torch_cuda)
-        else:
-            _code, text = run_command([str(cfg.cuda_home / "bin" / "nvcc"), "--version"])
-            version = parse_nvcc_version(text)[0]
-            if version is None:
-                raise UsageError("cannot tell the CUDA major to audit against", hint="pass --torch-cuda 13")
-            cuda_major = version.major
+        nvcc_version = None
+        if not cfg.torch_cuda.isdigit():
+            nvcc_version = parse_nvcc_version(run_command([str(cfg.cuda_home / "bin" / "nvcc"), "--version"])[1])[0]
+        target: Target = resolve_target(cfg.arch, query_gpus().gpus if not cfg.arch else ())
         proof = WheelProof(
             wheel=path,
-            venv=cfg.workdir / f"validate-{path.stem}",
+            venv=cfg.layout.validate_venv_for(path),
             python=cfg.python,
             requirements=tuple(extra),
             index=cfg.torch_index,
             modules=modules_of(path),
             cuda_home=cfg.cuda_home,
-            cuda_major=cuda_major,
-            targets=targets_of(resolve_arch(cfg.arch)),
+            cuda_major=cuda_major(cfg.torch_cuda, nvcc_version),
+            targets=target.compute_capabilities,
             uv_cache_dir=cfg.uv_cache_dir,
             serve=serve,
             serve_model=cfg.serve_model,

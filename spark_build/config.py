@@ -18,6 +18,7 @@ from typing import Any
 from spark_build.compile.cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
 from spark_build.compile.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
+from spark_build.layout import Workdir
 from spark_build.upstream.versions import torch_packages_for
 
 VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
@@ -68,8 +69,12 @@ class BuildConfig:
     debug: bool
 
     @property
+    def layout(self) -> Workdir:
+        return Workdir(self.workdir)
+
+    @property
     def state_file(self) -> Path:
-        return self.workdir / "state.json"
+        return self.layout.state_file
 
 
 # Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
@@ -214,7 +219,7 @@ def resolve(
         paths[key] = None if value in (None, "") else (base / Path(str(value)).expanduser()).resolve()
     workdir = paths["workdir"]
     assert workdir is not None
-    repo = merged["repo"] or str(workdir / "example-upstream")
+    repo = merged["repo"] or str(Workdir(workdir).example_upstream)
     if not str(merged["ref"]).strip():
         raise UsageError("--ref must name a tag, branch or commit", hint="for example --ref v0.13.0")
     build_type = str(merged["build_type"])
@@ -253,7 +258,7 @@ def resolve(
         torch_packages=tuple(str(p) for p in packages),
         torch_cuda=_torch_cuda(merged["torch_cuda"]),
         cuda_home=paths["cuda_home"] or Path("/usr/local/cuda"),
-        wheelhouse=paths["wheelhouse"] or workdir / "wheelhouse",
+        wheelhouse=paths["wheelhouse"] or Workdir(workdir).wheelhouse,
         logs_dir=paths["logs_dir"] or base / "logs",
         patches_dir=paths["patches_dir"] or PROJECT_ROOT / "patches",
         uv_cache_dir=paths["uv_cache_dir"],

@@ -101,7 +101,7 @@ def test_bad_values_are_rejected_with_a_fix(option, value):
     ids=["cu130-for-spark", "cu128-on-spark", "cpu-when-cuda-wanted", "cpu-for-tests", "cuda-when-cpu-wanted"],
 )
 def test_the_torch_step_accepts_only_the_cuda_major_asked_for(cuda, wanted, fits):
-    from spark_build.steps.base import torch_matches
+    from spark_build.steps.toolchain import torch_matches
 
     assert torch_matches(cuda, wanted) is fits
 

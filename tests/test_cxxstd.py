@@ -136,5 +136,7 @@ def test_a_matching_torch_passes_and_a_tree_without_git_or_pins_still_gets_check
 
 def test_a_source_without_torch_headers_builds_with_any_torch(tmp_path: Path) -> None:
     # The example upstream sets C++17 but never looks for torch: torch 2.14 cannot break it.
-    src = _source(tmp_path, (ROOT / "spark_build" / "upstream" / "example_upstream" / "CMakeLists.txt").read_text(), None)
+    src = _source(
+        tmp_path, (ROOT / "spark_build" / "upstream" / "example_upstream" / "CMakeLists.txt").read_text(), None
+    )
     check_source_against_torch(src, _venv(tmp_path, ATEN_2_14), "2.14.1", "spark-example")

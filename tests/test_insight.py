@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from spark_build.errors import UsageError
 from spark_build.insight.critical_path import critical_path, parse_ninja_graph
 from spark_build.insight.history import HistoryRow, compare, describe_change, history_rows, load_runs
 from spark_build.insight.report import find_run, history_main, load_run, report_data, report_main
@@ -132,8 +133,10 @@ def test_report_of_an_unknown_run_exits_2_and_lists_the_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add_run(tmp_path / "logs", "example", FULL_RUN)
-    assert report_main(tmp_path / "logs", "20991231", False, console()[0]) == 2
-    assert FULL_RUN in capsys.readouterr().err
+    with pytest.raises(UsageError) as raised:
+        report_main(tmp_path / "logs", "20991231", False, console()[0])
+    assert raised.value.exit_code == 2
+    assert FULL_RUN in "\n".join(raised.value.lines())
 
 
 def test_a_run_is_found_by_id_prefix_path_or_latest(tmp_path: Path) -> None:

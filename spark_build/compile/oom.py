@@ -19,11 +19,11 @@ A whole build killed by SIGKILL (exit 137 / -9) with no such line is reported wi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_build.compile.jobplan import format_bytes, normalize_object
+from spark_build.compile.jobplan import JobPlan, format_bytes, normalize_object
 from spark_build.errors import StepFailed
 
 _FAILED = re.compile(r"^FAILED: (?:\[code=(?P<code>-?\d+)\] )?(?P<outputs>\S+)")
@@ -124,3 +124,43 @@ def oom_give_up_error(
         step="compile",
         log=log,
     )
+
+
+# Reruns after an OOM kill, each with fewer jobs, before the compile gives up.
+OOM_MAX_TRIES = 3
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of the compile at one job plan: its exit status and its log's tail."""
+
+    returncode: int
+    log_tail: str
+
+
+def retry_after_oom(
+    attempt: Callable[[JobPlan], Attempt],
+    plan: JobPlan,
+    *,
+    log: Path,
+    peaks: Callable[[], Mapping[str, int]],
+    on_retry: Callable[[list[OomKill], JobPlan], None],
+    max_tries: int = OOM_MAX_TRIES,
+) -> tuple[JobPlan, int]:
+    """Run `attempt` until it succeeds; after an OOM kill rerun it with fewer jobs in the same
+    tree (Ninja keeps every object already built). Returns the plan that finished and the
+    number of reruns; any other failure, or too many kills, raises `StepFailed`."""
+    tries = 0
+    while True:
+        outcome = attempt(plan)
+        if outcome.returncode == 0:
+            return plan, tries
+        kills = find_oom_kills(outcome.log_tail, outcome.returncode)
+        if not kills:
+            raise StepFailed(f"the compile failed (exit status {outcome.returncode})", step="compile", log=log)
+        tries += 1
+        fewer = next_jobs_after_oom(plan.concurrent_jobs, tries, max_tries=max_tries)
+        if fewer is None:
+            raise oom_give_up_error(kills, peaks(), jobs=plan.max_jobs, tries=tries, log=log)
+        plan = plan.with_concurrent_jobs(fewer)
+        on_retry(kills, plan)

@@ -455,6 +455,7 @@ def run_doctor(
     console: Console,
     *,
     python: Path | None = None,
+    needs: BuildNeeds = VLLM_NEEDS,
     gather: Callable[..., HostFacts] = gather_host,
 ) -> int:
     """`invoke doctor`: gather, judge, print; 0 when a build can start, 1 when not.
@@ -465,7 +466,7 @@ def run_doctor(
     if arch:
         archmap.parse_arch_list(arch)
     facts = gather(workdir, cache_dir, arch=arch, python=python)
-    problems = evaluate(facts, arch)
+    problems = evaluate(facts, arch, needs)
     if as_json:
         console.out(to_json(problems, facts), highlight=False)
     else:

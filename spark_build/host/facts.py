@@ -244,12 +244,33 @@ def query_torch(python: Path, run: Query) -> tuple[TorchInfo | None, str | None]
     return TorchInfo(found["version"], parse_torch_version_py(found["version_py"]), python), None
 
 
+NVIDIA_SMI = ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]
+
+
+@dataclass(frozen=True)
+class GpuQuery:
+    """nvidia-smi's answer, asked once per run (the target and preflight both read it)."""
+
+    gpus: tuple[Gpu, ...]
+    error: str | None  # why none were listed (no driver, no nvidia-smi)
+
+
+def query_gpus(run: Query = run_command) -> GpuQuery:
+    status, output = run(NVIDIA_SMI)
+    gpus = parse_nvidia_smi(output) if status == 0 else ()
+    error = None
+    if not gpus:
+        error = output.strip().splitlines()[0] if output.strip() else f"exit status {status}"
+    return GpuQuery(tuple(gpus), error)
+
+
 def gather_host(
     workdir: Path,
     cache_dir: Path,
     *,
     arch: str | None = None,
     python: Path | None = None,
+    gpu_query: GpuQuery | None = None,
     run: Query = run_command,
     env: Mapping[str, str] = os.environ,
     memory: Callable[[], tuple[int, int]] = _memory,
@@ -266,11 +287,8 @@ def gather_host(
     notes: list[str] = []
     total, available = memory()
 
-    status, output = run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"])
-    gpus = parse_nvidia_smi(output) if status == 0 else ()
-    gpu_query_error = None
-    if not gpus:
-        gpu_query_error = output.strip().splitlines()[0] if output.strip() else f"exit status {status}"
+    asked = gpu_query if gpu_query is not None else query_gpus(run)
+    gpus, gpu_query_error = asked.gpus, asked.error
 
     nvcc, cuda_home = find_nvcc(env)
     nvcc_version: Version | None = None

@@ -371,28 +371,23 @@ def _tick_step(total_s: float) -> float:
 
 
 def report_main(logs_dir: Path, run: str | None, as_json: bool, console: Console, html: Path | None = None) -> int:
-    """`invoke report [RUN] [--json] [--html FILE]`: 0, or 2 when there is no such run (or no
-    trace to draw for `--html`)."""
-    from spark_build.cli import guarded
-
-    def action() -> int:
-        logs = load_run(find_run(logs_dir, run))
-        meta = (logs.trace or {}).get("otherData") or {}
-        graph = ninja_graph(meta.get("build_dirs") or [], meta.get("ninja")) if logs.trace else None
-        data = report_data(logs, graph)
-        if as_json:
-            console.out(json.dumps(data, indent=2, default=str), highlight=False)
-        else:
-            render_report(data, console)
-        if html is not None:
-            if logs.trace is None:
-                raise UsageError(f"{logs.folder.name} has no {TRACE_FILE} to draw", hint="pick a newer run")
-            html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}"))
-            if not as_json:
-                console.print(f"timeline: {html}", highlight=False, markup=False)
-        return 0
-
-    return guarded(action, debug=False)
+    """`invoke report [RUN] [--json] [--html FILE]`: 0; `UsageError` (exit 2) when there is no
+    such run, or no trace to draw for `--html`."""
+    logs = load_run(find_run(logs_dir, run))
+    meta = (logs.trace or {}).get("otherData") or {}
+    graph = ninja_graph(meta.get("build_dirs") or [], meta.get("ninja")) if logs.trace else None
+    data = report_data(logs, graph)
+    if as_json:
+        console.out(json.dumps(data, indent=2, default=str), highlight=False)
+    else:
+        render_report(data, console)
+    if html is not None:
+        if logs.trace is None:
+            raise UsageError(f"{logs.folder.name} has no {TRACE_FILE} to draw", hint="pick a newer run")
+        html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}"))
+        if not as_json:
+            console.print(f"timeline: {html}", highlight=False, markup=False)
+    return 0
 
 
 def history_main(logs_dir: Path, as_json: bool, console: Console) -> int:

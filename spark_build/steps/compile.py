@@ -26,6 +26,7 @@ from spark_build.compile.jobplan import (
     DEFAULT_PROFILE,
     Estimates,
     JobPlan,
+    JobRecord,
     cpu_count,
     load_estimates,
     parse_ninja_lines,
@@ -33,12 +34,12 @@ from spark_build.compile.jobplan import (
     plan_jobs,
     write_jobs_json,
 )
-from spark_build.compile.oom import find_oom_kills, next_jobs_after_oom, oom_give_up_error
+from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
+from spark_build.pipeline.step import Context, Step
 from spark_build.proc import log_tail
-from spark_build.steps.base import Context, Step
-from spark_build.steps.source_extra import sources_env
+from spark_build.upstream.sources import FetchedSources
 
 
 def ninja_log_entries(src: Path) -> int:
@@ -46,15 +47,15 @@ def ninja_log_entries(src: Path) -> int:
     return sum(len(parse_ninja_lines(log.read_text(errors="replace"))) for log in src.glob("build/**/.ninja_log"))
 
 
-def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:
+def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
     """The variables the build reads; everything else is inherited unchanged."""
     cfg = ctx.config
     cuda_bin = cfg.cuda_home / "bin"
     return {
-        **sources_env(ctx),  # *_SRC_DIR: CMake builds from the fetched sources, never GitHub
-        "TORCH_CUDA_ARCH_LIST": ctx.arch,
-        "MAX_JOBS": str(jobs),
-        "NVCC_THREADS": str(nvcc_threads),
+        # *_SRC_DIR: CMake builds from the fetched sources, never GitHub
+        **FetchedSources.from_dict(ctx.optional_result("sources")).env,
+        "TORCH_CUDA_ARCH_LIST": ctx.target.arch_list,
+        **plan.env(),
         "CUDA_HOME": str(cfg.cuda_home),
         "CMAKE_BUILD_TYPE": cfg.build_type,
         "VLLM_TARGET_DEVICE": "cuda",
@@ -62,11 +63,6 @@ def compile_env(ctx: Context, jobs: int, nvcc_threads: int) -> dict[str, str]:
         "VIRTUAL_ENV": str(ctx.venv),
         "PATH": os.pathsep.join([str(ctx.venv / "bin"), str(cuda_bin), os.environ.get("PATH", "")]),
     }
-
-
-# Measured per-object cost of vLLM 0.13.0's _C/_moe_C compile for 12.1a (shared/data): the
-# estimate for objects no earlier build here has recorded.
-OOM_MAX_TRIES = 3
 
 
 class GovernorJournal:
@@ -87,13 +83,17 @@ class Compile(Step):
 
     def inputs(self, ctx: Context) -> Mapping[str, Any]:
         # Jobs are left out on purpose: they change how fast, not what is built.
-        return {"arch": ctx.arch, "build_type": ctx.config.build_type, "cuda_home": str(ctx.config.cuda_home)}
+        return {
+            "arch": ctx.target.arch_list,
+            "build_type": ctx.config.build_type,
+            "cuda_home": str(ctx.config.cuda_home),
+        }
 
     def run(self, ctx: Context) -> dict[str, Any]:
         cfg = ctx.config
         commit = ctx.result("clone")["commit"]
         recipe = ctx.recipe()
-        source = f"{recipe.dist}@{commit} {ctx.arch}"
+        source = f"{recipe.dist}@{commit} {ctx.target.arch_list}"
         # Seconds here instead of an #error at the first object that includes torch.
         label = f"{recipe.dist} {recipe.version}" if recipe.version else recipe.dist
         check_source_against_torch(ctx.src, ctx.venv, ctx.result("torch")["version"], label)
@@ -108,8 +108,8 @@ class Compile(Step):
             mem_budget=cfg.mem_budget,
         )
         ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}")
-        ctx.dist.mkdir(parents=True, exist_ok=True)
-        for stale in ctx.dist.glob("*.whl"):
+        ctx.layout.dist.mkdir(parents=True, exist_ok=True)
+        for stale in ctx.layout.dist.glob("*.whl"):
             stale.unlink()
         before = ninja_log_entries(ctx.src)
         token = cfg.dist_token_file.read_text().strip() if cfg.dist_token_file else None
@@ -132,80 +132,40 @@ class Compile(Step):
     def _compile(
         self, ctx: Context, plan: JobPlan, estimates: Estimates, source: str, cache_env: Mapping[str, str]
     ) -> dict[str, Any]:
-        """Run the build, governed; on an OOM kill rerun it with fewer jobs in the same tree."""
-        cfg = ctx.config
-        ninja_jobs, tries, records, peak_tree, pauses = plan.concurrent_jobs, 0, [], 0, 0
+        """Run the build, governed; `retry_after_oom` reruns it with fewer jobs after an OOM kill."""
         log = ctx.log(self.name)
-        journal = GovernorJournal(ctx.log_dir / "governor.jsonl")
-        while True:
-            governor: Governor | None = None
+        journal = GovernorJournal(ctx.run_folder.governor_journal)
+        governed = GovernedBuild(ctx, self.name, estimates, source, cache_env, journal)
 
-            def govern(pid: int) -> None:
-                # Holds the youngest jobs back (SIGSTOP) when the tree would outgrow the budget.
-                nonlocal governor
-                governor = Governor(
-                    pid,
-                    budget_bytes=plan.budget_bytes,
-                    default_peak=plan.per_job_bytes,
-                    estimates=estimates.peaks,
-                    reserve_bytes=cfg.mem_reserve,
-                    journal=journal.write,
-                ).start()
-
-            env_vars = {**compile_env(ctx, ninja_jobs * plan.nvcc_threads, plan.nvcc_threads), **cache_env}
-            try:
-                code = ctx.run(
-                    self.name,
-                    [ctx.python, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", ctx.dist, "."],
-                    cwd=ctx.src,
-                    env={**os.environ, **env_vars},
-                    env_note=compiler_cache.env_note(env_vars),
-                    on_start=govern,
-                    check=False,
-                )
-            finally:
-                if governor is not None:
-                    governor.stop()  # always: resumes every job it paused
-                    records += governor.job_records()
-                    peak_tree = max(peak_tree, governor.peak_tree_rss)
-                    pauses += governor.stops
-                ninja = [e for p in ctx.src.glob("build/**/.ninja_log") for e in parse_ninja_log(p)]
-                write_jobs_json(ctx.log_dir / "jobs.json", records, ninja, source=source)
-            if code == 0:
-                break
-            kills = find_oom_kills(log_tail(log), code)
-            if not kills:
-                raise StepFailed(f"the compile failed (exit status {code})", step=self.name, log=log)
+        def on_retry(kills: list[OomKill], fewer: JobPlan) -> None:
             for kill in kills:
                 journal.write({"t": time.time(), "event": "oom-kill", "object": kill.object, "detail": kill.evidence})
-            tries += 1
-            fewer = next_jobs_after_oom(ninja_jobs, tries, max_tries=OOM_MAX_TRIES)
-            if fewer is None:
-                peaks = {r.object: r.peak_rss_bytes for r in records}
-                raise oom_give_up_error(kills, peaks, jobs=ninja_jobs * plan.nvcc_threads, tries=tries, log=log)
             ctx.notes.append(
-                f"compile: {kills[0].object or 'a job'} was killed for memory; rerunning with {fewer} jobs "
-                "(objects already built are kept)"
+                f"compile: {kills[0].object or 'a job'} was killed for memory; rerunning with "
+                f"{fewer.concurrent_jobs} jobs (objects already built are kept)"
             )
-            journal.write({"t": time.time(), "event": "retry", "object": None, "detail": f"{fewer} jobs"})
-            ninja_jobs = fewer  # same build tree: Ninja reuses every object already built
-        wheels = sorted(ctx.dist.glob("*.whl"))
+            journal.write(
+                {"t": time.time(), "event": "retry", "object": None, "detail": f"{fewer.concurrent_jobs} jobs"}
+            )
+
+        final, tries = retry_after_oom(governed.attempt, plan, log=log, peaks=governed.peaks, on_retry=on_retry)
+        wheels = sorted(ctx.layout.dist.glob("*.whl"))
         if len(wheels) != 1:
             raise StepFailed(
-                f"expected one wheel in {ctx.dist}, found {len(wheels)}",
+                f"expected one wheel in {ctx.layout.dist}, found {len(wheels)}",
                 hint="read the compile log; the build may have produced no wheel",
             )
         wheel = wheels[0]
         return {
             "wheel": str(wheel),
             "sha256": sha256_of(wheel),
-            "max_jobs": ninja_jobs * plan.nvcc_threads,
+            "max_jobs": final.max_jobs,
             "planned_jobs": plan.max_jobs,
             "nvcc_threads": plan.nvcc_threads,
             "budget_bytes": plan.budget_bytes,
             "oom_retries": tries,
-            "peak_tree_rss_bytes": peak_tree,
-            "governor_pauses": pauses,
+            "peak_tree_rss_bytes": governed.peak_tree,
+            "governor_pauses": governed.pauses,
         }
 
     def detail(self, result: Mapping[str, Any]) -> str:
@@ -216,3 +176,64 @@ class Compile(Step):
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         wheel = Path(str(result.get("wheel", "")))
         return wheel.is_file() and sha256_of(wheel) == result.get("sha256")
+
+
+class GovernedBuild:
+    """One `pip wheel` of the source under the memory governor; records every job it saw
+    (`jobs.json`) after each attempt, so a killed attempt still teaches the next plan."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        step: str,
+        estimates: Estimates,
+        source: str,
+        cache_env: Mapping[str, str],
+        journal: GovernorJournal,
+    ) -> None:
+        self.ctx, self.step, self.estimates, self.source = ctx, step, estimates, source
+        self.cache_env, self.journal = cache_env, journal
+        self.records: list[JobRecord] = []
+        self.peak_tree = 0
+        self.pauses = 0
+
+    def peaks(self) -> dict[str, int]:
+        return {r.object: r.peak_rss_bytes for r in self.records}
+
+    def attempt(self, plan: JobPlan) -> Attempt:
+        ctx = self.ctx
+        governor: Governor | None = None
+
+        def govern(pid: int) -> None:
+            # Holds the youngest jobs back (SIGSTOP) when the tree would outgrow the budget.
+            nonlocal governor
+            governor = Governor(
+                pid,
+                budget_bytes=plan.budget_bytes,
+                default_peak=plan.per_job_bytes,
+                estimates=self.estimates.peaks,
+                reserve_bytes=ctx.config.mem_reserve,
+                journal=self.journal.write,
+            ).start()
+
+        env_vars = {**compile_env(ctx, plan), **self.cache_env}
+        wheel_argv: list[str | os.PathLike[str]] = ["-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps"]
+        try:
+            code = ctx.run(
+                self.step,
+                [ctx.python, *wheel_argv, "-w", ctx.layout.dist, "."],
+                cwd=ctx.src,
+                env={**os.environ, **env_vars},
+                env_note=compiler_cache.env_note(env_vars),
+                on_start=govern,
+                check=False,
+            )
+        finally:
+            if governor is not None:
+                governor.stop()  # always: resumes every job it paused
+                self.records += governor.job_records()
+                self.peak_tree = max(self.peak_tree, governor.peak_tree_rss)
+                self.pauses += governor.stops
+            ninja = [e for p in ctx.layout.build_tree.glob("**/.ninja_log") for e in parse_ninja_log(p)]
+            write_jobs_json(ctx.run_folder.jobs, self.records, ninja, source=self.source)
+        return Attempt(code, log_tail(ctx.log(self.step)) if code != 0 else "")

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import tomllib
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from spark_build.errors import StepFailed
+from spark_build.upstream.versions import build_requirement_files as vllm_build_requirements
+from spark_build.upstream.versions import version_from_tag
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class Recipe:
         if self.version is None:
             return None
         return f"{self.dist}-{self.version.major}.{self.version.minor}"
+
+    @property
+    def is_vllm_release(self) -> bool:
+        """Only a vLLM release tree has external projects to fetch and vLLM's CMake to plan."""
+        return self.dist == "vllm" and self.version is not None
 
 
 def project_name(source: Path) -> str:
@@ -51,17 +58,6 @@ def project_name(source: Path) -> str:
     )
 
 
-def version_from_tag(describe: str) -> Version | None:
-    """`v0.13.0`, `v0.13.0-12-gabc` → 0.13.0; a bare commit → None (no version-scoped patches)."""
-    match = re.match(r"v?(\d+(?:\.\d+)*(?:rc\d+)?)", describe.strip())
-    if not match:
-        return None
-    try:
-        return Version(match.group(1))
-    except InvalidVersion:
-        return None
-
-
 def build_requirement_files(source: Path) -> tuple[str, ...]:
     """Where this tree keeps its build requirements (0.13: one file; later: a folder)."""
     folder = source / "requirements" / "build"
@@ -81,8 +77,6 @@ def recipe_for(source: Path, describe: str) -> Recipe:
     version = version_from_tag(describe)
     if dist == "vllm" and version is not None:
         # Release-specific: from 0.20 `requirements/build/` also holds cpu.txt with a +cpu torch pin.
-        from spark_build.upstream.versions import build_requirement_files as vllm_build_requirements
-
         requirements = vllm_build_requirements(source, version)
     else:
         requirements = build_requirement_files(source)

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from spark_build.errors import UsageError
-from spark_build.upstream.recipe import version_from_tag
 
 # Variables vLLM 0.13.0's setup.py (and vllm/envs.py, which it loads) reads to shape the build.
 _SETUP_ENV_0_13 = (
@@ -44,6 +43,17 @@ _SETUP_ENV_0_13 = (
     "VLLM_DISABLE_SCCACHE",
     "CUDA_HOME",
 )
+
+
+def version_from_tag(describe: str) -> Version | None:
+    """`v0.13.0`, `v0.13.0-12-gabc` → 0.13.0; a bare commit → None (no version-scoped patches)."""
+    match = re.match(r"v?(\d+(?:\.\d+)*(?:rc\d+)?)", describe.strip())
+    if not match:
+        return None
+    try:
+        return Version(match.group(1))
+    except InvalidVersion:
+        return None
 
 
 @dataclass(frozen=True)

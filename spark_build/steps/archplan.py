@@ -1,0 +1,53 @@
+"""arch-plan: vLLM's own CMake configure, judged kernel family by family against the target GPU
+— minutes, where finding a kernel that cannot run after the compile costs forty."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+
+from spark_build.arch.compat import ComputeCapability
+from spark_build.arch.plan import plan_source, plan_table, raise_for_problems
+from spark_build.durable import atomic_write_text
+from spark_build.pipeline.step import Context, Step
+from spark_build.upstream.sources import FetchedSources
+
+
+class ArchPlanStep(Step):
+    name = "arch-plan"
+    summary = "run vLLM's CMake configure only and judge every kernel family against the target GPU"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        return {"arch": ctx.target.arch_list}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        if not ctx.recipe().is_vllm_release:
+            ctx.notes.append("arch-plan: not applicable (reads vLLM's CMake; this source is not vLLM)")
+            return {"skipped": True}
+        target = ComputeCapability.parse(ctx.gpus[0].compute_cap) if ctx.gpus else None
+        plan = plan_source(
+            ctx.src,
+            ctx.layout.arch_plan,
+            ctx.target.arch_list,
+            venv=ctx.venv,
+            cuda_home=ctx.config.cuda_home,
+            sources=FetchedSources.from_dict(ctx.optional_result("sources")),
+            runner=ctx.runner,
+            log=ctx.log(self.name),
+            target=target,
+            step=self.name,
+        )
+        table = io.StringIO()
+        Console(file=table, width=150, color_system=None).print(plan_table(plan))
+        atomic_write_text(ctx.run_folder.arch_plan_table, table.getvalue())
+        atomic_write_text(ctx.run_folder.arch_plan_json, json.dumps(plan.to_dict(), indent=2))
+        ctx.show(plan_table(plan))
+        raise_for_problems(plan, step=self.name, log=ctx.run_folder.arch_plan_table)
+        return plan.to_dict()
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        return bool(result.get("skipped")) or (ctx.layout.arch_plan / "compile_commands.json").is_file()

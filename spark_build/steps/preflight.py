@@ -1,0 +1,73 @@
+"""preflight: read the host once and judge it for this build, before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from spark_build.durable import atomic_write_text
+from spark_build.errors import UsageError
+from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds, evaluate, to_json
+from spark_build.host.facts import gather_host
+from spark_build.pipeline.step import Context, Step
+from spark_build.upstream.refs import ref_kind
+
+
+def needs_for(example: bool, compiles: bool) -> BuildNeeds:
+    """What the host must offer: the example's little, vLLM's disk, and vLLM's memory for one
+    compile job only when something will be compiled (a configure-only arch plan needs none)."""
+    if example:
+        return EXAMPLE_NEEDS
+    if not compiles:
+        return dataclasses.replace(
+            VLLM_NEEDS, one_job_bytes=EXAMPLE_NEEDS.one_job_bytes, heaviest_job_bytes=EXAMPLE_NEEDS.heaviest_job_bytes
+        )
+    return VLLM_NEEDS
+
+
+class Preflight(Step):
+    name = "preflight"
+    summary = "read the host (GPU, nvcc, memory, disk, torch) and check the repo has the ref"
+    volatile = True
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        cfg = ctx.config
+        nvcc = cfg.cuda_home / "bin" / "nvcc"
+        if not nvcc.is_file():
+            raise UsageError(
+                f"no nvcc at {nvcc}",
+                hint="install CUDA 13.0, or point --cuda-home (or CUDA_HOME) at it",
+            )
+        facts = gather_host(
+            ctx.workdir,
+            ctx.layout.cache,
+            arch=ctx.target.arch_list,
+            gpu_query=ctx.gpu_query,
+            python=ctx.python if ctx.python.exists() else Path(cfg.python),
+            # The compile step sets TRITON_PTXAS_PATH itself; judge the host as the build sees it.
+            env={
+                **os.environ,
+                "CUDA_HOME": str(cfg.cuda_home),
+                "TRITON_PTXAS_PATH": str(cfg.cuda_home / "bin" / "ptxas"),
+            },
+        )
+        ctx.host = facts
+        problems = evaluate(facts, ctx.target.arch_list, needs_for(cfg.example, ctx.compiles))
+        atomic_write_text(ctx.run_folder.host, to_json(problems, facts))
+        for problem in problems:
+            if problem.severity != "ok":
+                ctx.notes.append(f"preflight {problem.severity}: {problem.check}: {problem.value} — {problem.fix}")
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            first = errors[0]
+            more = f" (+{len(errors) - 1} more: invoke doctor)" if len(errors) > 1 else ""
+            raise UsageError(f"{first.check}: {first.value}{more}", hint=first.fix)
+        # A wrong --ref is found here, at second zero, not after torch is installed.
+        kind = ref_kind(cfg.repo, cfg.ref)
+        return {
+            "arch": ctx.target.arch_list,
+            "ref_kind": kind,
+            "warnings": [p.check for p in problems if p.severity == "warning"],
+        }

@@ -1,0 +1,205 @@
+"""The source: clone the ref, apply our patch series, keep our torch, install the build
+requirements, and fetch what vLLM's CMake would download (so configure and compile stay offline).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import git
+
+from spark_build.durable import sha256_of
+from spark_build.errors import StepFailed, UsageError
+from spark_build.pipeline.step import Context, Step
+from spark_build.upstream.patches import find_series, patches_digest
+from spark_build.upstream.recipe import Recipe, torch_pins
+from spark_build.upstream.refs import clone_url, ref_kind
+from spark_build.upstream.sources import FetchedSources, prepare_sources, sources_intact
+from spark_build.venv import index_args, installed_packages, uv_bin, uv_env
+
+
+class Clone(Step):
+    name = "clone"
+    summary = "clone the source at the pinned ref (shallow for tags and branches)"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        return {"repo": ctx.config.repo, "ref": ctx.config.ref}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        cfg = ctx.config
+        # A half-written clone from a killed run is not worth saving; start it clean.
+        shutil.rmtree(ctx.src, ignore_errors=True)
+        # Runs `git` through the runner rather than gitpython's clone_from so the fetch gets
+        # its own process group (Ctrl-C stops it) and its progress lands in the step's log.
+        if ref_kind(cfg.repo, cfg.ref) == "name":
+            ctx.run(
+                self.name,
+                ["git", "clone", "--progress", "--depth", "1", "--branch", cfg.ref, clone_url(cfg.repo), ctx.src],
+            )
+        else:
+            ctx.run(self.name, ["git", "clone", "--progress", "--no-checkout", clone_url(cfg.repo), ctx.src])
+            code = ctx.run(self.name, ["git", "-C", ctx.src, "checkout", "--detach", cfg.ref], check=False)
+            if code != 0:
+                raise UsageError(f"--ref '{cfg.ref}' is not a commit of {cfg.repo}", hint="check the commit id")
+        repo = git.Repo(ctx.src)
+        try:
+            describe = repo.git.describe("--tags", "--always")
+        except git.GitCommandError:
+            describe = repo.head.commit.hexsha[:12]
+        return {"commit": repo.head.commit.hexsha, "describe": describe}
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        try:
+            return git.Repo(ctx.src).head.commit.hexsha == result.get("commit")
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+            return False
+
+
+class Patch(Step):
+    name = "patch"
+    summary = "apply the patch series in patches/ that matches this source's version"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        return {"patches": patches_digest(ctx.config.patches_dir), "disabled": ctx.config.no_patches}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        recipe = ctx.recipe()
+        series = None if ctx.config.no_patches else find_series(ctx.config.patches_dir, recipe.series_name)
+        if series is None:
+            why = "--no-patches" if ctx.config.no_patches else f"no series for {recipe.series_name or 'this ref'}"
+            ctx.notes.append(f"patch: none applied ({why})")
+            return {"series": None, "applied": []}
+        applied = []
+        for patch in series.patches:
+            if self._git_apply(ctx, patch, "--reverse", "--check") == 0:
+                continue  # already in the tree
+            if self._git_apply(ctx, patch, "--check") != 0:
+                raise StepFailed(
+                    f"{patch.name} no longer applies to {recipe.dist} {recipe.version} (the log names file and hunk)",
+                    hint="refresh the patch for this version, or build pristine source with --no-patches",
+                )
+            self._git_apply(ctx, patch, check=True)
+            applied.append(patch.name)
+        return {"series": series.folder.name, "applied": [p.name for p in series.patches], "new": applied}
+
+    def _git_apply(self, ctx: Context, patch: Path, *flags: str, check: bool = False) -> int:
+        return ctx.run(self.name, ["git", "-C", ctx.src, "apply", "--verbose", *flags, patch], check=check)
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        series = result.get("series")
+        return all(
+            self._git_apply(ctx, ctx.config.patches_dir / str(series) / name, "--reverse", "--check") == 0
+            for name in result.get("applied", [])
+        )
+
+
+class UseExistingTorch(Step):
+    name = "use-existing-torch"
+    summary = "run the source's use_existing_torch.py so the build keeps our torch"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        script = ctx.src / "use_existing_torch.py"
+        if not script.is_file():
+            raise StepFailed(
+                f"{script.name} is missing from the source",
+                hint="this ref predates use_existing_torch.py; build a newer vLLM release",
+            )
+        ctx.run(self.name, [ctx.python, script.name], cwd=ctx.src)
+        left = torch_pins(ctx.src)
+        if left:
+            raise StepFailed(
+                f"torch is still pinned after {script.name}: {left[0]}"
+                + (f" (+{len(left) - 1} more)" if len(left) > 1 else ""),
+                hint="the script's rules changed; add a patch that drops these pins",
+            )
+        changed = git.Repo(ctx.src).git.diff("--name-only").splitlines()
+        return {"changed": changed}
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        return ctx.src.is_dir() and not torch_pins(ctx.src)
+
+
+class BuildDeps(Step):
+    name = "build-deps"
+    summary = "install the source's build requirements into the build venv (torch held fixed)"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        recipe = ctx.recipe()
+        torch_version = ctx.result("torch")["version"]
+        # A constraint keeps any build requirement from swapping out the torch we checked.
+        constraints = ctx.run_folder.torch_constraint
+        constraints.write_text(f"torch=={torch_version}\n")
+        requirement_args: list[str] = []
+        for rel in recipe.build_requirements:
+            requirement_args += ["-r", rel]
+        ctx.uv(
+            self.name,
+            "pip",
+            "install",
+            "--python",
+            ctx.python,
+            "--constraint",
+            constraints,
+            *index_args(ctx.config.torch_index),
+            *requirement_args,
+            cwd=ctx.src,
+        )
+        return {"files": self._hashes(ctx, recipe), "installed": installed_packages(ctx.venv)}
+
+    def _hashes(self, ctx: Context, recipe: Recipe) -> dict[str, str]:
+        return {rel: sha256_of(ctx.src / rel) for rel in recipe.build_requirements}
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        """Requirement files unchanged and everything installed then still installed. Later
+        additions (the compile step puts ccache into the venv) do not undo this step."""
+        try:
+            recipe = ctx.recipe()
+            installed = set(installed_packages(ctx.venv))
+            return self._hashes(ctx, recipe) == result.get("files") and set(result.get("installed", [])) <= installed
+        except (StepFailed, OSError):
+            return False
+
+
+class Sources(Step):
+    name = "sources"
+    summary = "fetch the external projects vLLM's CMake pins (offline-capable) and export *_SRC_DIR"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        cfg = ctx.config
+        return {"mirrors": dict(cfg.source_mirrors), "offline": cfg.offline, "cutlass": cfg.cutlass_from_package}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        if not ctx.recipe().is_vllm_release:
+            ctx.notes.append("sources: no external projects to fetch (not a vLLM release tree)")
+            return FetchedSources(()).to_dict()
+        cfg = ctx.config
+        recipe = ctx.recipe()
+        assert recipe.version is not None
+        cutlass_venv = None
+        if cfg.cutlass_from_package:
+            # Offline, nothing mirrors CUTLASS's git repo; the nvidia-cutlass wheel carries its
+            # headers (4.2.0, where vLLM 0.13.0 pins v4.2.1).
+            ctx.run(
+                self.name,
+                [uv_bin(), "pip", "install", "--python", ctx.python, "nvidia-cutlass"],
+                env=uv_env(cfg.uv_cache_dir),
+            )
+            cutlass_venv = ctx.venv
+        fetched = prepare_sources(
+            ctx.src,
+            recipe.version,
+            ctx.layout.sources_cache,
+            mirrors=cfg.source_mirrors,
+            offline=cfg.offline,
+            cutlass_venv=cutlass_venv,
+        )
+        for project in fetched.projects:
+            ctx.notes.append(f"sources: {project.name} {project.revision} from {project.origin}")
+        ctx.notes.extend(f"sources: {note}" for note in fetched.notes)
+        return fetched.to_dict()
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        return sources_intact(result)

@@ -1,0 +1,76 @@
+"""venv and torch: the build's interpreter, and the torch every extension compiles against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spark_build.errors import StepFailed
+from spark_build.pipeline.step import Context, Step
+from spark_build.venv import index_args
+
+
+class Venv(Step):
+    name = "venv"
+    summary = "create the build venv with uv"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        return {"python": ctx.config.python}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        # --seed puts pip into the venv: the compile runs `pip wheel`, as vLLM's docs build.
+        ctx.uv(self.name, "venv", "--clear", "--seed", "--python", ctx.config.python, ctx.venv)
+        info = ctx.probe_json(
+            self.name,
+            ctx.python,
+            "import json,sys,platform; json.dump({'version': platform.python_version()}, open(sys.argv[1],'w'))",
+        )
+        return {"python_version": info["version"]}
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        return ctx.python.exists()
+
+
+_TORCH_PROBE = """
+import json, sys
+import torch
+json.dump({"version": torch.__version__, "cuda": torch.version.cuda,
+           "arch_list": torch.cuda.get_arch_list() if torch.version.cuda else []}, open(sys.argv[1], "w"))
+"""
+
+
+class Torch(Step):
+    name = "torch"
+    summary = "install torch from the configured index and check its CUDA version"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        cfg = ctx.config
+        return {"index": cfg.torch_index, "packages": cfg.torch_packages, "cuda": cfg.torch_cuda}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        cfg = ctx.config
+        ctx.uv(self.name, "pip", "install", "--python", ctx.python, *index_args(cfg.torch_index), *cfg.torch_packages)
+        found = ctx.probe_json(self.name, ctx.python, _TORCH_PROBE)
+        cuda = found.get("cuda")
+        if not torch_matches(cuda, cfg.torch_cuda):
+            wanted = "a CPU build" if cfg.torch_cuda == "cpu" else f"CUDA {cfg.torch_cuda}.x"
+            raise StepFailed(
+                f"torch {found['version']} is built for CUDA {cuda or 'none (CPU)'}, wanted {wanted}",
+                hint=f"check --torch-index ({cfg.torch_index}) serves the right build, or set --torch-cuda",
+            )
+        return {"version": found["version"], "cuda": cuda, "arch_list": found.get("arch_list", [])}
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        if not ctx.python.exists():
+            return False
+        dist_infos = list((ctx.venv / "lib").glob("python*/site-packages/torch-*.dist-info"))
+        version = str(result.get("version", "")).split("+")[0]
+        return any(d.name.startswith(f"torch-{version}") for d in dist_infos)
+
+
+def torch_matches(cuda: str | None, wanted: str) -> bool:
+    """Does a torch whose `torch.version.cuda` is `cuda` fit `--torch-cuda` (a major or 'cpu')?
+    A cu128 torch on a CUDA 13 Spark imports, then dies looking for `libcudart.so.12`."""
+    if wanted == "cpu":
+        return cuda is None
+    return bool(cuda) and str(cuda).split(".")[0] == wanted

@@ -1,0 +1,208 @@
+"""Prove the wheel outside the build: a fresh venv holding the wheel and the torch the build
+used, every compiled extension imported, every ELF file's libraries resolved (no CUDA 12
+library in a CUDA 13 build), and the GPU code judged against the target GPU.
+
+A fresh venv matters: the build venv holds the source tree's build requirements and could
+hide a dependency the wheel forgot to declare.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+from rich.console import Console
+
+from spark_build.arch.compat import ComputeCapability
+from spark_build.durable import sha256_of
+from spark_build.errors import StepFailed, UsageError
+from spark_build.proc import Runner
+from spark_build.venv import index_args, uv_bin, uv_env
+from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
+from spark_build.wheel.linkage import LibrarySearch, linkage_audit
+from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
+from spark_build.wheel.tinymodel import script_argv
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+found = {}
+for name in sys.argv[2:]:
+    try:
+        found[name] = {"ok": True, "file": getattr(importlib.import_module(name), "__file__", None)}
+    except Exception as exc:  # report every module, not just the first failure
+        found[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+json.dump(found, open(sys.argv[1], "w"))
+"""
+
+
+@dataclass(frozen=True)
+class WheelProof:
+    """What `prove_wheel` needs: the wheel, where to install it, and what to judge it by."""
+
+    wheel: Path
+    venv: Path
+    python: str  # interpreter the fresh venv is made from
+    requirements: tuple[str, ...]  # e.g. torch==2.9.0+cu130 — a source-built wheel no longer pins it
+    index: str
+    modules: tuple[str, ...]  # the package and its compiled extensions
+    cuda_home: Path
+    cuda_major: int
+    targets: tuple[str, ...]  # compute capabilities, e.g. ("12.1",)
+    uv_cache_dir: Path | None = None
+    serve: bool = False  # also start the server and ask it for completions (vLLM only)
+    serve_model: str | None = None  # None: a small instruct model from the HF cache, else a tiny Llama
+
+
+@dataclass
+class Proof:
+    """The outcome of `prove_wheel`: results for summary.json, the audit reports to render, and
+    the problems found (empty when the wheel checks out)."""
+
+    results: dict[str, Any]
+    reports: list[Any]
+    problems: list[str]
+
+    def raise_if_failed(self, *, step: str, log: Path) -> None:
+        if self.problems:
+            more = f" (+{len(self.problems) - 1} more in the log)" if len(self.problems) > 1 else ""
+            raise StepFailed(
+                f"{self.problems[0]}{more}",
+                step=step,
+                log=log,
+                hint="the linkage and GPU-code tables in the log show what is missing or from which CUDA",
+            )
+
+
+def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "validate") -> Proof:
+    """Install into a fresh venv, audit linkage and GPU code, import every module. Every check
+    runs even when an earlier one fails: a failed import is best explained by the linkage table."""
+    python = proof.venv / "bin" / "python"
+    env = uv_env(proof.uv_cache_dir)
+    uv = uv_bin()
+    runner.run([uv, "venv", "--clear", "--python", proof.python, proof.venv], log=log, step=step, env=env)
+    runner.run(
+        [uv, "pip", "install", "--python", python, *index_args(proof.index), proof.wheel, *proof.requirements],
+        log=log,
+        step=step,
+        env=env,
+    )
+    linkage = linkage_audit(proof.wheel, LibrarySearch.for_venv(proof.venv, os.environ), proof.cuda_major)
+    cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
+    arch_reports = [arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump) for cc in proof.targets]
+    imports_file = log.with_suffix(".imports.json")
+    runner.run([python, "-c", _IMPORT_PROBE, imports_file, *proof.modules], log=log, step=step, cwd=proof.venv)
+    found = json.loads(imports_file.read_text())
+    problems = [f"the installed wheel fails to import {m}: {r['error']}" for m, r in found.items() if not r["ok"]]
+    problems += [f"linkage: {p}" for p in linkage.problems]
+    problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
+    reports = [linkage, *arch_reports]
+    _append_tables(log, reports)
+    serve_report = None
+    if proof.serve and not problems:
+        serve_report = _serve(proof, runner, log, step)
+        if not serve_report.passed:
+            problems.append(f"serve: {serve_report.failure}")
+    results = {
+        "wheel_sha256": sha256_of(proof.wheel),
+        "imports": {m: r["ok"] for m, r in found.items()},
+        "linkage": linkage.to_dict(),
+        "arch": [r.to_dict() for r in arch_reports],
+        "verdicts": {str(r.target): r.verdict.value for r in arch_reports},
+        "problems": problems,
+        "serve": serve_report.to_dict() if serve_report is not None else None,
+    }
+    return Proof(results, reports, problems)
+
+
+def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeReport:
+    """Serve a small model from the fresh venv: a 200 from /health is not enough, so the check
+    sends a real completion and chat completion (a server can die at its first request)."""
+    python = proof.venv / "bin" / "python"
+    model = proof.serve_model
+    if model is None:
+        cached = find_cached_instruct_model(hf_hub_cache(os.environ, Path.home()))
+        if cached is not None:
+            model = str(cached)
+        else:
+            # No Hugging Face cache (offline box): a tiny random-weight Llama proves the serving
+            # path; it says nothing about output quality.
+            tiny = proof.venv.parent / "tiny-llama"
+            runner.run(script_argv(python, tiny), log=log, step=step)
+            model = str(tiny)
+    options = ServeOptions(model=model, python=python, workdir=proof.venv.parent / "serve")
+    return serve_check(options, log=log.with_suffix(".serve.log"), on_group=runner.on_group, say=runner.sink.line)
+
+
+def _append_tables(log: Path, reports: Sequence[Any]) -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    for report in reports:
+        report.render(console)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(buffer.getvalue())
+
+
+def render_proof(results: Mapping[str, Any]) -> list[str]:
+    """One line per check, for the run's notes."""
+    linkage = results["linkage"]
+    lines = [
+        f"validate: imports ok: {', '.join(sorted(results['imports']))}",
+        f"validate: linkage ok: {len(linkage['libraries'])} libraries resolved, none from another CUDA major",
+    ]
+    lines += [f"validate: GPU code for compute capability {cc}: {v}" for cc, v in results["verdicts"].items()]
+    serve = results.get("serve")
+    if serve:
+        eager = " (needed --enforce-eager)" if serve["enforce_eager_needed"] else ""
+        lines.append(f"validate: served {serve['model']}: ready in {serve['time_to_ready_s']:.1f}s{eager}")
+    return lines
+
+
+def serve_decision(dist: str, gpus: int, wanted: bool) -> tuple[bool, str]:
+    """Serve only where it can mean something: vLLM itself, on a machine with its GPU."""
+    if not wanted:
+        return False, "serve check off (--no-serve)"
+    if dist != "vllm":
+        return False, f"serve check not applicable to {dist} (not vLLM)"
+    if gpus == 0:
+        return False, "serve check skipped: no GPU on this machine (run invoke validate on the Spark)"
+    return True, "serve check on"
+
+
+_EXTENSION_SUFFIX = re.compile(r"\.(abi3|cpython-[^./]+)\.so$")
+
+
+def wheel_modules(names: Sequence[str]) -> tuple[str, ...]:
+    """What a working install must import, read from the wheel's own file list: each top-level
+    package, then every compiled extension module inside one (`vllm/_C.abi3.so` → `vllm._C`).
+    Vendored libraries (`vllm.libs/libfoo.so`) are loaded by the extensions, not imported."""
+    packages = sorted({n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/__init__.py")})
+    extensions = []
+    for name in sorted(names):
+        match = _EXTENSION_SUFFIX.search(name)
+        if match and name.split("/")[0] in packages:
+            extensions.append(name[: match.start()].replace("/", "."))
+    return (*packages, *extensions)
+
+
+def modules_of(wheel: Path) -> tuple[str, ...]:
+    with zipfile.ZipFile(wheel) as archive:
+        return wheel_modules(archive.namelist())
+
+
+def cuda_major(torch_cuda: str, nvcc_version: Version | None) -> int:
+    """The CUDA major the linkage audit holds a wheel to: `--torch-cuda` when it names one, else
+    nvcc's (a CPU-torch example build still links against the toolkit it compiled with)."""
+    if torch_cuda.isdigit():
+        return int(torch_cuda)
+    if nvcc_version is None:
+        raise UsageError("cannot tell the CUDA major to audit against", hint="pass --torch-cuda 13")
+    return nvcc_version.major
