@@ -15,6 +15,7 @@ from rich.console import Console
 
 from spark_build import config as options
 from spark_build.errors import SparkBuildError
+from spark_build.layout import NIGHTLY_HISTORY
 
 
 def console() -> Console:
@@ -89,7 +90,7 @@ def nightly(
         cfg = options.resolve(cli, file)
         out = console()
         pinned = url or DEFAULT_WHEEL_URL
-        history = cfg.logs_dir / "nightly-history.jsonl"
+        history = cfg.logs_dir / NIGHTLY_HISTORY
         log_path = cfg.logs_dir / f"nightly-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -152,7 +153,7 @@ def schedule(
     def action() -> int:
         cfg = options.resolve(cli, file)
         out = console()
-        history = cfg.logs_dir / "nightly-history.jsonl"
+        history = cfg.logs_dir / NIGHTLY_HISTORY
         if status:
             for line in timer.schedule_status(history_path=history).lines():
                 out.print(line, highlight=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 LATEST = "latest"  # logs/latest → the newest run folder
+SUMMARY = "summary.json"  # a run folder is a run once it holds this
 NIGHTLY_HISTORY = "nightly-history.jsonl"
 
 
@@ -99,7 +100,7 @@ class RunFolder:
 
     @property
     def summary(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / SUMMARY
 
     @property
     def trace(self) -> Path:

@@ -20,11 +20,12 @@ from pathlib import Path
 import psutil
 
 from spark_build.errors import BuildLocked
+from spark_build.layout import Workdir
 
 
 class WorkdirLock:
     def __init__(self, workdir: Path) -> None:
-        self.path = workdir / ".lock"
+        self.path = Workdir(workdir).lock_file
         self._fd: int | None = None
         self.leftover_pgid: int | None = None
 

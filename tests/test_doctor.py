@@ -20,7 +20,7 @@ from packaging.version import Version
 from rich.console import Console
 
 from spark_build.errors import UsageError
-from spark_build.host.archprobe import PROBE_CACHE_NAME, PROBE_TIMEOUT_S, ArchProbe, probe_nvcc, probe_nvcc_arch
+from spark_build.host.archprobe import PROBE_CACHE_NAME, PROBE_TIMEOUT_S, ArchProbe, probe_nvcc
 from spark_build.host.doctor import (
     BUILD_DISK_NEED_BYTES,
     CACHE_DISK_NEED_BYTES,
@@ -481,10 +481,10 @@ def test_nvidia_smi_lines_parse_into_gpus_and_junk_is_ignored() -> None:
 def test_probe_results_are_cached_per_nvcc_build(tmp_path: Path) -> None:
     runner = CannedRunner({"nvcc -cubin": (0, "")})
     nvcc = tmp_path / "nvcc"
-    assert probe_nvcc_arch(nvcc, "12.1a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
-    assert probe_nvcc_arch(nvcc, "12.1a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
+    assert probe_nvcc(nvcc, "12.1a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD).accepted
+    assert probe_nvcc(nvcc, "12.1a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD).accepted
     assert len(runner.calls) == 1
-    assert probe_nvcc_arch(nvcc, "12.1a", tmp_path, run=runner, nvcc_build="cuda_13.1.r13.1/compiler.1_0")
+    assert probe_nvcc(nvcc, "12.1a", tmp_path, run=runner, nvcc_build="cuda_13.1.r13.1/compiler.1_0").accepted
     assert len(runner.calls) == 2  # another compiler build is asked again
 
 
@@ -512,14 +512,14 @@ def test_real_nvcc_accepts_sm_121a_rejects_a_bogus_arch_and_caches_both(tmp_path
         calls.append(list(argv))
         return run_command(argv, timeout=PROBE_TIMEOUT_S)
 
-    assert probe_nvcc_arch(REAL_NVCC, "12.1a", tmp_path, run=counting) is True
+    assert probe_nvcc(REAL_NVCC, "12.1a", tmp_path, run=counting).accepted is True
     rejected = probe_nvcc(REAL_NVCC, "13.7a", tmp_path, run=counting)
     assert rejected.accepted is False and "compute_137a" in rejected.detail
     assert sum("-cubin" in argv for argv in calls) == 2
 
     calls.clear()
-    assert probe_nvcc_arch(REAL_NVCC, "12.1a", tmp_path, run=counting) is True
-    assert probe_nvcc_arch(REAL_NVCC, "13.7a", tmp_path, run=counting) is False
+    assert probe_nvcc(REAL_NVCC, "12.1a", tmp_path, run=counting).accepted is True
+    assert probe_nvcc(REAL_NVCC, "13.7a", tmp_path, run=counting).accepted is False
     assert not any("-cubin" in argv for argv in calls)  # answered from the cache: no compile ran
 
 

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from spark_build.arch.archlist import parse_arch_list
 from spark_build.arch.cmake_configure import Configured, configure
 from spark_build.arch.compat import ComputeCapability, GpuCode, Verdict, best_on
 from spark_build.errors import StepFailed
@@ -260,12 +258,6 @@ def problems(rows: Iterable[PlanRow]) -> list[PlanRow]:
     return [row for row in rows if row.verdict is Verdict.CANNOT_RUN]
 
 
-def builds_for_major(row: PlanRow, target: ComputeCapability) -> bool:
-    """Whether the row carries code made for the target's generation (12.x for the Spark);
-    families that vLLM builds only as older PTX are JIT-compiled by design."""
-    return any(GpuCode.parse(code).major == target.major for code in (*row.sass, *row.ptx))
-
-
 @dataclass(frozen=True)
 class ArchPlan:
     """The whole answer: what the configure chose, for which target, and the verdicts."""
@@ -314,13 +306,6 @@ def read_plan(configured: Configured, roots: Mapping[str, Path], arch_list: str,
     )
 
 
-def target_of(arch_list: str) -> ComputeCapability:
-    """The GPU a one-GPU arch list is for (`12.1a` → 12.1): the newest entry. Prefer the
-    build host's own GPU (preflight's `compute_cap`) when there is one."""
-    newest = max(parse_arch_list(arch_list))
-    return ComputeCapability(newest.major, newest.minor)
-
-
 def plan_source(
     source: Path,
     build_dir: Path,
@@ -331,7 +316,7 @@ def plan_source(
     sources: FetchedSources,
     runner: Runner,
     log: Path,
-    target: ComputeCapability | None = None,
+    target: ComputeCapability,
     step: str = "arch-plan",
 ) -> ArchPlan:
     """The arch-plan step in one call: configure with the fetched sources, read, judge."""
@@ -339,7 +324,7 @@ def plan_source(
         source, build_dir, arch, venv=venv, cuda_home=cuda_home, runner=runner, log=log, env=sources.env, step=step
     )
     roots = {"vllm": source, **{p.name: p.checkout for p in sources.projects}}
-    return read_plan(configured, roots, arch, target or target_of(arch))
+    return read_plan(configured, roots, arch, target)
 
 
 def raise_for_problems(plan: ArchPlan, step: str = "arch-plan", log: Path | None = None) -> None:
@@ -395,12 +380,3 @@ def plan_table(plan: ArchPlan) -> Table:
             row.note,
         )
     return table
-
-
-def render_plan(plan: ArchPlan, console: Console) -> None:
-    console.print(plan_table(plan))
-    bad = plan.problems()
-    if bad:
-        console.print(
-            Text(f"{len(bad)} row(s) cannot run on {plan.target}: {', '.join(r.name for r in bad)}", style="bold red")
-        )

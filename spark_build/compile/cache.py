@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 from spark_build.compile.cache_stats import CacheStats, Tool, query_stats, stats_delta
 from spark_build.compile.jobplan import parse_mem_size
 from spark_build.errors import UsageError
+from spark_build.layout import Workdir
 
 Storage = Literal["none", "local", "redis"]
 
@@ -230,10 +231,6 @@ def tool_path(venv: Path, tool: Tool) -> Path:
     return venv / "bin" / tool
 
 
-def default_cache_dir(workdir: Path, tool: Tool) -> Path:
-    return workdir / "compiler-cache" / tool
-
-
 def cache_env(
     plan: CachePlan,
     *,
@@ -410,7 +407,7 @@ def start(
             plan, cache_env(plan, tool_bin=None, cache_dir=workdir, size_limit=1, base_dir=workdir), None, None
         )
     tool_bin = tool_path(ctx.venv, plan.tool)
-    directory = cache_dir or default_cache_dir(workdir, plan.tool)
+    directory = cache_dir or Workdir(workdir).compiler_cache(plan.tool)
     directory.mkdir(parents=True, exist_ok=True)
     dist_config = None
     if dist:
@@ -421,11 +418,10 @@ def start(
             )
         from spark_build.compile.distcache import client_config
 
-        dist_config = workdir / "sccache-dist" / "client.conf"
+        dist_folder = Workdir(workdir).sccache_dist
+        dist_config = dist_folder / "client.conf"
         dist_config.parent.mkdir(parents=True, exist_ok=True)
-        text = client_config(
-            scheduler_url=dist, client_token=dist_token, toolchain_dir=workdir / "sccache-dist" / "toolchains"
-        )
+        text = client_config(scheduler_url=dist, client_token=dist_token, toolchain_dir=dist_folder / "toolchains")
         dist_config.write_text(text)
         dist_config.chmod(0o600)
     env = cache_env(

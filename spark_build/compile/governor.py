@@ -17,7 +17,7 @@ caller's; a stopped process cannot act on SIGINT/SIGTERM until it is continued):
     with Governor(build.pid, budget_bytes=plan.budget_bytes, estimates=est.peaks,
                   default_peak=plan.per_job_bytes, reserve_bytes=reserve) as gov:
         returncode = build.wait()
-    write_jobs_json(run_dir / "jobs.json", gov.job_records(), parse_ninja_log(ninja_log))
+    write_jobs_json(RunFolder(run_dir).jobs, gov.job_records(), parse_ninja_log(ninja_log))
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from spark_build.errors import SparkBuildError, UsageError
+from spark_build.layout import RunFolder
 
 KIB = 1024
 GIB = 1024**3
@@ -195,9 +196,6 @@ class Estimates:
     seconds: Mapping[str, float]
     origin: str
 
-    def peak_for(self, obj: str, default: int) -> int:
-        return self.peaks.get(normalize_object(obj), default)
-
 
 def estimates_from(records: Sequence[Mapping[str, Any]], profile: Mapping[str, Any] | None) -> Estimates:
     """Merge the default profile with earlier builds' `jobs.json` documents (oldest first).
@@ -254,8 +252,8 @@ def load_estimates(
     files: list[Path] = []
     for path in records:
         if path.is_dir():
-            own = path / "jobs.json"
-            files.extend([own] if own.exists() else sorted(path.glob("*/jobs.json")))
+            own = RunFolder(path).jobs
+            files.extend([own] if own.exists() else sorted(path.glob(f"*/{own.name}")))
         else:
             files.append(path)
     docs: list[tuple[float, Mapping[str, Any]]] = []

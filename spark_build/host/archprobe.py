@@ -97,18 +97,6 @@ def probe_nvcc(
     return ArchProbe(str(entry), sm, accepted, detail)
 
 
-def probe_nvcc_arch(
-    nvcc: Path,
-    arch: str | archmap.ArchEntry,
-    cache_dir: Path,
-    *,
-    run: Query | None = None,
-    nvcc_build: str | None = None,
-) -> bool:
-    """Whether `nvcc` and its ptxas build a cubin for `arch`; see `probe_nvcc`."""
-    return probe_nvcc(nvcc, arch, cache_dir, run=run, nvcc_build=nvcc_build).accepted
-
-
 def _first_error_line(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in lines:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_build.compile.jobplan import format_bytes
+from spark_build.layout import SUMMARY, RunFolder
 from spark_build.pipeline.report import fmt_seconds
 
 TRACE_META = "trace"  # key `load_runs` adds: the run's trace.json `otherData`, when it has one
@@ -184,7 +185,7 @@ def load_runs(logs_dir: Path) -> list[dict[str, Any]]:
     build killed with -9 before writing it) is left out rather than failing the whole history.
     """
     runs = []
-    for path in sorted(logs_dir.glob("*/summary.json")):
+    for path in sorted(logs_dir.glob(f"*/{SUMMARY}")):
         if path.parent.is_symlink():
             continue
         try:
@@ -192,6 +193,6 @@ def load_runs(logs_dir: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         with contextlib.suppress(OSError, ValueError, AttributeError):  # runs before traces existed
-            summary[TRACE_META] = json.loads((path.parent / "trace.json").read_text()).get("otherData") or {}
+            summary[TRACE_META] = json.loads(RunFolder(path.parent).trace.read_text()).get("otherData") or {}
         runs.append(summary)
     return runs

@@ -27,7 +27,7 @@ from spark_build.insight.critical_path import Deps, critical_path, ninja_graph
 from spark_build.insight.history import TRACE_META, describe_change, history_rows, load_runs, outcome_of, step_status
 from spark_build.insight.history import cache_hits as run_cache_hits
 from spark_build.insight.history import peak_memory as run_peak_memory
-from spark_build.insight.trace import TRACE_FILE
+from spark_build.layout import LATEST, SUMMARY, RunFolder
 from spark_build.pipeline.report import StepOutcome, fmt_seconds, timing_rows
 
 TOP = 10
@@ -56,14 +56,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def find_run(logs_dir: Path, run: str | None) -> Path:
     """The run folder for `run`: None or `latest`, a run id, a unique prefix of one, or a path."""
-    if run and Path(run).is_dir() and (Path(run) / "summary.json").exists():
+    if run and Path(run).is_dir() and RunFolder(Path(run)).summary.exists():
         return Path(run)
-    runs = sorted(p.parent.name for p in logs_dir.glob("*/summary.json") if not p.parent.is_symlink())
+    runs = sorted(p.parent.name for p in logs_dir.glob(f"*/{SUMMARY}") if not p.parent.is_symlink())
     if not runs:
         raise UsageError(f"no builds in {logs_dir}", hint="run invoke build-vllm first, or pass --logs-dir")
-    if run in (None, "", "latest"):
-        latest = logs_dir / "latest"
-        return latest.resolve() if (latest / "summary.json").exists() else logs_dir / runs[-1]
+    if run in (None, "", LATEST):
+        latest = logs_dir / LATEST
+        return latest.resolve() if RunFolder(latest).summary.exists() else logs_dir / runs[-1]
     matches = [r for r in runs if r == run] or [r for r in runs if r.startswith(str(run))]
     if len(matches) != 1:
         shown = ", ".join(runs[-5:])
@@ -73,10 +73,11 @@ def find_run(logs_dir: Path, run: str | None) -> Path:
 
 
 def load_run(folder: Path) -> RunLogs:
-    summary = _read_json(folder / "summary.json")
+    run_folder = RunFolder(folder)
+    summary = _read_json(run_folder.summary)
     if summary is None:
-        raise UsageError(f"{folder / 'summary.json'} is missing or unreadable", hint="pick another run")
-    return RunLogs(folder, summary, _read_json(folder / TRACE_FILE), _read_json(folder / "jobs.json"))
+        raise UsageError(f"{run_folder.summary} is missing or unreadable", hint="pick another run")
+    return RunLogs(folder, summary, _read_json(run_folder.trace), _read_json(run_folder.jobs))
 
 
 # -- the dependency graph -----------------------------------------------------------------------
@@ -383,7 +384,9 @@ def report_main(logs_dir: Path, run: str | None, as_json: bool, console: Console
         render_report(data, console)
     if html is not None:
         if logs.trace is None:
-            raise UsageError(f"{logs.folder.name} has no {TRACE_FILE} to draw", hint="pick a newer run")
+            raise UsageError(
+                f"{logs.folder.name} has no {RunFolder(logs.folder).trace.name} to draw", hint="pick a newer run"
+            )
         html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}"))
         if not as_json:
             console.print(f"timeline: {html}", highlight=False, markup=False)

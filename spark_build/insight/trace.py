@@ -29,9 +29,8 @@ from typing import Any, NamedTuple
 
 from spark_build.compile.jobplan import GIB, NinjaLine, normalize_object, parse_ninja_lines
 from spark_build.durable import atomic_write_text
+from spark_build.layout import RunFolder
 
-TRACE_FILE = "trace.json"
-GOVERNOR_LOG = "governor.jsonl"  # one JSON object a line: a memory sample, or {"event": …}
 PID_BUILD, PID_COMPILE, PID_MEMORY = 1, 2, 3
 TID_GOVERNOR = 1000  # the compile process's track for the governor's instants
 _ORIGIN_TOLERANCE_S = 1.0  # lines whose clock origins differ less belong to one Ninja run
@@ -396,7 +395,7 @@ def read_governor_log(path: Path) -> tuple[list[MemorySample], list[GovernorEven
 
 def _peaks(log_dir: Path) -> dict[str, int]:
     try:
-        doc = json.loads((log_dir / "jobs.json").read_text())
+        doc = json.loads(RunFolder(log_dir).jobs.read_text())
     except (OSError, ValueError):
         return {}
     return {
@@ -411,7 +410,7 @@ def write_trace(log_dir: Path, *, state_file: Path, build_root: Path, ninja: Pat
     `.ninja_log` files under `build_root` (setuptools' `build/`), and, where present, the run's
     `jobs.json` and `governor.jsonl`. `ninja` is kept so `invoke report` can ask it for the
     dependency graph later."""
-    summary = json.loads((log_dir / "summary.json").read_text())
+    summary = json.loads(RunFolder(log_dir).summary.read_text())
     run_id = str(summary.get("run_id", log_dir.name))
     try:
         state = json.loads(state_file.read_text())
@@ -421,7 +420,7 @@ def write_trace(log_dir: Path, *, state_file: Path, build_root: Path, ninja: Pat
     logs = sorted(build_root.glob("**/.ninja_log"))
     lines = [line for log in logs for line in parse_ninja_lines(log.read_text(errors="replace"))]
     objects = objects_built_in(ninja_runs(lines), times.get("compile"), _peaks(log_dir))
-    samples, happenings = read_governor_log(log_dir / GOVERNOR_LOG)
+    samples, happenings = read_governor_log(RunFolder(log_dir).governor_journal)
     events = trace_events(summary, objects, samples, happenings, times)
     other = {
         "run_id": run_id,
@@ -433,7 +432,7 @@ def write_trace(log_dir: Path, *, state_file: Path, build_root: Path, ninja: Pat
         "ninja": str(ninja) if ninja else None,
         "peak_memory_bytes": max((s.used_bytes for s in samples if s.used_bytes is not None), default=None),
     }
-    path = log_dir / TRACE_FILE
+    path = RunFolder(log_dir).trace
     atomic_write_text(path, json.dumps(trace_document(events, other), separators=(",", ":")) + "\n")
     return path
 

@@ -20,6 +20,7 @@ from rich.status import Status
 from rich.table import Table
 
 from spark_build.durable import atomic_write_text
+from spark_build.layout import LATEST, RunFolder
 from spark_build.pipeline.plan import StepPlan
 from spark_build.proc import StatusSink
 
@@ -142,7 +143,7 @@ class Reporter(StatusSink):
 
 
 def write_summary(log_dir: Path, summary: dict[str, Any]) -> Path:
-    path = log_dir / "summary.json"
+    path = RunFolder(log_dir).summary
     atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
@@ -175,7 +176,7 @@ def summary_payload(
 
 def point_latest(logs_dir: Path, run_dir: Path) -> None:
     """`logs/latest` → the newest run, swapped atomically (a reader never finds it missing)."""
-    link = logs_dir / "latest"
+    link = logs_dir / LATEST
     tmp = logs_dir / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name)

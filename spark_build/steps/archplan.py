@@ -28,7 +28,8 @@ class ArchPlanStep(Step):
         if not ctx.recipe().is_vllm_release:
             ctx.notes.append("arch-plan: not applicable (reads vLLM's CMake; this source is not vLLM)")
             return {"skipped": True}
-        target = ComputeCapability.parse(ctx.gpus[0].compute_cap) if ctx.gpus else None
+        # The GPU in this machine when there is one, else the newest the target lists.
+        target = ComputeCapability.parse(ctx.gpus[0].compute_cap) if ctx.gpus else ctx.target.newest
         plan = plan_source(
             ctx.src,
             ctx.layout.arch_plan,
