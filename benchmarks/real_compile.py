@@ -53,15 +53,14 @@ from spark_build.arch.cmake_configure import configure  # noqa: E402
 from spark_build.compile.governor import Governor  # noqa: E402
 from spark_build.compile.jobplan import (  # noqa: E402
     cpu_count,
-    format_bytes,
     normalize_object,
-    parse_mem_size,
     parse_ninja_log,
     plan_jobs,
     write_jobs_json,
 )
 from spark_build.compile.oom import find_oom_kills  # noqa: E402
 from spark_build.proc import Runner  # noqa: E402
+from spark_build.sizes import format_bytes, parse_mem_size  # noqa: E402
 from spark_build.upstream.sources import prepare_sources  # noqa: E402
 
 PROFILE = ROOT / "spark_build" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"

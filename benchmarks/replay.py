@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spark_build.compile.governor import Governor, JobState, decide  # noqa: E402
-from spark_build.compile.jobplan import GIB, cpu_count, format_bytes, parse_mem_size, plan_jobs  # noqa: E402
+from spark_build.compile.jobplan import cpu_count, plan_jobs  # noqa: E402
 from spark_build.compile.oom import find_oom_kills  # noqa: E402
+from spark_build.sizes import GIB, format_bytes, parse_mem_size  # noqa: E402
 
 PROFILE = ROOT.parent / "shared" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
 WORKER = Path(__file__).with_name("replay_job.py")

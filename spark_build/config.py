@@ -284,7 +284,7 @@ def resolve(
 def _mem_budget(value: Any) -> int | None:
     if value is None or str(value).strip().lower() == "auto":
         return None
-    from spark_build.compile.jobplan import parse_mem_size
+    from spark_build.sizes import parse_mem_size
 
     return parse_mem_size(str(value))
 
@@ -305,7 +305,7 @@ def _mirrors(value: Any, base: Path) -> dict[str, str]:
 
 
 def _mem_reserve(value: Any) -> int:
-    from spark_build.compile.jobplan import parse_mem_size
+    from spark_build.sizes import parse_mem_size
 
     return parse_mem_size(str(value), option="--mem-reserve", allow_zero=True)
 

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 
 from spark_build.compile.jobplan import (
-    GIB,
     JobRecord,
     NinjaLogEntry,
     cpu_count,
     load_estimates,
-    parse_mem_size,
     parse_ninja_log,
     plan_jobs,
     write_jobs_json,
 )
 from spark_build.errors import SparkBuildError, UsageError
+from spark_build.sizes import GIB, parse_mem_size
 
 MIB = 2**20
 PROFILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"

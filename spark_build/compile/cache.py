@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from spark_build.compile.cache_stats import CacheStats, Tool, query_stats, stats_delta
-from spark_build.compile.jobplan import parse_mem_size
 from spark_build.errors import UsageError
 from spark_build.layout import Workdir
+from spark_build.sizes import parse_mem_size
 
 Storage = Literal["none", "local", "redis"]
 

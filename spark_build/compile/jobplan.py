@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +27,7 @@ from typing import Any, NamedTuple
 
 from spark_build.errors import SparkBuildError, UsageError
 from spark_build.layout import RunFolder
-
-KIB = 1024
-GIB = 1024**3
-_UNITS = {"": 1, "K": KIB, "M": KIB**2, "G": KIB**3, "T": KIB**4}
-_SIZE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>[KMGT]?)(?:I?B)?\s*$", re.I)
+from spark_build.sizes import KIB, format_bytes
 
 # The share of objects whose peak a planned job slot is sized for. The rest (CUTLASS sm120 /
 # FP4 units at 6.5–9.1 GB) are the governor's to hold back when they coincide; sizing every
@@ -41,35 +36,6 @@ SLOT_QUANTILE = 0.75
 # The measured compile every object never built before is planned from (shipped as package data).
 DEFAULT_PROFILE = Path(__file__).parents[1] / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
 JOBS_JSON_VERSION = 1
-
-
-def parse_mem_size(text: str, *, option: str = "--mem-budget", allow_zero: bool = False) -> int:
-    """Bytes from `16G`, `1.5GiB`, `512M`, `64GB`, `2T` or a plain byte count.
-
-    Units are binary (1G = 2**30) with or without `B`/`iB`, as build tools and `free -g` use
-    them. Zero, negative and unparseable sizes raise `UsageError` (exit 2): a budget of 0 would
-    plan no job at all, and silently falling back to a default would hide the typo.
-    """
-    match = _SIZE.match(text)
-    if match is None:
-        raise UsageError(
-            f"{option} {text!r} is not a memory size", hint=f"give a size such as {option} 16G, 1.5G or 512M"
-        )
-    value = float(match["num"]) * _UNITS[match["unit"].upper()]
-    if allow_zero and value == 0:
-        return 0  # a reserve may be nothing; a budget may not
-    if value < 1 or not math.isfinite(value):
-        raise UsageError(
-            f"{option} {text!r} must be a positive size", hint=f"give a size such as {option} 16G, 1.5G or 512M"
-        )
-    return int(value)
-
-
-def format_bytes(n: float) -> str:
-    """`2.6 GiB`: sizes in plan reasons and error messages, one unit throughout."""
-    if abs(n) >= GIB:
-        return f"{n / GIB:.1f} GiB"
-    return f"{n / KIB**2:.0f} MiB"
 
 
 def cpu_count() -> int:

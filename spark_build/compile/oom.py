@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_build.compile.jobplan import JobPlan, format_bytes, normalize_object
+from spark_build.compile.jobplan import JobPlan, normalize_object
 from spark_build.errors import StepFailed
+from spark_build.sizes import format_bytes
 
 _FAILED = re.compile(r"^FAILED: (?:\[code=(?P<code>-?\d+)\] )?(?P<outputs>\S+)")
 _NINJA_STATUS = re.compile(r"^\[\d+/\d+\] ")

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_build.compile.jobplan import format_bytes
 from spark_build.layout import SUMMARY, RunFolder
 from spark_build.pipeline.report import fmt_seconds
+from spark_build.sizes import format_bytes
 
 TRACE_META = "trace"  # key `load_runs` adds: the run's trace.json `otherData`, when it has one
 

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from spark_build.compile.jobplan import format_bytes, normalize_object
+from spark_build.compile.jobplan import normalize_object
 from spark_build.errors import UsageError
 from spark_build.insight.critical_path import Deps, critical_path, ninja_graph
 from spark_build.insight.history import TRACE_META, describe_change, history_rows, load_runs, outcome_of, step_status
@@ -29,6 +29,7 @@ from spark_build.insight.history import cache_hits as run_cache_hits
 from spark_build.insight.history import peak_memory as run_peak_memory
 from spark_build.layout import LATEST, SUMMARY, RunFolder
 from spark_build.pipeline.report import StepOutcome, fmt_seconds, timing_rows
+from spark_build.sizes import format_bytes
 
 TOP = 10
 # CMake's try_compile scratch projects (compiler ABI probes at configure time): the governor

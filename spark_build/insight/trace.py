@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from spark_build.compile.jobplan import GIB, NinjaLine, normalize_object, parse_ninja_lines
+from spark_build.compile.jobplan import NinjaLine, normalize_object, parse_ninja_lines
 from spark_build.durable import atomic_write_text
 from spark_build.layout import RunFolder
+from spark_build.sizes import GIB
 
 PID_BUILD, PID_COMPILE, PID_MEMORY = 1, 2, 3
 TID_GOVERNOR = 1000  # the compile process's track for the governor's instants
