@@ -23,7 +23,7 @@ from spark_build.upstream.versions import (
     rules_for,
 )
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
+MIRROR = Path(__file__).resolve().parents[3] / "shared" / "mirror"
 
 LAYOUT_0_13 = ["requirements/build.txt", "requirements/cuda.txt", "requirements/common.txt"]
 LAYOUT_0_20 = [f"requirements/build/{d}.txt" for d in ("cpu", "cuda", "rocm", "tpu")]

@@ -22,7 +22,7 @@ from spark_build.errors import SparkBuildError, UsageError
 from spark_build.sizes import GIB, parse_mem_size
 
 MIB = 2**20
-PROFILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
+PROFILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
 
 # Ten ordinary 2 GiB objects and one 8 GiB CUTLASS-like one: the 75th percentile is 2 GiB.
 TYPICAL = {f"_C.dir/csrc/k{i}.cu.o": 2 * GIB for i in range(10)} | {"_C.dir/csrc/cutlass_sm120.cu.o": 8 * GIB}

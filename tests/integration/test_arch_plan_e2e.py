@@ -16,8 +16,6 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
-
 MIRROR = ROOT.parent / "shared" / "mirror"
 
 

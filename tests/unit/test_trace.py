@@ -28,7 +28,7 @@ from spark_build.insight.trace import (
     write_trace,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 FULL_RUN = "20261125-181130-767"  # the example built from scratch, 12 objects on 2 jobs
 RESUMED_RUN = "20261125-181638-9077"  # Ctrl-C after 8 objects, then --resume built the last 4
 META_NAMES = {"process_name", "thread_name", "process_sort_index", "thread_sort_index"}

@@ -6,10 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from rich.console import Console
@@ -19,9 +16,10 @@ from spark_build.insight.critical_path import critical_path, parse_ninja_graph
 from spark_build.insight.history import HistoryRow, compare, describe_change, history_rows, load_runs
 from spark_build.insight.report import find_run, history_main, load_run, report_data, report_main
 from spark_build.insight.trace import parse_ninja_lines, write_trace
-from tests.test_trace import FULL_RUN, RESUMED_RUN, trace_problems
+from tests.unit.test_trace import FULL_RUN, RESUMED_RUN
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
+
 INTERRUPTED_RUN = "20261125-181541-6878"
 
 
@@ -148,45 +146,6 @@ def test_a_run_is_found_by_id_prefix_path_or_latest(tmp_path: Path) -> None:
     assert find_run(logs, None) == second  # no logs/latest link: the newest
     (logs / "latest").symlink_to(first.name)
     assert find_run(logs, "latest") == first
-
-
-def test_report_asks_ninja_for_the_graph_while_a_real_build_tree_exists(tmp_path: Path) -> None:
-    ninja = shutil.which("ninja")
-    if ninja is None:
-        pytest.fail("ninja is not on PATH (the build venv and CI install it)")
-    tree = tmp_path / "work" / "src" / "build" / "temp"
-    tree.mkdir(parents=True)
-    (tree / "build.ninja").write_text(
-        "rule job\n  command = sleep $secs && touch $out\n"
-        "build gen.h: job\n  secs = 0.2\n"
-        "build a.o: job gen.h\n  secs = 0.2\n"
-        "build b.o: job\n  secs = 0.05\n"
-        "build lib.so: job a.o b.o\n  secs = 0.05\n"
-    )
-    started = time.time()
-    subprocess.run([ninja, "-C", str(tree), "-j", "2"], check=True, capture_output=True)
-    ended = time.time()
-    run_id = "20261125-190000-1"
-    folder = tmp_path / "logs" / run_id
-    folder.mkdir(parents=True)
-    summary = json.loads((DATA / "example.summary.json").read_text()) | {"run_id": run_id}
-    (folder / "summary.json").write_text(json.dumps(summary))
-    state: dict[str, Any] = {"schema": 1, "run_id": run_id, "steps": {}}
-    state["steps"]["compile"] = {"run_id": run_id, "started": started - 0.5, "ended": ended + 0.5, "status": "done"}
-    (tmp_path / "work" / "state.json").write_text(json.dumps(state))
-    doc = json.loads(
-        write_trace(folder, state_file=tmp_path / "work" / "state.json", build_root=tree.parent).read_text()
-    )
-    assert trace_problems(doc) == []  # system Ninja writes log v5: mtimes of outputs, not start times
-    assert doc["otherData"]["objects_built"] == 4
-
-    out_console, out = console()
-    assert report_main(tmp_path / "logs", run_id, True, out_console) == 0
-    crit = json.loads(out.getvalue())["critical_path"]
-    assert crit["method"] == "Ninja's dependency graph"
-    assert crit["chain"][-1] == "lib.so"
-    deps = {"lib.so": {"a.o", "b.o"}, "a.o": {"gen.h"}}
-    assert all(earlier in deps[later] for earlier, later in zip(crit["chain"], crit["chain"][1:], strict=False))
 
 
 def test_history_has_one_row_per_build_oldest_first_compared_with_the_last_build_of_its_inputs(tmp_path: Path) -> None:

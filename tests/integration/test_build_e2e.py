@@ -19,8 +19,6 @@ from spark_build.steps.compile import ninja_log_entries
 from tests.conftest import Build, ok, published_wheel
 from tests.servers import git_server
 
-pytestmark = pytest.mark.integration
-
 STEPS = [
     "preflight",
     "venv",

@@ -12,12 +12,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from spark_build.lock import WorkdirLock
 from tests.conftest import ROOT, Build, published_wheel
-
-pytestmark = pytest.mark.integration
 
 PINNED = "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
 

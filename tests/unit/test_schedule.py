@@ -1,11 +1,10 @@
 """`invoke schedule`: the files a user gets, read back; installing twice leaves one entry; removing
-leaves none; status tells the next run and how the last night went."""
+leaves none; status tells the next run and how the last night went (systemctl and the crontab
+faked; the real crontab is in tests/integration/test_schedule.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,12 +26,13 @@ from spark_build.nightly.schedule import (
     remove_systemd,
     schedule_status,
     systemd_units,
-    user_crontab,
 )
 from spark_build.nightly.watch import append_history
 
 WORK = Path("/srv/spark work")
+
 LOGS = WORK / "logs"
+
 COMMAND = [
     "/srv/spark work/.venv/bin/invoke",
     "--search-root",
@@ -41,6 +41,7 @@ COMMAND = [
     "--notify",
     "x%y",
 ]
+
 TZ = timezone(timedelta(hours=1))
 
 
@@ -271,39 +272,3 @@ def test_status_reads_the_cron_entry_back(tabfile: Path, tmp_path: Path) -> None
         "03:30",
         datetime(2026, 3, 1, 3, 30, tzinfo=TZ),
     )
-
-
-# --------------------------------------------------------------------------- the real crontab
-
-
-def _crontab_l() -> str | None:
-    done = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)
-    return done.stdout if done.returncode == 0 else None
-
-
-@pytest.fixture
-def real_crontab() -> Iterator[None]:
-    """The invoking user's crontab, restored exactly (or removed again) afterwards."""
-    if shutil.which("crontab") is None:
-        pytest.skip("no crontab program (apt-get install cron)")
-    saved = _crontab_l()
-    try:
-        yield
-    finally:
-        if saved is None:
-            subprocess.run(["crontab", "-r"], capture_output=True, check=False)
-        else:
-            subprocess.run(["crontab", "-"], input=saved, text=True, check=True)
-
-
-@pytest.mark.integration
-def test_real_crontab_round_trip_install_twice_then_remove(real_crontab: None, tmp_path: Path) -> None:
-    install_cron("03:30", COMMAND, WORK, tmp_path / "logs", crontab=user_crontab)
-    install_cron("03:30", COMMAND, WORK, tmp_path / "logs", crontab=user_crontab)
-    listed = _crontab_l() or ""
-    assert [line for line in listed.splitlines() if CRON_MARKER in line][0].startswith("30 3 * * * ")
-    assert listed.count(CRON_MARKER) == 1
-    assert cron_at(user_crontab()) == "03:30"
-
-    remove_cron(crontab=user_crontab)
-    assert CRON_MARKER not in (_crontab_l() or "")

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,140 +22,18 @@ import pytest
 from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability, Verdict
-from spark_build.errors import StepFailed, UsageError
-from spark_build.wheel.archaudit import arch_audit, find_cuobjdump, parse_fatbin_dump, parse_listing
-from spark_build.wheel.linkage import LibrarySearch, cuda_major_of, linkage_audit, read_ld_cache
+from spark_build.errors import StepFailed
+from spark_build.wheel.archaudit import arch_audit
+from spark_build.wheel.linkage import LibrarySearch, linkage_audit, read_ld_cache
+from tests.unit.test_audit import CUDA_HOME, SPARK
 
-SPARK = ComputeCapability(12, 1)
-CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 NVCC = CUDA_HOME / "bin" / "nvcc"
+
 
 KERNEL = """
 __global__ void {name}(float* x, float a) {{ x[threadIdx.x] *= a; }}
 extern "C" void launch_{name}(float* x, float a) {{ {name}<<<1, 32>>>(x, a); }}
 """
-
-
-# --------------------------------------------------------------------------------------------
-# Parsing what cuobjdump prints (recorded from cuobjdump 13.5 on libraries nvcc 13.0 built)
-
-LIST_ELF = """\
-ELF file    1: mix.1.sm_120a.cubin
-ELF file    2: mix.2.sm_120.cubin
-"""
-LIST_PTX = "PTX file    1: mix.1.sm_120a.ptx\nPTX file    2: mix.2.sm_80.ptx\n"
-SYMBOLS_AND_PTX = """
-Fatbin elf code:
-================
-arch = sm_120a
-code version = [1,8]
-host = linux
-compile_size = 64bit
-
-symbols:
-OBJECT        WEAK    DEFAULT    -                                 U  .nv.reservedSmem.offset0
-FUNC          GLOBAL  DEFAULT    ENTRY                                _Z15fp4_gemm_kernelPff
-
-Fatbin elf code:
-================
-arch = sm_120f
-code version = [1,8]
-host = linux
-compile_size = 64bit
-
-symbols:
-FUNC          GLOBAL  DEFAULT    ENTRY                                _Z16moe_align_kernelPff
-
-Fatbin ptx code:
-================
-arch = sm_80
-code version = [9,0]
-host = linux
-compile_size = 64bit
-compressed
-ptxasOptions =
-
-.version 9.0
-.target sm_80
-.address_size 64
-.visible .entry _Z15fp4_gemm_kernelPff(
-.param .u64 _Z15fp4_gemm_kernelPff_param_0,
-)
-"""
-
-
-def test_listing_names_cubins_and_ptx_by_arch_and_ptx_becomes_a_compute_code() -> None:
-    assert [c.name for c in parse_listing(LIST_ELF.splitlines())] == ["sm_120a", "sm_120"]
-    assert [c.name for c in parse_listing(LIST_PTX.splitlines())] == ["compute_120a", "compute_80"]
-
-
-def test_fatbin_dump_keeps_the_family_suffix_that_the_listing_drops_and_names_kernels() -> None:
-    images = parse_fatbin_dump(SYMBOLS_AND_PTX.splitlines())
-    assert [(i.code.name, i.kernels) for i in images] == [
-        ("sm_120a", ("_Z15fp4_gemm_kernelPff",)),
-        ("sm_120f", ("_Z16moe_align_kernelPff",)),
-        ("compute_80", ("_Z15fp4_gemm_kernelPff",)),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("soname", "major"),
-    [
-        ("libcudart.so.12", 12),
-        ("libcublas.so.13", 13),
-        ("libcublasLt.so.12", 12),
-        ("libnvrtc-builtins.so.13.0", 13),
-        ("libnvJitLink.so.13", 13),
-        ("libcufft.so.11", None),  # cuFFT numbers its soname on its own
-        ("libcudnn.so.9", None),
-        ("libnccl.so.2", None),
-        ("libcuda.so.1", None),  # the driver, not the toolkit
-        ("libcudart.so", None),
-    ],
-    ids=lambda v: str(v),
-)
-def test_cuda_major_is_read_only_from_sonames_that_track_the_toolkit(soname: str, major: int | None) -> None:
-    assert cuda_major_of(soname) == major
-
-
-# --------------------------------------------------------------------------------------------
-# Finding cuobjdump
-
-
-def _executable(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n")
-    path.chmod(0o755)
-    return path
-
-
-def test_cuobjdump_in_cuda_home_wins_over_path_and_venv(tmp_path: Path) -> None:
-    in_cuda = _executable(tmp_path / "cuda" / "bin" / "cuobjdump")
-    _executable(tmp_path / "elsewhere" / "cuobjdump")
-    env = {"PATH": str(tmp_path / "elsewhere")}
-    assert find_cuobjdump(tmp_path / "cuda", env) == in_cuda
-
-
-def test_cuobjdump_on_path_is_used_when_cuda_home_lacks_it(tmp_path: Path) -> None:
-    on_path = _executable(tmp_path / "elsewhere" / "cuobjdump")
-    (tmp_path / "cuda" / "bin").mkdir(parents=True)
-    assert find_cuobjdump(tmp_path / "cuda", {"PATH": str(on_path.parent)}) == on_path
-
-
-def test_cuobjdump_from_the_pypi_package_is_found_through_its_record(tmp_path: Path) -> None:
-    site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages"
-    binary = _executable(site / "nvidia" / "cu13" / "bin" / "cuobjdump")
-    dist_info = site / "nvidia_cuda_cuobjdump-13.0.85.dist-info"
-    dist_info.mkdir()
-    (dist_info / "RECORD").write_text("nvidia/cu13/bin/cuobjdump,sha256=x,1\n")
-    python = _executable(tmp_path / "venv" / "bin" / "python")
-    assert find_cuobjdump(None, {"PATH": ""}, python) == binary
-
-
-def test_missing_cuobjdump_is_a_usage_error_that_says_how_to_install_it(tmp_path: Path) -> None:
-    with pytest.raises(UsageError) as err:
-        find_cuobjdump(tmp_path, {"PATH": ""}, tmp_path)
-    assert "nvidia-cuda-cuobjdump" in (err.value.hint or "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,15 +149,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return Built(work, work / "venv", wheel)
 
 
-@pytest.fixture(scope="session")
-def cuobjdump() -> Path:
-    return find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
-
-
 # ---- arch coverage
 
 
-@pytest.mark.integration
 def test_sm121a_build_runs_natively_on_the_spark(built: Built, cuobjdump: Path) -> None:
     report = arch_audit(built.lib("sm121a"), SPARK, cuobjdump)
     (ext,) = report.extensions
@@ -288,7 +159,6 @@ def test_sm121a_build_runs_natively_on_the_spark(built: Built, cuobjdump: Path) 
     assert report.ok and report.verdict is Verdict.NATIVE
 
 
-@pytest.mark.integration
 def test_sm120a_only_build_cannot_run_on_the_spark_and_fails_naming_the_extension(
     built: Built, cuobjdump: Path
 ) -> None:
@@ -300,25 +170,21 @@ def test_sm120a_only_build_cannot_run_on_the_spark_and_fails_naming_the_extensio
         report.raise_if_failed()
 
 
-@pytest.mark.integration
 def test_sm120a_only_build_runs_natively_on_an_rtx_50xx(built: Built, cuobjdump: Path) -> None:
     assert arch_audit(built.lib("sm120a"), ComputeCapability(12, 0), cuobjdump).ok
 
 
-@pytest.mark.integration
 def test_ptx_only_build_is_jit_compiled_on_the_spark(built: Built, cuobjdump: Path) -> None:
     (ext,) = arch_audit(built.lib("ptx80"), SPARK, cuobjdump).extensions
     assert (ext.sass, ext.ptx, ext.verdict) == ((), ("compute_80",), Verdict.JIT)
 
 
-@pytest.mark.integration
 def test_family_cubin_is_reported_as_sm_120f_and_runs_natively_on_the_spark(built: Built, cuobjdump: Path) -> None:
     report = arch_audit(built.lib("cudart13"), SPARK, cuobjdump, promised={"cudart13": ["sm_120f"]})
     assert report.extensions[0].sass == ("sm_120f",)
     assert report.ok and report.verdict is Verdict.NATIVE
 
 
-@pytest.mark.integration
 def test_kernel_families_in_one_extension_are_judged_apart(built: Built, cuobjdump: Path) -> None:
     families = {"*moe_align*": "moe", "*fp4_gemm*": "fp4"}
     report = arch_audit(built.lib("kernels"), SPARK, cuobjdump, families=families)
@@ -331,14 +197,12 @@ def test_kernel_families_in_one_extension_are_judged_apart(built: Built, cuobjdu
     assert report.verdict is Verdict.CANNOT_RUN
 
 
-@pytest.mark.integration
 def test_ptx_kernels_are_sorted_into_families_too(built: Built, cuobjdump: Path) -> None:
     report = arch_audit(built.lib("ptx80"), SPARK, cuobjdump, families={"*scale*": "scale"})
     (scale,) = report.families
     assert (scale.family, scale.codes, scale.verdict) == ("scale", ("compute_80",), Verdict.JIT)
 
 
-@pytest.mark.integration
 def test_missing_code_the_arch_plan_promised_fails_the_audit(built: Built, cuobjdump: Path) -> None:
     report = arch_audit(
         built.lib("kernels"),
@@ -352,12 +216,6 @@ def test_missing_code_the_arch_plan_promised_fails_the_audit(built: Built, cuobj
     assert not any(p.startswith("moe:") for p in report.problems)
 
 
-def test_a_promised_code_with_a_bad_name_is_rejected_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="12.0f"):
-        arch_audit(tmp_path, SPARK, Path("/nonexistent/cuobjdump"), promised={"_C": ["12.0f"]})
-
-
-@pytest.mark.integration
 def test_host_only_libraries_are_listed_but_not_judged(built: Built, cuobjdump: Path) -> None:
     (ext,) = arch_audit(built.lib("hostonly"), SPARK, cuobjdump).extensions
     assert (ext.sass, ext.ptx, ext.verdict) == ((), (), None)
@@ -368,7 +226,6 @@ def test_host_only_libraries_are_listed_but_not_judged(built: Built, cuobjdump: 
 # ---- linkage
 
 
-@pytest.mark.integration
 def test_cuda13_runtime_resolves_and_is_accepted_in_a_cuda13_build(built: Built) -> None:
     search = LibrarySearch(ld_library_path=(CUDA_HOME / "lib64",))
     report = linkage_audit(built.lib("cudart13"), search, cuda_major=13)
@@ -380,7 +237,6 @@ def test_cuda13_runtime_resolves_and_is_accepted_in_a_cuda13_build(built: Built)
     assert report.ok, report.problems
 
 
-@pytest.mark.integration
 def test_cuda12_runtime_is_rejected_in_a_cuda13_build_and_unresolved_libraries_are_reported(
     built: Built,
 ) -> None:
@@ -392,7 +248,6 @@ def test_cuda12_runtime_is_rejected_in_a_cuda13_build_and_unresolved_libraries_a
     assert "libcudart.so.12" in err.value.message and err.value.step == "validate"
 
 
-@pytest.mark.integration
 def test_libraries_resolve_through_runpath_relative_to_origin(built: Built) -> None:
     report = linkage_audit(built.lib("runpath"), LibrarySearch(), cuda_major=13)
     helper = next(lib for lib in report.libraries if lib.library == "libhelper.so.1")
@@ -400,7 +255,6 @@ def test_libraries_resolve_through_runpath_relative_to_origin(built: Built) -> N
     assert report.ok, report.problems
 
 
-@pytest.mark.integration
 def test_libraries_resolve_from_the_venvs_nvidia_and_torch_directories(built: Built) -> None:
     report = linkage_audit(built.lib("needs_venv"), LibrarySearch.for_venv(built.venv, {}), cuda_major=13)
     cublas = next(lib for lib in report.libraries if lib.library == "libcublas.so.13")
@@ -409,7 +263,6 @@ def test_libraries_resolve_from_the_venvs_nvidia_and_torch_directories(built: Bu
     assert report.ok, report.problems
 
 
-@pytest.mark.integration
 def test_ld_cache_reader_agrees_with_ldconfig() -> None:
     ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
     if not Path("/etc/ld.so.cache").is_file() or not os.access(ldconfig, os.X_OK):
@@ -427,7 +280,6 @@ def test_ld_cache_reader_agrees_with_ldconfig() -> None:
 # ---- wheels and reports
 
 
-@pytest.mark.integration
 def test_a_wheel_is_audited_like_its_installed_tree(built: Built, cuobjdump: Path) -> None:
     arch = arch_audit(built.wheel, SPARK, cuobjdump)
     assert {e.path: e.verdict for e in arch.extensions} == {
@@ -447,7 +299,6 @@ def test_a_wheel_is_audited_like_its_installed_tree(built: Built, cuobjdump: Pat
     ]
 
 
-@pytest.mark.integration
 def test_reports_serialise_to_json_and_render_a_table(built: Built, cuobjdump: Path) -> None:
     arch = arch_audit(built.lib("kernels"), SPARK, cuobjdump, families={"*fp4_gemm*": "fp4"})
     linkage = linkage_audit(built.lib("needs_cuda12"), LibrarySearch(), cuda_major=13)
@@ -466,10 +317,3 @@ def test_reports_serialise_to_json_and_render_a_table(built: Built, cuobjdump: P
     text = out.getvalue()
     assert "pkg/kernels.so" in text and "sm_121a" in text and "cannot run" in text
     assert "libcudart.so.12 is a CUDA 12 library" in text
-
-
-def test_a_file_that_is_neither_wheel_nor_directory_is_a_usage_error(tmp_path: Path) -> None:
-    bogus = tmp_path / "vllm.tar.gz"
-    bogus.write_bytes(b"not a zip")
-    with pytest.raises(UsageError, match="neither a directory nor a wheel"):
-        linkage_audit(bogus, LibrarySearch(), cuda_major=13)

@@ -1,8 +1,8 @@
 """The example upstream: a git repository with vLLM's build interface, and the wheel it builds.
 
-The fast tests check the repository and use_existing_torch.py; the integration
-tests build the wheel for real (uv, CMake, Ninja, nvcc) the way spark-build
-builds vLLM, install it into a fresh venv and import it.
+The repository is made with real git; use_existing_torch.py runs as vLLM's does; the wheel is
+built for real (uv, CMake, Ninja, nvcc) the way spark-build builds vLLM, installed into a fresh
+venv and imported.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import uv
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-from spark_build.errors import UsageError
 from spark_build.upstream.example import make_example_upstream
 from tests.conftest import CUDA_HOME, needs_nvcc
 
 ARCH_LIST = "12.1a"
+
 UV = uv.find_uv_bin()
+
 TORCH_PIN = re.compile(r"^\s*\"?(torch|torchvision|torchaudio)\s*=", re.IGNORECASE)
 
 
@@ -51,6 +52,22 @@ def requirement_files(tree: Path) -> list[Path]:
     return [*sorted(req.rglob("*.txt")), *sorted(req.rglob("*.in")), tree / "pyproject.toml"]
 
 
+def test_example_upstream_can_be_served_over_dumb_http(upstream: Path) -> None:
+    info_refs = (upstream / ".git" / "info" / "refs").read_text()
+    assert "refs/tags/v0.1.0" in info_refs
+    assert "refs/tags/v0.2.0" in info_refs
+    assert "refs/heads/main" in info_refs
+
+
+def test_example_upstream_is_a_template_tree_not_a_package_of_spark_build(upstream: Path) -> None:
+    template = Path(__file__).parents[2] / "spark_build" / "upstream" / "example_upstream"
+    assert not (template / "__init__.py").exists()
+    for name in ("setup.py", "CMakeLists.txt", "pyproject.toml", "use_existing_torch.py", "README.md"):
+        assert (upstream / name).is_file(), name
+    assert (upstream / "requirements" / "build.txt").is_file()
+    assert (upstream / "spark_example" / "__init__.py").is_file()
+
+
 def test_example_upstream_has_two_tagged_releases_and_main_at_the_second(upstream: Path) -> None:
     with git.Repo(upstream) as repo:
         tags = {tag.name: tag.commit for tag in repo.tags}
@@ -65,22 +82,6 @@ def test_example_upstream_has_two_tagged_releases_and_main_at_the_second(upstrea
         assert "build/" in repo.git.show("v0.2.0:.gitignore").splitlines()
 
 
-def test_example_upstream_can_be_served_over_dumb_http(upstream: Path) -> None:
-    info_refs = (upstream / ".git" / "info" / "refs").read_text()
-    assert "refs/tags/v0.1.0" in info_refs
-    assert "refs/tags/v0.2.0" in info_refs
-    assert "refs/heads/main" in info_refs
-
-
-def test_example_upstream_is_a_template_tree_not_a_package_of_spark_build(upstream: Path) -> None:
-    template = Path(__file__).parents[1] / "spark_build" / "upstream" / "example_upstream"
-    assert not (template / "__init__.py").exists()
-    for name in ("setup.py", "CMakeLists.txt", "pyproject.toml", "use_existing_torch.py", "README.md"):
-        assert (upstream / name).is_file(), name
-    assert (upstream / "requirements" / "build.txt").is_file()
-    assert (upstream / "spark_example" / "__init__.py").is_file()
-
-
 def test_make_example_upstream_needs_no_git_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As on a fresh CI machine or a new user's Spark: no ~/.gitconfig, no user.name.
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
@@ -93,17 +94,6 @@ def test_make_example_upstream_needs_no_git_identity(tmp_path: Path, monkeypatch
     with git.Repo(made) as repo:
         assert [tag.name for tag in repo.tags] == ["v0.1.0", "v0.2.0"]
         assert repo.head.commit.author.name == "spark-build example"
-
-
-def test_make_example_upstream_refuses_a_non_empty_directory(tmp_path: Path) -> None:
-    (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(UsageError) as caught:
-        make_example_upstream(tmp_path)
-    assert str(tmp_path) in caught.value.message
-    assert "\n" not in caught.value.message
-    assert caught.value.hint
-    assert caught.value.exit_code == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_use_existing_torch_drops_every_torch_pin_and_keeps_the_rest(upstream: Path, tmp_path: Path) -> None:
@@ -234,13 +224,11 @@ def probe(venv: Path, code: str) -> dict[str, object]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.mark.integration
 @needs_nvcc
 def test_wheel_is_named_for_the_release_the_cuda_it_was_built_with_and_abi3(first_wheel: Path) -> None:
     assert first_wheel.name == f"spark_example-0.2.0+{nvcc_label()}-cp38-abi3-linux_x86_64.whl"
 
 
-@pytest.mark.integration
 @needs_nvcc
 def test_wheel_imports_in_a_fresh_venv_without_torch(fresh_venv: Path) -> None:
     facts = probe(
@@ -256,7 +244,6 @@ def test_wheel_imports_in_a_fresh_venv_without_torch(fresh_venv: Path) -> None:
     assert facts["torch"] is False
 
 
-@pytest.mark.integration
 @needs_nvcc
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="checks the behaviour on a host without a GPU")
 def test_extension_reports_no_gpu_instead_of_crashing(fresh_venv: Path) -> None:
@@ -274,7 +261,6 @@ def test_extension_reports_no_gpu_instead_of_crashing(fresh_venv: Path) -> None:
     assert str(facts["saxpy_error"]).startswith("CUDA error: ")
 
 
-@pytest.mark.integration
 @needs_nvcc
 def test_arch_list_entry_builds_sass_only_as_torch_reads_it(first_wheel: Path) -> None:
     # torch's meaning: "12.1a" is SASS for sm_121a and no PTX; only "+PTX" would add PTX.
@@ -287,7 +273,6 @@ def test_arch_list_entry_builds_sass_only_as_torch_reads_it(first_wheel: Path) -
         assert gencodes == [("compute_121a", "sm_121a")], command["file"]
 
 
-@pytest.mark.integration
 @needs_nvcc
 def test_extension_links_the_cuda_runtime_statically(first_wheel: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(first_wheel) as zf:
@@ -301,7 +286,6 @@ def test_extension_links_the_cuda_runtime_statically(first_wheel: Path, tmp_path
     assert not [lib for lib in needed if "cuda" in lib], needed
 
 
-@pytest.mark.integration
 @needs_nvcc
 def test_wheel_is_reproducible_across_build_directories(
     upstream: Path, first_wheel: Path, build_venv: Path, tmp_path_factory: pytest.TempPathFactory
@@ -316,7 +300,6 @@ def test_wheel_is_reproducible_across_build_directories(
     assert record_without_itself(second_wheel) == record_without_itself(first_wheel)
 
 
-@pytest.mark.integration
 @needs_nvcc
 def test_interrupted_build_resumes_with_the_finished_objects_and_the_same_wheel(
     upstream: Path, first_wheel: Path, build_venv: Path, tmp_path_factory: pytest.TempPathFactory

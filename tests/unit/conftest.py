@@ -1,0 +1,47 @@
+"""The unit tier is pure: a test here that starts a process or opens a socket fails at once,
+naming what it tried, instead of quietly turning the fast tier slow (git, nvcc and loopback
+servers belong in tests/integration)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Generator, Iterator
+
+import pytest
+
+_BLOCKED = {"subprocess.Popen", "os.posix_spawn", "os.fork", "os.system", "os.exec", "socket.bind", "socket.connect"}
+_guarding = False
+
+
+def _refuse_the_outside_world(event: str, args: tuple[object, ...]) -> None:
+    if _guarding and event in _BLOCKED:
+        raise RuntimeError(f"a unit test ran {event} {args[:2]!r}: processes and sockets belong in tests/integration")
+
+
+sys.addaudithook(_refuse_the_outside_world)  # audit hooks cannot be removed: the flag switches it
+
+
+@contextlib.contextmanager
+def _guarded() -> Iterator[None]:
+    global _guarding
+    _guarding = True
+    try:
+        yield
+    finally:
+        _guarding = False
+
+
+# Setup as well as the call: a session fixture (the git-made upstream, the loopback index) is
+# set up inside the first test that asks for it. Teardown is left open: a session fixture an
+# integration test started may be torn down after the last unit test.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    with _guarded():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    with _guarded():
+        return (yield)

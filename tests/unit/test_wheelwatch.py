@@ -1,0 +1,101 @@
+"""Wheel watch's pure decisions: the default URL, what the nightly does for each answer, exit
+codes, and which errors are retried. The real HTTP server is in tests/integration/test_wheelwatch.py."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from spark_build.nightly.fetch import (
+    Availability,
+    HTTPStatusError,
+    WheelStatus,
+    is_transient,
+    wheel_filename,
+)
+from spark_build.nightly.watch import (
+    DEFAULT_WHEEL_URL,
+    EXIT_CODES,
+    Action,
+    Outcome,
+    decide,
+    read_history,
+    skipped_locked,
+)
+
+NAME = "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_default_url_is_the_guides_cu130_aarch64_wheel() -> None:
+    assert wheel_filename(DEFAULT_WHEEL_URL) == NAME
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def _status(availability: Availability) -> WheelStatus:
+    return WheelStatus("http://x/w.whl", availability, "HTTP 200 OK")
+
+
+@pytest.mark.parametrize(
+    ("availability", "mirrored", "force", "action"),
+    [
+        (Availability.PRESENT, True, False, Action.KEEP),
+        (Availability.PRESENT, False, False, Action.MIRROR),
+        (Availability.GONE, True, False, Action.REBUILD),
+        (Availability.GONE, False, False, Action.REBUILD),
+        (Availability.PRESENT, True, True, Action.REBUILD),
+    ],
+    ids=["hosted-and-mirrored", "hosted-not-mirrored", "gone-but-mirrored", "gone", "forced"],
+)
+def test_decide(availability: Availability, mirrored: bool, force: bool, action: Action) -> None:
+    assert decide(_status(availability), mirrored, force) is action
+
+
+def test_a_night_skipped_for_the_build_lock_has_its_own_exit_code_and_history_line(tmp_path: Path) -> None:
+    result = skipped_locked(
+        DEFAULT_WHEEL_URL, "a manual build holds the lock; waited 10 min", history_path=tmp_path / "h.jsonl"
+    )
+    assert result.exit_code == 75
+    assert read_history(tmp_path / "h.jsonl")[-1]["outcome"] == "skipped-locked"
+
+
+def test_every_outcome_has_a_distinct_exit_code() -> None:
+    assert len(set(EXIT_CODES.values())) == len(Outcome)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (HTTPStatusError("u", 503, "Service Unavailable"), True),
+        (HTTPStatusError("u", 500, "Internal Server Error"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (urllib.error.URLError(ConnectionResetError(104, "reset")), True),
+        (urllib.error.URLError(TimeoutError("timed out")), True),
+        (TimeoutError("timed out"), True),
+        (HTTPStatusError("u", 404, "Not Found"), False),
+        (HTTPStatusError("u", 410, "Gone"), False),
+        (HTTPStatusError("u", 429, "Too Many Requests"), False),
+        (urllib.error.URLError(socket.gaierror(socket.EAI_NONAME, "Name or service not known")), False),
+    ],
+    ids=[
+        "503",
+        "500",
+        "reset",
+        "reset-in-urlerror",
+        "timeout-in-urlerror",
+        "timeout",
+        "404",
+        "410",
+        "429",
+        "unknown-host",
+    ],
+)
+def test_only_5xx_timeouts_and_resets_are_retried(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
