@@ -199,18 +199,20 @@ def validate(
         nvcc_version = None
         if not cfg.torch_cuda.isdigit():
             nvcc_version = parse_nvcc_version(run_command([str(cfg.cuda_home / "bin" / "nvcc"), "--version"])[1])[0]
-        target: Target = resolve_target(cfg.arch, query_gpus().gpus if not cfg.arch else ())
+        gpus = query_gpus()
+        target: Target = resolve_target(cfg.arch, gpus.gpus)
         proof = WheelProof(
             wheel=path,
             venv=cfg.layout.validate_venv_for(path),
             python=cfg.python,
             requirements=tuple(extra),
             index=cfg.torch_index,
+            installer=cfg.installer,
             modules=modules_of(path),
             cuda_home=cfg.cuda_home,
             cuda_major=cuda_major(cfg.torch_cuda, nvcc_version),
             targets=target.compute_capabilities,
-            uv_cache_dir=cfg.uv_cache_dir,
+            driver=bool(gpus.gpus),
             serve=serve,
             serve_model=cfg.serve_model,
         )

@@ -10,22 +10,26 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from spark_build.compile.cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
 from spark_build.compile.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
 from spark_build.layout import Workdir
 from spark_build.upstream.versions import torch_packages_for
+from spark_build.venv import Installer
 
 VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
 VLLM_DEFAULT_REF = "v0.13.0"
 TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
 ENV_PREFIX = "SPARK_BUILD_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TorchSource = Literal["install", "existing"]
+TORCH_SOURCES: tuple[TorchSource, ...] = ("install", "existing")
 # The example upstream is built at this tag unless --ref says otherwise.
 EXAMPLE_DEFAULT_REF = "v0.2.0"
 
@@ -46,6 +50,8 @@ class BuildConfig:
     torch_index: str
     torch_packages: tuple[str, ...]
     torch_cuda: str
+    torch: TorchSource  # "install": torch_packages from torch_index; "existing": --python's own torch
+    wheels: Path | None  # a local folder every install reads instead of an index
     cuda_home: Path
     wheelhouse: Path
     logs_dir: Path
@@ -76,6 +82,18 @@ class BuildConfig:
     def state_file(self) -> Path:
         return self.layout.state_file
 
+    @property
+    def installer(self) -> Installer:
+        return Installer(inherit_site=self.torch == "existing", wheels=self.wheels, uv_cache_dir=self.uv_cache_dir)
+
+    @property
+    def torch_choice(self) -> str:
+        """Which torch the build compiles against, and why — for `--dry-run` and the log."""
+        if self.torch == "existing":
+            return f"the torch already installed for {self.python} (--torch existing)"
+        source = f"the wheel folder {self.wheels}" if self.wheels else self.torch_index
+        return f"{' '.join(self.torch_packages)} from {source}"
+
 
 # Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
 SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig))
@@ -89,6 +107,7 @@ _PATHS = {
     "uv_cache_dir",
     "cache_dir",
     "dist_token_file",
+    "wheels",
 }
 _BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
 
@@ -109,6 +128,8 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "torch_index": TORCH_CU130_INDEX,
         "torch_packages": None,  # the pins of the --ref release (versions.TORCH_PINS), else the newest
         "torch_cuda": "13",
+        "torch": "install",
+        "wheels": None,
         "cuda_home": env.get("CUDA_HOME") or "/usr/local/cuda",
         "wheelhouse": None,
         "logs_dir": "logs",
@@ -186,6 +207,33 @@ def _torch_cuda(value: Any) -> str:
     )
 
 
+def _torch_source(value: Any) -> TorchSource:
+    text = str(value).strip().lower()
+    if text in TORCH_SOURCES:
+        return cast(TorchSource, text)
+    raise UsageError(
+        f"--torch must be 'install' or 'existing', got '{value}'",
+        hint="--torch existing --python /opt/torch/.venv/bin/python builds against that interpreter's torch",
+    )
+
+
+def _wheel_folder(path: Path | None) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise UsageError(f"--wheels {path} is not a folder", hint="name a folder of .whl files (pip download -d DIR …)")
+    return path
+
+
+def _interpreter(python: str) -> str:
+    """`--python` as an absolute path: a typo stops here, not after the venv step wiped the
+    finished build's venv."""
+    found = shutil.which(python)
+    if found is None:
+        raise UsageError(
+            f"--python {python} is not an executable", hint="name a Python 3 interpreter, e.g. /usr/bin/python3"
+        )
+    return str(Path(found).absolute())
+
+
 def resolve(
     cli: Mapping[str, Any],
     file: Mapping[str, Any] | None = None,
@@ -253,10 +301,12 @@ def resolve(
         nvcc_threads=_positive_int("nvcc_threads", merged["nvcc_threads"], allow_auto=True),
         mem_budget=_mem_budget(merged["mem_budget"]),
         mem_reserve=_mem_reserve(merged["mem_reserve"]),
-        python=str(merged["python"]),
+        python=_interpreter(str(merged["python"])),
         torch_index=_normalise_index(str(merged["torch_index"]), base),
         torch_packages=tuple(str(p) for p in packages),
         torch_cuda=_torch_cuda(merged["torch_cuda"]),
+        torch=_torch_source(merged["torch"]),
+        wheels=_wheel_folder(paths["wheels"]),
         cuda_home=paths["cuda_home"] or Path("/usr/local/cuda"),
         wheelhouse=paths["wheelhouse"] or Workdir(workdir).wheelhouse,
         logs_dir=paths["logs_dir"] or base / "logs",

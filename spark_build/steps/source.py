@@ -18,7 +18,13 @@ from spark_build.upstream.patches import find_series, patches_digest
 from spark_build.upstream.recipe import Recipe, torch_pins
 from spark_build.upstream.refs import clone_url, ref_kind
 from spark_build.upstream.sources import FetchedSources, prepare_sources, sources_intact
-from spark_build.venv import index_args, installed_packages, uv_bin, uv_env
+from spark_build.venv import (
+    INSTALLED_PROBE,
+    installed_packages,
+    missing_from_wheels,
+    read_requirements,
+    wheel_folder_index,
+)
 
 
 class Clone(Step):
@@ -135,17 +141,18 @@ class BuildDeps(Step):
         requirement_args: list[str] = []
         for rel in recipe.build_requirements:
             requirement_args += ["-r", rel]
-        ctx.uv(
-            self.name,
-            "pip",
-            "install",
-            "--python",
-            ctx.python,
-            "--constraint",
-            constraints,
-            *index_args(ctx.config.torch_index),
-            *requirement_args,
-            cwd=ctx.src,
+        wheels = ctx.config.wheels
+        if wheels is not None:
+            wanted = [line for rel in recipe.build_requirements for line in read_requirements(ctx.src / rel)]
+            installed = ctx.probe_json(self.name, ctx.python, INSTALLED_PROBE)
+            missing = missing_from_wheels(wanted, wheel_folder_index(wheels), installed)
+            if missing:
+                raise UsageError(
+                    f"{len(missing)} build requirement(s) in neither the venv nor {wheels}: {', '.join(missing)}",
+                    hint=f"add wheels for them to {wheels} (pip download -d {wheels} …), then --resume",
+                )
+        ctx.install(
+            self.name, "--constraint", constraints, *requirement_args, index=ctx.config.torch_index, cwd=ctx.src
         )
         return {"files": self._hashes(ctx, recipe), "installed": installed_packages(ctx.venv)}
 
@@ -182,11 +189,7 @@ class Sources(Step):
         if cfg.cutlass_from_package:
             # Offline, nothing mirrors CUTLASS's git repo; the nvidia-cutlass wheel carries its
             # headers (4.2.0, where vLLM 0.13.0 pins v4.2.1).
-            ctx.run(
-                self.name,
-                [uv_bin(), "pip", "install", "--python", ctx.python, "nvidia-cutlass"],
-                env=uv_env(cfg.uv_cache_dir),
-            )
+            ctx.install(self.name, "nvidia-cutlass")
             cutlass_venv = ctx.venv
         fetched = prepare_sources(
             ctx.src,

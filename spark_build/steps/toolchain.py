@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from spark_build.errors import StepFailed
 from spark_build.pipeline.step import Context, Step
-from spark_build.venv import index_args
 
 
 class Venv(Step):
@@ -15,11 +15,11 @@ class Venv(Step):
     summary = "create the build venv with uv"
 
     def inputs(self, ctx: Context) -> Mapping[str, Any]:
-        return {"python": ctx.config.python}
+        return {"python": ctx.config.python, "inherit_site": ctx.config.installer.inherit_site}
 
     def run(self, ctx: Context) -> dict[str, Any]:
         # --seed puts pip into the venv: the compile runs `pip wheel`, as vLLM's docs build.
-        ctx.uv(self.name, "venv", "--clear", "--seed", "--python", ctx.config.python, ctx.venv)
+        ctx.make_venv(self.name, ctx.venv, seed=True)
         info = ctx.probe_json(
             self.name,
             ctx.python,
@@ -34,22 +34,27 @@ class Venv(Step):
 _TORCH_PROBE = """
 import json, sys
 import torch
-json.dump({"version": torch.__version__, "cuda": torch.version.cuda,
+json.dump({"version": torch.__version__, "cuda": torch.version.cuda, "location": torch.__path__[0],
            "arch_list": torch.cuda.get_arch_list() if torch.version.cuda else []}, open(sys.argv[1], "w"))
 """
 
 
 class Torch(Step):
     name = "torch"
-    summary = "install torch from the configured index and check its CUDA version"
+    summary = "install torch (or take the interpreter's own) and check its CUDA version"
 
     def inputs(self, ctx: Context) -> Mapping[str, Any]:
         cfg = ctx.config
-        return {"index": cfg.torch_index, "packages": cfg.torch_packages, "cuda": cfg.torch_cuda}
+        if cfg.torch == "existing":
+            return {"existing": cfg.python, "cuda": cfg.torch_cuda}
+        return {"index": cfg.torch_index, "packages": cfg.torch_packages, "cuda": cfg.torch_cuda, "wheels": cfg.wheels}
 
     def run(self, ctx: Context) -> dict[str, Any]:
         cfg = ctx.config
-        ctx.uv(self.name, "pip", "install", "--python", ctx.python, *index_args(cfg.torch_index), *cfg.torch_packages)
+        if cfg.torch == "existing":
+            ctx.notes.append(f"torch: {cfg.torch_choice}")
+        else:
+            ctx.install(self.name, *cfg.torch_packages, index=cfg.torch_index)
         found = ctx.probe_json(self.name, ctx.python, _TORCH_PROBE)
         cuda = found.get("cuda")
         if not torch_matches(cuda, cfg.torch_cuda):
@@ -58,11 +63,22 @@ class Torch(Step):
                 f"torch {found['version']} is built for CUDA {cuda or 'none (CPU)'}, wanted {wanted}",
                 hint=f"check --torch-index ({cfg.torch_index}) serves the right build, or set --torch-cuda",
             )
-        return {"version": found["version"], "cuda": cuda, "arch_list": found.get("arch_list", [])}
+        return {
+            "version": found["version"],
+            "cuda": cuda,
+            "arch_list": found.get("arch_list", []),
+            "existing": cfg.torch == "existing",
+            "location": found.get("location"),
+        }
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         if not ctx.python.exists():
             return False
+        if result.get("existing"):
+            # The interpreter's own torch: still the version the build compiled against?
+            location = Path(str(result.get("location", "")))
+            version = str(result.get("version", "")).split("+")[0]
+            return any(d.name.startswith(f"torch-{version}") for d in location.parent.glob("torch-*.dist-info"))
         dist_infos = list((ctx.venv / "lib").glob("python*/site-packages/torch-*.dist-info"))
         version = str(result.get("version", "")).split("+")[0]
         return any(d.name.startswith(f"torch-{version}") for d in dist_infos)

@@ -19,23 +19,27 @@ class Validate(Step):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         recipe = ctx.recipe()
-        gpus = len(ctx.gpus)
-        serve, why = serve_decision(recipe.dist, gpus, not ctx.config.no_serve)
+        gpu_caps = [gpu.compute_cap for gpu in ctx.gpus]
+        caps = ctx.target.compute_capabilities
+        serve, why = serve_decision(recipe.dist, gpu_caps, caps, not ctx.config.no_serve)
         if not serve:
             ctx.notes.append(f"validate: {why}")
         wheel = Path(ctx.result("compile")["wheel"])
+        # The torch the build compiled against: use_existing_torch.py removed the wheel's pin;
+        # an existing torch is inherited by the fresh venv, as by the build venv.
+        torch = ctx.result("torch")
         proof = WheelProof(
             wheel=wheel,
             venv=ctx.layout.validate_venv,
             python=ctx.config.python,
-            # The torch the build compiled against: use_existing_torch.py removed the wheel's pin.
-            requirements=(f"torch=={ctx.result('torch')['version']}",),
+            requirements=() if torch["existing"] else (f"torch=={torch['version']}",),
             index=ctx.config.torch_index,
+            installer=ctx.config.installer,
             modules=modules_of(wheel),
             cuda_home=ctx.config.cuda_home,
             cuda_major=cuda_major(ctx.config.torch_cuda, ctx.host.nvcc_version if ctx.host else None),
             targets=ctx.target.compute_capabilities,
-            uv_cache_dir=ctx.config.uv_cache_dir,
+            driver=bool(ctx.gpus),
             serve=serve,
             serve_model=ctx.config.serve_model,
         )

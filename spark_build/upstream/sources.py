@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,64 @@ from typing import Any
 import git
 from packaging.version import Version
 
+from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed, UsageError
 from spark_build.upstream.versions import ExternalProject, external_projects
 
 _PIN_RECORD = ".spark-build-pin.json"
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
+# Mirror keys for a project's git submodule: "<project>/<submodule path>", e.g.
+# "vllm-flash-attn/csrc/cutlass" (flash-attention compiles against its own CUTLASS).
+SUBMODULE_KEY = "{project}/{path}"
+
+
+@dataclass(frozen=True)
+class ArchiveMirror:
+    """A source archive standing in for a git repository at one revision: `PATH#sha256=HEX`.
+
+    Where nothing can mirror a repository (CUTLASS is gigabytes of history), a `git archive`
+    of the pinned revision is enough — if it is that revision: the sha256 is required."""
+
+    path: Path
+    sha256: str
+
+    @staticmethod
+    def is_archive(spec: str) -> bool:
+        return spec.split("#", 1)[0].endswith(_ARCHIVE_SUFFIXES)
+
+    @classmethod
+    def parse(cls, spec: str) -> ArchiveMirror:
+        location, _, fragment = spec.partition("#")
+        digest = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else ""
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise UsageError(
+                f"source mirror {location} is an archive without its sha256",
+                hint=f"write it as {location}#sha256=<the sha256 of the archive you trust>",
+            )
+        return cls(Path(location), digest)
+
+    def extract(self, dest: Path) -> None:
+        """Check the sha256, then unpack into `dest` (one top-level folder is stripped)."""
+        if not self.path.is_file():
+            raise UsageError(f"source mirror {self.path} does not exist", hint="fix the path in source_mirrors")
+        actual = sha256_of(self.path)
+        if actual != self.sha256:
+            raise StepFailed(
+                f"{self.path.name} has sha256 {actual}, not the {self.sha256} the mirror names",
+                hint="the archive is not the one you pinned: replace it, or correct the sha256",
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(self.path) as archive:
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(dest, filter="data")
+            else:  # Python < 3.10.12: no filters; the sha256 above already vouches for it
+                archive.extractall(dest)  # noqa: S202
+        entries = list(dest.iterdir())
+        if len(entries) == 1 and entries[0].is_dir():
+            inner = entries[0]
+            for child in list(inner.iterdir()):
+                child.rename(dest / child.name)
+            inner.rmdir()
 
 
 @dataclass(frozen=True)
@@ -135,6 +190,8 @@ def checkout_intact(checkout: Path, revision: str, commit: str | None = None) ->
     record = _read_pin(checkout)
     if record.get("revision") != revision or (commit is not None and record.get("commit") != commit):
         return False
+    if str(record.get("commit", "")).startswith("sha256:"):
+        return True  # unpacked from a checked archive: no git history to compare against
     try:
         repo = git.Repo(checkout)
         return repo.head.commit.hexsha == record.get("commit") and not repo.is_dirty(untracked_files=False)
@@ -153,6 +210,7 @@ def fetch_project(
     origin: str,
     *,
     submodules: bool = True,
+    mirrors: Mapping[str, str] | None = None,
 ) -> FetchedProject:
     """Fetch one project at its pin into `cache_dir/<name>/<revision>` (reused when intact).
 
@@ -167,14 +225,18 @@ def fetch_project(
     if checkout_intact(dest, revision):
         record = _read_pin(dest)
         missing = tuple(record.get("missing", []))
-        if missing and submodules:
+        if missing and (
+            submodules or any(SUBMODULE_KEY.format(project=project.name, path=m) in (mirrors or {}) for m in missing)
+        ):
             # Cached by an offline or configure-only fetch; a compile needs the submodules now.
-            missing = _update_submodules(git.Repo(dest), project.name)
+            missing = _populate_submodules(git.Repo(dest), project.name, mirrors or {}, network=submodules)
             _write_pin(dest, {**record, "missing": list(missing)})
         return _fetched(project, dest, record["commit"], origin, reused=True, missing=missing)
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    if ArchiveMirror.is_archive(origin):
+        return _from_archive(project, ArchiveMirror.parse(origin), partial, dest, origin)
     repo = git.Repo.init(partial)
     try:
         try:
@@ -198,7 +260,7 @@ def fetch_project(
             hint="the mirror is not a copy of the pinned repository; fix or remove it",
         )
     try:
-        missing = _update_submodules(repo, project.name) if submodules else _submodule_paths(partial)
+        missing = _populate_submodules(repo, project.name, mirrors or {}, network=submodules)
     except StepFailed:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -219,20 +281,51 @@ def _submodule_paths(checkout: Path) -> tuple[str, ...]:
     return tuple(re.findall(r"^\s*path\s*=\s*(\S+)", modules.read_text(), flags=re.MULTILINE))
 
 
-def _update_submodules(repo: git.Repo, name: str) -> tuple[str, ...]:
+def _populate_submodules(repo: git.Repo, name: str, mirrors: Mapping[str, str], *, network: bool) -> tuple[str, ...]:
     """Populate submodules as CMake's FetchContent would (flash-attention builds against its
-    own `csrc/cutlass`). A failure is an error: the compile would stop on a missing header."""
-    paths = _submodule_paths(Path(str(repo.working_tree_dir)))
-    if not paths:
-        return ()
+    own `csrc/cutlass`): from a mirror archive where one is named, else with git when the
+    network may be used. Returns the paths left empty (offline, unmirrored)."""
+    root = Path(str(repo.working_tree_dir))
+    left = []
+    for path in _submodule_paths(root):
+        spec = mirrors.get(SUBMODULE_KEY.format(project=name, path=path))
+        if spec is not None:
+            target = root / path
+            shutil.rmtree(target, ignore_errors=True)
+            ArchiveMirror.parse(spec).extract(target)
+        else:
+            left.append(path)
+    if not left or not network:
+        return tuple(left)
     try:
-        repo.git.submodule("update", "--init", "--recursive", "--depth", "1")
+        repo.git.submodule("update", "--init", "--recursive", "--depth", "1", "--", *left)
     except git.GitCommandError as exc:
         raise StepFailed(
-            f"cannot fetch the submodules of {name} ({', '.join(paths)}): {_git_error(exc)}",
-            hint="check the network, or fetch without submodules for a configure-only arch plan",
+            f"cannot fetch the submodules of {name} ({', '.join(left)}): {_git_error(exc)}",
+            hint="check the network, or map them to archives in source_mirrors "
+            f"('{SUBMODULE_KEY.format(project=name, path=left[0])}')",
         ) from exc
     return ()
+
+
+def _from_archive(
+    project: ExternalProject, archive: ArchiveMirror, partial: Path, dest: Path, origin: str
+) -> FetchedProject:
+    """A project unpacked from a checked archive; CUTLASS headers get the small CMakeLists
+    vLLM's FetchContent needs (the archive holds headers only, no build files)."""
+    try:
+        archive.extract(partial)
+    except (StepFailed, UsageError, OSError, tarfile.TarError):
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if project.name == "cutlass" and not (partial / "CMakeLists.txt").is_file():
+        version = cutlass_headers_version(partial) or "unknown"
+        _write_cutlass_cmake(partial, dest, f"archive {archive.path.name}", version, str(project.revision))
+    commit = f"sha256:{archive.sha256}"
+    _write_pin(partial, {"revision": project.revision, "commit": commit, "origin": origin, "missing": []})
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return _fetched(project, dest, commit, origin, reused=False, missing=())
 
 
 def _fetched(
@@ -267,9 +360,19 @@ class CutlassPackage:
     @property
     def headers_version(self) -> str:
         """The CUTLASS release the headers are (`include/cutlass/version.h`), e.g. 4.2.0."""
-        text = self.source / "include" / "cutlass" / "version.h"
-        parts = re.findall(r"#define CUTLASS_(?:MAJOR|MINOR|PATCH)\s+(\d+)", text.read_text()) if text.is_file() else []
-        return ".".join(parts) if len(parts) == 3 else self.version
+        return cutlass_headers_version(self.source) or self.version
+
+
+def cutlass_headers_version(root: Path) -> str | None:
+    """`4.2.1` from `include/cutlass/version.h` under `root`; None when it is not there."""
+    text = root / "include" / "cutlass" / "version.h"
+    parts = re.findall(r"#define CUTLASS_(?:MAJOR|MINOR|PATCH)\s+(\d+)", text.read_text()) if text.is_file() else []
+    return ".".join(parts) if len(parts) == 3 else None
+
+
+def cutlass_matches_pin(headers: str | None, pinned: str) -> bool:
+    """Whether CUTLASS headers are the release the source pins (`v4.2.1` ↔ `4.2.1`)."""
+    return headers is not None and headers == pinned.removeprefix("v")
 
 
 def find_cutlass_package(venv: Path) -> CutlassPackage | None:
@@ -286,36 +389,35 @@ def find_cutlass_package(venv: Path) -> CutlassPackage | None:
 
 
 _CUTLASS_CMAKE = """\
-# Generated by spark-build: CUTLASS headers from the nvidia-cutlass package.
-# CUTLASS {headers} (nvidia-cutlass {version}) stands in for the {pinned} that vLLM pins: the
-# package index ships no {pinned} headers, and vLLM uses CUTLASS header-only
-# (CUTLASS_ENABLE_HEADERS_ONLY), so these folders are all its CMake needs: the include
-# folders, and CUTLASS_DIR for the examples/77_blackwell_fmha headers of its MLA kernel.
+# Generated by spark-build: CUTLASS {headers} headers from {version}, for the {pinned} vLLM pins.
+# vLLM uses CUTLASS header-only (CUTLASS_ENABLE_HEADERS_ONLY), so these folders are all its
+# CMake needs: the include folders, and CUTLASS_DIR for the examples/77_blackwell_fmha
+# headers of its MLA kernel and the python/ of its kernel generators.
 # Cache variables, because vLLM reads them in its own scope after
 # FetchContent_MakeAvailable(cutlass) has added this folder.
 cmake_minimum_required(VERSION 3.26)
 project(cutlass_headers_from_package LANGUAGES NONE)
-set(CUTLASS_DIR "{source}" CACHE PATH "CUTLASS source root (nvidia-cutlass {version})")
-set(CUTLASS_INCLUDE_DIR "{source}/include" CACHE PATH "CUTLASS include/ (nvidia-cutlass {version})")
+set(CUTLASS_DIR "{source}" CACHE PATH "CUTLASS source root ({version})")
+set(CUTLASS_INCLUDE_DIR "{source}/include" CACHE PATH "CUTLASS include/ ({version})")
 set(CUTLASS_TOOLS_UTIL_INCLUDE_DIR "{source}/tools/util/include" CACHE PATH "CUTLASS tools/util/include/")
 """
+
+
+def _write_cutlass_cmake(folder: Path, source: Path, origin: str, headers: str, pinned: str) -> None:
+    text = _CUTLASS_CMAKE.format(headers=headers, version=origin, pinned=pinned, source=source.as_posix())
+    target = folder / "CMakeLists.txt"
+    if not target.is_file() or target.read_text() != text:
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
 
 
 def cutlass_from_package(project: ExternalProject, package: CutlassPackage, cache_dir: Path) -> FetchedProject:
     """A folder with a generated CMakeLists.txt that hands vLLM the package's CUTLASS headers."""
     folder = cache_dir / "cutlass" / f"nvidia-cutlass-{_slug(package.version)}"
     folder.mkdir(parents=True, exist_ok=True)
-    text = _CUTLASS_CMAKE.format(
-        headers=package.headers_version,
-        version=package.version,
-        pinned=project.revision,
-        source=package.source.as_posix(),
-    )
-    target = folder / "CMakeLists.txt"
-    if not target.is_file() or target.read_text() != text:
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
+    origin = f"nvidia-cutlass {package.version}"
+    _write_cutlass_cmake(folder, package.source, origin, package.headers_version, str(project.revision))
     return FetchedProject(
         name=project.name,
         revision=str(project.revision),
@@ -377,9 +479,10 @@ def fetch_sources(
             fetched.append(cutlass_from_package(project, cutlass, cache_dir))
             notes.append(
                 f"cutlass: CUTLASS {cutlass.headers_version} headers (nvidia-cutlass) stand in for {project.revision}"
+                + ("" if cutlass_matches_pin(cutlass.headers_version, str(project.revision)) else " (not the pin)")
             )
             continue
-        result = fetch_project(project, cache_dir, maybe_origin, submodules=submodules and not offline)
+        result = fetch_project(project, cache_dir, maybe_origin, submodules=submodules and not offline, mirrors=mirrors)
         if result.missing_submodules:
             notes.append(f"{project.name}: submodules not fetched ({', '.join(result.missing_submodules)})")
         fetched.append(result)
@@ -429,3 +532,18 @@ def prepare_sources(
         cutlass=cutlass,
         submodules=submodules,
     )
+
+
+def cutlass_pin_warning(sources: FetchedSources) -> str | None:
+    """One line when the CUTLASS the build will use is not the release the source pins: vLLM
+    0.13.0's MLA kernel, for one, needs a header that CUTLASS 4.2.0 lacks."""
+    for project in sources.projects:
+        if project.name != "cutlass":
+            continue
+        headers = cutlass_headers_version(project.checkout) or cutlass_headers_version(Path(project.origin))
+        if not cutlass_matches_pin(headers, project.revision):
+            return (
+                f"CUTLASS headers {headers or 'of unknown version'} are not the {project.revision} the source pins: "
+                "kernels written for the pin may not compile (map cutlass to an archive of the pin in source_mirrors)"
+            )
+    return None

@@ -26,20 +26,54 @@ from spark_build.arch.compat import ComputeCapability
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed, UsageError
 from spark_build.proc import Runner
-from spark_build.venv import index_args, uv_bin, uv_env
+from spark_build.venv import (
+    INSTALLED_PROBE,
+    SITE_PROBE,
+    Installer,
+    inherit_sites,
+    missing_from_wheels,
+    wheel_folder_index,
+)
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit
 from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.wheel.tinymodel import script_argv
 
+# Imports each module in the fresh venv. When a package's own __init__ needs a third-party
+# module that is not installed (offline: its runtime requirements were not all at hand), the
+# compiled extensions inside it are still loaded straight from their files (after torch, whose
+# libraries they link), so the compile is proven even where `import vllm` cannot be.
 _IMPORT_PROBE = """
-import importlib, json, sys
+import importlib, importlib.machinery, importlib.util, json, os, sys
+own = set(sys.argv[2].split(","))
 found = {}
-for name in sys.argv[2:]:
+try:
+    import torch  # noqa: F401  the extensions link against libtorch
+except Exception:
+    pass
+def load_file(name):
+    top, *rest = name.split(".")
+    spec = importlib.util.find_spec(top)
+    folder = os.path.join(list(spec.submodule_search_locations)[0], *rest[:-1])
+    ext = importlib.machinery.PathFinder.find_spec(rest[-1], [folder])
+    module = importlib.util.module_from_spec(ext)
+    ext.loader.exec_module(module)
+    return module
+for name in sys.argv[3:]:
     try:
         found[name] = {"ok": True, "file": getattr(importlib.import_module(name), "__file__", None)}
+        continue
     except Exception as exc:  # report every module, not just the first failure
-        found[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing and missing.split(".")[0] not in own:
+            entry["missing_module"] = missing
+    if "." in name and "missing_module" in entry:
+        try:
+            entry = {"ok": True, "file": load_file(name).__file__, "direct": True, "package_error": entry["error"]}
+        except Exception as exc:
+            entry["direct_error"] = f"{type(exc).__name__}: {exc}"
+    found[name] = entry
 json.dump(found, open(sys.argv[1], "w"))
 """
 
@@ -53,11 +87,12 @@ class WheelProof:
     python: str  # interpreter the fresh venv is made from
     requirements: tuple[str, ...]  # e.g. torch==2.9.0+cu130 — a source-built wheel no longer pins it
     index: str
+    installer: Installer  # the build's: same venv inheritance and package source
     modules: tuple[str, ...]  # the package and its compiled extensions
     cuda_home: Path
     cuda_major: int
     targets: tuple[str, ...]  # compute capabilities, e.g. ("12.1",)
-    uv_cache_dir: Path | None = None
+    driver: bool = True  # an NVIDIA driver on this host: without one no CUDA extension can load
     serve: bool = False  # also start the server and ask it for completions (vLLM only)
     serve_model: str | None = None  # None: a small instruct model from the HF cache, else a tiny Llama
 
@@ -86,23 +121,26 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     """Install into a fresh venv, audit linkage and GPU code, import every module. Every check
     runs even when an earlier one fails: a failed import is best explained by the linkage table."""
     python = proof.venv / "bin" / "python"
-    env = uv_env(proof.uv_cache_dir)
-    uv = uv_bin()
-    runner.run([uv, "venv", "--clear", "--python", proof.python, proof.venv], log=log, step=step, env=env)
-    runner.run(
-        [uv, "pip", "install", "--python", python, *index_args(proof.index), proof.wheel, *proof.requirements],
-        log=log,
-        step=step,
-        env=env,
-    )
+    installer = proof.installer
+    runner.run(installer.venv_argv(proof.python, proof.venv, seed=False), log=log, step=step, env=installer.env())
+    if installer.inherit_site:
+        sites_file = log.with_suffix(".sites.json")
+        runner.run([proof.python, "-c", SITE_PROBE, sites_file], log=log, step=step)
+        inherit_sites(proof.venv, json.loads(sites_file.read_text())["sites"])
+    unmet = _unmet_requirements(proof, runner, log, step)
+    no_deps = ["--no-deps"] if unmet else []
+    install = installer.install_argv(python, *no_deps, proof.wheel, *proof.requirements, index=proof.index)
+    runner.run(install, log=log, step=step, env=installer.env())
     linkage = linkage_audit(proof.wheel, LibrarySearch.for_venv(proof.venv, os.environ), proof.cuda_major)
     cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
     arch_reports = [arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump) for cc in proof.targets]
     imports_file = log.with_suffix(".imports.json")
-    runner.run([python, "-c", _IMPORT_PROBE, imports_file, *proof.modules], log=log, step=step, cwd=proof.venv)
+    own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
+    probe: list[str | os.PathLike[str]] = [python, "-c", _IMPORT_PROBE, imports_file, own, *proof.modules]
+    runner.run(probe, log=log, step=step, cwd=proof.venv)
     found = json.loads(imports_file.read_text())
-    problems = [f"the installed wheel fails to import {m}: {r['error']}" for m, r in found.items() if not r["ok"]]
-    problems += [f"linkage: {p}" for p in linkage.problems]
+    import_problems, import_notes = judge_imports(found, unmet=unmet, driver=proof.driver)
+    problems = [*import_problems, *(f"linkage: {p}" for p in linkage.problems)]
     problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
     reports = [linkage, *arch_reports]
     _append_tables(log, reports)
@@ -114,6 +152,9 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     results = {
         "wheel_sha256": sha256_of(proof.wheel),
         "imports": {m: r["ok"] for m, r in found.items()},
+        "imports_direct": sorted(m for m, r in found.items() if r.get("direct")),
+        "import_notes": import_notes,
+        "unmet_requirements": unmet,
         "linkage": linkage.to_dict(),
         "arch": [r.to_dict() for r in arch_reports],
         "verdicts": {str(r.target): r.verdict.value for r in arch_reports},
@@ -121,6 +162,58 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         "serve": serve_report.to_dict() if serve_report is not None else None,
     }
     return Proof(results, reports, problems)
+
+
+def _unmet_requirements(proof: WheelProof, runner: Runner, log: Path, step: str) -> list[str]:
+    """Offline (`--wheels`): the wheel's runtime requirements that neither the venv (inherited
+    packages included) nor the wheel folder can satisfy. Then the wheel goes in without its
+    dependencies and the import check says which could not be proven, instead of failing the
+    install on the first missing one."""
+    wheels = proof.installer.wheels
+    if wheels is None:
+        return []
+    out = log.with_suffix(".installed.json")
+    runner.run([proof.venv / "bin" / "python", "-c", INSTALLED_PROBE, out], log=log, step=step)
+    installed = json.loads(out.read_text())
+    return missing_from_wheels(
+        [*wheel_requirements(proof.wheel), *proof.requirements], wheel_folder_index(wheels), installed
+    )
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The `Requires-Dist` lines of a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
+        text = archive.read(metadata).decode("utf-8", "replace") if metadata else ""
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+
+
+_NO_DRIVER = re.compile(r"libcuda\.so(\.1)?: cannot open shared object file")
+
+
+def judge_imports(
+    found: Mapping[str, Mapping[str, Any]], *, unmet: Sequence[str], driver: bool
+) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the import check. A module that fails only because a runtime
+    requirement was knowingly left out (offline), or because this host has no NVIDIA driver,
+    is not the wheel's fault: it is reported as unproven, with what it needs."""
+    problems, notes = [], []
+    for module, result in found.items():
+        if result.get("ok"):
+            if result.get("direct"):
+                notes.append(f"{module} loaded from its file (its package needs: {result.get('package_error')})")
+            continue
+        error = str(result.get("error", ""))
+        if unmet and result.get("missing_module"):
+            needs = result["missing_module"]
+            notes.append(f"import {module} not proven: needs {needs} (not at hand offline: {', '.join(unmet)})")
+        elif not driver and _NO_DRIVER.search(error + str(result.get("direct_error", ""))):
+            notes.append(
+                f"import {module} not proven: it needs the NVIDIA driver (libcuda.so.1), which this host lacks"
+            )
+        else:
+            problems.append(f"the installed wheel fails to import {module}: {error}")
+    return problems, notes
 
 
 def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeReport:
@@ -159,6 +252,7 @@ def render_proof(results: Mapping[str, Any]) -> list[str]:
         f"validate: linkage ok: {len(linkage['libraries'])} libraries resolved, none from another CUDA major",
     ]
     lines += [f"validate: GPU code for compute capability {cc}: {v}" for cc, v in results["verdicts"].items()]
+    lines += [f"validate: {note}" for note in results.get("import_notes", [])]
     serve = results.get("serve")
     if serve:
         eager = " (needed --enforce-eager)" if serve["enforce_eager_needed"] else ""
@@ -166,14 +260,17 @@ def render_proof(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def serve_decision(dist: str, gpus: int, wanted: bool) -> tuple[bool, str]:
-    """Serve only where it can mean something: vLLM itself, on a machine with its GPU."""
+def serve_decision(dist: str, gpu_caps: Sequence[str], target_caps: Sequence[str], wanted: bool) -> tuple[bool, str]:
+    """Serve only where it can mean something: vLLM itself, on a machine with a GPU it is for."""
     if not wanted:
         return False, "serve check off (--no-serve)"
     if dist != "vllm":
         return False, f"serve check not applicable to {dist} (not vLLM)"
-    if gpus == 0:
+    if not gpu_caps:
         return False, "serve check skipped: no GPU on this machine (run invoke validate on the Spark)"
+    if not set(gpu_caps) & set(target_caps):
+        here = ", ".join(sorted(set(gpu_caps)))
+        return False, f"serve check skipped: this GPU ({here}) cannot run a wheel built for {', '.join(target_caps)}"
     return True, "serve check on"
 
 
