@@ -1,189 +1,48 @@
 """Wheel fetch: the HTTP side of the wheel watch — ask the host about the pinned wheel, and copy it whole.
 
-Every fetch here runs behind one retry policy, because each must tell "gone" (404/410, final) from
+Every fetch here runs behind one retry policy (`nightly.transport`), because each must tell "gone" (404/410, final) from
 "the network hiccupped" (5xx, timeouts, resets: retried with a bound). `check_wheel` asks with HEAD
 (a ranged GET where HEAD is refused); `mirror_wheel` streams into `.partial/`, resumes with Range +
 If-Range, verifies the sha256 and only then renames the wheel into the wheelhouse. What to do with
-the answers is `wheelwatch`'s business.
+the answers is `nightly.watch`'s business.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import posixpath
 import re
-import socket
-import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, TypeVar
-
-import tenacity
 
 from spark_build.durable import atomic_write_text, fsync_dir, sha256_of
 from spark_build.errors import SparkBuildError, UsageError
+from spark_build.nightly.transport import (
+    RETRY_POLICY,
+    HTTPStatusError,
+    RetryPolicy,
+    Say,
+    StaleRange,
+    TruncatedDownload,
+    open_url,
+    status_failure,
+    with_retry,
+)
 
 PARTIAL_DIR = ".partial"
-USER_AGENT = "spark-build-wheelwatch/0.1"
 GONE_CODES = frozenset({404, 410})
 # Some hosts (S3 presigned URLs, a few CDNs) refuse HEAD although GET works: fall back to a 1-byte GET.
 HEAD_REFUSED_CODES = frozenset({403, 405, 501})
 
-Say = Callable[[str], None]
-T = TypeVar("T")
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
-# --------------------------------------------------------------------------- retry policy
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try before a transient failure becomes the night's failure.
-
-    Bounded on purpose: a nightly that retries forever never reports, and the next night tries again.
-    """
-
-    attempts: int = 5
-    initial_wait: float = 2.0
-    max_wait: float = 60.0
-    jitter: float = 2.0
-
-
-RETRY_POLICY = RetryPolicy()
-
-
-class HTTPStatusError(Exception):
-    """A final HTTP answer that is not success, kept without its socket (urllib's HTTPError holds one)."""
-
-    def __init__(self, url: str, code: int, reason: str, content_range: str | None = None) -> None:
-        super().__init__(f"HTTP {code} {reason}".rstrip())
-        self.url = url
-        self.code = code
-        self.status_line = str(self)
-        self.content_range = content_range  # a 416 says how long the file really is
-
-
-class TruncatedDownload(Exception):
-    """The body ended before Content-Length/Content-Range said it would: a dropped connection."""
-
-    def __init__(self, received: int, expected: int) -> None:
-        super().__init__(f"connection closed after {received} of {expected} bytes")
-
-
-class _StaleRange(Exception):
-    """Our `.part` does not fit what the server offers to resume; the next attempt starts over."""
-
 
 class WheelGone(SparkBuildError):
     """The wheel answered 404/410 while we were fetching it: from now on only a rebuild gives vLLM."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth another try: 5xx, timeouts, resets, truncated bodies — never a 4xx, which will not change."""
-    if isinstance(exc, HTTPStatusError):
-        return exc.code >= 500
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        exc = exc.reason
-    if isinstance(exc, socket.gaierror):
-        return exc.errno == socket.EAI_AGAIN  # "temporary failure in name resolution"
-    return isinstance(
-        exc,
-        (
-            TimeoutError,
-            ConnectionError,
-            http.client.IncompleteRead,
-            http.client.BadStatusLine,
-            ssl.SSLEOFError,
-            TruncatedDownload,
-            _StaleRange,
-        ),
-    )
-
-
-def transient_retry(policy: RetryPolicy = RETRY_POLICY, *, on_retry: Say | None = None) -> tenacity.Retrying:
-    """The one retry policy for wheel traffic: bounded attempts, exponential backoff with jitter.
-
-    Jitter keeps many Sparks on the same 03:30 timer from hammering the wheel host in lockstep.
-    Each retry says why and how long it waits, so a slow night is explained in the log.
-    """
-    say = on_retry or _print
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        say(f"retry {state.attempt_number}/{policy.attempts - 1} in {wait:.1f}s: {error}")
-
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
-        stop=tenacity.stop_after_attempt(policy.attempts),
-        # spelled as a sum rather than wait_exponential_jitter, whose arguments differ across tenacity 8 and 9
-        wait=tenacity.wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
-        + tenacity.wait_random(0, policy.jitter),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
-def _status_failure(what: str, url: str, err: HTTPStatusError, policy: RetryPolicy, hint: str) -> SparkBuildError:
-    tries = f" (after {policy.attempts} attempts)" if is_transient(err) else ""
-    return SparkBuildError(f"{what} {url}: {err.status_line}{tries}", hint=hint)
-
-
-def _with_retry(policy: RetryPolicy, on_retry: Say | None, what: str, url: str, fn: Callable[[], T]) -> T:
-    """Run `fn` under the policy; a failure left after it becomes one actionable error."""
-    try:
-        return transient_retry(policy, on_retry=on_retry)(fn)
-    except HTTPStatusError:
-        raise  # the caller knows which codes mean "gone"
-    except ValueError as err:  # urllib: "unknown url type"
-        raise UsageError(f"{what} {url}: {err}", hint="give an http(s) URL to the wheel") from err
-    except (urllib.error.URLError, OSError, http.client.HTTPException, TruncatedDownload, _StaleRange) as err:
-        reason = err.reason if isinstance(err, urllib.error.URLError) else err
-        tries = f" after {policy.attempts} attempts" if is_transient(err) else ""
-        raise SparkBuildError(
-            f"{what} {url} failed{tries}: {reason}",
-            hint="check the network; the next scheduled run tries again",
-        ) from err
-
-
-# --------------------------------------------------------------------------- HTTP plumbing
-
-
-class _KeepHeadOnRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib turns a redirected HEAD into a GET: a host redirecting to a CDN would stream 250 MB."""
-
-    def redirect_request(  # type: ignore[override]
-        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and req.get_method() == "HEAD":
-            new.method = "HEAD"
-        return new
-
-
-_OPENER = urllib.request.build_opener(_KeepHeadOnRedirect)
-
-
-def _open(url: str, *, timeout: float, method: str = "GET", headers: Mapping[str, str] | None = None) -> Any:
-    request = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
-    try:
-        return _OPENER.open(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        status = HTTPStatusError(url, err.code, str(err.reason), err.headers.get("Content-Range"))
-        err.close()
-        raise status from None
 
 
 def split_sha256_fragment(url: str) -> tuple[str, str | None]:
@@ -251,24 +110,24 @@ def check_wheel(
 
     def probe() -> tuple[str, int | None]:
         try:
-            with _open(fetch_url, method="HEAD", timeout=timeout) as resp:
+            with open_url(fetch_url, method="HEAD", timeout=timeout) as resp:
                 return f"HTTP {resp.status} {resp.reason}", _int_header(resp.headers.get("Content-Length"))
         except HTTPStatusError as err:
             if err.code not in HEAD_REFUSED_CODES:
                 raise
-        with _open(fetch_url, headers={"Range": "bytes=0-0"}, timeout=timeout) as resp:
+        with open_url(fetch_url, headers={"Range": "bytes=0-0"}, timeout=timeout) as resp:
             size = _total_from_content_range(resp.headers.get("Content-Range"))
             if resp.status != 206:
                 size = _int_header(resp.headers.get("Content-Length"))
             return f"HTTP {resp.status} {resp.reason}", size
 
     try:
-        status_line, size = _with_retry(policy, on_retry, "checking", fetch_url, probe)
+        status_line, size = with_retry(policy, on_retry, "checking", fetch_url, probe)
     except HTTPStatusError as err:
         if err.code in GONE_CODES:
             return WheelStatus(url, Availability.GONE, err.status_line)
         hint = "neither present nor gone (404/410); check the URL and the host, then run the nightly again"
-        raise _status_failure("checking", fetch_url, err, policy, hint) from err
+        raise status_failure("checking", fetch_url, err, policy, hint) from err
     return WheelStatus(url, Availability.PRESENT, status_line, size=size, sha256=fragment_sha)
 
 
@@ -293,13 +152,13 @@ def sha256_from_index(
     """The sha256 a PEP 503 index page publishes for `filename` (`<a href="…whl#sha256=…">`), if any."""
 
     def fetch() -> str:
-        with _open(index_url, timeout=timeout) as resp:
+        with open_url(index_url, timeout=timeout) as resp:
             return str(resp.read().decode("utf-8", "replace"))
 
     try:
-        page = _with_retry(policy, on_retry, "reading index", index_url, fetch)
+        page = with_retry(policy, on_retry, "reading index", index_url, fetch)
     except HTTPStatusError as err:
-        raise _status_failure("reading index", index_url, err, policy, "check --index-url") from err
+        raise status_failure("reading index", index_url, err, policy, "check --index-url") from err
     parser = _WheelLinks()
     parser.feed(page)
     for href in parser.hrefs:
@@ -330,20 +189,20 @@ def _download_once(fetch_url: str, part: Path, meta: Path, timeout: float, chunk
     validator = _resume_validator(meta, fetch_url) if offset else None
     headers = {"Range": f"bytes={offset}-", "If-Range": validator} if validator else {}
     try:
-        resp = _open(fetch_url, headers=headers, timeout=timeout)
+        resp = open_url(fetch_url, headers=headers, timeout=timeout)
     except HTTPStatusError as err:
         if err.code == 416 and headers:
             if _total_from_content_range(err.content_range) == offset:
                 return  # stopped after the last byte, before the rename: the .part is whole
             part.unlink(missing_ok=True)  # longer than the file: not a prefix we can continue
-            raise _StaleRange(f"cannot resume at byte {offset}: {err.status_line}; starting over") from err
+            raise StaleRange(f"cannot resume at byte {offset}: {err.status_line}; starting over") from err
         raise
     with resp:
         if resp.status == 206 and headers:
             match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
             if not match or int(match.group(1)) != offset:
                 part.unlink(missing_ok=True)
-                raise _StaleRange(f"server resumed at the wrong offset ({match and match.group(1)})")
+                raise StaleRange(f"server resumed at the wrong offset ({match and match.group(1)})")
             total = int(match.group(2)) if match.group(2) != "*" else None
             mode, received = "ab", offset
         else:  # 200: Range unsupported, or If-Range saw a changed file — restart cleanly
@@ -432,7 +291,7 @@ def mirror_wheel(
     meta = partial_dir / f"{name}.part.json"
 
     try:
-        _with_retry(
+        with_retry(
             policy,
             on_retry,
             "downloading",
@@ -443,7 +302,7 @@ def mirror_wheel(
         if err.code in GONE_CODES:
             raise WheelGone(f"{fetch_url} is gone ({err.status_line})", hint="rebuild from source") from err
         hint = "the next run resumes from what was kept in .partial/"
-        raise _status_failure("downloading", fetch_url, err, policy, hint) from err
+        raise status_failure("downloading", fetch_url, err, policy, hint) from err
 
     actual = sha256_of(part)
     if expected is not None and actual != expected:

@@ -4,7 +4,7 @@ The community's vLLM wheel for the DGX Spark is a nightly build at a commit URL 
 at any time; when it does, the only way to vLLM is a 25–35 minute source build. So every night
 we look (`check_wheel`), keep a verified copy while it exists (`mirror_wheel`), and rebuild once
 it is gone (`nightly`, with the build injected). `decide` is the pure part; the HTTP (retries,
-resumable download, sha256 checks) lives in `wheelfetch`.
+resumable download, sha256 checks) lives in `nightly.fetch`, the retry policy in `nightly.transport`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from typing import Any
 from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import SparkBuildError
 from spark_build.nightly.fetch import (
-    RETRY_POLICY,
-    RetryPolicy,
-    Say,
     WheelGone,
     WheelStatus,
     check_wheel,
@@ -36,6 +33,7 @@ from spark_build.nightly.fetch import (
     wheel_filename,
     wheel_in_wheelhouse,
 )
+from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
 
 # What the community guide "DGX Spark ML Training Setup" pins for aarch64 + CUDA 13.0: vLLM 0.13.0's
 # cu130 build at its release commit on the vLLM wheel host. The guide warns it "may stop being hosted

@@ -21,12 +21,12 @@ import pytest
 from spark_build.errors import SparkBuildError, StepFailed
 from spark_build.nightly.fetch import (
     Availability,
-    RetryPolicy,
     WheelGone,
     check_wheel,
     mirror_wheel,
     sha256_from_index,
 )
+from spark_build.nightly.transport import RetryPolicy
 from spark_build.nightly.watch import (
     Outcome,
     nightly,

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from spark_build.compile.jobplan import parse_ninja_lines
 from spark_build.errors import UsageError
 from spark_build.insight.critical_path import critical_path, parse_ninja_graph
 from spark_build.insight.history import HistoryRow, compare, describe_change, history_rows, load_runs
 from spark_build.insight.report import find_run, history_main, load_run, report_data, report_main
-from spark_build.insight.trace import parse_ninja_lines, write_trace
+from spark_build.insight.trace import write_trace
 from tests.unit.test_trace import FULL_RUN, RESUMED_RUN
 
 DATA = Path(__file__).parents[1] / "data"

@@ -12,21 +12,9 @@ from typing import Any
 
 import pytest
 
-from spark_build.insight.trace import (
-    PID_BUILD,
-    PID_COMPILE,
-    PID_MEMORY,
-    BuiltObject,
-    GovernorEvent,
-    MemorySample,
-    NinjaLine,
-    assign_slots,
-    ninja_runs,
-    parse_ninja_lines,
-    read_governor_log,
-    trace_events,
-    write_trace,
-)
+from spark_build.compile.jobplan import NinjaLine, parse_ninja_lines
+from spark_build.insight.buildlog import BuiltObject, GovernorEvent, MemorySample, ninja_runs, read_governor_log
+from spark_build.insight.trace import PID_BUILD, PID_COMPILE, PID_MEMORY, assign_slots, trace_events, write_trace
 
 DATA = Path(__file__).parents[1] / "data"
 FULL_RUN = "20261125-181130-767"  # the example built from scratch, 12 objects on 2 jobs

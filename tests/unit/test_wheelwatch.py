@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_build.nightly.fetch import (
-    Availability,
-    HTTPStatusError,
-    WheelStatus,
-    is_transient,
-    wheel_filename,
-)
+from spark_build.nightly.fetch import Availability, WheelStatus, wheel_filename
+from spark_build.nightly.transport import HTTPStatusError, is_transient
 from spark_build.nightly.watch import (
     DEFAULT_WHEEL_URL,
     EXIT_CODES,
