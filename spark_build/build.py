@@ -160,7 +160,7 @@ def _run(
                 log_dir,
                 state_file=config.state_file,
                 build_root=ctx.layout.build_tree,
-                ninja=ctx.venv / "bin" / "ninja",
+                ninja=next((d / "ninja" for d in ctx.bin_dirs if (d / "ninja").exists()), ctx.venv / "bin" / "ninja"),
             )
             traced = "  trace: trace.json (Perfetto, chrome://tracing)"
         except (OSError, ValueError, KeyError) as exc:  # a trace must never fail a build

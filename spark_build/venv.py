@@ -86,7 +86,11 @@ class Installer:
 
 # The site-packages folders an interpreter reads; for a venv's interpreter (/opt/torch/.venv)
 # these are the venv's own, which `--system-site-packages` alone would not pass on.
-SITE_PROBE = "import json, site, sys; json.dump({'sites': site.getsitepackages()}, open(sys.argv[1], 'w'))"
+# Its scripts folder too: the build's cmake and ninja may be the ones installed there.
+SITE_PROBE = (
+    "import json, site, sys, sysconfig; "
+    "json.dump({'sites': site.getsitepackages(), 'scripts': sysconfig.get_path('scripts')}, open(sys.argv[1], 'w'))"
+)
 INHERIT_PTH = "spark_build_inherit.pth"
 
 

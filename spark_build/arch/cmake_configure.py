@@ -138,10 +138,12 @@ def configure(
     step: str = "arch-plan",
     build_type: str = "RelWithDebInfo",
     jobs: int = 1,
+    bin_dirs: Sequence[Path] = (),
 ) -> Configured:
     """Run vLLM's real CMake configure (nothing is compiled) into a fresh `build_dir`.
 
-    `venv` must hold the CUDA torch and the build requirements (cmake ≥ 3.26 among them);
+    `venv` must hold the CUDA torch and the build requirements (cmake ≥ 3.26 among them), or
+    see them in `bin_dirs` (the scripts of an interpreter whose packages it inherits);
     `env` adds the sources' `*_SRC_DIR` variables so nothing is fetched from the network.
     Missing driver libraries are replaced by stubs, which is safe only because this stops
     after configure. The build folder starts empty: a stale CMakeCache from another arch or
@@ -153,8 +155,9 @@ def configure(
     missing = missing_link_libraries(cuda_home)
     stubs = build_stubs(missing, build_dir / "configure-only-stubs", runner, log, step) if missing else {}
     python = venv / "bin" / "python"
-    cmake = venv / "bin" / "cmake"
-    argv = [str(cmake if cmake.exists() else "cmake")]
+    paths = [venv / "bin", *bin_dirs]
+    cmake = next((folder / "cmake" for folder in paths if (folder / "cmake").exists()), None)
+    argv = [str(cmake or "cmake")]
     argv += cmake_args(
         source, build_dir, python=python, cuda_home=cuda_home, build_type=build_type, jobs=jobs, stubs=stubs
     )
@@ -162,7 +165,7 @@ def configure(
         "TORCH_CUDA_ARCH_LIST": arch,
         "CUDA_HOME": str(cuda_home),
         "VLLM_TARGET_DEVICE": "cuda",
-        "PATH": os.pathsep.join([str(venv / "bin"), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
+        "PATH": os.pathsep.join([*map(str, paths), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
         **dict(env or {}),
     }
     note = {k: v for k, v in variables.items() if k != "PATH"}

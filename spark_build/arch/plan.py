@@ -318,10 +318,20 @@ def plan_source(
     log: Path,
     target: ComputeCapability,
     step: str = "arch-plan",
+    bin_dirs: Sequence[Path] = (),
 ) -> ArchPlan:
     """The arch-plan step in one call: configure with the fetched sources, read, judge."""
     configured = configure(
-        source, build_dir, arch, venv=venv, cuda_home=cuda_home, runner=runner, log=log, env=sources.env, step=step
+        source,
+        build_dir,
+        arch,
+        venv=venv,
+        cuda_home=cuda_home,
+        runner=runner,
+        log=log,
+        env=sources.env,
+        step=step,
+        bin_dirs=bin_dirs,
     )
     roots = {"vllm": source, **{p.name: p.checkout for p in sources.projects}}
     return read_plan(configured, roots, arch, target)

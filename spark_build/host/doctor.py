@@ -372,6 +372,29 @@ def _check_torch(facts: HostFacts) -> Problem:
     return Problem("torch", value, "ok")
 
 
+def existing_torch(facts: HostFacts, wanted_cuda: str) -> Problem:
+    """`--torch existing`: the interpreter must hold a torch built for the CUDA major the build
+    targets (`--torch-cuda`) and nvcc compiles with — a CPU or CUDA 12 torch is bad input."""
+    python = facts.torch.python if facts.torch else "the interpreter"
+    fix = "name the interpreter that holds CUDA torch with --python (e.g. /opt/torch/.venv/bin/python)"
+    if facts.torch is None:
+        why = facts.torch_query_error or f"{python} has no torch"
+        return Problem("existing torch", why, "error", f"{fix}, or drop --torch existing")
+    torch = facts.torch
+    value = f"torch {torch.version} (CUDA {torch.cuda or 'none'}) in {torch.python}"
+    if wanted_cuda == "cpu":
+        ok = torch.cuda is None
+    else:
+        ok = torch.cuda is not None and torch.cuda.split(".")[0] == wanted_cuda
+    if not ok:
+        wanted = "a CPU build" if wanted_cuda == "cpu" else f"CUDA {wanted_cuda}"
+        return Problem("existing torch", f"{value}, not {wanted}", "error", fix)
+    nvcc = facts.nvcc_version
+    if nvcc is not None and torch.cuda is not None and torch.cuda.split(".")[0] != str(nvcc.major):
+        return Problem("existing torch", f"{value}, but nvcc is {_major_minor(nvcc)}", "error", fix)
+    return Problem("existing torch", value, "ok")
+
+
 def _check_triton_ptxas(facts: HostFacts, targets: Sequence[archmap.ArchEntry]) -> Problem:
     ptxas = str(facts.ptxas or Path(SPARK_CUDA_HOME) / "bin" / "ptxas")
     fix = f"export TRITON_PTXAS_PATH={ptxas} TRITON_PTXAS_BLACKWELL_PATH={ptxas}"

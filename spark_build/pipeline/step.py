@@ -96,14 +96,23 @@ class Context:
         installer = self.config.installer
         return self.run(step, installer.install_argv(self.python, *args, index=index), env=installer.env(), **kwargs)
 
-    def make_venv(self, step: str, dest: Path, *, seed: bool) -> None:
+    def make_venv(self, step: str, dest: Path, *, seed: bool) -> list[str]:
         """A fresh venv from `--python`; with `--torch existing` it also sees that interpreter's
-        packages (its torch), whether they are system packages or another venv's."""
+        packages (its torch), whether they are system packages or another venv's. Returns the
+        inherited scripts folders (where that interpreter's cmake and ninja are)."""
         installer = self.config.installer
         self.run(step, installer.venv_argv(self.config.python, dest, seed=seed), env=installer.env())
-        if installer.inherit_site:
-            sites = self.probe_json(step, Path(self.config.python), SITE_PROBE)["sites"]
-            inherit_sites(dest, sites)
+        if not installer.inherit_site:
+            return []
+        found = self.probe_json(step, Path(self.config.python), SITE_PROBE)
+        inherit_sites(dest, found["sites"])
+        return [found["scripts"]]
+
+    @property
+    def bin_dirs(self) -> list[Path]:
+        """Where the build's tools are: the build venv's bin/, then any inherited scripts folder."""
+        inherited = self.optional_result("venv").get("inherited_bin", [])
+        return [self.venv / "bin", *map(Path, inherited)]
 
     def probe_json(self, step: str, python: Path, code: str) -> dict[str, Any]:
         """Run a probe in a venv's interpreter; the probe writes JSON to a file we read back, so

@@ -41,6 +41,7 @@ class ArchPlanStep(Step):
             venv=ctx.venv,
             cuda_home=ctx.config.cuda_home,
             sources=sources,
+            bin_dirs=ctx.bin_dirs[1:],
             runner=ctx.runner,
             log=ctx.log(self.name),
             target=target,

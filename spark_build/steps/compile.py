@@ -61,7 +61,7 @@ def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
         "VLLM_TARGET_DEVICE": "cuda",
         "TRITON_PTXAS_PATH": str(cuda_bin / "ptxas"),
         "VIRTUAL_ENV": str(ctx.venv),
-        "PATH": os.pathsep.join([str(ctx.venv / "bin"), str(cuda_bin), os.environ.get("PATH", "")]),
+        "PATH": os.pathsep.join([*map(str, ctx.bin_dirs), str(cuda_bin), os.environ.get("PATH", "")]),
     }
 
 

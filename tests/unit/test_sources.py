@@ -109,7 +109,7 @@ def test_cutlass_headers_come_from_the_nvidia_cutlass_package_found_in_the_venv(
     cmake = (fetched.env_value / "CMakeLists.txt").read_text()
     assert f'set(CUTLASS_INCLUDE_DIR "{source.as_posix()}/include" CACHE PATH' in cmake
     assert f'set(CUTLASS_TOOLS_UTIL_INCLUDE_DIR "{source.as_posix()}/tools/util/include" CACHE PATH' in cmake
-    assert "CUTLASS 4.2.0 (nvidia-cutlass 4.2.0.0) stands in for the v4.2.1 that vLLM pins" in cmake
+    assert "CUTLASS 4.2.0 headers from nvidia-cutlass 4.2.0.0, for the v4.2.1 vLLM pins" in cmake
     assert fetched.env == "VLLM_CUTLASS_SRC_DIR"
     assert sources_intact({"projects": [fetched.to_dict()]})
 

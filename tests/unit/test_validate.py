@@ -33,9 +33,21 @@ def test_a_distribution_named_unlike_its_package_is_imported_by_its_package():
 
 @pytest.mark.parametrize(
     ("dist", "gpus", "wanted", "serves"),
-    [("vllm", 1, True, True), ("vllm", 0, True, False), ("spark-example", 1, True, False), ("vllm", 1, False, False)],
-    ids=["vllm-on-its-gpu", "vllm-without-gpu", "not-vllm", "turned-off"],
+    [
+        ("vllm", ["12.1"], True, True),
+        ("vllm", [], True, False),
+        ("vllm", ["9.0"], True, False),
+        ("spark-example", ["12.1"], True, False),
+        ("vllm", ["12.1"], False, False),
+    ],
+    ids=["vllm-on-its-gpu", "vllm-without-gpu", "vllm-on-another-gpu", "not-vllm", "turned-off"],
 )
-def test_the_serve_check_runs_only_for_vllm_on_a_machine_with_a_gpu(dist, gpus, wanted, serves):
-    decided, why = serve_decision(dist, gpus, wanted)
+def test_the_serve_check_runs_only_for_vllm_on_a_gpu_the_wheel_is_built_for(dist, gpus, wanted, serves):
+    decided, why = serve_decision(dist, gpus, ("12.1",), wanted)
     assert decided is serves and why
+
+
+def test_an_h200_cannot_serve_a_12_1a_wheel_and_the_skip_says_so():
+    decided, why = serve_decision("vllm", ["9.0"], ("12.1",), True)
+    assert not decided
+    assert why == "serve check skipped: this GPU (9.0) cannot run a wheel built for 12.1"
