@@ -9,6 +9,7 @@ lacks (safe only because a configure links nothing).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -174,3 +175,42 @@ def configure(
     if not commands.is_file():
         raise StepFailed("CMake configured but wrote no compile_commands.json", step=step, log=log)
     return Configured(build_dir, log, commands, stubs)
+
+
+# setup.py decides which CMake targets it builds (`cmake --build --target …`) from its own
+# ext_modules list; run it with `--name` (no build) and read that list back.
+_EXTENSIONS_PROBE = """
+import json, runpy, sys
+out = sys.argv[1]
+sys.argv = ["setup.py", "--name"]
+scope = runpy.run_path("setup.py", run_name="__main__")
+json.dump([getattr(ext, "name", str(ext)) for ext in scope.get("ext_modules", [])], open(out, "w"))
+"""
+
+
+def setup_extensions(
+    source: Path,
+    venv: Path,
+    arch: str,
+    *,
+    cuda_home: Path,
+    runner: Runner,
+    log: Path,
+    step: str = "arch-plan",
+    bin_dirs: Sequence[Path] = (),
+) -> frozenset[str] | None:
+    """The CMake targets the source's setup.py builds for `arch` (`_C`, `_vllm_fa2_C`, …), or
+    None when setup.py cannot be asked (then every configured target counts as built)."""
+    out = log.with_suffix(".extensions.json")
+    paths = [venv / "bin", *bin_dirs]
+    env = {
+        **os.environ,
+        "TORCH_CUDA_ARCH_LIST": arch,
+        "CUDA_HOME": str(cuda_home),
+        "VLLM_TARGET_DEVICE": "cuda",
+        "PATH": os.pathsep.join([*map(str, paths), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
+    }
+    argv: list[str | os.PathLike[str]] = [venv / "bin" / "python", "-c", _EXTENSIONS_PROBE, out]
+    if runner.run(argv, log=log, step=step, cwd=source, env=env, check=False) != 0 or not out.is_file():
+        return None
+    return frozenset(str(name).rsplit(".", 1)[-1] for name in json.loads(out.read_text()))

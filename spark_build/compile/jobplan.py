@@ -34,7 +34,8 @@ from spark_build.sizes import KIB, format_bytes
 # slot for them is the static-safe plan that halves throughput.
 SLOT_QUANTILE = 0.75
 # The measured compile every object never built before is planned from (shipped as package data).
-DEFAULT_PROFILE = Path(__file__).parents[1] / "data" / "vllm-0.13.0-sm121a-compile-profile.json"
+# The full vLLM 0.13.0 compile for 12.1a: all 389 objects of its five targets.
+DEFAULT_PROFILE = Path(__file__).parents[1] / "data" / "vllm-0.13.0-sm121a-full-compile-profile.json"
 JOBS_JSON_VERSION = 1
 
 
@@ -163,18 +164,31 @@ class Estimates:
     origin: str
 
 
-def estimates_from(records: Sequence[Mapping[str, Any]], profile: Mapping[str, Any] | None) -> Estimates:
+def cmake_target_of(obj: str) -> str:
+    """`_vllm_fa3_C.dir/hopper/x.cu.o` → `_vllm_fa3_C`."""
+    return normalize_object(obj).split(".dir/", 1)[0]
+
+
+def estimates_from(
+    records: Sequence[Mapping[str, Any]],
+    profile: Mapping[str, Any] | None,
+    targets: frozenset[str] | None = None,
+) -> Estimates:
     """Merge the default profile with earlier builds' `jobs.json` documents (oldest first).
 
     A finished record replaces the profile's value (same source, same flags: a better guess than
     a measurement of another build), but never lowers what an earlier record of this source saw:
     a compiler-cache hit finishes in milliseconds at a tiny peak and says nothing about the
     compile it skipped. A job killed before it finished only raises the estimate, since its
-    recorded peak is a lower bound.
+    recorded peak is a lower bound. With `targets` (the CMake targets setup.py builds), the
+    profile's objects of other targets are left out: FA3's 224 objects, skipped for a 12.x
+    target, would otherwise lower every slot the planner sizes.
     """
     peaks: dict[str, int] = {}
     seconds: dict[str, float] = {}
     for row in (profile or {}).get("objects", []):
+        if targets is not None and cmake_target_of(row["object"]) not in targets:
+            continue
         name = normalize_object(row["object"])
         peaks[name] = int(row["peak_rss_mb"]) * KIB**2
         seconds[name] = float(row.get("wall_s") or 0.0)
@@ -206,7 +220,11 @@ def estimates_from(records: Sequence[Mapping[str, Any]], profile: Mapping[str, A
 
 
 def load_estimates(
-    records: Iterable[Path], default_profile_path: Path | None, *, source: str | None = None
+    records: Iterable[Path],
+    default_profile_path: Path | None,
+    *,
+    source: str | None = None,
+    targets: frozenset[str] | None = None,
 ) -> Estimates:
     """Read earlier builds' records and the default profile.
 
@@ -233,7 +251,7 @@ def load_estimates(
     profile = None
     if default_profile_path is not None and default_profile_path.exists():
         profile = json.loads(default_profile_path.read_text())
-    return estimates_from([doc for _, doc in sorted(docs, key=lambda d: d[0])], profile)
+    return estimates_from([doc for _, doc in sorted(docs, key=lambda d: d[0])], profile, targets)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,10 @@ class Compile(Step):
         # Seconds here instead of an #error at the first object that includes torch.
         label = f"{recipe.dist} {recipe.version}" if recipe.version else recipe.dist
         check_source_against_torch(ctx.src, ctx.venv, ctx.result("torch")["version"], label)
-        estimates = load_estimates([cfg.logs_dir], DEFAULT_PROFILE, source=source)
+        # The arch plan asked setup.py which targets it builds: plan for those objects only.
+        built = ctx.optional_result("arch-plan").get("built_targets")
+        targets = frozenset(built) if built is not None else None
+        estimates = load_estimates([cfg.logs_dir], DEFAULT_PROFILE, source=source, targets=targets)
         plan = plan_jobs(
             psutil.virtual_memory().available,
             cfg.mem_reserve,

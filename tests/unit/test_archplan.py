@@ -119,11 +119,18 @@ def test_before_the_patches_qutlass_is_built_as_sm_120a_which_cannot_run_on_the_
     plan = plan_from_outputs(_log(), _commands("before"), ROOTS, "12.1a", SPARK)
     (qutlass,) = _rows_by_name(plan.rows)["_C qutlass:qutlass/csrc"]
     assert (qutlass.sass, qutlass.verdict) == (("sm_120a",), Verdict.CANNOT_RUN)
-    assert [row.name for row in plan.problems()] == ["_C qutlass:qutlass/csrc"]
+    assert [row.name for row in plan.problems()] == [
+        "_C qutlass:qutlass/csrc",
+        "_vllm_fa3_C vllm-flash-attn:hopper/instantiations",  # pristine setup.py builds FA3 for nothing
+    ]
+
+
+# What the patched setup.py lists for 12.1a (its ext_modules, read by `setup_extensions`).
+BUILT_AFTER = frozenset({"_C", "_moe_C", "cumem_allocator", "triton_kernels", "_vllm_fa2_C", "_flashmla_C"})
 
 
 def test_after_the_patches_every_object_built_for_12_x_runs_natively_on_12_1() -> None:
-    plan = plan_from_outputs(_log(), _commands("after"), ROOTS, "12.1a", SPARK)
+    plan = plan_from_outputs(_log(), _commands("after"), ROOTS, "12.1a", SPARK, BUILT_AFTER)
     assert plan.problems() == []
     twelve = [row for row in plan.rows if builds_for_major(row, SPARK)]
     assert twelve and all(row.verdict is Verdict.NATIVE for row in twelve)
@@ -159,10 +166,25 @@ def test_the_plan_table_names_each_row_and_its_verdict() -> None:
     assert "sm_120a" in line and "cannot run" in line
 
 
+def test_objects_of_a_target_setup_py_builds_without_any_gencode_are_a_problem_not_a_footnote() -> None:
+    built_with_fa3 = BUILT_AFTER | {"_vllm_fa3_C"}
+    plan = plan_from_outputs(_log(), _commands("after"), ROOTS, "12.1a", SPARK, built_with_fa3)
+    (fa3,) = _rows_by_name(plan.rows)["_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
+    assert fa3.dead and "runs on no target GPU" in fa3.note
+    assert [row.name for row in plan.problems()] == [fa3.name]
+
+
+def test_objects_of_a_target_setup_py_skips_cost_nothing_and_say_so() -> None:
+    plan = plan_from_outputs(_log(), _commands("after"), ROOTS, "12.1a", SPARK, BUILT_AFTER)
+    (fa3,) = _rows_by_name(plan.rows)["_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
+    assert not fa3.dead and "setup.py skips _vllm_fa3_C" in fa3.note
+    assert plan.to_dict()["built_targets"] == sorted(BUILT_AFTER)
+
+
 def test_the_plan_as_json_lists_rows_verdicts_and_problems() -> None:
     data = json.loads(json.dumps(plan_from_outputs(_log(), _commands("before"), ROOTS, "12.1a", SPARK).to_dict()))
     assert data["target"] == "12.1"
-    assert data["problems"] == ["_C qutlass:qutlass/csrc"]
+    assert data["problems"] == ["_C qutlass:qutlass/csrc", "_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
     assert data["families"]["scaled_mm_c3x_sm120"] == ["12.0f"]
     assert {"kind", "name", "objects", "sass", "ptx", "verdict", "note"} <= set(data["rows"][0])
     assert data["host_objects"] == 3

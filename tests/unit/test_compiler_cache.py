@@ -399,7 +399,9 @@ def test_makespan_packs_longest_objects_first() -> None:
 def test_a_second_spark_nearly_halves_vllms_profiled_compile_until_the_longest_object_bounds_it() -> None:
     profile = json.loads(PROFILE.read_text())
     at16 = distcache.estimate(profile, jobs_per_machine=16, machines=2)
-    assert at16.objects == 93
+    assert at16.objects == 389
     assert 1.8 < at16.speedup < 2.0
-    at20 = distcache.estimate(profile, jobs_per_machine=20, machines=2)
-    assert at20.cluster_seconds == at20.longest_seconds  # one 337 s object sets the floor
+    without_fa3 = {"objects": [o for o in profile["objects"] if not o["object"].startswith("_vllm_fa3_C")]}
+    at20 = distcache.estimate(without_fa3, jobs_per_machine=20, machines=2)
+    assert at20.objects == 165
+    assert at20.cluster_seconds == at20.longest_seconds  # scaled_mm_c2x.cu.o (953 s) sets the floor
