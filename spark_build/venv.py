@@ -62,12 +62,15 @@ class Installer:
         return env
 
     def venv_argv(self, python: str | Path, dest: Path, *, seed: bool) -> Argv:
-        """A fresh venv (`--clear`); `--seed` puts pip in it (the compile runs `pip wheel`)."""
-        argv: Argv = [uv_bin(), "venv", "--clear"]
-        if seed or self.inherit_site:
-            argv.append("--seed")
+        """A fresh venv (`--clear`); `seed` puts pip in it (the compile runs `pip wheel`).
+
+        Inheriting, the interpreter's own `venv` makes it: its pip comes from ensurepip, on
+        disk, where `uv venv --seed` would ask the index for pip (no index: no venv)."""
         if self.inherit_site:
-            argv.append("--system-site-packages")
+            return [python, "-m", "venv", "--clear", "--system-site-packages", dest]
+        argv: Argv = [uv_bin(), "venv", "--clear"]
+        if seed:
+            argv += ["--seed", *self.source_args()]
         return [*argv, "--python", str(python), dest]
 
     def source_args(self, index: str | None = None) -> list[str]:
