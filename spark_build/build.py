@@ -127,6 +127,7 @@ def _run(
     plans = plan(specs_for(steps, ctx), recorded, resume=config.resume, still_valid=still_valid)
     if config.dry_run:
         reporter.plan(plans, {s.name: s.summary for s in steps})
+        console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
         return 0
     console.print(f"build {run_id}: {config.repo} @ {config.ref} for {target} in {config.workdir}", highlight=False)
     outcomes: list[StepOutcome] = []

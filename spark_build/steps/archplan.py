@@ -32,8 +32,8 @@ class ArchPlanStep(Step):
         warning = cutlass_pin_warning(sources)
         if warning:
             ctx.notes.append(f"arch-plan warning: {warning}")
-        # The GPU in this machine when there is one, else the newest the target lists.
-        target = ComputeCapability.parse(ctx.gpus[0].compute_cap) if ctx.gpus else ctx.target.newest
+        # The GPU the build is for (--arch, or this machine's), not whatever GPU this machine has.
+        target = ctx.target.newest
         plan = plan_source(
             ctx.src,
             ctx.layout.arch_plan,

@@ -102,6 +102,8 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     assert qutlass and all(r["sass"] == ["sm_120a"] and r["verdict"] == "cannot run" for r in qutlass)
     assert before["scaled_mm_c3x_sm120"][0]["sass"] == ["sm_120f"], "CUDA 13 builds the 12.0 family code"
     assert "CUDA supported target architectures: 12.0" in (work / "logs" / "latest" / "arch-plan.log").read_text()
+    fa3 = [r for name, rs in before.items() if name.startswith("_vllm_fa3_C") for r in rs]
+    assert fa3 and all(r["dead"] for r in fa3), "pristine setup.py compiles FA3 for no GPU: a problem"
 
     patched = arch_plan(settings, source, work, uv_cache, "--resume")
     assert patched.returncode == 0, patched.stdout + patched.stderr
@@ -115,6 +117,8 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     assert qutlass and all(r["sass"] == ["sm_120f"] and r["verdict"] == "native" for r in qutlass)
     twelve_x = [r for rs in after.values() for r in rs if any(c.startswith("sm_12") for c in r["sass"])]
     assert twelve_x and all(r["verdict"] == "native" for r in twelve_x)
+    fa3 = [r for name, rs in after.items() if name.startswith("_vllm_fa3_C") for r in rs]
+    assert fa3 and all(not r["dead"] and "setup.py skips _vllm_fa3_C" in r["note"] for r in fa3)
 
     # The only CUDA 13 torch here is 2.14.1, whose headers need C++20; vLLM 0.13.0 compiles as
     # C++17. build-vllm goes on from the plan and stops at the compile's first moment, naming

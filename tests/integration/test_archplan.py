@@ -175,24 +175,38 @@ def test_real_vllm_0_13_configure_builds_12_0_family_code_and_sm_120a_qutlass_fo
     assert _row(before, "FA2").verdict is Verdict.JIT
     qutlass = _row(before, "_C qutlass:qutlass/csrc")
     assert (qutlass.sass, qutlass.objects, qutlass.verdict) == (("sm_120a",), 6, Verdict.CANNOT_RUN)
-    assert [r.name for r in before.problems()] == ["_C qutlass:qutlass/csrc"]
-    with pytest.raises(StepFailed, match=r"1 kernel group\(s\) .* on 12\.1: _C qutlass:qutlass/csrc \(sm_120a\)"):
+    assert [r.name for r in before.problems()] == [
+        "_C qutlass:qutlass/csrc",
+        # pristine setup.py builds FA3 for a 12.1a target: 222 objects of nvcc's default arch
+        "_vllm_fa3_C vllm-flash-attn:hopper",
+        "_vllm_fa3_C vllm-flash-attn:hopper/instantiations",
+    ]
+    with pytest.raises(StepFailed, match=r"3 kernel group\(s\) .* on 12\.1: _C qutlass:qutlass/csrc \(sm_120a\)"):
         raise_for_problems(before)
+    assert before.built is not None and "_vllm_fa3_C" in before.built  # asked of setup.py itself
     assert len(before.parsed.objects) > 300  # _C, _moe_C, cumem_allocator, FA2, FA3
 
 
 @runner_pipe_leak
 def test_after_the_series_every_family_built_for_12_x_runs_natively_on_sm_121(real_plans: RealPlans) -> None:
     after = real_plans.after
-    assert real_plans.applied == ["0001-qutlass-12.0f-family-code-with-cuda13.patch"]
+    assert real_plans.applied == [
+        "0001-qutlass-12.0f-family-code-with-cuda13.patch",
+        "0002-build-fa3-only-for-9.x-archs.patch",
+    ]
     assert after.problems() == []
     raise_for_problems(after)
     twelve = [r for r in after.rows if builds_for_major(r, SPARK)]
     assert len(twelve) >= 10 and all(r.verdict is Verdict.NATIVE for r in twelve)
     assert _row(after, "_C qutlass:qutlass/csrc").sass == ("sm_120f",)
+    # FA3 is still configured, but setup.py no longer builds it: its 222 objects cost nothing.
+    assert after.built is not None and "_vllm_fa3_C" not in after.built and "_vllm_fa2_C" in after.built
+    fa3 = _row(after, "_vllm_fa3_C vllm-flash-attn:hopper/instantiations")
+    assert not fa3.dead and fa3.objects == 220 and "setup.py skips _vllm_fa3_C" in fa3.note
     # The series changes nothing else: every other row is as before.
-    untouched = [r for r in real_plans.before.rows if r.name != "_C qutlass:qutlass/csrc"]
-    assert [r for r in after.rows if r.name != "_C qutlass:qutlass/csrc"] == untouched
+    changed = ("_C qutlass:qutlass/csrc", "_vllm_fa3_C")
+    untouched = [r for r in real_plans.before.rows if not r.name.startswith(changed)]
+    assert [r for r in after.rows if not r.name.startswith(changed)] == untouched
 
 
 @runner_pipe_leak

@@ -27,6 +27,7 @@ from spark_build.host.doctor import (
     Problem,
     can_build,
     evaluate,
+    existing_torch,
     render_table,
     run_doctor,
     to_json,
@@ -497,3 +498,40 @@ def test_a_corrupt_probe_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     probe = probe_nvcc(tmp_path / "nvcc", "13.7a", tmp_path, run=runner, nvcc_build=NVCC13_BUILD)
     assert not probe.accepted and "compute_137a" in probe.detail
     assert json.loads((tmp_path / PROBE_CACHE_NAME).read_text())[f"{NVCC13_BUILD}|sm_137a"]["accepted"] is False
+
+
+# --- --torch existing: the interpreter's own torch must fit the build --------------------------
+
+CONTAINER_PYTHON = Path("/opt/torch/.venv/bin/python")
+
+
+@pytest.mark.parametrize(
+    ("torch", "wanted", "severity", "says"),
+    [
+        (TorchInfo("2.11.0+cu130", "13.0", CONTAINER_PYTHON), "13", "ok", "torch 2.11.0+cu130 (CUDA 13.0)"),
+        (None, "13", "error", "has no torch"),
+        (TorchInfo("2.13.0+cpu", None, CONTAINER_PYTHON), "13", "error", "not CUDA 13"),
+        (TorchInfo("2.9.0+cu128", "12.8", CONTAINER_PYTHON), "13", "error", "not CUDA 13"),
+        (TorchInfo("2.13.0+cpu", None, CONTAINER_PYTHON), "cpu", "ok", "CUDA none"),
+    ],
+    ids=["cu130-torch", "no-torch", "cpu-torch", "cuda12-torch", "cpu-torch-for-a-cpu-build"],
+)
+def test_an_existing_torch_must_be_built_for_the_cuda_major_of_the_build(
+    torch: TorchInfo | None, wanted: str, severity: str, says: str
+) -> None:
+    facts = dataclasses.replace(SPARK, torch=torch, torch_query_error=None)
+    if torch is None:
+        facts = dataclasses.replace(facts, torch_query_error=f"{CONTAINER_PYTHON} has no torch")
+    problem = existing_torch(facts, wanted)
+    assert (problem.severity, problem.check) == (severity, "existing torch")
+    assert says in problem.value
+    if severity == "error":
+        assert "--python" in problem.fix
+
+
+def test_a_cuda_13_torch_with_a_cuda_12_nvcc_is_refused_naming_both() -> None:
+    facts = dataclasses.replace(
+        SPARK, torch=TorchInfo("2.11.0+cu130", "13.0", CONTAINER_PYTHON), nvcc_version=Version("12.8")
+    )
+    problem = existing_torch(facts, "13")
+    assert problem.severity == "error" and "nvcc is 12.8" in problem.value

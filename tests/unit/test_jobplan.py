@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spark_build.compile.jobplan import (
+    DEFAULT_PROFILE,
     JobRecord,
     NinjaLogEntry,
     cpu_count,
@@ -243,3 +244,13 @@ def test_a_cache_hit_build_never_lowers_an_object_estimate_an_earlier_build_meas
     cached = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 20 << 20, "finished": True, "duration_s": 0.05}]}
     estimates = estimates_from([real, cached], None)
     assert estimates.peaks[normalize_object("csrc/a.cu.o")] == 3 << 30
+
+
+def test_the_shipped_profile_is_the_full_compile_and_plans_only_the_targets_setup_py_builds() -> None:
+    everything = load_estimates([], DEFAULT_PROFILE)
+    assert len(everything.peaks) == 389
+    built = frozenset({"_C", "_moe_C", "cumem_allocator", "_vllm_fa2_C"})  # after the FA3 patch
+    planned = load_estimates([], DEFAULT_PROFILE, targets=built)
+    assert len(planned.peaks) == 165
+    assert not any(name.startswith("_vllm_fa3_C.dir/") for name in planned.peaks)
+    assert round(sum(planned.seconds.values())) == 24_181  # wall seconds of the 165 objects (CPU-s: 24,124)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.wheel.proof import serve_decision, wheel_modules
+from spark_build.wheel.proof import judge_imports, serve_decision, wheel_modules
 
 
 def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_ones():
@@ -51,3 +51,32 @@ def test_an_h200_cannot_serve_a_12_1a_wheel_and_the_skip_says_so():
     decided, why = serve_decision("vllm", ["9.0"], ("12.1",), True)
     assert not decided
     assert why == "serve check skipped: this GPU (9.0) cannot run a wheel built for 12.1"
+
+
+def test_an_extension_loaded_from_its_file_is_proven_and_the_package_s_missing_requirement_is_named():
+    found = {
+        "vllm": {"ok": False, "error": "ModuleNotFoundError: No module named 'cbor2'", "missing_module": "cbor2"},
+        "vllm._C": {"ok": True, "direct": True, "package_error": "ModuleNotFoundError: No module named 'cbor2'"},
+    }
+    problems, notes = judge_imports(found, unmet=["cbor2", "openai>=1.99"], driver=True)
+    assert problems == []
+    assert notes == [
+        "import vllm not proven: needs cbor2 (not at hand offline: cbor2, openai>=1.99)",
+        "vllm._C loaded from its file (its package needs: ModuleNotFoundError: No module named 'cbor2')",
+    ]
+
+
+def test_a_missing_module_is_the_wheel_s_fault_when_every_requirement_was_installed():
+    found = {"vllm": {"ok": False, "error": "ModuleNotFoundError: No module named 'cbor2'", "missing_module": "cbor2"}}
+    problems, notes = judge_imports(found, unmet=[], driver=True)
+    assert problems == ["the installed wheel fails to import vllm: ModuleNotFoundError: No module named 'cbor2'"]
+    assert notes == []
+
+
+def test_a_host_without_the_nvidia_driver_does_not_blame_the_wheel():
+    error = "ImportError: libcuda.so.1: cannot open shared object file: No such file or directory"
+    found = {"vllm._C": {"ok": False, "error": error}}
+    problems, notes = judge_imports(found, unmet=[], driver=False)
+    assert problems == [] and "needs the NVIDIA driver" in notes[0]
+    problems, _ = judge_imports(found, unmet=[], driver=True)
+    assert problems, "with a driver present the same error is the wheel's"
