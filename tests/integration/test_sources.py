@@ -13,10 +13,13 @@ from pathlib import Path
 import git
 import pytest
 
-from spark_build.errors import StepFailed
+from spark_build.durable import sha256_of
+from spark_build.errors import StepFailed, UsageError
 from spark_build.upstream.sources import (
     FetchedSources,
     checkout_intact,
+    cutlass_headers_version,
+    cutlass_pin_warning,
     fetch_project,
     fetch_sources,
     sources_intact,
@@ -125,3 +128,67 @@ def test_a_tag_pin_is_checked_out_at_the_tags_commit_and_points_into_its_subfold
     assert fetched.env["TRITON_KERNELS_SRC_DIR"] == str(triton.checkout / "python/triton_kernels/triton_kernels")
     assert (Path(fetched.env["TRITON_KERNELS_SRC_DIR"]) / "__init__.py").is_file()
     assert not (Path(fetched.env["TRITON_KERNELS_SRC_DIR"]) / "later.py").exists()
+
+
+# --- source archives: where no git repository can be mirrored ----------------------------------
+
+CUTLASS = ExternalProject(
+    name="cutlass",
+    repository="https://github.com/nvidia/cutlass.git",
+    revision="v4.2.1",
+    src_dir_env="VLLM_CUTLASS_SRC_DIR",
+    defined_in="CMakeLists.txt",
+)
+CUTLASS_ARCHIVE = MIRROR / "cutlass-v4.2.1-headers.tar.gz"
+FA_CUTLASS_ARCHIVE = MIRROR / "cutlass-62750a2b-headers.tar.gz"
+
+
+def archive_spec(path: Path, digest: str | None = None) -> str:
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the shared mirror's CUTLASS header archives are needed")
+    return f"{path}#sha256={digest or sha256_of(path)}"
+
+
+def test_cutlass_from_a_checked_archive_is_the_pinned_release_with_the_cmake_vllm_needs(tmp_path: Path) -> None:
+    fetched = fetch_sources(
+        [CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(CUTLASS_ARCHIVE)}, offline=True
+    )
+    (project,) = fetched.projects
+    root = Path(fetched.env["VLLM_CUTLASS_SRC_DIR"])
+    assert (root / "include" / "cutlass" / "cutlass.h").is_file()
+    assert (root / "examples" / "77_blackwell_fmha").is_dir()  # vLLM 0.13.0's MLA kernel includes from here
+    cmake = (root / "CMakeLists.txt").read_text()
+    assert f'set(CUTLASS_INCLUDE_DIR "{root.as_posix()}/include" CACHE PATH' in cmake
+    assert cutlass_headers_version(root) == "4.2.1" and cutlass_pin_warning(fetched) is None
+    assert project.commit == f"sha256:{sha256_of(CUTLASS_ARCHIVE)}"
+    assert sources_intact(fetched.to_dict())
+    again = fetch_sources(
+        [CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(CUTLASS_ARCHIVE)}, offline=True
+    )
+    assert again.projects[0].reused
+
+
+def test_an_archive_with_another_sha256_is_refused_and_nothing_is_left_in_the_cache(tmp_path: Path) -> None:
+    wrong = "0" * 64
+    with pytest.raises(StepFailed) as caught:
+        fetch_sources([CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(CUTLASS_ARCHIVE, wrong)})
+    assert sha256_of(CUTLASS_ARCHIVE) in caught.value.message and wrong in caught.value.message
+    assert not list((tmp_path / "cache").rglob("cutlass.h"))
+
+
+def test_a_missing_archive_is_bad_input_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "cutlass-v4.2.1-headers.tar.gz"
+    with pytest.raises(UsageError, match="does not exist"):
+        fetch_sources([CUTLASS], tmp_path / "cache", mirrors={"cutlass": f"{missing}#sha256={'1' * 64}"})
+
+
+def test_flash_attention_s_cutlass_submodule_comes_from_its_archive_offline(tmp_path: Path) -> None:
+    mirrors = {
+        "vllm-flash-attn": bundle("flash-attention"),
+        "vllm-flash-attn/csrc/cutlass": archive_spec(FA_CUTLASS_ARCHIVE),
+    }
+    fetched = fetch_sources([FLASH_ATTN], tmp_path / "cache", mirrors=mirrors, offline=True)
+    (project,) = fetched.projects
+    assert (project.checkout / "csrc" / "cutlass" / "include" / "cutlass" / "cutlass.h").is_file()
+    assert project.missing_submodules == ("csrc/composable_kernel",)  # ROCm only: not needed for CUDA
+    assert checkout_intact(project.checkout, project.revision, project.commit)
