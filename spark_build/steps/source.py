@@ -14,10 +14,11 @@ import git
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed, UsageError
 from spark_build.pipeline.step import Context, Step
+from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.patches import find_series, patches_digest
-from spark_build.upstream.recipe import Recipe, torch_pins
+from spark_build.upstream.recipe import USE_EXISTING_TORCH_PLACES, Recipe, torch_pins
 from spark_build.upstream.refs import clone_url, ref_kind
-from spark_build.upstream.sources import FetchedSources, prepare_sources, sources_intact
+from spark_build.upstream.sources import prepare_sources, sources_intact
 from spark_build.venv import (
     INSTALLED_PROBE,
     installed_packages,
@@ -107,13 +108,14 @@ class UseExistingTorch(Step):
     summary = "run the source's use_existing_torch.py so the build keeps our torch"
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        script = ctx.src / "use_existing_torch.py"
-        if not script.is_file():
+        rel = ctx.recipe().use_existing_torch
+        if rel is None:
             raise StepFailed(
-                f"{script.name} is missing from the source",
+                f"the source has no use_existing_torch.py (looked in: {', '.join(USE_EXISTING_TORCH_PLACES)})",
                 hint="this ref predates use_existing_torch.py; build a newer vLLM release",
             )
-        ctx.run(self.name, [ctx.python, script.name], cwd=ctx.src)
+        script = ctx.src / rel
+        ctx.run(self.name, [ctx.python, rel], cwd=ctx.src)
         left = torch_pins(ctx.src)
         if left:
             raise StepFailed(

@@ -19,12 +19,16 @@ from spark_build.errors import StepFailed
 from spark_build.upstream.versions import build_requirement_files as vllm_build_requirements
 from spark_build.upstream.versions import version_from_tag
 
+# Where vLLM keeps the script that strips its torch pins: the root up to 0.2x, `tools/` since.
+USE_EXISTING_TORCH_PLACES = ("use_existing_torch.py", "tools/use_existing_torch.py")
+
 
 @dataclass(frozen=True)
 class Recipe:
     dist: str
     version: Version | None
     build_requirements: tuple[str, ...]
+    use_existing_torch: str | None = None  # path in the tree, found by looking, not by version
 
     @property
     def series_name(self) -> str | None:
@@ -80,7 +84,8 @@ def recipe_for(source: Path, describe: str) -> Recipe:
         requirements = vllm_build_requirements(source, version)
     else:
         requirements = build_requirement_files(source)
-    return Recipe(dist=dist, version=version, build_requirements=requirements)
+    script = next((rel for rel in USE_EXISTING_TORCH_PLACES if (source / rel).is_file()), None)
+    return Recipe(dist=dist, version=version, build_requirements=requirements, use_existing_torch=script)
 
 
 _TORCH_PIN = re.compile(r"""^\s*["']?torch\s*(?:\[[^\]]*\])?\s*(==|>=|<=|~=|!=|<|>|@)""")

@@ -16,6 +16,7 @@ import pytest
 from packaging.version import Version
 
 from spark_build.errors import UsageError
+from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.versions import (
     build_requirement_files,
     external_projects,
@@ -184,3 +185,23 @@ def test_vllm_0_13_fetches_five_projects_at_the_pins_the_mirror_holds(vllm_0_13_
     }
     assert projects["triton_kernels"].source_subdir == "python/triton_kernels/triton_kernels"
     assert projects["qutlass"].repository == "https://github.com/IST-DASLab/qutlass.git"
+
+
+@pytest.mark.parametrize(
+    ("place", "found"),
+    [
+        ("use_existing_torch.py", "use_existing_torch.py"),
+        ("tools/use_existing_torch.py", "tools/use_existing_torch.py"),
+    ],
+    ids=["0.13-at-the-root", "0.33-in-tools"],
+)
+def test_use_existing_torch_is_found_where_the_tree_keeps_it_and_missed_where_it_is_not(
+    tmp_path: Path, place: str, found: str
+) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "some-upstream"\n')
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "build.txt").write_text("cmake\n")
+    assert recipe_for(tmp_path, "v1.0.0").use_existing_torch is None
+    (tmp_path / place).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / place).write_text("")
+    assert recipe_for(tmp_path, "v1.0.0").use_existing_torch == place
