@@ -197,6 +197,40 @@ def _keyword_values(args: list[str]) -> dict[str, str]:
     return values
 
 
+_IF_WORD = re.compile(r"\b(if|elseif|else|endif)\s*\(", re.IGNORECASE)
+_ROCM_ONLY = re.compile(r"""STREQUAL\s+"?(rocm|hip)"?""", re.IGNORECASE)
+
+
+def _cuda_branches(text: str) -> str:
+    """The text with every branch that applies only to ROCm (`if (VLLM_TARGET_DEVICE STREQUAL
+    "rocm")`, `VLLM_GPU_LANG STREQUAL "HIP"`) blanked out: vLLM 0.33 pins triton_kernels to a
+    ROCm fork's commit in one branch and to a Triton tag in the other, and this is a CUDA build."""
+    out: list[str] = []
+    stack: list[bool] = []  # per open if(): whether its current branch is ROCm-only
+    pos = 0
+    for match in _IF_WORD.finditer(text):
+        word = match.group(1).lower()
+        depth, end = 1, match.end()
+        while depth and end < len(text):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            end += 1
+        condition = text[match.end() : end - 1]
+        dropping = any(stack)
+        out.append("" if dropping else text[pos : match.start()])
+        out.append(text[match.start() : end])
+        pos = end
+        upper = condition.upper()
+        rocm_only = bool(_ROCM_ONLY.search(condition)) and "NOT" not in upper and "CUDA" not in upper
+        if word == "if":
+            stack.append(rocm_only)
+        elif word in ("elseif", "else") and stack:
+            stack[-1] = word == "elseif" and rocm_only
+        elif word == "endif" and stack:
+            stack.pop()
+    out.append("" if any(stack) else text[pos:])
+    return "".join(out)
+
+
 def parse_external_projects(files: Mapping[str, str]) -> list[ExternalProject]:
     """Pure: the git-fetched projects in CMake files given as {relative path: text}.
 
@@ -207,7 +241,7 @@ def parse_external_projects(files: Mapping[str, str]) -> list[ExternalProject]:
     """
     found: list[ExternalProject] = []
     for rel, raw in sorted(files.items()):
-        text = _COMMENT.sub("", raw)
+        text = _cuda_branches(_COMMENT.sub("", raw))
         sets: dict[str, list[str]] = {}
         for name, value in _SET.findall(text):
             if value not in sets.setdefault(name, []):

@@ -138,8 +138,15 @@ def test_a_project_used_from_a_subfolder_says_where_its_variable_must_point() ->
     assert kernels.src_dir_env == "KERNELS_SRC_DIR"
 
 
-def test_a_pin_that_depends_on_the_device_is_reported_as_ambiguous_not_guessed() -> None:
+def test_a_pin_that_depends_on_the_device_takes_the_cuda_branch() -> None:
     (tool,) = parse_external_projects({"cmake/external_projects/tool.cmake": _DEPENDS_ON_DEVICE})
+    assert (tool.repository, tool.revision) == ("https://example.org/tool.git", "v2.0")
+    assert tool.pinned
+
+
+def test_a_pin_that_depends_on_anything_else_is_reported_as_ambiguous_not_guessed() -> None:
+    text = _DEPENDS_ON_DEVICE.replace('VLLM_TARGET_DEVICE STREQUAL "rocm"', 'CUDA_VERSION VERSION_GREATER_EQUAL 13.0')
+    (tool,) = parse_external_projects({"cmake/external_projects/tool.cmake": text})
     assert tool.revision is None and tool.repository is None
     assert not tool.pinned
     assert set(tool.candidates) == {"aaaa", "v2.0"}
@@ -156,12 +163,11 @@ def test_a_renamed_local_copy_variable_is_refused(tmp_path: Path) -> None:
         external_projects(tmp_path, Version("0.13.0"))
 
 
-@pytest.fixture(scope="module")
-def vllm_0_13_cmake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The CMake files of the real vLLM 0.13.0 sdist from the shared mirror (read, not run)."""
-    sdist = MIRROR / "vllm-0.13.0.tar.gz"
+def sdist_cmake(tmp_path_factory: pytest.TempPathFactory, version: str) -> Path:
+    """The CMake files of a real vLLM sdist from the shared mirror (read, not run)."""
+    sdist = MIRROR / f"vllm-{version}.tar.gz"
     if not sdist.is_file():
-        pytest.fail(f"{sdist} is missing: the shared mirror of vLLM 0.13.0's sources is needed")
+        pytest.fail(f"{sdist} is missing: the shared mirror of vLLM {version}'s sources is needed")
     root = tmp_path_factory.mktemp("sdist")
     with tarfile.open(sdist) as tar:
         members = [
@@ -171,7 +177,53 @@ def vllm_0_13_cmake(tmp_path_factory: pytest.TempPathFactory) -> Path:
             and (m.name.endswith("/CMakeLists.txt") and m.name.count("/") == 1 or "/cmake/external_projects/" in m.name)
         ]
         tar.extractall(root, members=members, filter="data")
-    return root / "vllm-0.13.0"
+    return root / f"vllm-{version}"
+
+
+@pytest.fixture(scope="module")
+def vllm_0_13_cmake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sdist_cmake(tmp_path_factory, "0.13.0")
+
+
+def test_vllm_0_33_fetches_ten_projects_the_cuda_branch_pins(tmp_path_factory: pytest.TempPathFactory) -> None:
+    projects = {p.name: p for p in external_projects(sdist_cmake(tmp_path_factory, "0.33.0"), Version("0.33.0"))}
+    assert sorted(projects) == [
+        "cutlass",
+        "deepgemm",
+        "deepselect",
+        "flashkda",
+        "flashmla",
+        "fmha_sm100",
+        "qutlass",
+        "tml_fa4",
+        "triton_kernels",
+        "vllm-flash-attn",
+    ]
+    assert all(p.pinned for p in projects.values()), "every pin resolves to one repository and one revision"
+    assert projects["cutlass"].revision == "v4.7.1"  # set inside `if(VLLM_GPU_LANG STREQUAL "CUDA")`
+    # The CUDA branch's Triton tag, not the ROCm fork's commit pinned under `STREQUAL "rocm"`.
+    assert (projects["triton_kernels"].repository, projects["triton_kernels"].revision) == (
+        "https://github.com/triton-lang/triton.git",
+        "v3.5.1",
+    )
+    assert projects["qutlass"].revision == "e74319e3405ce6d71965732880f5dc1f52371f64"
+
+
+def test_a_rocm_only_branch_is_ignored_but_a_branch_for_cuda_or_hip_is_kept() -> None:
+    files = {
+        "x.cmake": """
+if(VLLM_GPU_LANG STREQUAL "CUDA" OR VLLM_GPU_LANG STREQUAL "HIP")
+  if (VLLM_TARGET_DEVICE STREQUAL "rocm")
+    set(TAG "rocm-commit")
+  else()
+    set(TAG "v1.0")
+  endif()
+  FetchContent_Declare(x GIT_REPOSITORY https://example.invalid/x.git GIT_TAG ${TAG})
+endif()
+"""
+    }
+    (project,) = parse_external_projects(files)
+    assert project.revision == "v1.0" and project.candidates == ()
 
 
 def test_vllm_0_13_fetches_five_projects_at_the_pins_the_mirror_holds(vllm_0_13_cmake: Path) -> None:
