@@ -52,7 +52,8 @@ def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_a
 
 
 def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
-    from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, run_doctor
+    from spark_build.host.doctor import run_doctor
+    from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS
 
     def action() -> int:
         cfg = options.resolve(cli, file)

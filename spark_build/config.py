@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from spark_build.compile.cache import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
+from spark_build.compile.cache_mode import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
 from spark_build.compile.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
 from spark_build.layout import Workdir

@@ -30,7 +30,7 @@ from spark_build.arch.cmake_configure import Configured, configure, setup_extens
 from spark_build.arch.compat import ComputeCapability, GpuCode, Verdict, best_on
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
-from spark_build.upstream.sources import FetchedSources
+from spark_build.upstream.fetched import FetchedSources
 
 # ---------------------------------------------------------------------------------------------
 # Parsers (pure)

@@ -279,7 +279,7 @@ def gather_host(
     same_fs: Callable[[Path, Path], bool] = same_filesystem,
     probe: Callable[..., ArchProbe] = probe_nvcc,
 ) -> HostFacts:
-    """Read the machine once. Nothing here judges; `doctor.evaluate` does.
+    """Read the machine once. Nothing here judges; `rules.evaluate` does.
 
     `arch` is the `--arch` option (the archs to probe nvcc for; default: this GPU's native
     arch). `python` is the interpreter whose torch the build would use (default: this one).

@@ -20,6 +20,7 @@ import psutil
 
 from spark_build.compile import cache as compiler_cache
 from spark_build.compile import cache_stats
+from spark_build.compile.cache_plan import env_note
 from spark_build.compile.cxxstd import check_source_against_torch
 from spark_build.compile.governor import Governor
 from spark_build.compile.jobplan import (
@@ -39,7 +40,7 @@ from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
 from spark_build.pipeline.step import Context, Step
 from spark_build.proc import log_tail
-from spark_build.upstream.sources import FetchedSources
+from spark_build.upstream.fetched import FetchedSources
 
 
 def ninja_log_entries(src: Path) -> int:
@@ -227,7 +228,7 @@ class GovernedBuild:
                 [ctx.python, *wheel_argv, "-w", ctx.layout.dist, "."],
                 cwd=ctx.src,
                 env={**os.environ, **env_vars},
-                env_note=compiler_cache.env_note(env_vars),
+                env_note=env_note(env_vars),
                 on_start=govern,
                 check=False,
             )

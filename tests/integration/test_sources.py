@@ -15,15 +15,9 @@ import pytest
 
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed, UsageError
-from spark_build.upstream.sources import (
-    FetchedSources,
-    checkout_intact,
-    cutlass_headers_version,
-    cutlass_pin_warning,
-    fetch_project,
-    fetch_sources,
-    sources_intact,
-)
+from spark_build.upstream.cutlass import cutlass_headers_version, cutlass_pin_warning
+from spark_build.upstream.fetched import FetchedSources
+from spark_build.upstream.sources import checkout_intact, fetch_project, fetch_sources, sources_intact
 from spark_build.upstream.versions import ExternalProject
 from tests.unit.test_sources import FLASHMLA, QUTLASS
 

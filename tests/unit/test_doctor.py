@@ -19,20 +19,11 @@ from rich.console import Console
 
 from spark_build.errors import UsageError
 from spark_build.host.archprobe import PROBE_CACHE_NAME, ArchProbe, probe_nvcc
-from spark_build.host.doctor import (
-    BUILD_DISK_NEED_BYTES,
-    CACHE_DISK_NEED_BYTES,
-    GIB,
-    ONE_JOB_MIN_AVAILABLE_BYTES,
-    Problem,
-    can_build,
-    evaluate,
-    existing_torch,
-    render_table,
-    run_doctor,
-    to_json,
-)
+from spark_build.host.doctor import render_table, run_doctor, to_json
 from spark_build.host.facts import Gpu, HostFacts, TorchInfo, gather_host, parse_nvidia_smi
+from spark_build.host.needs import BUILD_DISK_NEED_BYTES, CACHE_DISK_NEED_BYTES, ONE_JOB_MIN_AVAILABLE_BYTES
+from spark_build.host.rules import Problem, can_build, evaluate, existing_torch
+from spark_build.sizes import GIB
 
 CUDA13 = Path("/usr/local/cuda-13.0")
 

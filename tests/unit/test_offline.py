@@ -9,7 +9,8 @@ import pytest
 
 from spark_build import config as options
 from spark_build.errors import UsageError
-from spark_build.upstream.sources import ArchiveMirror, cutlass_matches_pin
+from spark_build.upstream.archive import ArchiveMirror
+from spark_build.upstream.cutlass import cutlass_matches_pin
 from spark_build.venv import Installer, missing_from_wheels, read_requirements, wheel_folder_index
 
 PY = Path("/w/venv/bin/python")

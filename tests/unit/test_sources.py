@@ -9,16 +9,8 @@ import pytest
 from packaging.version import Version
 
 from spark_build.errors import UsageError
-from spark_build.upstream.sources import (
-    CutlassPackage,
-    cutlass_from_package,
-    fetch_sources,
-    find_cutlass_package,
-    is_network,
-    origin_for,
-    prepare_sources,
-    sources_intact,
-)
+from spark_build.upstream.cutlass import CutlassPackage, cutlass_from_package, find_cutlass_package
+from spark_build.upstream.sources import fetch_sources, is_network, origin_for, prepare_sources, sources_intact
 from spark_build.upstream.versions import ExternalProject
 
 FLASHMLA = ExternalProject(
