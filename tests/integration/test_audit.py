@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability, Verdict
 from spark_build.errors import StepFailed
-from spark_build.wheel.archaudit import arch_audit
+from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit, read_ld_cache
 from tests.unit.test_audit import CUDA_HOME, SPARK
 
@@ -71,6 +72,11 @@ def _stub(directory: Path, soname: str) -> list[str | Path]:
     """A gcc command for an empty shared object whose DT_SONAME is `soname`."""
     directory.mkdir(parents=True, exist_ok=True)
     return ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", directory / soname, "stub.c"]
+
+
+@pytest.fixture(scope="session")
+def cuobjdump() -> Path:
+    return find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ libraries are in tests/integration/test_audit.py.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -143,11 +142,6 @@ def test_missing_cuobjdump_is_a_usage_error_that_says_how_to_install_it(tmp_path
     with pytest.raises(UsageError) as err:
         find_cuobjdump(tmp_path, {"PATH": ""}, tmp_path)
     assert "nvidia-cuda-cuobjdump" in (err.value.hint or "")
-
-
-@pytest.fixture(scope="session")
-def cuobjdump() -> Path:
-    return find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
 
 
 def test_a_promised_code_with_a_bad_name_is_rejected_before_any_work(tmp_path: Path) -> None:
