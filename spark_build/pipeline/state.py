@@ -54,16 +54,16 @@ def load(path: Path, *, now: float | None = None) -> BuildState | None:
     """The recorded state, or None when there is none. A corrupt file raises `StateCorrupt`
     after being moved aside to `state.json.corrupt-<time>` so the evidence survives."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        payload = json.loads(text)
+        payload = json.loads(raw.decode("utf-8"))
         if payload.get("schema") != SCHEMA:
             raise ValueError(f"schema {payload.get('schema')!r}, expected {SCHEMA}")
         steps = {name: StepRecord(**rec) for name, rec in payload["steps"].items()}
         return BuildState(steps=steps, run_id=str(payload.get("run_id", "")))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
         os.replace(path, aside)

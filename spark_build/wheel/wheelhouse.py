@@ -30,6 +30,7 @@ def publish(wheel: Path, wheelhouse: Path) -> tuple[Path, str]:
 
 
 def write_indexes(wheelhouse: Path) -> None:
+    wheelhouse.mkdir(parents=True, exist_ok=True)  # the nightly refreshes a wheelhouse it may never have filled
     projects = sorted(p for p in wheelhouse.iterdir() if p.is_dir() and not p.name.startswith("."))
     for project in projects:
         links = []
