@@ -19,7 +19,7 @@ _SIZE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>[KMGT]
 
 
 def parse_mem_size(text: str, *, option: str = "--mem-budget", allow_zero: bool = False) -> int:
-    """Bytes from `16G`, `1.5GiB`, `512M`, `64GB`, `2T` or a plain byte count.
+    """Bytes from `16G`, `1.5GiB`, `512M`, `64GB`, `2T` or `4096B`; a bare number has no unit and is refused.
 
     Units are binary (1G = 2**30) with or without `B`/`iB`, as build tools and `free -g` use
     them. Zero, negative and unparseable sizes raise `UsageError` (exit 2): a budget of 0 would
@@ -36,6 +36,12 @@ def parse_mem_size(text: str, *, option: str = "--mem-budget", allow_zero: bool 
     if value < 1 or not math.isfinite(value):
         raise UsageError(
             f"{option} {text!r} must be a positive size", hint=f"give a size such as {option} 16G, 1.5G or 512M"
+        )
+    if not match["unit"] and not text.strip().upper().endswith("B"):
+        # `--mem-budget 64` meant 64 bytes and planned a one-job compile; nobody means bytes.
+        raise UsageError(
+            f"{option} {text.strip()!r} has no unit",
+            hint=f"give a unit, e.g. {option} {text.strip()}G (or …B for bytes)",
         )
     return int(value)
 

@@ -39,7 +39,7 @@ SIZES = [
     ("2T", 2 * 1024 * GIB),
     ("64K", 64 * 1024),
     (" 8 G ", 8 * GIB),
-    ("4096", 4096),
+    ("4096B", 4096),
 ]
 
 
@@ -254,3 +254,11 @@ def test_the_shipped_profile_is_the_full_compile_and_plans_only_the_targets_setu
     assert len(planned.peaks) == 165
     assert not any(name.startswith("_vllm_fa3_C.dir/") for name in planned.peaks)
     assert round(sum(planned.seconds.values())) == 24_181  # wall seconds of the 165 objects (CPU-s: 24,124)
+
+
+def test_a_size_without_a_unit_is_refused_not_taken_as_bytes() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_mem_size("64")
+    assert caught.value.message == "--mem-budget '64' has no unit"
+    assert "--mem-budget 64G" in (caught.value.hint or "")
+    assert parse_mem_size("0", option="--mem-reserve", allow_zero=True) == 0
