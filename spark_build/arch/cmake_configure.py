@@ -162,13 +162,7 @@ def configure(
     argv += cmake_args(
         source, build_dir, python=python, cuda_home=cuda_home, build_type=build_type, jobs=jobs, stubs=stubs
     )
-    variables = {
-        "TORCH_CUDA_ARCH_LIST": arch,
-        "CUDA_HOME": str(cuda_home),
-        "VLLM_TARGET_DEVICE": "cuda",
-        "PATH": os.pathsep.join([*map(str, paths), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
-        **dict(env or {}),
-    }
+    variables = {**setup_variables(arch, cuda_home, paths), **dict(env or {})}
     note = {k: v for k, v in variables.items() if k != "PATH"}
     runner.run(argv, log=log, step=step, cwd=build_dir, env={**os.environ, **variables}, env_note=note)
     commands = build_dir / "compile_commands.json"
@@ -188,6 +182,17 @@ json.dump([getattr(ext, "name", str(ext)) for ext in scope.get("ext_modules", []
 """
 
 
+def setup_variables(arch: str, cuda_home: Path, bin_dirs: Sequence[Path]) -> dict[str, str]:
+    """What vLLM's setup.py and CMake read to choose a CUDA build for `arch`, with the build's
+    tools (`bin_dirs`: the venv's, then inherited ones) and nvcc first on PATH."""
+    return {
+        "TORCH_CUDA_ARCH_LIST": arch,
+        "CUDA_HOME": str(cuda_home),
+        "VLLM_TARGET_DEVICE": "cuda",
+        "PATH": os.pathsep.join([*map(str, bin_dirs), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
+    }
+
+
 def setup_extensions(
     source: Path,
     venv: Path,
@@ -202,14 +207,7 @@ def setup_extensions(
     """The CMake targets the source's setup.py builds for `arch` (`_C`, `_vllm_fa2_C`, …), or
     None when setup.py cannot be asked (then every configured target counts as built)."""
     out = log.with_suffix(".extensions.json")
-    paths = [venv / "bin", *bin_dirs]
-    env = {
-        **os.environ,
-        "TORCH_CUDA_ARCH_LIST": arch,
-        "CUDA_HOME": str(cuda_home),
-        "VLLM_TARGET_DEVICE": "cuda",
-        "PATH": os.pathsep.join([*map(str, paths), str(cuda_home / "bin"), os.environ.get("PATH", "")]),
-    }
+    env = {**os.environ, **setup_variables(arch, cuda_home, [venv / "bin", *bin_dirs])}
     argv: list[str | os.PathLike[str]] = [venv / "bin" / "python", "-c", _EXTENSIONS_PROBE, out]
     if runner.run(argv, log=log, step=step, cwd=source, env=env, check=False) != 0 or not out.is_file():
         return None

@@ -19,7 +19,7 @@ from spark_build.upstream.cutlass import cutlass_headers_version, cutlass_pin_wa
 from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.sources import checkout_intact, fetch_project, fetch_sources, sources_intact
 from spark_build.upstream.versions import ExternalProject
-from tests.unit.test_sources import FLASHMLA, QUTLASS
+from tests.unit.test_sources import CUTLASS, FLASHMLA, QUTLASS
 
 MIRROR = Path(__file__).resolve().parents[3] / "shared" / "mirror"
 
@@ -126,13 +126,6 @@ def test_a_tag_pin_is_checked_out_at_the_tags_commit_and_points_into_its_subfold
 
 # --- source archives: where no git repository can be mirrored ----------------------------------
 
-CUTLASS = ExternalProject(
-    name="cutlass",
-    repository="https://github.com/nvidia/cutlass.git",
-    revision="v4.2.1",
-    src_dir_env="VLLM_CUTLASS_SRC_DIR",
-    defined_in="CMakeLists.txt",
-)
 CUTLASS_ARCHIVE = MIRROR / "cutlass-v4.2.1-headers.tar.gz"
 FA_CUTLASS_ARCHIVE = MIRROR / "cutlass-62750a2b-headers.tar.gz"
 
