@@ -8,7 +8,7 @@ So the plan is not re-derived: `cmake_configure.configure()` runs vLLM's real CM
 ~15 s), and the pure parsers below read its two outputs — the configure messages (`Building
 scaled_mm_c3x_sm120 for archs: 12.0f`) and the per-object `-gencode` flags in
 `compile_commands.json`, which are the ground truth — and `judge()` rules on each with
-`gpuarch.runs_on`.
+`compat.best_on` (the table is `plan_table`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from rich.table import Table
-from rich.text import Text
 
 from spark_build.arch.cmake_configure import Configured, configure, setup_extensions
 from spark_build.arch.compat import ComputeCapability, GpuCode, Verdict, best_on
@@ -373,45 +370,3 @@ def raise_for_problems(plan: ArchPlan, step: str = "arch-plan", log: Path | None
             log=log,
             hint="apply this version's patch series (patches/), or report the family so a patch can be added",
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering
-
-_VERDICT_TEXT = {
-    Verdict.NATIVE: ("native", "green"),
-    Verdict.JIT: ("PTX JIT", "yellow"),
-    Verdict.CANNOT_RUN: ("cannot run", "bold red"),
-}
-
-
-def verdict_text(verdict: Verdict | None, unjudged: str = "— not built") -> Text:
-    if verdict is None:
-        return Text(unjudged, style="dim")
-    label, style = _VERDICT_TEXT[verdict]
-    return Text(label, style=style)
-
-
-def plan_table(plan: ArchPlan) -> Table:
-    """The plan as a table: family or object group → SASS and PTX built → verdict."""
-    table = Table(title=f"arch plan: TORCH_CUDA_ARCH_LIST={plan.arch_list} on compute capability {plan.target}")
-    table.add_column("kernel family / object group")
-    table.add_column("objects", justify="right")
-    table.add_column("SASS")
-    table.add_column("PTX")
-    table.add_column(f"on {plan.target}")
-    table.add_column("note", style="dim")
-    last_kind = None
-    for row in plan.rows:
-        if last_kind is not None and row.kind != last_kind:
-            table.add_section()
-        last_kind = row.kind
-        table.add_row(
-            row.name,
-            str(row.objects) if row.kind == "objects" else "",
-            " ".join(row.sass) or "—",
-            " ".join(row.ptx) or "—",
-            verdict_text(row.verdict, "— no arch" if row.kind == "objects" else "— not built"),
-            row.note,
-        )
-    return table

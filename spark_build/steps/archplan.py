@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from spark_build.arch.plan import plan_source, plan_table, raise_for_problems
+from spark_build.arch.plan import plan_source, raise_for_problems
+from spark_build.arch.plan_table import plan_table
 from spark_build.durable import atomic_write_text
 from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.cutlass import cutlass_pin_warning

@@ -25,8 +25,8 @@ from spark_build.arch.plan import (
     parse_compile_commands,
     parse_configure_messages,
     plan_from_outputs,
-    plan_table,
 )
+from spark_build.arch.plan_table import plan_table
 from spark_build.arch.target import Target
 
 DATA = Path(__file__).parents[1] / "data"
