@@ -242,60 +242,22 @@ def resolve(
     cwd: Path | None = None,
 ) -> BuildConfig:
     """Merge the layers, validate every value once, and return the frozen config."""
-    env = os.environ if env is None else env
-    file = dict(file or {})
-    _reject_unknown("invoke.yaml (spark_build section)", file)
-    merged: dict[str, Any] = defaults(env)
-    merged.update({k: v for k, v in file.items() if v is not None})
-    merged.update(from_env(env))
-    _reject_unknown("the command line", cli)
-    merged.update({k: v for k, v in cli.items() if v is not None and v is not False})
-
+    merged = _merged(cli, file, os.environ if env is None else env)
     base = cwd or Path.cwd()
-    for key in _BOOLEANS:
-        merged[key] = _boolean(key, merged[key])
-    if merged["example"]:
-        # The built-in example stands in for vLLM where a GB10 is absent: its upstream is
-        # generated inside the workdir unless the user points --repo elsewhere.
-        if merged["repo"] == VLLM_UPSTREAM:
-            merged["repo"] = None
-        if merged["ref"] == VLLM_DEFAULT_REF:
-            merged["ref"] = EXAMPLE_DEFAULT_REF
-    paths: dict[str, Path | None] = {}
-    for key in _PATHS:
-        value = merged[key]
-        paths[key] = None if value in (None, "") else (base / Path(str(value)).expanduser()).resolve()
+    paths = _paths(merged, base)
     workdir = paths["workdir"]
     assert workdir is not None
     repo = merged["repo"] or str(Workdir(workdir).example_upstream)
-    if not str(merged["ref"]).strip():
-        raise UsageError("--ref must name a tag, branch or commit", hint="for example --ref v0.13.0")
-    build_type = str(merged["build_type"])
-    if build_type not in _BUILD_TYPES:
-        raise UsageError(f"unknown build type '{build_type}'", hint=_suggest(build_type, _BUILD_TYPES))
-    packages = merged["torch_packages"]
-    if packages is None:
-        packages = torch_packages_for(str(merged["ref"]).strip())
-    if isinstance(packages, str):
-        packages = packages.replace(",", " ").split()
-    if not packages:
-        raise UsageError("--torch-packages is empty", hint="for example --torch-packages 'torch torchvision'")
-    dist = parse_scheduler_url(str(merged["dist"])) if merged["dist"] else None
-    if dist and paths["dist_token_file"] is None:
-        raise UsageError(
-            "--dist needs the scheduler's client token",
-            hint="copy client-token from the scheduler's machine and pass --dist-token-file PATH",
-        )
-    arch = merged["arch"]
-    if arch is not None:
-        arch = str(arch).strip()
-        if not arch:
-            arch = None
+    ref = _ref(merged["ref"])
+    build_type = _build_type(merged["build_type"])
+    packages = _torch_package_list(merged["torch_packages"], ref)
+    dist = _dist(merged["dist"], paths["dist_token_file"])
+    arch = _arch(merged["arch"])
 
     return BuildConfig(
         workdir=workdir,
         repo=_normalise_repo(repo, base),
-        ref=str(merged["ref"]).strip(),
+        ref=ref,
         arch=arch,
         jobs=_positive_int("jobs", merged["jobs"], allow_auto=True),
         nvcc_threads=_positive_int("nvcc_threads", merged["nvcc_threads"], allow_auto=True),
@@ -303,7 +265,7 @@ def resolve(
         mem_reserve=_mem_reserve(merged["mem_reserve"]),
         python=_interpreter(str(merged["python"])),
         torch_index=_normalise_index(str(merged["torch_index"]), base),
-        torch_packages=tuple(str(p) for p in packages),
+        torch_packages=packages,
         torch_cuda=_torch_cuda(merged["torch_cuda"]),
         torch=_torch_source(merged["torch"]),
         wheels=_wheel_folder(paths["wheels"]),
@@ -329,6 +291,76 @@ def resolve(
         dry_run=merged["dry_run"],
         debug=merged["debug"],
     )
+
+
+def _merged(cli: Mapping[str, Any], file: Mapping[str, Any] | None, env: Mapping[str, str]) -> dict[str, Any]:
+    """Defaults ← invoke.yaml ← environment ← command line, an unknown key in a layer rejected,
+    booleans read as booleans, and the example's own defaults where vLLM's were left alone."""
+    file = dict(file or {})
+    _reject_unknown("invoke.yaml (spark_build section)", file)
+    merged: dict[str, Any] = defaults(env)
+    merged.update({k: v for k, v in file.items() if v is not None})
+    merged.update(from_env(env))
+    _reject_unknown("the command line", cli)
+    merged.update({k: v for k, v in cli.items() if v is not None and v is not False})
+    for key in _BOOLEANS:
+        merged[key] = _boolean(key, merged[key])
+    if merged["example"]:
+        # The built-in example stands in for vLLM where a GB10 is absent: its upstream is
+        # generated inside the workdir unless the user points --repo elsewhere.
+        if merged["repo"] == VLLM_UPSTREAM:
+            merged["repo"] = None
+        if merged["ref"] == VLLM_DEFAULT_REF:
+            merged["ref"] = EXAMPLE_DEFAULT_REF
+    return merged
+
+
+def _paths(merged: Mapping[str, Any], base: Path) -> dict[str, Path | None]:
+    """Every path option absolute (relative to `base`, `~` expanded); empty means unset."""
+    paths: dict[str, Path | None] = {}
+    for key in _PATHS:
+        value = merged[key]
+        paths[key] = None if value in (None, "") else (base / Path(str(value)).expanduser()).resolve()
+    return paths
+
+
+def _ref(value: Any) -> str:
+    ref = str(value).strip()
+    if not ref:
+        raise UsageError("--ref must name a tag, branch or commit", hint="for example --ref v0.13.0")
+    return ref
+
+
+def _build_type(value: Any) -> str:
+    build_type = str(value)
+    if build_type not in _BUILD_TYPES:
+        raise UsageError(f"unknown build type '{build_type}'", hint=_suggest(build_type, _BUILD_TYPES))
+    return build_type
+
+
+def _torch_package_list(value: Any, ref: str) -> tuple[str, ...]:
+    """`--torch-packages` as a list (spaces or commas); unset, the ones the ref's release needs."""
+    packages = torch_packages_for(ref) if value is None else value
+    if isinstance(packages, str):
+        packages = packages.replace(",", " ").split()
+    if not packages:
+        raise UsageError("--torch-packages is empty", hint="for example --torch-packages 'torch torchvision'")
+    return tuple(str(p) for p in packages)
+
+
+def _dist(value: Any, token_file: Path | None) -> str | None:
+    dist = parse_scheduler_url(str(value)) if value else None
+    if dist and token_file is None:
+        raise UsageError(
+            "--dist needs the scheduler's client token",
+            hint="copy client-token from the scheduler's machine and pass --dist-token-file PATH",
+        )
+    return dist
+
+
+def _arch(value: Any) -> str | None:
+    """`--arch` stripped; blank is unset (this GPU's arch)."""
+    return (str(value).strip() or None) if value is not None else None
 
 
 def _mem_budget(value: Any) -> int | None:
