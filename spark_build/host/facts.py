@@ -286,43 +286,11 @@ def gather_host(
     """
     notes: list[str] = []
     total, available = memory()
-
     asked = gpu_query if gpu_query is not None else query_gpus(run)
-    gpus, gpu_query_error = asked.gpus, asked.error
-
-    nvcc, cuda_home = find_nvcc(env)
-    nvcc_version: Version | None = None
-    nvcc_build: str | None = None
-    if nvcc is not None:
-        status, output = run([str(nvcc), "--version"])
-        if status == 0:
-            nvcc_version, nvcc_build = parse_nvcc_version(output)
-        else:
-            notes.append(f"{nvcc} --version failed: {output.strip()[:200]}")
-    ptxas = cuda_home / "bin" / "ptxas" if cuda_home is not None else None
-    if ptxas is not None and not ptxas.is_file():
-        ptxas = None
-
-    probes: list[ArchProbe] = []
-    try:
-        targets = target_entries(arch, gpus)
-    except UsageError as error:
-        notes.append(error.message)
-        targets = ()
-    if nvcc is not None and nvcc_build is not None:
-        probes = [probe(nvcc, entry, cache_dir, run=run, nvcc_build=nvcc_build) for entry in targets]
-
-    uv = _find_uv(env)
-    uv_version = None
-    if uv is not None:
-        status, output = run([uv, "--version"])
-        uv_version = parse_tool_version(output) if status == 0 else None
-    status, output = run(["git", "--version"])
-    git_version = parse_tool_version(output) if status == 0 else None
-
+    toolkit = _toolkit(env, run, notes)
+    probes = _nvcc_probes(arch, asked.gpus, toolkit, cache_dir, run, probe, notes)
+    uv_version, git_version = _tool_versions(env, run)
     torch, torch_query_error = query_torch(python or Path(sys.executable), run)
-
-    ld_library_path = tuple(entry for entry in env.get("LD_LIBRARY_PATH", "").split(":") if entry)
     return HostFacts(
         cpu_arch=platform.machine(),
         cpu_count=cpu_count(),
@@ -333,26 +301,95 @@ def gather_host(
         cache_dir=cache_dir,
         cache_free_bytes=disk_free(cache_dir),
         cache_on_workdir_fs=same_fs(workdir, cache_dir),
-        gpus=gpus,
-        gpu_query_error=gpu_query_error,
-        nvcc=nvcc,
-        nvcc_version=nvcc_version,
-        nvcc_build=nvcc_build,
-        cuda_home=cuda_home,
-        cuda_home_env=env.get("CUDA_HOME") or env.get("CUDA_PATH") or None,
-        ptxas=ptxas,
-        probes=tuple(probes),
+        gpus=asked.gpus,
+        gpu_query_error=asked.error,
+        nvcc=toolkit.nvcc,
+        nvcc_version=toolkit.version,
+        nvcc_build=toolkit.build,
+        cuda_home=toolkit.cuda_home,
+        ptxas=toolkit.ptxas,
+        probes=probes,
         python_version=platform.python_version(),
         uv_version=uv_version,
         git_version=git_version,
-        ld_library_path=ld_library_path,
-        cuda12_lib_dirs=cuda_lib_dirs(ld_library_path, 12),
-        cuda13_lib_dirs=cuda_lib_dirs(ld_library_path, 13),
         torch=torch,
         torch_query_error=torch_query_error,
-        triton_ptxas_path=env.get("TRITON_PTXAS_PATH") or None,
-        triton_ptxas_blackwell_path=env.get("TRITON_PTXAS_BLACKWELL_PATH") or None,
-        triton_ptxas_path_exists=bool(env.get("TRITON_PTXAS_PATH")) and Path(env["TRITON_PTXAS_PATH"]).is_file(),
         target_arch_option=arch,
         notes=tuple(notes),
+        **_environment_facts(env),
     )
+
+
+@dataclass(frozen=True)
+class _Toolkit:
+    nvcc: Path | None
+    cuda_home: Path | None
+    version: Version | None
+    build: str | None
+    ptxas: Path | None
+
+
+def _toolkit(env: Mapping[str, str], run: Query, notes: list[str]) -> _Toolkit:
+    """nvcc found the way the build finds it, its version as it reports it, and the ptxas
+    beside it (what Triton should be pointed at)."""
+    nvcc, cuda_home = find_nvcc(env)
+    version: Version | None = None
+    build: str | None = None
+    if nvcc is not None:
+        status, output = run([str(nvcc), "--version"])
+        if status == 0:
+            version, build = parse_nvcc_version(output)
+        else:
+            notes.append(f"{nvcc} --version failed: {output.strip()[:200]}")
+    ptxas = cuda_home / "bin" / "ptxas" if cuda_home is not None else None
+    if ptxas is not None and not ptxas.is_file():
+        ptxas = None
+    return _Toolkit(nvcc, cuda_home, version, build, ptxas)
+
+
+def _nvcc_probes(
+    arch: str | None,
+    gpus: tuple[Gpu, ...],
+    toolkit: _Toolkit,
+    cache_dir: Path,
+    run: Query,
+    probe: Callable[..., ArchProbe],
+    notes: list[str],
+) -> tuple[ArchProbe, ...]:
+    """nvcc asked to compile for each target arch; a target that cannot be resolved is noted
+    here and judged by the rules, not raised."""
+    try:
+        targets = target_entries(arch, gpus)
+    except UsageError as error:
+        notes.append(error.message)
+        return ()
+    if toolkit.nvcc is None or toolkit.build is None:
+        return ()
+    return tuple(probe(toolkit.nvcc, entry, cache_dir, run=run, nvcc_build=toolkit.build) for entry in targets)
+
+
+def _tool_versions(env: Mapping[str, str], run: Query) -> tuple[str | None, str | None]:
+    """uv's and git's versions; None for a tool that is missing or will not say."""
+    uv = _find_uv(env)
+    uv_version = None
+    if uv is not None:
+        status, output = run([uv, "--version"])
+        uv_version = parse_tool_version(output) if status == 0 else None
+    status, output = run(["git", "--version"])
+    git_version = parse_tool_version(output) if status == 0 else None
+    return uv_version, git_version
+
+
+def _environment_facts(env: Mapping[str, str]) -> dict[str, Any]:
+    """The HostFacts fields read from the environment alone: CUDA_HOME, the library path and
+    its CUDA 12/13 folders, and Triton's ptxas variables."""
+    ld_library_path = tuple(entry for entry in env.get("LD_LIBRARY_PATH", "").split(":") if entry)
+    return {
+        "cuda_home_env": env.get("CUDA_HOME") or env.get("CUDA_PATH") or None,
+        "ld_library_path": ld_library_path,
+        "cuda12_lib_dirs": cuda_lib_dirs(ld_library_path, 12),
+        "cuda13_lib_dirs": cuda_lib_dirs(ld_library_path, 13),
+        "triton_ptxas_path": env.get("TRITON_PTXAS_PATH") or None,
+        "triton_ptxas_blackwell_path": env.get("TRITON_PTXAS_BLACKWELL_PATH") or None,
+        "triton_ptxas_path_exists": bool(env.get("TRITON_PTXAS_PATH")) and Path(env["TRITON_PTXAS_PATH"]).is_file(),
+    }
