@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,26 +105,20 @@ def _run(
     log_dir.mkdir(parents=True, exist_ok=True)
     point_latest(config.logs_dir, log_dir)
     reporter = Reporter(console, clock=clock)
-    runner = Runner(reporter, on_group=lock.note_child)
     state = recorded if recorded is not None else BuildState()
     state.run_id = run_id
     ctx = Context(
         config=config,
         target=target,
         gpu_query=gpu_query,
-        runner=runner,
+        runner=Runner(reporter, on_group=lock.note_child),
         log_dir=log_dir,
         state=state,
         console=console,
         compiles=any(s.name == "compile" for s in steps),
     )
     by_name = {s.name: s for s in steps}
-
-    def still_valid(name: str) -> bool:
-        record = state.record(name)
-        return record is not None and by_name[name].check(ctx, record.result)
-
-    plans = plan(specs_for(steps, ctx), recorded, resume=config.resume, still_valid=still_valid)
+    plans = _plan(by_name, ctx, recorded)
     if config.dry_run:
         reporter.plan(plans, {s.name: s.summary for s in steps})
         console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
@@ -140,34 +134,61 @@ def _run(
         error = exc
         raise
     finally:
-        done = {o.name for o in outcomes}
-        outcomes += [StepOutcome(p.name, "not run", 0.0, p.reason) for p in plans if p.name not in done]
-        code = error.exit_code if error else 0
-        for note in ctx.notes:
-            reporter.note(note)
-        reporter.table(outcomes)
-        results = {name: rec.result for name, rec in state.steps.items() if rec.status == "done"}
-        summary = summary_payload(
-            run_id=run_id,
-            exit_code=code,
-            arch=target.arch_list,
-            outcomes=outcomes,
-            results=results,
-            error=error.message if error else None,
-        )
-        path = write_summary(log_dir, summary)
-        try:
-            write_trace(
-                log_dir,
-                state_file=config.state_file,
-                build_root=ctx.layout.build_tree,
-                ninja=next((d / "ninja" for d in ctx.bin_dirs if (d / "ninja").exists()), ctx.venv / "bin" / "ninja"),
-            )
-            traced = "  trace: trace.json (Perfetto, chrome://tracing)"
-        except (OSError, ValueError, KeyError) as exc:  # a trace must never fail a build
-            traced = f"  (trace not written: {exc})"
-        console.print(f"logs: {log_dir}  summary: {path.name}{traced}", highlight=False)
+        _close_run(ctx, console, reporter, plans, outcomes, error)
     return 0
+
+
+def _plan(by_name: Mapping[str, Step], ctx: Context, recorded: BuildState | None) -> list[StepPlan]:
+    """What runs and what `--resume` skips; a recorded step is skipped only while its output
+    still checks out on disk (`Step.check`)."""
+
+    def still_valid(name: str) -> bool:
+        record = ctx.state.record(name)
+        return record is not None and by_name[name].check(ctx, record.result)
+
+    return plan(specs_for(list(by_name.values()), ctx), recorded, resume=ctx.config.resume, still_valid=still_valid)
+
+
+def _close_run(
+    ctx: Context,
+    console: Console,
+    reporter: Reporter,
+    plans: Sequence[StepPlan],
+    outcomes: list[StepOutcome],
+    error: SparkBuildError | None,
+) -> None:
+    """However the run ended: the steps it never reached, the notes, the timing table, the
+    summary.json and the trace — the record a failed build is read from."""
+    done = {o.name for o in outcomes}
+    outcomes += [StepOutcome(p.name, "not run", 0.0, p.reason) for p in plans if p.name not in done]
+    for note in ctx.notes:
+        reporter.note(note)
+    reporter.table(outcomes)
+    results = {name: rec.result for name, rec in ctx.state.steps.items() if rec.status == "done"}
+    summary = summary_payload(
+        run_id=ctx.state.run_id,
+        exit_code=error.exit_code if error else 0,
+        arch=ctx.target.arch_list,
+        outcomes=outcomes,
+        results=results,
+        error=error.message if error else None,
+    )
+    path = write_summary(ctx.log_dir, summary)
+    console.print(f"logs: {ctx.log_dir}  summary: {path.name}{_trace_note(ctx)}", highlight=False)
+
+
+def _trace_note(ctx: Context) -> str:
+    """Write the run's trace.json; a trace must never fail a build, so a failure is one note."""
+    try:
+        write_trace(
+            ctx.log_dir,
+            state_file=ctx.config.state_file,
+            build_root=ctx.layout.build_tree,
+            ninja=next((d / "ninja" for d in ctx.bin_dirs if (d / "ninja").exists()), ctx.venv / "bin" / "ninja"),
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        return f"  (trace not written: {exc})"
+    return "  trace: trace.json (Perfetto, chrome://tracing)"
 
 
 def _carry_out(
