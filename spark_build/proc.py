@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 from spark_build.errors import StepFailed
 from spark_build.lock import stop_process_group
@@ -93,10 +94,7 @@ class Runner:
         args = [os.fspath(a) for a in argv]
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            header = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')} in {cwd or Path.cwd()}"]
-            header += [f"#   {k}={v}" for k, v in sorted((env_note or {}).items())]
-            header.append(f"+ {shlex.join(args)}")
-            out.write(("\n".join(header) + "\n").encode())
+            out.write(_log_header(args, cwd or Path.cwd(), env_note or {}, time.strftime("%Y-%m-%d %H:%M:%S")))
             out.flush()
             self.sink.command(args)
             try:
@@ -111,34 +109,7 @@ class Runner:
                 )
             except FileNotFoundError as exc:
                 raise StepFailed(f"command not found: {args[0]}", step=step, log=log) from exc
-            self.on_group(proc.pid)
-            reader = threading.Thread(target=_tee, args=(proc.stdout, out, self.sink), daemon=True)
-            reader.start()
-            try:
-                if on_start is not None:
-                    on_start(proc.pid)
-                while True:
-                    try:
-                        code = proc.wait(timeout=0.25)
-                        break
-                    except subprocess.TimeoutExpired:
-                        self.sink.tick()
-            except BaseException:
-                # Interrupted (or a bug of ours): the whole group goes, grandchildren included.
-                stop_process_group(proc.pid)
-                proc.wait()
-                reader.join(timeout=5)
-                if proc.stdout is not None:
-                    proc.stdout.close()
-                out.write(b"# stopped: the build was interrupted\n")
-                raise
-            finally:
-                self.on_group(None)
-            reader.join()
-            assert proc.stdout is not None
-            proc.stdout.close()
-            # The leader is gone, but a daemonised grandchild may still hold the group.
-            stop_process_group(proc.pid, grace=1.0)
+            code = self._follow(proc, out, on_start)
             out.write(f"# exit {code}\n".encode())
         if check and code != 0:
             raise StepFailed(
@@ -147,6 +118,46 @@ class Runner:
                 log=log,
             )
         return code
+
+    def _follow(self, proc: subprocess.Popen[bytes], out: BinaryIO, on_start: Callable[[int], None] | None) -> int:
+        """Stream the output into the log until the process ends, ticking the status line. On
+        any exception (an interrupt, or a bug of ours) the whole group goes, grandchildren
+        included; after a normal end, so does a daemonised grandchild still holding it."""
+        self.on_group(proc.pid)
+        reader = threading.Thread(target=_tee, args=(proc.stdout, out, self.sink), daemon=True)
+        reader.start()
+        try:
+            if on_start is not None:
+                on_start(proc.pid)
+            while True:
+                try:
+                    code = proc.wait(timeout=0.25)
+                    break
+                except subprocess.TimeoutExpired:
+                    self.sink.tick()
+        except BaseException:
+            stop_process_group(proc.pid)
+            proc.wait()
+            reader.join(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            out.write(b"# stopped: the build was interrupted\n")
+            raise
+        finally:
+            self.on_group(None)
+        reader.join()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        stop_process_group(proc.pid, grace=1.0)
+        return code
+
+
+def _log_header(args: Sequence[str], cwd: Path, env_note: Mapping[str, str], when: str) -> bytes:
+    """When and where, the variables worth recording, and the argument list as a shell line."""
+    header = [f"# {when} in {cwd}"]
+    header += [f"#   {k}={v}" for k, v in sorted(env_note.items())]
+    header.append(f"+ {shlex.join(args)}")
+    return ("\n".join(header) + "\n").encode()
 
 
 def log_tail(log: Path, size: int = 4 << 20) -> str:
