@@ -84,7 +84,7 @@ def _resp(command: Sequence[str]) -> bytes:
 
 
 class StepContext(Protocol):
-    """What `start`/`finish` use of `spark_build.steps.base.Context`."""
+    """What `start`/`finish` use of `spark_build.pipeline.step.Context`."""
 
     notes: list[str]
 

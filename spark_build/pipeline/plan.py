@@ -2,7 +2,7 @@
 
 `plan()` is pure: from each step's fingerprint, the recorded state and whether each recorded
 result still checks out, it decides what runs and what `--resume` skips, with the reason.
-`--dry-run` prints exactly this plan; `execute()` carries it out.
+`--dry-run` prints exactly this plan; `build._run` carries it out, one `build._carry_out` per step.
 """
 
 from __future__ import annotations
