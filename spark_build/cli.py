@@ -222,8 +222,7 @@ def validate(
         out.print(f"validating {path.name} in a fresh venv ({proof.venv}); log: {log}", highlight=False)
         with interrupt_signals():
             outcome = prove_wheel(proof, Runner(), log)
-        for report in outcome.reports:
-            report.render(out)
+        outcome.render(out)
         for module, imported in outcome.results["imports"].items():
             out.print(f"{'✓' if imported else '✕'} import {module}", highlight=False)
         served = outcome.results.get("serve")

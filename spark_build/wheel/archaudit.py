@@ -25,6 +25,7 @@ from rich.table import Table
 
 from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, best_on, runs_on
 from spark_build.errors import StepFailed, UsageError, first_few
+from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.linkage import elf_files, read_dynamic, unpacked
 
 _VERDICT_STYLE = {Verdict.NATIVE: "green", Verdict.JIT: "yellow", Verdict.CANNOT_RUN: "red"}
@@ -185,16 +186,12 @@ class FamilyArch:
 
 
 @dataclass(frozen=True)
-class ArchReport:
+class ArchReport(AuditReport):
     source: str
     target: ComputeCapability
     extensions: tuple[ExtensionArch, ...]
     families: tuple[FamilyArch, ...]
     problems: tuple[str, ...] = field(default=())
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
     @property
     def verdict(self) -> Verdict:
@@ -228,16 +225,13 @@ class ArchReport:
         for problem in self.problems:
             console.print(f"[red]✕[/] {problem}")
 
-    def raise_if_failed(self, *, step: str = "validate", log: Path | None = None) -> None:
-        if self.ok:
-            return
-        shown = first_few(self.problems)
-        raise StepFailed(
-            f"arch audit of {self.source} for {self.target} failed: {shown}",
-            hint=f"compile for this GPU (TORCH_CUDA_ARCH_LIST with {self.target}a or the "
-            f"{self.target.major}.0f family) and check the arch plan and patches for the named families",
-            step=step,
-            log=log,
+    def failure(self) -> str:
+        return f"arch audit of {self.source} for {self.target} failed: {first_few(self.problems)}"
+
+    def fix(self) -> str:
+        return (
+            f"compile for this GPU (TORCH_CUDA_ARCH_LIST with {self.target}a or the "
+            f"{self.target.major}.0f family) and check the arch plan and patches for the named families"
         )
 
 

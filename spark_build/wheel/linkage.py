@@ -26,7 +26,8 @@ from elftools.elf.elffile import ELFFile
 from rich.console import Console
 from rich.table import Table
 
-from spark_build.errors import StepFailed, UsageError, first_few
+from spark_build.errors import UsageError, first_few
+from spark_build.wheel.audit import AuditReport
 
 _ELF_MAGIC = b"\x7fELF"
 
@@ -207,7 +208,7 @@ class LinkedLibrary:
 
 
 @dataclass(frozen=True)
-class LinkageReport:
+class LinkageReport(AuditReport):
     source: str
     cuda_major: int
     libraries: tuple[LinkedLibrary, ...]
@@ -217,10 +218,6 @@ class LinkageReport:
     def problems(self) -> tuple[str, ...]:
         found = [f"{lib.elf}: {lib.problem}" for lib in self.libraries if lib.problem]
         return (*found, *(f"{path}: not a readable ELF file" for path in self.unreadable))
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -240,16 +237,13 @@ class LinkageReport:
             table.add_row(lib.elf, lib.library, where)
         console.print(table)
 
-    def raise_if_failed(self, *, step: str = "validate", log: Path | None = None) -> None:
-        if self.ok:
-            return
-        shown = first_few(self.problems)
-        raise StepFailed(
-            f"linkage audit of {self.source} failed: {shown}",
-            hint=f"rebuild against CUDA {self.cuda_major} only (CUDA_HOME, torch from the "
-            f"cu{self.cuda_major}0 index) and install what is missing into the venv",
-            step=step,
-            log=log,
+    def failure(self) -> str:
+        return f"linkage audit of {self.source} failed: {first_few(self.problems)}"
+
+    def fix(self) -> str:
+        return (
+            f"rebuild against CUDA {self.cuda_major} only (CUDA_HOME, torch from the "
+            f"cu{self.cuda_major}0 index) and install what is missing into the venv"
         )
 
 

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability
 from spark_build.durable import sha256_of
-from spark_build.errors import StepFailed, UsageError
+from spark_build.errors import UsageError
 from spark_build.proc import Runner
 from spark_build.venv import (
     INSTALLED_PROBE,
@@ -35,6 +35,7 @@ from spark_build.venv import (
     wheel_folder_index,
 )
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
+from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit
 from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.wheel.tinymodel import script_argv
@@ -98,23 +99,20 @@ class WheelProof:
 
 
 @dataclass
-class Proof:
+class Proof(AuditReport):
     """The outcome of `prove_wheel`: results for summary.json, the audit reports to render, and
     the problems found (empty when the wheel checks out)."""
 
     results: dict[str, Any]
-    reports: list[Any]
+    reports: list[AuditReport]
     problems: list[str]
 
-    def raise_if_failed(self, *, step: str, log: Path) -> None:
-        if self.problems:
-            more = f" (+{len(self.problems) - 1} more in the log)" if len(self.problems) > 1 else ""
-            raise StepFailed(
-                f"{self.problems[0]}{more}",
-                step=step,
-                log=log,
-                hint="the linkage and GPU-code tables in the log show what is missing or from which CUDA",
-            )
+    def fix(self) -> str:
+        return "the linkage and GPU-code tables in the log show what is missing or from which CUDA"
+
+    def render(self, console: Console) -> None:
+        for report in self.reports:
+            report.render(console)
 
 
 def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "validate") -> Proof:
@@ -142,7 +140,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     import_problems, import_notes = judge_imports(found, unmet=unmet, driver=proof.driver)
     problems = [*import_problems, *(f"linkage: {p}" for p in linkage.problems)]
     problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
-    reports = [linkage, *arch_reports]
+    reports: list[AuditReport] = [linkage, *arch_reports]
     _append_tables(log, reports)
     serve_report = None
     if proof.serve and not problems:
@@ -235,7 +233,7 @@ def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeRepo
     return serve_check(options, log=log.with_suffix(".serve.log"), on_group=runner.on_group, say=runner.sink.line)
 
 
-def _append_tables(log: Path, reports: Sequence[Any]) -> None:
+def _append_tables(log: Path, reports: Sequence[AuditReport]) -> None:
     buffer = io.StringIO()
     console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
     for report in reports:
