@@ -1,4 +1,4 @@
-"""`build-vllm`: lock the workdir, plan the steps, run them with checkpoints, report.
+"""`build-vllm`: lock the workdir, plan the steps, run them with checkpoints, summarise.
 
 The order of the steps is `steps.STEPS`; this module runs them: the target resolved once,
 the resume plan, a checkpoint around each step, the timing table and summary at the end.
@@ -25,7 +25,14 @@ from spark_build.insight.trace import write_trace
 from spark_build.lock import WorkdirLock, stop_process_group
 from spark_build.pipeline import state as checkpoint
 from spark_build.pipeline.plan import StepPlan, StepSpec, fingerprint, plan
-from spark_build.pipeline.report import Reporter, StepOutcome, new_run_id, point_latest, summary_payload, write_summary
+from spark_build.pipeline.progress import (
+    Progress,
+    StepOutcome,
+    new_run_id,
+    point_latest,
+    summary_payload,
+    write_summary,
+)
 from spark_build.pipeline.state import BuildState, StepRecord
 from spark_build.pipeline.step import Context, Step
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
@@ -104,14 +111,14 @@ def _run(
     log_dir = config.logs_dir / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     point_latest(config.logs_dir, log_dir)
-    reporter = Reporter(console, clock=clock)
+    progress = Progress(console, clock=clock)
     state = recorded if recorded is not None else BuildState()
     state.run_id = run_id
     ctx = Context(
         config=config,
         target=target,
         gpu_query=gpu_query,
-        runner=Runner(reporter, on_group=lock.note_child),
+        runner=Runner(progress, on_group=lock.note_child),
         log_dir=log_dir,
         state=state,
         console=console,
@@ -120,7 +127,7 @@ def _run(
     by_name = {s.name: s for s in steps}
     plans = _plan(by_name, ctx, recorded)
     if config.dry_run:
-        reporter.plan(plans, {s.name: s.summary for s in steps})
+        progress.plan(plans, {s.name: s.summary for s in steps})
         console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
         return 0
     console.print(f"build {run_id}: {config.repo} @ {config.ref} for {target} in {config.workdir}", highlight=False)
@@ -129,12 +136,12 @@ def _run(
     try:
         with interrupt_signals():
             for p in plans:
-                _carry_out(p, by_name[p.name], ctx, reporter, clock, outcomes)
+                _carry_out(p, by_name[p.name], ctx, progress, clock, outcomes)
     except SparkBuildError as exc:
         error = exc
         raise
     finally:
-        _close_run(ctx, console, reporter, plans, outcomes, error)
+        _close_run(ctx, console, progress, plans, outcomes, error)
     return 0
 
 
@@ -152,7 +159,7 @@ def _plan(by_name: Mapping[str, Step], ctx: Context, recorded: BuildState | None
 def _close_run(
     ctx: Context,
     console: Console,
-    reporter: Reporter,
+    progress: Progress,
     plans: Sequence[StepPlan],
     outcomes: list[StepOutcome],
     error: SparkBuildError | None,
@@ -162,8 +169,8 @@ def _close_run(
     done = {o.name for o in outcomes}
     outcomes += [StepOutcome(p.name, "not run", 0.0, p.reason) for p in plans if p.name not in done]
     for note in ctx.notes:
-        reporter.note(note)
-    reporter.table(outcomes)
+        progress.note(note)
+    progress.table(outcomes)
     results = {name: rec.result for name, rec in ctx.state.steps.items() if rec.status == "done"}
     summary = summary_payload(
         run_id=ctx.state.run_id,
@@ -195,14 +202,14 @@ def _carry_out(
     p: StepPlan,
     step: Step,
     ctx: Context,
-    reporter: Reporter,
+    progress: Progress,
     clock: Callable[[], float],
     outcomes: list[StepOutcome],
 ) -> None:
     """Run one planned step, checkpointing before and after; its outcome joins `outcomes`
     whether it succeeds, fails or is interrupted."""
     if p.action == "skip":
-        reporter.skip(p.name, p.reason)
+        progress.skip(p.name, p.reason)
         outcomes.append(StepOutcome(p.name, "skipped", 0.0, p.reason))
         return
     record = StepRecord(fingerprint=p.fingerprint, status="running", started=time.time(), run_id=ctx.state.run_id)
@@ -211,13 +218,13 @@ def _carry_out(
         # found there must not overwrite the state of a finished build in this workdir.
         ctx.state.steps[p.name] = record
         _save(ctx)
-    reporter.begin(p.name, step.summary)
+    progress.begin(p.name, step.summary)
     started = clock()
 
     def close(status: str, code: int, detail: str = "") -> None:
         _finish(ctx, record, status)
         seconds = clock() - started
-        reporter.end(p.name, status, seconds)
+        progress.end(p.name, status, seconds)
         outcomes.append(StepOutcome(p.name, status, seconds, p.reason, exit_code=code, detail=detail))
 
     try:

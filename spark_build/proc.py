@@ -49,7 +49,7 @@ def interrupt_signals() -> Iterator[None]:
 
 
 class StatusSink:
-    """Where the runner reports progress; the console implementation lives in `report`."""
+    """Where the runner reports progress; the console implementation is `pipeline.progress.Progress`."""
 
     def command(self, argv: Sequence[str]) -> None: ...
     def line(self, text: str) -> None: ...

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_build.layout import SUMMARY, RunFolder
-from spark_build.pipeline.report import fmt_seconds
+from spark_build.pipeline.progress import fmt_seconds
 from spark_build.sizes import format_bytes
 
 TRACE_META = "trace"  # key `load_runs` adds: the run's trace.json `otherData`, when it has one

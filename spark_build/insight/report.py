@@ -28,7 +28,7 @@ from spark_build.insight.history import cache_hits as run_cache_hits
 from spark_build.insight.history import peak_memory as run_peak_memory
 from spark_build.insight.timeline import timeline_html
 from spark_build.layout import LATEST, SUMMARY, RunFolder
-from spark_build.pipeline.report import StepOutcome, fmt_seconds, timing_rows
+from spark_build.pipeline.progress import StepOutcome, fmt_seconds, timing_rows
 from spark_build.sizes import format_bytes
 
 TOP = 10

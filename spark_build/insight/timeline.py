@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from spark_build.pipeline.report import fmt_seconds
+from spark_build.pipeline.progress import fmt_seconds
 
 _STATUS_COLOUR = {"done": "#4c9f70", "failed": "#d64545", "interrupted": "#e08a2e"}
 

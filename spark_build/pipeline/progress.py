@@ -57,7 +57,7 @@ def timing_rows(outcomes: Sequence[StepOutcome]) -> list[tuple[str, str, str, st
     return rows
 
 
-class Reporter(StatusSink):
+class Progress(StatusSink):
     """Prints step lines and keeps the live status; also the runner's `StatusSink`."""
 
     def __init__(
