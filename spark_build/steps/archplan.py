@@ -48,6 +48,11 @@ class ArchPlanStep(Step):
             target=target,
             step=self.name,
         )
+        if plan.built is None:
+            ctx.notes.append(
+                "arch-plan warning: setup.py could not be asked which targets it builds (its error is in the "
+                "arch-plan log); every configured target counts as built"
+            )
         table = io.StringIO()
         Console(file=table, width=150, color_system=None).print(plan_table(plan))
         atomic_write_text(ctx.run_folder.arch_plan_table, table.getvalue())

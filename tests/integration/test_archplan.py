@@ -46,7 +46,19 @@ CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 # kept between runs at this path (override with SPARK_BUILD_TEST_CU130_VENV) so a rerun is instant.
 CU130_VENV = Path(os.environ.get("SPARK_BUILD_TEST_CU130_VENV", "/tmp/spark-build-cu130-venv"))
 
-CU130_PACKAGES = ["torch==2.14.1", "cmake>=3.26.1", "ninja", "nvidia-cutlass==4.2.0"]
+# torch, and what vLLM 0.13.0's setup.py imports (the arch plan asks it which targets it builds).
+CU130_PACKAGES = [
+    "torch==2.14.1",
+    "cmake>=3.26.1",
+    "ninja",
+    "nvidia-cutlass==4.2.0",
+    "packaging>=24.2",
+    "setuptools>=77.0.3,<81.0.0",
+    "setuptools-scm>=8",
+    "wheel",
+    "jinja2>=3.1.6",
+    "regex",
+]
 
 
 def _run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -145,7 +145,7 @@ def test_a_pin_that_depends_on_the_device_takes_the_cuda_branch() -> None:
 
 
 def test_a_pin_that_depends_on_anything_else_is_reported_as_ambiguous_not_guessed() -> None:
-    text = _DEPENDS_ON_DEVICE.replace('VLLM_TARGET_DEVICE STREQUAL "rocm"', 'CUDA_VERSION VERSION_GREATER_EQUAL 13.0')
+    text = _DEPENDS_ON_DEVICE.replace('VLLM_TARGET_DEVICE STREQUAL "rocm"', "CUDA_VERSION VERSION_GREATER_EQUAL 13.0")
     (tool,) = parse_external_projects({"cmake/external_projects/tool.cmake": text})
     assert tool.revision is None and tool.repository is None
     assert not tool.pinned
