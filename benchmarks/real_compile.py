@@ -51,13 +51,8 @@ from replay import Job, Row, _rss, _tree, choose_enforcement, ideal_wall, run_re
 
 from spark_build.arch.cmake_configure import configure  # noqa: E402
 from spark_build.compile.governor import Governor  # noqa: E402
-from spark_build.compile.jobplan import (  # noqa: E402
-    cpu_count,
-    normalize_object,
-    parse_ninja_log,
-    plan_jobs,
-    write_jobs_json,
-)
+from spark_build.compile.jobplan import cpu_count, plan_jobs, write_jobs_json  # noqa: E402
+from spark_build.compile.ninjalog import normalize_object, parse_ninja_log  # noqa: E402
 from spark_build.compile.oom import find_oom_kills  # noqa: E402
 from spark_build.proc import Runner  # noqa: E402
 from spark_build.sizes import format_bytes, parse_mem_size  # noqa: E402

@@ -36,7 +36,8 @@ from typing import Protocol
 
 import psutil
 
-from spark_build.compile.jobplan import JobRecord, JobState, decide, normalize_object
+from spark_build.compile.jobplan import JobRecord, JobState, decide
+from spark_build.compile.ninjalog import normalize_object
 
 __all__ = ["Governor", "JobState", "ProcInfo", "ProcessTable", "PsutilProcessTable", "decide", "object_of"]
 

@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_build.compile.jobplan import JobPlan, normalize_object
+from spark_build.compile.jobplan import JobPlan
+from spark_build.compile.ninjalog import normalize_object
 from spark_build.errors import StepFailed
 from spark_build.sizes import format_bytes
 

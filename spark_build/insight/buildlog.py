@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from spark_build.compile.jobplan import NinjaLine, normalize_object
+from spark_build.compile.ninjalog import NinjaLine, normalize_object
 from spark_build.layout import RunFolder
 
 _ORIGIN_TOLERANCE_S = 1.0  # lines whose clock origins differ less belong to one Ninja run

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from spark_build.compile.jobplan import normalize_object
+from spark_build.compile.ninjalog import normalize_object
 
 Deps = dict[str, set[str]]
 

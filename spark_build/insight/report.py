@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from spark_build.compile.jobplan import normalize_object
+from spark_build.compile.ninjalog import normalize_object
 from spark_build.errors import UsageError
 from spark_build.insight.critical_path import Deps, critical_path, ninja_graph
 from spark_build.insight.history import TRACE_META, describe_change, history_rows, load_runs, outcome_of, step_status

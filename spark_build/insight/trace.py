@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spark_build.compile.jobplan import parse_ninja_lines
+from spark_build.compile.ninjalog import parse_ninja_lines
 from spark_build.durable import atomic_write_text
 from spark_build.insight.buildlog import (
     BuiltObject,

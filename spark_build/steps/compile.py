@@ -30,11 +30,10 @@ from spark_build.compile.jobplan import (
     JobRecord,
     cpu_count,
     load_estimates,
-    parse_ninja_lines,
-    parse_ninja_log,
     plan_jobs,
     write_jobs_json,
 )
+from spark_build.compile.ninjalog import parse_ninja_lines, parse_ninja_log
 from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed

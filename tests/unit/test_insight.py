@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from spark_build.compile.jobplan import parse_ninja_lines
+from spark_build.compile.ninjalog import parse_ninja_lines
 from spark_build.errors import UsageError
 from spark_build.insight.critical_path import critical_path, parse_ninja_graph
 from spark_build.insight.history import HistoryRow, compare, describe_change, history_rows, load_runs

@@ -12,13 +12,12 @@ import pytest
 from spark_build.compile.jobplan import (
     DEFAULT_PROFILE,
     JobRecord,
-    NinjaLogEntry,
     cpu_count,
     load_estimates,
-    parse_ninja_log,
     plan_jobs,
     write_jobs_json,
 )
+from spark_build.compile.ninjalog import NinjaLogEntry, parse_ninja_log
 from spark_build.errors import SparkBuildError, UsageError
 from spark_build.sizes import GIB, parse_mem_size
 
@@ -238,7 +237,8 @@ def test_records_of_another_source_are_ignored_when_reading_a_logs_folder(tmp_pa
 
 
 def test_a_cache_hit_build_never_lowers_an_object_estimate_an_earlier_build_measured():
-    from spark_build.compile.jobplan import estimates_from, normalize_object
+    from spark_build.compile.jobplan import estimates_from
+    from spark_build.compile.ninjalog import normalize_object
 
     real = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 3 << 30, "finished": True, "duration_s": 60}]}
     cached = {"objects": [{"object": "csrc/a.cu.o", "peak_rss_bytes": 20 << 20, "finished": True, "duration_s": 0.05}]}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spark_build.compile.jobplan import NinjaLine, parse_ninja_lines
+from spark_build.compile.ninjalog import NinjaLine, parse_ninja_lines
 from spark_build.insight.buildlog import BuiltObject, GovernorEvent, MemorySample, ninja_runs, read_governor_log
 from spark_build.insight.trace import PID_BUILD, PID_COMPILE, PID_MEMORY, assign_slots, trace_events, write_trace
 
