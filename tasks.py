@@ -43,6 +43,12 @@ BUILD_HELP = {
     "torch": "'install' (default: --torch-packages from --torch-index) or 'existing': build against the torch "
     "--python already has (NVIDIA's PyTorch container, an air-gapped lab)",
     "wheels": "a folder of wheels every install reads instead of a package index (offline builds)",
+    "cache": "compiler cache: auto (default: ccache, local), local, none, or redis://[:PASSWORD@]HOST:PORT/DB to "
+    "share compiled objects between Sparks",
+    "cache-size": "size limit of the local compiler cache, with a unit (default 20G)",
+    "cache-dir": "where the local compiler cache lives (default WORKDIR/compiler-cache/<tool>)",
+    "dist": "sccache-dist scheduler URL: spread the compile over several machines (docs/sccache-dist.md)",
+    "dist-token-file": "file holding the sccache-dist client token (needed with --dist)",
     "cuda-home": "CUDA toolkit root (default $CUDA_HOME or /usr/local/cuda)",
     "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",
     "logs-dir": "where per-run logs go (default ./logs)",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -69,10 +71,14 @@ def build(
     clock: Callable[[], float] = time.monotonic,
     held: WorkdirLock | None = None,
     stop_after: str | None = None,
+    resume_command: str = "invoke build-vllm --resume",
 ) -> int:
     """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure.
-    `held` is the workdir lock when the caller took it already (the nightly does)."""
+    `held` is the workdir lock when the caller took it already (the nightly does);
+    `resume_command` is what the messages tell the user to run to continue this build."""
     _usable_workdir(config.workdir)
+    if config.logs_dir.exists() and not config.logs_dir.is_dir():
+        raise UsageError(f"--logs-dir {config.logs_dir} is a file, not a folder", hint="name a folder for the logs")
     if config.resume and not config.state_file.exists():
         raise UsageError(
             f"nothing to resume in {config.workdir} (no state.json)",
@@ -94,7 +100,7 @@ def build(
             make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
-        return _run(config, console, clock, target, gpu_query, recorded, lock, steps)
+        return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command)
 
 
 def _run(
@@ -106,11 +112,16 @@ def _run(
     recorded: BuildState | None,
     lock: WorkdirLock,
     steps: Sequence[Step],
+    resume_command: str,
 ) -> int:
     run_id = new_run_id(time.time(), os.getpid())
-    log_dir = config.logs_dir / run_id
-    log_dir.mkdir(parents=True, exist_ok=True)
-    point_latest(config.logs_dir, log_dir)
+    if config.dry_run:
+        # A plan changes nothing: its checks log to a scratch folder, `logs/latest` stays put.
+        log_dir = Path(tempfile.mkdtemp(prefix="spark-build-dry-run-"))
+    else:
+        log_dir = config.logs_dir / run_id
+        log_dir.mkdir(parents=True, exist_ok=True)
+        point_latest(config.logs_dir, log_dir)
     progress = Progress(console, clock=clock)
     state = recorded if recorded is not None else BuildState()
     state.run_id = run_id
@@ -123,10 +134,12 @@ def _run(
         state=state,
         console=console,
         compiles=any(s.name == "compile" for s in steps),
+        resume_command=resume_command,
     )
     by_name = {s.name: s for s in steps}
     plans = _plan(by_name, ctx, recorded)
     if config.dry_run:
+        shutil.rmtree(log_dir, ignore_errors=True)
         progress.plan(plans, {s.name: s.summary for s in steps})
         console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
         return 0
@@ -235,14 +248,14 @@ def _carry_out(
             f"stopped by {sig} during {p.name}",
             step=p.name,
             log=ctx.log(p.name),
-            hint="continue where it stopped with: invoke build-vllm --resume",
+            hint=f"continue where it stopped with: {ctx.resume_command}",
         ) from None
     except SparkBuildError as exc:
         close("failed", exc.exit_code)
         exc.step = exc.step or p.name
         exc.log = exc.log or ctx.log(p.name)
-        explain(exc)
-        exc.hint = exc.hint or "fix the cause above, then continue with: invoke build-vllm --resume"
+        explain(exc, ctx.resume_command)
+        exc.hint = exc.hint or f"fix the cause above, then continue with: {ctx.resume_command}"
         raise
     except Exception as exc:
         close("failed", StepFailed.exit_code)
@@ -256,7 +269,7 @@ def _carry_out(
     close("done", 0, step.detail(result))
 
 
-def explain(exc: SparkBuildError) -> None:
+def explain(exc: SparkBuildError, resume_command: str = "invoke build-vllm --resume") -> None:
     """Put the first known failure signature of the step's log into the error, in plain words."""
     if exc.log is None or not exc.log.is_file():
         return
@@ -264,7 +277,7 @@ def explain(exc: SparkBuildError) -> None:
     if found:
         first = found[0]
         exc.details = [f"cause: {first.cause}", *(f"log says: {q}" for q in first.quotes[:1])]
-        exc.hint = f"{first.fix}; then: invoke build-vllm --resume"
+        exc.hint = f"{first.fix}; then: {resume_command}"
 
 
 def _finish(ctx: Context, record: StepRecord, status: str) -> None:

@@ -6,9 +6,10 @@ interrupted 130); a traceback only with `--debug`.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -38,6 +39,13 @@ def guarded(action: Callable[[], int], *, debug: bool) -> int:
         return 130
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The user's own command line to continue a build: the same options (`-f`, `--example`,
+    `--arch`, `--workdir` …), `--resume` instead of `--dry-run`, so run as printed it resumes."""
+    args = [a for a in argv if a not in ("--resume", "--dry-run")]
+    return shlex.join(["invoke", *args, "--resume"])
+
+
 def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_after: str | None = None) -> int:
     """`invoke build-vllm`, and `invoke arch-plan` (the same steps, stopping after the plan)."""
     from spark_build.build import build
@@ -46,7 +54,7 @@ def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_a
 
     def action() -> int:
         cfg = options.resolve(cli, file)
-        return build(cfg, console(), stop_after=stop_after)
+        return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:]))
 
     return guarded(action, debug=debug)
 

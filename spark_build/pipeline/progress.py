@@ -134,7 +134,7 @@ class Progress(StatusSink):
 
     def table(self, outcomes: Sequence[StepOutcome]) -> None:
         table = Table(title="timing")
-        columns = (("step", "left"), ("status", "left"), ("duration", "right"), ("share", "right"), ("", "left"))
+        columns = (("step", "left"), ("status", "left"), ("duration", "right"), ("share", "right"), ("detail", "left"))
         for column, justify in columns:
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for row in timing_rows(outcomes):

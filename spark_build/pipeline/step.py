@@ -40,6 +40,7 @@ class Context:
     host: HostFacts | None = None  # read by preflight on every run
     console: Console | None = None
     compiles: bool = True  # False for `invoke arch-plan`: no compile job will need memory
+    resume_command: str = "invoke build-vllm --resume"  # the user's own command line, with --resume
 
     def show(self, renderable: Any) -> None:
         """Put a table in front of the user (the arch plan), not only in the logs."""

@@ -4,8 +4,10 @@ loopback index, CMake + Ninja + nvcc for sm_121a, a real wheel — and real kill
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from spark_build.errors import BuildLocked
 from spark_build.lock import WorkdirLock
 from spark_build.steps.compile import ninja_log_entries
-from tests.conftest import Build, ok, published_wheel
+from tests.conftest import Build, _env, ok, published_wheel
 from tests.servers import git_server
 
 STEPS = [
@@ -109,11 +111,14 @@ def test_resume_of_a_finished_build_skips_every_step_and_keeps_the_wheel(baselin
 
 def test_dry_run_prints_the_plan_and_changes_nothing(baseline):
     state_before = (baseline.workdir / "state.json").read_text()
+    logs = baseline.workdir / "logs"
+    runs_before, latest_before = sorted(logs.iterdir()), (logs / "latest").resolve()
     result = ok(baseline.run("--resume", "--dry-run"))
     assert "build plan" in result.stdout
     for step in STEPS:
         assert step in result.stdout
     assert (baseline.workdir / "state.json").read_text() == state_before
+    assert sorted(logs.iterdir()) == runs_before and (logs / "latest").resolve() == latest_before
 
 
 def test_kill_9_during_clone_then_resume_completes_without_redoing_venv_or_torch(
@@ -182,11 +187,17 @@ def test_ctrl_c_mid_compile_exits_130_leaves_no_process_and_resume_completes(mak
     build.kill_when(proc, lambda: objects_finished(build.workdir) >= 1, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "invoke build-vllm --resume" in out
     assert build.step_status("compile") == "interrupted"
     assert build_processes(build.workdir) == []
 
-    ok(build.run("--resume"))
+    # The hint is the user's own command line with --resume: run exactly as printed, it resumes.
+    (hint,) = [
+        line.split("continue where it stopped with: ", 1)[1] for line in out.splitlines() if "continue where" in line
+    ]
+    argv = shlex.split(hint)
+    assert argv[0] == "invoke" and "--workdir" in argv and "--example" in argv and argv[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=900, env=_env())
+    ok(resumed)
     assert build.summary()["steps"][STEPS.index("compile")]["status"] == "done"
 
 

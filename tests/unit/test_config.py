@@ -112,3 +112,13 @@ def test_a_reserve_may_be_zero_but_a_budget_may_not():
     assert resolve(cli={"mem_reserve": "2G"}).mem_reserve == 2 << 30
     with pytest.raises(UsageError):
         resolve(cli={"mem_budget": "0"})
+
+
+def test_the_resume_hint_is_the_users_own_command_with_resume_instead_of_dry_run() -> None:
+    from spark_build.cli import resume_command
+
+    argv = ["-f", "examples/example-cpu.yaml", "build-vllm", "--example", "--arch", "12.1a", "--dry-run"]
+    assert resume_command(argv) == "invoke -f examples/example-cpu.yaml build-vllm --example --arch 12.1a --resume"
+    assert resume_command(["build-vllm", "--resume", "--workdir", "my work"]) == (
+        "invoke build-vllm --workdir 'my work' --resume"
+    )
