@@ -36,9 +36,10 @@ from spark_build.pipeline.progress import (
     write_summary,
 )
 from spark_build.pipeline.state import BuildState, StepRecord
-from spark_build.pipeline.step import Context, Step
+from spark_build.pipeline.step import RESUME_COMMAND, Context, Step
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
 from spark_build.steps import STEPS
+from spark_build.venv import find_tool
 
 
 def specs_for(steps: Sequence[Step], ctx: Context) -> list[StepSpec]:
@@ -71,7 +72,7 @@ def build(
     clock: Callable[[], float] = time.monotonic,
     held: WorkdirLock | None = None,
     stop_after: str | None = None,
-    resume_command: str = "invoke build-vllm --resume",
+    resume_command: str = RESUME_COMMAND,
 ) -> int:
     """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure.
     `held` is the workdir lock when the caller took it already (the nightly does);
@@ -137,9 +138,12 @@ def _run(
         resume_command=resume_command,
     )
     by_name = {s.name: s for s in steps}
-    plans = _plan(by_name, ctx, recorded)
+    try:
+        plans = _plan(by_name, ctx, recorded)
+    finally:
+        if config.dry_run:
+            shutil.rmtree(log_dir, ignore_errors=True)
     if config.dry_run:
-        shutil.rmtree(log_dir, ignore_errors=True)
         progress.plan(plans, {s.name: s.summary for s in steps})
         console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
         return 0
@@ -204,7 +208,7 @@ def _trace_note(ctx: Context) -> str:
             ctx.log_dir,
             state_file=ctx.config.state_file,
             build_root=ctx.layout.build_tree,
-            ninja=next((d / "ninja" for d in ctx.bin_dirs if (d / "ninja").exists()), ctx.venv / "bin" / "ninja"),
+            ninja=find_tool("ninja", ctx.bin_dirs) or ctx.venv / "bin" / "ninja",
         )
     except (OSError, ValueError, KeyError) as exc:
         return f"  (trace not written: {exc})"
@@ -269,7 +273,7 @@ def _carry_out(
     close("done", 0, step.detail(result))
 
 
-def explain(exc: SparkBuildError, resume_command: str = "invoke build-vllm --resume") -> None:
+def explain(exc: SparkBuildError, resume_command: str = RESUME_COMMAND) -> None:
     """Put the first known failure signature of the step's log into the error, in plain words."""
     if exc.log is None or not exc.log.is_file():
         return

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_sdist_filename, parse_wheel_filename
 from uv import find_uv_bin
 
 Argv = list[str | os.PathLike[str]]
+# Runs `code` in an interpreter; the code writes JSON to the file named by its first argument,
+# and the probe returns it (the caller owns the runner, its log and the scratch file).
+Probe = Callable[[Path, str], dict[str, Any]]
 
 
 def uv_bin() -> str:
@@ -51,10 +55,6 @@ class Installer:
     inherit_site: bool = False  # --torch existing: the venvs see the interpreter's packages
     wheels: Path | None = None  # --wheels DIR: the only source of packages
     uv_cache_dir: Path | None = None
-
-    @property
-    def tool(self) -> str:
-        return "pip" if self.inherit_site else "uv"
 
     def env(self) -> dict[str, str]:
         env = uv_env(self.uv_cache_dir)
@@ -95,6 +95,25 @@ SITE_PROBE = (
     "json.dump({'sites': site.getsitepackages(), 'scripts': sysconfig.get_path('scripts')}, open(sys.argv[1], 'w'))"
 )
 INHERIT_PTH = "spark_build_inherit.pth"
+
+
+def make_venv(
+    installer: Installer, python: str, dest: Path, *, seed: bool, run: Callable[[Argv], object], probe: Probe
+) -> list[str]:
+    """A fresh venv from `python`; inheriting, it also sees that interpreter's packages (its
+    torch), whether they are system packages or another venv's. Returns the inherited scripts
+    folders (where that interpreter's cmake and ninja are)."""
+    run(installer.venv_argv(python, dest, seed=seed))
+    if not installer.inherit_site:
+        return []
+    found = probe(Path(python), SITE_PROBE)
+    inherit_sites(dest, found["sites"])
+    return [found["scripts"]]
+
+
+def find_tool(name: str, bin_dirs: Sequence[Path]) -> Path | None:
+    """The first `name` in the build's tool folders (the venv's bin/, then inherited ones)."""
+    return next((folder / name for folder in bin_dirs if (folder / name).exists()), None)
 
 
 def inherit_sites(venv: Path, sites: Iterable[str]) -> Path:
@@ -154,6 +173,15 @@ def read_requirements(path: Path) -> list[str]:
         elif line and not line.startswith(("#", "-")):
             lines.append(line)
     return lines
+
+
+def missing_offline(installer: Installer, wanted: Iterable[str], python: Path, probe: Probe) -> list[str]:
+    """With `--wheels`: the requirements that neither `python`'s environment (inherited packages
+    included) nor the wheel folder satisfies; without it, none (the index has them)."""
+    if installer.wheels is None:
+        return []
+    installed = probe(python, INSTALLED_PROBE)
+    return missing_from_wheels(wanted, wheel_folder_index(installer.wheels), installed)
 
 
 def missing_from_wheels(

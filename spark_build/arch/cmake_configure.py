@@ -19,6 +19,7 @@ from pathlib import Path
 
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
+from spark_build.venv import find_tool
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def configure(
     stubs = build_stubs(missing, build_dir / "configure-only-stubs", runner, log, step) if missing else {}
     python = venv / "bin" / "python"
     paths = [venv / "bin", *bin_dirs]
-    cmake = next((folder / "cmake" for folder in paths if (folder / "cmake").exists()), None)
+    cmake = find_tool("cmake", paths)
     argv = [str(cmake or "cmake")]
     argv += cmake_args(
         source, build_dir, python=python, cuda_home=cuda_home, build_type=build_type, jobs=jobs, stubs=stubs

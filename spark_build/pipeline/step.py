@@ -23,7 +23,10 @@ from spark_build.layout import RunFolder, Workdir
 from spark_build.pipeline.state import BuildState
 from spark_build.proc import Runner
 from spark_build.upstream.recipe import Recipe, recipe_for
-from spark_build.venv import SITE_PROBE, inherit_sites
+from spark_build.venv import make_venv
+
+# What the messages tell the user to run when the real command line is not known (library use).
+RESUME_COMMAND = "invoke build-vllm --resume"
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Context:
     host: HostFacts | None = None  # read by preflight on every run
     console: Console | None = None
     compiles: bool = True  # False for `invoke arch-plan`: no compile job will need memory
-    resume_command: str = "invoke build-vllm --resume"  # the user's own command line, with --resume
+    resume_command: str = RESUME_COMMAND  # the user's own command line, with --resume
 
     def show(self, renderable: Any) -> None:
         """Put a table in front of the user (the arch plan), not only in the logs."""
@@ -102,12 +105,14 @@ class Context:
         packages (its torch), whether they are system packages or another venv's. Returns the
         inherited scripts folders (where that interpreter's cmake and ninja are)."""
         installer = self.config.installer
-        self.run(step, installer.venv_argv(self.config.python, dest, seed=seed), env=installer.env())
-        if not installer.inherit_site:
-            return []
-        found = self.probe_json(step, Path(self.config.python), SITE_PROBE)
-        inherit_sites(dest, found["sites"])
-        return [found["scripts"]]
+        return make_venv(
+            installer,
+            self.config.python,
+            dest,
+            seed=seed,
+            run=lambda argv: self.run(step, argv, env=installer.env()),
+            probe=lambda python, code: self.probe_json(step, python, code),
+        )
 
     @property
     def bin_dirs(self) -> list[Path]:

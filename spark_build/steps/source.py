@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,7 @@ from spark_build.upstream.patches import find_series, patches_digest
 from spark_build.upstream.recipe import USE_EXISTING_TORCH_PLACES, Recipe, torch_pins
 from spark_build.upstream.refs import clone_url, ref_kind
 from spark_build.upstream.sources import prepare_sources, sources_intact
-from spark_build.venv import (
-    INSTALLED_PROBE,
-    installed_packages,
-    missing_from_wheels,
-    read_requirements,
-    wheel_folder_index,
-)
+from spark_build.venv import installed_packages, missing_offline, read_requirements
 
 
 class Clone(Step):
@@ -146,8 +141,8 @@ class BuildDeps(Step):
         wheels = ctx.config.wheels
         if wheels is not None:
             wanted = [line for rel in recipe.build_requirements for line in read_requirements(ctx.src / rel)]
-            installed = ctx.probe_json(self.name, ctx.python, INSTALLED_PROBE)
-            missing = missing_from_wheels(wanted, wheel_folder_index(wheels), installed)
+            probe = partial(ctx.probe_json, self.name)
+            missing = missing_offline(ctx.config.installer, wanted, ctx.python, probe)
             if missing:
                 raise UsageError(
                     f"{len(missing)} build requirement(s) in neither the venv nor {wheels}: {', '.join(missing)}",

@@ -74,12 +74,12 @@ class Torch(Step):
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         if not ctx.python.exists():
             return False
+        # Still the version the build compiled against, where it was found: the interpreter's own
+        # site-packages (existing) or the build venv's.
         if result.get("existing"):
-            # The interpreter's own torch: still the version the build compiled against?
-            location = Path(str(result.get("location", "")))
-            version = str(result.get("version", "")).split("+")[0]
-            return any(d.name.startswith(f"torch-{version}") for d in location.parent.glob("torch-*.dist-info"))
-        dist_infos = list((ctx.venv / "lib").glob("python*/site-packages/torch-*.dist-info"))
+            dist_infos = Path(str(result.get("location", ""))).parent.glob("torch-*.dist-info")
+        else:
+            dist_infos = (ctx.venv / "lib").glob("python*/site-packages/torch-*.dist-info")
         version = str(result.get("version", "")).split("+")[0]
         return any(d.name.startswith(f"torch-{version}") for d in dist_infos)
 

@@ -20,12 +20,8 @@ _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar")
 
 @dataclass(frozen=True)
 class ArchiveMirror:
-    """A source archive standing in for a git repository at one revision:
-    `PATH#sha256=HEX`, or `PATH#sha256=HEX&strip=1` for a GitHub-style archive whose files sit
-    under one `name-revision/` folder.
-
-    Where nothing can mirror a repository (CUTLASS is gigabytes of history), a `git archive`
-    of the pinned revision is enough — if it is that revision: the sha256 is required."""
+    """`PATH#sha256=HEX` in source_mirrors, or `PATH#sha256=HEX&strip=1` for a GitHub-style
+    archive whose files sit under one `name-revision/` folder."""
 
     path: Path
     sha256: str

@@ -127,14 +127,11 @@ def fetch_project(
     except StepFailed:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    _write_pin(partial, {"revision": revision, "commit": commit, "origin": origin, "missing": list(missing)})
     # The record sits inside the checkout; keep it out of `git status` so the tree reads clean.
     (partial / ".git" / "info").mkdir(parents=True, exist_ok=True)
     with (partial / ".git" / "info" / "exclude").open("a") as handle:
         handle.write(f"/{_PIN_RECORD}\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    partial.rename(dest)
-    return _fetched(project, dest, commit, origin, reused=False, missing=missing)
+    return _into_place(project, partial, dest, commit, origin, missing)
 
 
 def _reuse_cached(
@@ -227,11 +224,18 @@ def _from_archive(
     if project.name == "cutlass" and not (partial / "CMakeLists.txt").is_file():
         version = cutlass_headers_version(partial) or "unknown"
         write_cutlass_cmake(partial, dest, f"archive {archive.path.name}", version, str(project.revision))
-    commit = f"sha256:{archive.sha256}"
-    _write_pin(partial, {"revision": project.revision, "commit": commit, "origin": origin, "missing": []})
+    return _into_place(project, partial, dest, f"sha256:{archive.sha256}", origin, ())
+
+
+def _into_place(
+    project: ExternalProject, partial: Path, dest: Path, commit: str, origin: str, missing: tuple[str, ...]
+) -> FetchedProject:
+    """Record the pin in the finished `.partial` tree and rename it into place: only a whole
+    checkout ever sits where a later run would trust it."""
+    _write_pin(partial, {"revision": project.revision, "commit": commit, "origin": origin, "missing": list(missing)})
     shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
-    return _fetched(project, dest, commit, origin, reused=False, missing=())
+    return _fetched(project, dest, commit, origin, reused=False, missing=missing)
 
 
 def _fetched(

@@ -26,14 +26,7 @@ from spark_build.arch.compat import ComputeCapability
 from spark_build.durable import sha256_of
 from spark_build.errors import UsageError
 from spark_build.proc import Runner
-from spark_build.venv import (
-    INSTALLED_PROBE,
-    SITE_PROBE,
-    Installer,
-    inherit_sites,
-    missing_from_wheels,
-    wheel_folder_index,
-)
+from spark_build.venv import Argv, Installer, make_venv, missing_offline
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit
@@ -120,22 +113,29 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     runs even when an earlier one fails: a failed import is best explained by the linkage table."""
     python = proof.venv / "bin" / "python"
     installer = proof.installer
-    runner.run(installer.venv_argv(proof.python, proof.venv, seed=False), log=log, step=step, env=installer.env())
-    if installer.inherit_site:
-        sites_file = log.with_suffix(".sites.json")
-        runner.run([proof.python, "-c", SITE_PROBE, sites_file], log=log, step=step)
-        inherit_sites(proof.venv, json.loads(sites_file.read_text())["sites"])
-    unmet = _unmet_requirements(proof, runner, log, step)
+
+    def probe(interpreter: Path, code: str) -> dict[str, Any]:
+        out = log.with_suffix(".probe.json")
+        runner.run([interpreter, "-c", code, out], log=log, step=step)
+        return dict(json.loads(out.read_text()))
+
+    def run(argv: Argv) -> None:
+        runner.run(argv, log=log, step=step, env=installer.env())
+
+    make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
+    # Offline (`--wheels`): the runtime requirements neither the venv nor the folder has. Then the
+    # wheel goes in without its dependencies and the import check says which could not be
+    # proven, instead of failing the install on the first missing one.
+    unmet = missing_offline(installer, [*wheel_requirements(proof.wheel), *proof.requirements], python, probe)
     no_deps = ["--no-deps"] if unmet else []
-    install = installer.install_argv(python, *no_deps, proof.wheel, *proof.requirements, index=proof.index)
-    runner.run(install, log=log, step=step, env=installer.env())
+    run(installer.install_argv(python, *no_deps, proof.wheel, *proof.requirements, index=proof.index))
     linkage = linkage_audit(proof.wheel, LibrarySearch.for_venv(proof.venv, os.environ), proof.cuda_major)
     cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
     arch_reports = [arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump) for cc in proof.targets]
     imports_file = log.with_suffix(".imports.json")
     own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
-    probe: list[str | os.PathLike[str]] = [python, "-c", _IMPORT_PROBE, imports_file, own, *proof.modules]
-    runner.run(probe, log=log, step=step, cwd=proof.venv)
+    imports: Argv = [python, "-c", _IMPORT_PROBE, imports_file, own, *proof.modules]
+    runner.run(imports, log=log, step=step, cwd=proof.venv)
     found = json.loads(imports_file.read_text())
     import_problems, import_notes = judge_imports(found, unmet=unmet, driver=proof.driver)
     problems = [*import_problems, *(f"linkage: {p}" for p in linkage.problems)]
@@ -160,22 +160,6 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         "serve": serve_report.to_dict() if serve_report is not None else None,
     }
     return Proof(results, reports, problems)
-
-
-def _unmet_requirements(proof: WheelProof, runner: Runner, log: Path, step: str) -> list[str]:
-    """Offline (`--wheels`): the wheel's runtime requirements that neither the venv (inherited
-    packages included) nor the wheel folder can satisfy. Then the wheel goes in without its
-    dependencies and the import check says which could not be proven, instead of failing the
-    install on the first missing one."""
-    wheels = proof.installer.wheels
-    if wheels is None:
-        return []
-    out = log.with_suffix(".installed.json")
-    runner.run([proof.venv / "bin" / "python", "-c", INSTALLED_PROBE, out], log=log, step=step)
-    installed = json.loads(out.read_text())
-    return missing_from_wheels(
-        [*wheel_requirements(proof.wheel), *proof.requirements], wheel_folder_index(wheels), installed
-    )
 
 
 def wheel_requirements(wheel: Path) -> list[str]:
