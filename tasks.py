@@ -13,10 +13,11 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 
-def _file_options(c: Context) -> dict[str, Any]:
-    """The `spark_build:` section of invoke.yaml (or a file given with `invoke -f`)."""
+def _file_options(c: Context) -> Any:
+    """The `spark_build:` section of invoke.yaml (or a file given with `invoke -f`), as read:
+    a section of the wrong shape is refused by config.resolve, as bad input."""
     section = c.config.get("spark_build", None) or {}
-    return dict(section)
+    return dict(section) if hasattr(section, "keys") else section
 
 
 def _exit(code: int) -> None:

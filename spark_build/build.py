@@ -78,8 +78,6 @@ def build(
     `held` is the workdir lock when the caller took it already (the nightly does);
     `resume_command` is what the messages tell the user to run to continue this build."""
     _usable_workdir(config.workdir)
-    if config.logs_dir.exists() and not config.logs_dir.is_dir():
-        raise UsageError(f"--logs-dir {config.logs_dir} is a file, not a folder", hint="name a folder for the logs")
     if config.resume and not config.state_file.exists():
         raise UsageError(
             f"nothing to resume in {config.workdir} (no state.json)",

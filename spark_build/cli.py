@@ -189,6 +189,7 @@ def validate(
 ) -> int:
     """`invoke validate WHEEL`: the validate step's proof for any wheel, also a downloaded one."""
     import time
+    import zipfile
     from pathlib import Path
 
     from spark_build.arch.target import Target
@@ -205,6 +206,8 @@ def validate(
         path = Path(wheel).expanduser().resolve()
         if not path.is_file() or path.suffix != ".whl":
             raise UsageError(f"no wheel at {path}", hint="give the path of a .whl file")
+        if not zipfile.is_zipfile(path):
+            raise UsageError(f"{path} is not a wheel (not a zip archive)", hint="download or build the wheel again")
         nvcc_version = None
         if not cfg.torch_cuda.isdigit():
             nvcc_version = parse_nvcc_version(run_command([str(cfg.cuda_home / "bin" / "nvcc"), "--version"])[1])[0]

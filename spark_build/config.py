@@ -14,7 +14,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from spark_build.compile.cache_mode import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
 from spark_build.compile.distcache import parse_scheduler_url
@@ -223,6 +223,39 @@ def _wheel_folder(path: Path | None) -> Path | None:
     return path
 
 
+_MaybePath = TypeVar("_MaybePath", Path, Path | None)
+
+
+def _folder(option: str, path: _MaybePath) -> _MaybePath:
+    """A folder spark-build will create or write into: refused when it, or a parent of it, is a
+    file — found here, not as a NotADirectoryError at publish after an hour's build."""
+    if path is not None:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            where = "" if blocker == path else f": {blocker}"
+            raise UsageError(
+                f"--{option.replace('_', '-')} {path}{where} is a file, not a folder", hint="name a folder"
+            )
+    return path
+
+
+def _serve_model(value: Any, base: Path) -> str | None:
+    """`--serve-model` written as a path (`/`, `./`, `~`) must be a model folder that exists,
+    made absolute for the server; a Hugging Face name (`org/model`) is left to the serve check."""
+    if not value:
+        return None
+    model = str(value)
+    if not model.startswith(("/", ".", "~")):
+        return model
+    folder = (base / Path(model).expanduser()).resolve()
+    if not (folder / "config.json").is_file():
+        raise UsageError(
+            f"--serve-model {model} is not a model folder (no config.json there)",
+            hint="name a local model folder or a cached Hugging Face model, e.g. Qwen/Qwen2.5-0.5B-Instruct",
+        )
+    return str(folder)
+
+
 def _interpreter(python: str) -> str:
     """`--python` as an absolute path: a typo stops here, not after the venv step wiped the
     finished build's venv."""
@@ -245,7 +278,7 @@ def resolve(
     merged = _merged(cli, file, os.environ if env is None else env)
     base = cwd or Path.cwd()
     paths = _paths(merged, base)
-    workdir = paths["workdir"]
+    workdir = _folder("workdir", paths["workdir"])
     assert workdir is not None
     repo = merged["repo"] or str(Workdir(workdir).example_upstream)
     ref = _ref(merged["ref"])
@@ -256,7 +289,7 @@ def resolve(
 
     return BuildConfig(
         workdir=workdir,
-        repo=_normalise_repo(repo, base),
+        repo=_repo(repo, base, given=merged["repo"] is not None),
         ref=ref,
         arch=arch,
         jobs=_positive_int("jobs", merged["jobs"], allow_auto=True),
@@ -264,21 +297,21 @@ def resolve(
         mem_budget=_mem_budget(merged["mem_budget"]),
         mem_reserve=_mem_reserve(merged["mem_reserve"]),
         python=_interpreter(str(merged["python"])),
-        torch_index=_normalise_index(str(merged["torch_index"]), base),
+        torch_index=_torch_index(str(merged["torch_index"]), base),
         torch_packages=packages,
         torch_cuda=_torch_cuda(merged["torch_cuda"]),
         torch=_torch_source(merged["torch"]),
         wheels=_wheel_folder(paths["wheels"]),
         cuda_home=paths["cuda_home"] or Path("/usr/local/cuda"),
-        wheelhouse=paths["wheelhouse"] or Workdir(workdir).wheelhouse,
-        logs_dir=paths["logs_dir"] or base / "logs",
+        wheelhouse=_folder("wheelhouse", paths["wheelhouse"] or Workdir(workdir).wheelhouse),
+        logs_dir=_folder("logs_dir", paths["logs_dir"] or base / "logs"),
         patches_dir=paths["patches_dir"] or PROJECT_ROOT / "patches",
-        uv_cache_dir=paths["uv_cache_dir"],
+        uv_cache_dir=_folder("uv_cache_dir", paths["uv_cache_dir"]),
         build_type=build_type,
-        serve_model=str(merged["serve_model"]) if merged["serve_model"] else None,
+        serve_model=_serve_model(merged["serve_model"], base),
         cache=parse_cache_mode(str(merged["cache"])),
         cache_size=parse_size_limit(str(merged["cache_size"])),
-        cache_dir=paths["cache_dir"],
+        cache_dir=_folder("cache_dir", paths["cache_dir"]),
         dist=dist,
         dist_token_file=paths["dist_token_file"],
         source_mirrors=_mirrors(merged["source_mirrors"], base),
@@ -296,8 +329,7 @@ def resolve(
 def _merged(cli: Mapping[str, Any], file: Mapping[str, Any] | None, env: Mapping[str, str]) -> dict[str, Any]:
     """Defaults ← invoke.yaml ← environment ← command line, an unknown key in a layer rejected,
     booleans read as booleans, and the example's own defaults where vLLM's were left alone."""
-    file = dict(file or {})
-    _reject_unknown("invoke.yaml (spark_build section)", file)
+    file = _file_layer(file)
     merged: dict[str, Any] = defaults(env)
     merged.update({k: v for k, v in file.items() if v is not None})
     merged.update(from_env(env))
@@ -313,6 +345,42 @@ def _merged(cli: Mapping[str, Any], file: Mapping[str, Any] | None, env: Mapping
         if merged["ref"] == VLLM_DEFAULT_REF:
             merged["ref"] = EXAMPLE_DEFAULT_REF
     return merged
+
+
+# What invoke.yaml may give beyond one plain value, and an example of it for the error's fix.
+_FILE_SHAPES: Mapping[str, tuple[str, str]] = {
+    "torch_packages": ("a requirement or a list of them", "'torch==2.9.0 torchvision==0.24.0'"),
+    "source_mirrors": ("a mapping of project names to paths", "{cutlass: /mirror/cutlass.bundle}"),
+}
+
+
+def _fits_file_shape(key: str, value: Any) -> bool:
+    if value is None or isinstance(value, str):
+        return True
+    if key == "torch_packages":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if key == "source_mirrors":
+        return isinstance(value, Mapping)
+    return isinstance(value, (int, float, bool))
+
+
+def _file_layer(file: Any) -> dict[str, Any]:
+    """invoke.yaml's `spark_build:` section with its shape checked: YAML reads `torch_packages: 5`
+    as a number and `spark_build: [1, 2]` as a list, which would otherwise surface later as a
+    TypeError traceback."""
+    if file is None:
+        return {}
+    if not isinstance(file, Mapping):
+        raise UsageError(
+            f"invoke.yaml's spark_build section must map option names to values, got {file!r}",
+            hint="write `spark_build:` then one indented `option: value` line each (see examples/example-cpu.yaml)",
+        )
+    _reject_unknown("invoke.yaml (spark_build section)", file)
+    for key, value in file.items():
+        if not _fits_file_shape(key, value):
+            wanted, example = _FILE_SHAPES.get(key, ("one value, not a list or mapping", "VALUE"))
+            raise UsageError(f"{key} in invoke.yaml must be {wanted}, got {value!r}", hint=f"{key}: {example}")
+    return dict(file)
 
 
 def _paths(merged: Mapping[str, Any], base: Path) -> dict[str, Path | None]:
@@ -399,7 +467,37 @@ def _normalise_repo(repo: str, base: Path) -> str:
     return str((base / Path(repo).expanduser()).resolve())
 
 
-def _normalise_index(index: str, base: Path) -> str:
-    if "://" in index:
+def _repo(repo: str, base: Path, *, given: bool) -> str:
+    """A local `--repo` must exist: git's own complaint about a missing path arrives garbled.
+    The example's generated upstream (not `given`) is made later, inside the workdir."""
+    resolved = _normalise_repo(repo, base)
+    if given and "://" not in resolved and not resolved.startswith("git@") and not Path(resolved).exists():
+        raise UsageError(
+            f"--repo {resolved} does not exist",
+            hint="name a git URL, or the path of a local clone or bundle of the source",
+        )
+    return resolved
+
+
+def _torch_index(index: str, base: Path) -> str:
+    """`--torch-index` as uv will read it — an http(s) URL, or a local folder of wheels (a path
+    or a file:// URL) — refused here when uv could not read it, before the venv step wipes the
+    finished build's venv."""
+    scheme, sep, rest = index.partition("://")
+    if not sep:
+        folder = (base / Path(index).expanduser()).resolve()
+    elif scheme.lower() == "file":
+        folder = Path(rest)
+    elif scheme.lower() in ("http", "https"):
         return index
-    return str((base / Path(index).expanduser()).resolve())
+    else:
+        raise UsageError(
+            f"--torch-index {index}: uv cannot read a '{scheme}' URL",
+            hint="use an http(s) index URL, or a local folder of wheels",
+        )
+    if not folder.is_dir():
+        raise UsageError(
+            f"--torch-index {index} is not a folder",
+            hint="name a folder of torch wheels, or an index URL such as https://download.pytorch.org/whl/cu130",
+        )
+    return index if sep else str(folder)

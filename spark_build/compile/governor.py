@@ -6,9 +6,11 @@ is on PyPI) ignores the jobserver whenever `-j` is given; the system Ninja 1.11 
 all. Jobserver tokens are also anonymous — Ninja picks the edge after taking a token, so a
 token cannot be sized for the 9 GB object it ends up running — and a token cannot take back
 memory from a job already growing. Sampling the process tree instead sees which object each
-job compiles (its `-o`), what it holds now and what it is predicted to reach, and pauses the
-youngest jobs (SIGSTOP) before the sum outgrows the budget, resuming them (SIGCONT) as older
-jobs finish. Ninja does not notice: it waits for its children without WUNTRACED.
+job compiles (its `-o`), what it holds now and what it is predicted to reach, and pauses jobs
+(SIGSTOP) before the sum outgrows the budget, resuming them (SIGCONT) as others finish. Which
+job: with per-object durations, the one whose delay costs least (most slack, `eta.Forecast`),
+so the longest object is paused last; without them, the youngest. Ninja does not notice: it
+waits for its children without WUNTRACED.
 
 Use it only as a context manager around the wait for the build, so every exit resumes what it
 stopped — success, exception, Ctrl-C and SIGTERM (it chains its own handler in front of the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -36,6 +39,7 @@ from typing import Protocol
 
 import psutil
 
+from spark_build.compile.eta import Forecast, RunningJob, forecast
 from spark_build.compile.jobplan import JobRecord, JobState, decide
 from spark_build.compile.ninjalog import normalize_object
 
@@ -143,6 +147,12 @@ class Governor:
     `read_available(tree_rss)` returns what the build may still take; the default is
     min(budget − tree RSS, psutil available − reserve). Tests inject it, the process table and
     the clock, so decisions are checked without a machine of a given size.
+
+    With `seconds` (per-object durations) and `cores`, every sample also forecasts the rest of
+    the build (`eta.forecast`): jobs are paused by slack, the journal says why, and
+    `on_forecast` hears the forecast for the status line. `finished` returns the objects built
+    so far with their seconds (`eta.FinishedObjects` on the build tree); without it, the jobs
+    the governor saw end count as built.
     """
 
     def __init__(
@@ -163,6 +173,10 @@ class Governor:
         clock: Callable[[], float] = time.monotonic,
         install_signal_handlers: bool = True,
         journal: Callable[[dict[str, object]], None] | None = None,
+        seconds: Mapping[str, float] | None = None,
+        cores: int = 1,
+        finished: Callable[[], Mapping[str, float]] | None = None,
+        on_forecast: Callable[[Forecast], None] | None = None,
     ) -> None:
         self.root_pid = root_pid
         # Hears each sample and each pause/resume (epoch time), for the build's trace.json.
@@ -170,6 +184,11 @@ class Governor:
         self.budget_bytes = budget_bytes
         self.default_peak = default_peak
         self.estimates = {normalize_object(k): v for k, v in (estimates or {}).items()}
+        self.seconds = {normalize_object(k): v for k, v in (seconds or {}).items()}
+        self.cores = cores
+        self._read_finished = finished or self._seen_finished
+        self._on_forecast = on_forecast or (lambda _forecast: None)
+        self.last_forecast: Forecast | None = None
         self.interval_s = interval_s
         self.low_mark = budget_bytes // 50 if low_mark is None else low_mark
         self.high_mark = budget_bytes // 25 if high_mark is None else high_mark
@@ -187,6 +206,7 @@ class Governor:
         self._stopped: dict[int, _Stopped] = {}
         self._seen: dict[tuple[int, float], _Seen] = {}
         self._job_keys: dict[int, tuple[int, float]] = {}
+        self._ended: dict[str, float] = {}  # objects whose job the governor saw end, with its seconds
         self._previous_handlers: dict[int, object] = {}
         self.peak_tree_rss = 0
         self.stops = 0
@@ -225,13 +245,17 @@ class Governor:
             live = {j.pid for j in jobs}
             for pid in [p for p in self._stopped if p not in live]:
                 self._forget_stopped(pid, now)
+            self._note_ended(live, now)
+            outlook = self._forecast(jobs, now, tree_rss)
+            if outlook is not None:
+                jobs = [dataclasses.replace(j, slack_s=outlook.slack_s(self._object(j.pid))) for j in jobs]
             to_stop, to_resume = decide(jobs, available, self.low_mark, self.high_mark, self.max_running)
             for pid in to_stop:
                 self._stop(pid, subtrees[pid], now)
-                self._note_event("pause", pid)
+                self._note_event("pause", pid, outlook)
             for pid in to_resume:
                 self._resume(pid, subtrees[pid], now)
-                self._note_event("resume", pid)
+                self._note_event("resume", pid, outlook)
             for pid, held in self._stopped.items():  # children forked just before the stop
                 for child in subtrees.get(pid, []):
                     if child not in held.pids:
@@ -240,20 +264,74 @@ class Governor:
         self.samples += 1
         self.sample_seconds += time.perf_counter() - began
         held_back = sum(1 for j in jobs if j.pid in self._stopped)
-        self._journal(
-            {
-                "t": time.time(),
-                "available_bytes": available,
-                "budget_bytes": self.budget_bytes,
-                "used_bytes": tree_rss,
-                "running": len(jobs) - held_back,
-                "held": held_back,
+        row: dict[str, object] = {
+            "t": time.time(),
+            "available_bytes": available,
+            "budget_bytes": self.budget_bytes,
+            "used_bytes": tree_rss,
+            "running": len(jobs) - held_back,
+            "held": held_back,
+        }
+        if outlook is not None:
+            row |= {
+                "objects_done": outlook.objects_done,
+                "objects_total": outlook.objects_total,
+                "work_done": round(outlook.work_done, 4),
+                "eta_s": round(outlook.eta_s, 1),
             }
+            self.last_forecast = dataclasses.replace(outlook, running=len(jobs) - held_back, held=held_back)
+            self._on_forecast(self.last_forecast)
+        self._journal(row)
+
+    def _forecast(self, jobs: Sequence[JobState], now: float, tree_rss: int) -> Forecast | None:
+        """The rest of the build as it stands, when durations are known; None without them."""
+        if not self.seconds:
+            return None
+        running = [RunningJob(self._object(j.pid), self._ran_s(j.pid, now), j.stopped) for j in jobs]
+        return forecast(
+            self.seconds,
+            self._read_finished(),
+            running,
+            self.cores,
+            peaks=self.estimates,
+            budget_bytes=self.budget_bytes,
+            used_bytes=tree_rss,
         )
 
-    def _note_event(self, event: str, pid: int) -> None:
+    def _note_event(self, event: str, pid: int, outlook: Forecast | None) -> None:
+        """A journal row per pause/resume; with a forecast it says why this job: its slack."""
         seen = self._seen_by_pid(pid)
-        self._journal({"t": time.time(), "event": event, "object": seen.object if seen else None})
+        row: dict[str, object] = {"t": time.time(), "event": event, "object": seen.object if seen else None}
+        if outlook is not None and seen is not None:
+            slack = outlook.slack_s(seen.object)
+            left = outlook.remaining_s.get(seen.object, 0.0)
+            why = "delaying it costs least" if event == "pause" else "most critical of the held jobs"
+            row |= {
+                "slack_s": round(slack, 1),
+                "detail": f"slack {slack:.0f} s ({why}): ≈{left:.0f} s of its own left, build ≈{outlook.eta_s:.0f} s",
+            }
+        self._journal(row)
+
+    def _object(self, pid: int) -> str:
+        seen = self._seen_by_pid(pid)
+        return seen.object if seen is not None else f"pid-{pid}"
+
+    def _ran_s(self, pid: int, now: float) -> float:
+        """Seconds the job has computed: seen time less time held stopped."""
+        seen = self._seen_by_pid(pid)
+        if seen is None:
+            return 0.0
+        held = seen.stopped_s + (now - seen.stopped_since if seen.stopped_since is not None else 0.0)
+        return max(0.0, now - seen.first - held)
+
+    def _note_ended(self, live: set[int], now: float) -> None:
+        for pid in [p for p in self._job_keys if p not in live]:
+            seen = self._seen.get(self._job_keys.pop(pid))
+            if seen is not None and not seen.object.startswith("pid-"):
+                self._ended[seen.object] = seen.last - seen.first - seen.stopped_s
+
+    def _seen_finished(self) -> Mapping[str, float]:
+        return self._ended
 
     def _job_state(self, job: ProcInfo, rss: int, now: float) -> JobState:
         key = (job.pid, job.started)

@@ -250,11 +250,30 @@ class JobState:
     rss: int
     predicted_peak: int
     stopped: bool
+    # Seconds the job could wait without moving the build's predicted end (`eta.Forecast.slack_s`);
+    # infinite when no durations are known, and then age alone orders the jobs.
+    slack_s: float = math.inf
 
     @property
     def growth(self) -> int:
         """Memory the job is still expected to take; an estimate it already passed predicts none."""
         return max(0, self.predicted_peak - self.rss)
+
+
+# A held job overtakes a running one only when it is this much more critical: two jobs of about
+# the same length would otherwise swap at every sample, each holding its half-grown memory.
+SWAP_MARGIN_S = 60.0
+
+
+def admission_order(jobs: Sequence[JobState]) -> list[JobState]:
+    """Most critical first: least slack (a running job counts `SWAP_MARGIN_S` less), then oldest.
+
+    The job whose delay costs least is the last admitted, so it is the first paused: with
+    durations known that is the job with the most slack, not the youngest — a long object
+    Ninja started late (in manifest order `scaled_mm_c2x.cu.o`, 953 s, is the 60th) would be
+    paused first by age, and the wheel would wait for it as long.
+    """
+    return sorted(jobs, key=lambda j: (j.slack_s - (0.0 if j.stopped else SWAP_MARGIN_S), j.started, j.pid))
 
 
 def decide(
@@ -264,19 +283,20 @@ def decide(
     high_mark: int,
     max_running: int | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Which jobs to stop and which to resume, oldest first.
+    """Which jobs to stop and which to resume, in `admission_order`.
 
     `available` is what the build may still take (budget − tree RSS, capped by the system's
     available memory less the reserve); stopped jobs keep their RSS, so they are already in it.
-    Jobs are admitted by age: a job runs if its predicted growth still leaves `low_mark` free
-    (`high_mark` for a stopped job, so a job does not flap at the edge). The oldest job always
-    runs: it is the one closest to finishing and freeing memory, and the build must progress.
+    A job runs if its predicted growth still leaves `low_mark` free (`high_mark` for a stopped
+    job, so a job does not flap at the edge). The first in the order always runs, so the build
+    progresses: without durations the oldest (closest to finishing and freeing memory), with
+    them the most critical.
     """
     headroom = available
     to_stop: list[int] = []
     to_resume: list[int] = []
     running = 0
-    for index, job in enumerate(sorted(jobs, key=lambda j: (j.started, j.pid))):
+    for index, job in enumerate(admission_order(jobs)):
         mark = high_mark if job.stopped else low_mark
         slot_free = max_running is None or running < max_running
         admit = index == 0 or (slot_free and headroom - job.growth >= mark)

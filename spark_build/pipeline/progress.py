@@ -1,8 +1,9 @@
 """What the user sees and what the run leaves behind: step lines, a live status, the timing
 table, `summary.json`, and `logs/latest`.
 
-On a terminal a live status line shows the step, its elapsed time and the last line of
-output; elsewhere (CI, cron) a heartbeat line every 30 s says the build is alive.
+On a terminal a live status line shows the step, its elapsed time, the step's own progress
+where it reports one (the compile: objects, share of CPU work, ETA, jobs, memory) and the last
+line of output; elsewhere (CI, cron) a heartbeat line every 30 s says the same.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from spark_build.compile.eta import Forecast
 from spark_build.durable import atomic_write_text
 from spark_build.layout import LATEST, RunFolder
 from spark_build.pipeline.plan import StepPlan
 from spark_build.proc import StatusSink
+from spark_build.sizes import format_bytes
 
 
 @dataclass
@@ -47,6 +50,19 @@ def fmt_seconds(seconds: float) -> str:
         return f"{minutes}m{rest:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def forecast_line(outlook: Forecast) -> str:
+    """The compile's progress in one line: what is done, what is left, what holds it back."""
+    parts = [
+        f"{outlook.objects_done}/{outlook.objects_total} objects",
+        f"{100 * outlook.work_done:.0f}% of CPU work",
+        f"ETA {fmt_seconds(outlook.eta_s)}",
+        f"{outlook.running} running, {outlook.held} held",
+    ]
+    if outlook.used_bytes is not None and outlook.budget_bytes:
+        parts.append(f"{format_bytes(outlook.used_bytes)} of {format_bytes(outlook.budget_bytes)}")
+    return " · ".join(parts)
 
 
 def timing_rows(outcomes: Sequence[StepOutcome]) -> list[tuple[str, str, str, str, str]]:
@@ -74,6 +90,7 @@ class Progress(StatusSink):
         self._started = 0.0
         self._last_line = ""
         self._last_beat = 0.0
+        self._progress = ""
         self._status: Status | None = None
 
     def plan(self, plans: Sequence[StepPlan], summaries: dict[str, str]) -> None:
@@ -85,7 +102,7 @@ class Progress(StatusSink):
         self.console.print(table)
 
     def begin(self, step: str, summary: str) -> None:
-        self._step, self._started, self._last_line = step, self.clock(), ""
+        self._step, self._started, self._last_line, self._progress = step, self.clock(), "", ""
         self._last_beat = self._started
         self.console.print(f"▶ {step}: {summary}", highlight=False)
         if self.console.is_terminal:
@@ -118,10 +135,15 @@ class Progress(StatusSink):
     def tick(self) -> None:
         self._refresh()
 
+    def progress(self, text: str) -> None:
+        # Only stored: the governor's thread calls this, the main thread's tick shows it.
+        self._progress = text
+
     def _status_text(self) -> str:
         elapsed = fmt_seconds(self.clock() - self._started)
-        width = max(20, self.console.width - len(self._step) - 12)
-        return f"{self._step} {elapsed}  {self._last_line[:width]}"
+        head = f"{self._step} {elapsed}" + (f"  {self._progress}" if self._progress else "")
+        width = max(20, self.console.width - len(head) - 4)
+        return f"{head}  {self._last_line[:width]}"
 
     def _refresh(self) -> None:
         if self._status is not None:

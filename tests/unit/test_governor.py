@@ -12,6 +12,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
+from spark_build.compile.eta import Forecast
 from spark_build.compile.governor import Governor, JobState, ProcInfo, decide, object_of
 
 MB = 2**20
@@ -73,6 +74,45 @@ DECISIONS = {
 
 @pytest.mark.parametrize(("jobs", "available_mb", "expected"), DECISIONS.values(), ids=DECISIONS.keys())
 def test_decide(jobs: list[JobState], available_mb: int, expected: tuple[list[int], list[int]]) -> None:
+    assert decide(jobs, available_mb * MB, low_mark=100 * MB, high_mark=300 * MB) == expected
+
+
+def critical(pid: int, started: float, rss_mb: int, peak_mb: int, slack_s: float, stopped: bool = False) -> JobState:
+    return JobState(pid, started, rss_mb * MB, peak_mb * MB, stopped, slack_s)
+
+
+# With durations known, the job paused is the one whose delay costs least: the most slack.
+BY_SLACK = {
+    "the-young-longest-object-runs-and-an-older-short-one-is-paused": (
+        [critical(1, 0, 500, 2000, slack_s=800), critical(2, 9, 100, 3000, slack_s=0)],
+        3500,
+        ([1], []),
+    ),
+    "of-three-jobs-the-one-with-most-slack-is-paused-first": (
+        [critical(1, 0, 100, 1500, 300), critical(2, 1, 100, 1500, 0), critical(3, 2, 100, 1500, 600)],
+        3200,
+        ([3], []),
+    ),
+    "the-held-job-with-least-slack-resumes-first": (
+        [critical(1, 0, 100, 2000, 900, stopped=True), critical(2, 1, 100, 2000, 50, stopped=True)],
+        2500,
+        ([], [2]),
+    ),
+    "a-held-job-within-the-swap-margin-does-not-take-a-running-jobs-place": (
+        [critical(1, 0, 100, 2000, 100), critical(2, 1, 100, 2000, 60, stopped=True)],
+        2500,
+        ([], []),
+    ),
+    "a-held-job-beyond-the-swap-margin-takes-a-running-jobs-place": (
+        [critical(1, 0, 100, 2000, 500), critical(2, 1, 100, 2000, 0, stopped=True)],
+        2500,
+        ([1], [2]),
+    ),
+}
+
+
+@pytest.mark.parametrize(("jobs", "available_mb", "expected"), BY_SLACK.values(), ids=BY_SLACK.keys())
+def test_decide_by_slack(jobs: list[JobState], available_mb: int, expected: tuple[list[int], list[int]]) -> None:
     assert decide(jobs, available_mb * MB, low_mark=100 * MB, high_mark=300 * MB) == expected
 
 
@@ -171,6 +211,38 @@ def test_the_journal_gets_a_sample_per_tick_and_each_pause_and_resume_for_the_tr
     samples = [row for row in journal if "event" not in row]
     assert [(s["running"], s["held"]) for s in samples] == [(1, 1), (1, 0)]
     assert all(s["budget_bytes"] == 4000 * MB and s["used_bytes"] > 0 for s in samples)
+
+
+def test_with_durations_the_longest_object_runs_and_the_journal_says_why_the_other_was_paused() -> None:
+    journal: list[dict] = []
+    forecasts: list[Forecast] = []
+    table = FakeTable(compile_tree((1500, 200)))  # b is the younger job and would be paused by age
+    gov = Governor(
+        10,
+        budget_bytes=4000 * MB,
+        default_peak=1000 * MB,
+        estimates={"_C.dir/a.cu.o": 2000 * MB, "_C.dir/b.cu.o": 3000 * MB},
+        read_available=lambda tree_rss: 4000 * MB - tree_rss,
+        low_mark=100 * MB,
+        high_mark=200 * MB,
+        processes=table,
+        clock=lambda: 100.0,
+        install_signal_handlers=False,
+        journal=journal.append,
+        seconds={"_C.dir/a.cu.o": 30.0, "_C.dir/b.cu.o": 900.0, "_C.dir/c.cu.o": 60.0},
+        cores=2,
+        finished=lambda: {"_C.dir/c.cu.o": 61.0},
+        on_forecast=forecasts.append,
+    )
+    gov.tick()
+    assert table.signals == [(20, "SIGSTOP"), (21, "SIGSTOP")]  # a, not the 900 s b
+    pause = next(row for row in journal if row.get("event") == "pause")
+    assert pause["object"] == "_C.dir/a.cu.o"
+    assert pause["slack_s"] == 870.0
+    assert pause["detail"].startswith("slack 870 s (delaying it costs least)")
+    sample = next(row for row in journal if "event" not in row)
+    assert (sample["objects_done"], sample["objects_total"], sample["eta_s"]) == (1, 3, 900.0)
+    assert (forecasts[-1].running, forecasts[-1].held) == (1, 1)
 
 
 def test_stop_resumes_every_process_it_stopped_and_then_acts_no_more() -> None:

@@ -1,0 +1,186 @@
+"""Where the compile stands and when it will end: objects done, share of CPU work, ETA, slack.
+
+One model of the remaining work for two users, so they never disagree: the live status line
+(how long is left) and the governor (which job to pause: the one whose delay costs least,
+i.e. the most *slack* — the build's predicted remaining wall less the job's own remaining time).
+A 953 s `scaled_mm_c2x.cu.o` held back for a minute delays the wheel by a minute; a 60 s object
+held back while 1,000 s of work remains delays nothing.
+
+`forecast` is pure: durations (`Estimates.seconds`), the objects `.ninja_log` says are finished
+(with their measured seconds) and the running jobs come in; a `Forecast` goes out.
+`FinishedObjects` is the one part that reads a file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spark_build.compile.ninjalog import NinjaLine, parse_ninja_lines
+
+# A finished object that took less than this share of its estimate was a compiler-cache hit:
+# it says nothing about how fast this machine compiles, so it does not calibrate the speed.
+CACHE_HIT_SHARE = 0.25
+# Finished objects needed before measured durations replace the estimates' speed: one object
+# on a loaded machine is noise.
+CALIBRATION_OBJECTS = 3
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A compile job the governor sees now."""
+
+    object: str
+    ran_s: float  # seconds it has run so far; time held stopped does not count
+    held: bool
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The compile's progress and its predicted end; `line` is what a person reads."""
+
+    objects_done: int
+    objects_total: int
+    work_done: float  # share of the predicted CPU-s done, 0..1
+    eta_s: float  # predicted seconds until the last object finishes
+    speed: float  # measured / estimated seconds of the finished objects (1.0 until known)
+    remaining_s: Mapping[str, float]  # per running or held job: predicted seconds left
+    running: int
+    held: int
+    used_bytes: int | None = None  # the compile's process tree RSS
+    budget_bytes: int | None = None
+
+    def slack_s(self, obj: str) -> float:
+        """How long `obj` could wait without moving the predicted end."""
+        return max(0.0, self.eta_s - self.remaining_s.get(obj, 0.0))
+
+
+def calibrated_speed(finished: Mapping[str, float], seconds: Mapping[str, float]) -> float:
+    """How much longer this machine takes than the estimates say (the Spark's cores: ≈1.2×
+    the profile's x86 server cores), from objects that really compiled."""
+    pairs = [
+        (measured, seconds[obj])
+        for obj, measured in finished.items()
+        if seconds.get(obj, 0.0) > 0 and measured >= CACHE_HIT_SHARE * seconds[obj]
+    ]
+    if len(pairs) < CALIBRATION_OBJECTS:
+        return 1.0
+    return sum(m for m, _ in pairs) / sum(e for _, e in pairs)
+
+
+def list_schedule_end(running: Sequence[float], queued: Sequence[float], slots: int) -> float:
+    """When the last job ends if `slots` CPUs take the running jobs' rests first, then the
+    queued jobs in the order given, each on the first CPU free (Graham's list scheduling)."""
+    free = [0.0] * max(1, slots)
+    end = 0.0
+    for duration in [*running, *queued]:
+        start = heapq.heappop(free)
+        end = max(end, start + duration)
+        heapq.heappush(free, start + duration)
+    return end
+
+
+def forecast(
+    seconds: Mapping[str, float],
+    finished: Mapping[str, float],
+    jobs: Sequence[RunningJob],
+    cores: int,
+    *,
+    peaks: Mapping[str, int] | None = None,
+    budget_bytes: int | None = None,
+    used_bytes: int | None = None,
+) -> Forecast:
+    """Predict the rest of the compile from per-object durations.
+
+    The objects are those with a duration estimate (the targets setup.py builds); `.ninja_log`
+    lines for anything else (links, CMake's own outputs) are not objects to count. Queued
+    objects are placed longest first — the order a critical-path Ninja starts them. With peaks
+    and a budget, the end is also no earlier than the remaining memory-time over the budget:
+    where memory binds, CPUs idle while the governor holds jobs back.
+    """
+    speed = calibrated_speed(finished, seconds)
+    default = _median(list(seconds.values())) if seconds else 0.0
+    own = {job.object: seconds.get(job.object, default) for job in jobs}
+    universe = {**seconds, **own}
+    done = [obj for obj in universe if obj in finished and obj not in own]
+    remaining = {job.object: max(0.0, own[job.object] * speed - job.ran_s) for job in jobs}
+    queued = sorted(
+        (universe[obj] * speed for obj in universe if obj not in finished and obj not in own),
+        reverse=True,
+    )
+    live = [remaining[j.object] for j in jobs if not j.held]
+    waiting = [remaining[j.object] for j in jobs if j.held]
+    eta = list_schedule_end(live, [*waiting, *queued], cores)
+    if peaks and budget_bytes:
+        rests = {**{obj: universe[obj] * speed for obj in universe if obj not in finished}, **remaining}
+        memory_time = sum(peaks.get(obj, 0) * rest for obj, rest in rests.items())
+        eta = max(eta, memory_time / budget_bytes)
+    total_work = sum(universe.values()) or 1.0
+    work = sum(universe[obj] for obj in done) + sum(min(j.ran_s / speed, own[j.object]) for j in jobs)
+    held = sum(1 for j in jobs if j.held)
+    return Forecast(
+        len(done),
+        len(universe),
+        work / total_work,
+        eta,
+        speed,
+        remaining,
+        len(jobs) - held,
+        held,
+        used_bytes,
+        budget_bytes,
+    )
+
+
+def finished_in(lines: Iterable[NinjaLine]) -> dict[str, float]:
+    """Objects `.ninja_log` records as built, with their measured seconds (the last line wins).
+
+    A line without an mtime is not a build: Ninja records none for an output it did not write,
+    and a `.ninja_log` seeded with expected durations before the first build carries none — so
+    seeding never counts as progress.
+    """
+    out: dict[str, float] = {}
+    for line in lines:
+        out.pop(line.object, None)
+        if line.mtime_s is not None:
+            out[line.object] = (line.end_ms - line.start_ms) / 1000
+    return out
+
+
+class FinishedObjects:
+    """Follows the build tree's `.ninja_log` for `forecast`: setup.py creates the tree during
+    the compile, so the log is looked for until found, then reread only when it grows."""
+
+    def __init__(self, build_tree: Path, *, clock: Callable[[], float] = time.monotonic, search_every_s: float = 10.0):
+        self.build_tree = build_tree
+        self._clock = clock
+        self._search_every_s = search_every_s
+        self._searched = -search_every_s
+        self._logs: list[Path] = []
+        self._sizes: tuple[int, ...] = ()
+        self._finished: dict[str, float] = {}
+
+    def __call__(self) -> dict[str, float]:
+        now = self._clock()
+        if not self._logs and now - self._searched >= self._search_every_s:
+            self._searched = now
+            self._logs = sorted(self.build_tree.glob("**/.ninja_log"))
+        sizes = tuple(log.stat().st_size if log.exists() else 0 for log in self._logs)
+        if sizes != self._sizes:
+            self._sizes = sizes
+            lines = [
+                line
+                for log in self._logs
+                if log.exists()
+                for line in parse_ninja_lines(log.read_text("utf-8", "replace"))
+            ]
+            self._finished = finished_in(lines)
+        return self._finished
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
