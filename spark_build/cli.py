@@ -234,14 +234,21 @@ def validate(
         with interrupt_signals():
             outcome = prove_wheel(proof, Runner(), log)
         outcome.render(out)
+        unproven = outcome.results["imports_unproven"]
         for module, imported in outcome.results["imports"].items():
-            out.print(f"{'✓' if imported else '✕'} import {module}", highlight=False)
+            mark = "✓" if imported else "?" if module in unproven else "✕"
+            out.print(f"{mark} import {module}{' (not proven on this host)' if mark == '?' else ''}", highlight=False)
+        for note in outcome.results["import_notes"]:
+            out.print(f"  {note}", highlight=False)
         served = outcome.results.get("serve")
         if served:
             mark = "✓" if served["passed"] else "✕"
             out.print(f"{mark} served {served['model']}: {served['failure'] or 'completion and chat answered'}")
         outcome.raise_if_failed(step="validate", log=log)
-        out.print(f"✓ {path.name}: imports, linkage, GPU code{' and serving' if served else ''} check out")
+        if unproven:
+            out.print(f"✓ {path.name}: linkage and GPU code check out; {len(unproven)} imports not proven on this host")
+        else:
+            out.print(f"✓ {path.name}: imports, linkage, GPU code{' and serving' if served else ''} check out")
         return 0
 
     return guarded(action, debug=bool(cli.get("debug")))

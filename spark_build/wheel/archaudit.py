@@ -26,9 +26,13 @@ from rich.table import Table
 from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, best_on, runs_on
 from spark_build.errors import StepFailed, UsageError, first_few
 from spark_build.wheel.audit import AuditReport
+from spark_build.wheel.dispatch import Dispatch, dispatch_of
 from spark_build.wheel.linkage import elf_files, read_dynamic, unpacked
 
 _VERDICT_STYLE = {Verdict.NATIVE: "green", Verdict.JIT: "yellow", Verdict.CANNOT_RUN: "red"}
+# What each verdict means for a user: JIT runs, but the driver compiles the PTX at first launch
+# (minutes for vLLM's kernels, cached afterwards) and without arch-specific features.
+VERDICT_WORDS = {Verdict.NATIVE: "native SASS", Verdict.JIT: "PTX JIT only", Verdict.CANNOT_RUN: "cannot run"}
 
 # ---------------------------------------------------------------------------------------------
 # cuobjdump: where it is, and what it says
@@ -183,6 +187,11 @@ class FamilyArch:
     verdict: Verdict
     kernels: int
     unrunnable_kernels: tuple[str, ...] = ()
+    unused_because: str | None = None  # the target never runs this family: vLLM's dispatch, and where
+
+    @property
+    def used(self) -> bool:
+        return self.unused_because is None
 
 
 @dataclass(frozen=True)
@@ -194,9 +203,18 @@ class ArchReport(AuditReport):
     problems: tuple[str, ...] = field(default=())
 
     @property
+    def used(self) -> tuple[FamilyArch, ...]:
+        return tuple(f for f in self.families if f.used)
+
+    @property
+    def unused(self) -> tuple[FamilyArch, ...]:
+        return tuple(f for f in self.families if not f.used)
+
+    @property
     def verdict(self) -> Verdict:
-        """Overall: the worst family — the wheel is only as usable as its weakest family."""
-        return min((f.verdict for f in self.families), key=lambda v: v.rank, default=Verdict.CANNOT_RUN)
+        """Overall: the worst family the target uses — the wheel is only as usable as its weakest
+        family; one the target never dispatches to does not count."""
+        return min((f.verdict for f in self.used), key=lambda v: v.rank, default=Verdict.CANNOT_RUN)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -206,7 +224,7 @@ class ArchReport(AuditReport):
             "verdict": self.verdict.value,
             "problems": list(self.problems),
             "extensions": [{**asdict(e), "verdict": e.verdict.value if e.verdict else None} for e in self.extensions],
-            "families": [{**asdict(f), "verdict": f.verdict.value} for f in self.families],
+            "families": [{**asdict(f), "verdict": f.verdict.value, "used": f.used} for f in self.families],
         }
 
     def render(self, console: Console) -> None:
@@ -217,11 +235,19 @@ class ArchReport(AuditReport):
             if ext.verdict is None:
                 table.add_row(ext.path, "", "[dim]no device code[/]", "[dim]host only[/]")
                 continue
-            for fam in (f for f in self.families if f.extension == ext.path):
+            for fam in (f for f in self.used if f.extension == ext.path):
                 style = _VERDICT_STYLE[fam.verdict]
                 note = f" ({len(fam.unrunnable_kernels)} kernels cannot run)" if fam.unrunnable_kernels else ""
-                table.add_row(ext.path, fam.family, ", ".join(fam.codes), f"[{style}]{fam.verdict.value}[/]{note}")
+                words = VERDICT_WORDS[fam.verdict]
+                table.add_row(ext.path, fam.family, ", ".join(fam.codes), f"[{style}]{words}[/]{note}")
         console.print(table)
+        if self.unused:
+            apart = Table(title=f"Not used on {self.target}: vLLM never dispatches these there (not judged)")
+            for column in ("extension", "SASS / PTX", "vLLM runs it on"):
+                apart.add_column(column)
+            for fam in self.unused:
+                apart.add_row(fam.extension, ", ".join(fam.codes), fam.unused_because)
+            console.print(apart)
         for problem in self.problems:
             console.print(f"[red]✕[/] {problem}")
 
@@ -236,8 +262,16 @@ class ArchReport(AuditReport):
 
 
 def _audit_extension(
-    so: Path, rel: str, target: ComputeCapability, cuobjdump: Path, families: Mapping[str, str] | None
+    so: Path,
+    rel: str,
+    target: ComputeCapability,
+    cuobjdump: Path,
+    families: Mapping[str, str] | None,
+    dispatch: Dispatch | None,
 ) -> tuple[ExtensionArch, list[FamilyArch]]:
+    unused_because = None
+    if dispatch is not None and not dispatch.used_on(target):
+        unused_because = f"{dispatch.describe()} ({dispatch.where})"
     try:
         listed_sass = parse_listing(_cuobjdump_lines(cuobjdump, ["--list-elf"], so))
         listed_ptx = parse_listing(_cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
@@ -264,7 +298,7 @@ def _audit_extension(
     if not families:
         kernel_count = len({k for i in images for k in i.kernels})
         verdict = best_on(codes, target)
-        return ext, [FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count)]
+        return ext, [FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count, (), unused_because)]
 
     kernel_codes: dict[str, set[GpuCode]] = {}
     for image in images:
@@ -286,9 +320,17 @@ def _audit_extension(
                 best_on(union, target),
                 len(kernels),
                 tuple(unrunnable),
+                unused_because,
             )
         )
     return ext, result
+
+
+def _cannot_run(family: FamilyArch, target: ComputeCapability, row: Dispatch | None) -> str:
+    """The problem line; where vLLM's dispatch is known, it says why the target needs the family."""
+    codes = ", ".join(family.codes)
+    line = f"{family.extension}: kernel family {family.family} cannot run on {target}, it has only {codes}"
+    return f"{line}; vLLM runs it on {row.describe()} ({row.where})" if row is not None else line
 
 
 def arch_audit(
@@ -298,6 +340,7 @@ def arch_audit(
     *,
     families: Mapping[str, str] | None = None,
     promised: Mapping[str, Iterable[str]] | None = None,
+    dispatch: Mapping[str, Dispatch] | None = None,
 ) -> ArchReport:
     """List the SASS and PTX of every shared object in a wheel and judge it against `target`.
 
@@ -307,7 +350,8 @@ def arch_audit(
     A linked library keeps no object-file names in its fatbin, so kernel names are what can
     be grouped. `promised` maps a family (or extension module, e.g. `_C`) to the codes the
     arch plan promised natively (`sm_121a`, `sm_120f`); a missing one fails the audit, as does
-    a family with no code that can run on `target`.
+    a family with no code that can run on `target` — unless `dispatch` (`wheel.dispatch`) says
+    the target never runs that extension: then it is listed apart and not judged.
     """
     try:  # bad names are the caller's mistake; say so before spending time on cuobjdump
         promised_codes = {fam: [GpuCode.parse(n) for n in names] for fam, names in (promised or {}).items()}
@@ -322,14 +366,16 @@ def arch_audit(
             except ELFError:
                 continue
             if shared:
-                ext, ext_fams = _audit_extension(elf, elf.relative_to(root).as_posix(), target, cuobjdump, families)
+                rel = elf.relative_to(root).as_posix()
+                routed = dispatch_of(rel, dispatch or {})
+                ext, ext_fams = _audit_extension(elf, rel, target, cuobjdump, families, routed)
                 extensions.append(ext)
                 fams.extend(ext_fams)
 
     problems = [
-        f"{f.extension}: kernel family {f.family} cannot run on {target}, it has only {', '.join(f.codes)}"
+        _cannot_run(f, target, dispatch_of(f.extension, dispatch or {}))
         for f in fams
-        if f.verdict is Verdict.CANNOT_RUN
+        if f.verdict is Verdict.CANNOT_RUN and f.used
     ]
     if not any(e.verdict is not None for e in extensions):
         problems.append(f"no extension in {wheel_or_dir.name} carries GPU code")

@@ -190,6 +190,12 @@ _CUDA_VERSIONED = re.compile(
 )
 
 
+# What the NVIDIA driver installs, never a toolkit or a wheel: on a host without the driver these
+# are missing for every CUDA wheel, the official ones included, so that says nothing of the wheel.
+DRIVER_LIBRARIES = frozenset({"libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"})
+NO_DRIVER = "the NVIDIA driver's library; this host has no driver"
+
+
 def cuda_major_of(soname: str) -> int | None:
     """The CUDA major a toolkit library's soname pins (`libcudart.so.12` → 12), else None."""
     match = _CUDA_VERSIONED.match(soname)
@@ -215,6 +221,11 @@ class LinkageReport(AuditReport):
     unreadable: tuple[str, ...] = ()
 
     @property
+    def needs_driver(self) -> tuple[str, ...]:
+        """The ELF files that need a driver library this host lacks (their load is unproven here)."""
+        return tuple(sorted({lib.elf for lib in self.libraries if lib.via == NO_DRIVER}))
+
+    @property
     def problems(self) -> tuple[str, ...]:
         found = [f"{lib.elf}: {lib.problem}" for lib in self.libraries if lib.problem]
         return (*found, *(f"{path}: not a readable ELF file" for path in self.unreadable))
@@ -233,7 +244,12 @@ class LinkageReport(AuditReport):
         for column in ("ELF file", "library", "resolved at"):
             table.add_column(column)
         for lib in self.libraries:
-            where = f"[red]{lib.problem}[/]" if lib.problem else f"{lib.resolved} [dim]({lib.via})[/]"
+            if lib.problem:
+                where = f"[red]{lib.problem}[/]"
+            elif lib.resolved is None:
+                where = f"[yellow]not here: {lib.via}[/]"
+            else:
+                where = f"{lib.resolved} [dim]({lib.via})[/]"
             table.add_row(lib.elf, lib.library, where)
         console.print(table)
 
@@ -320,6 +336,8 @@ def _link(
     problem = None
     if major is not None and major != cuda_major:
         problem = f"{name} is a CUDA {major} library; this build is CUDA {cuda_major}"
+    elif path is None and name in DRIVER_LIBRARIES:
+        via = NO_DRIVER
     elif path is None:
         problem = f"{name} not found" + (f" (only for another machine: {foreign[0]})" if foreign else "")
     resolved = None
@@ -333,7 +351,8 @@ def linkage_audit(wheel_or_dir: Path, search: LibrarySearch, cuda_major: int) ->
     """Resolve every NEEDED library of every ELF file in a wheel; flag other CUDA majors.
 
     Fails (in the report) on a toolkit library of another CUDA major — named either in NEEDED
-    or in the soname of what an unversioned NEEDED resolved to — and on anything unresolved.
+    or in the soname of what an unversioned NEEDED resolved to — and on anything unresolved
+    except the driver's own libraries (`DRIVER_LIBRARIES`), which only the host can provide.
     """
     libraries: list[LinkedLibrary] = []
     unreadable: list[str] = []

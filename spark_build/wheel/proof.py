@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from packaging.version import Version
 from rich.console import Console
@@ -29,6 +29,7 @@ from spark_build.proc import Runner
 from spark_build.venv import Argv, Installer, make_venv, missing_offline
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.audit import AuditReport
+from spark_build.wheel.dispatch import VLLM_DISPATCH
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit
 from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.wheel.tinymodel import script_argv
@@ -36,7 +37,9 @@ from spark_build.wheel.tinymodel import script_argv
 # Imports each module in the fresh venv. When a package's own __init__ needs a third-party
 # module that is not installed (offline: its runtime requirements were not all at hand), the
 # compiled extensions inside it are still loaded straight from their files (after torch, whose
-# libraries they link), so the compile is proven even where `import vllm` cannot be.
+# libraries they link), so the compile is proven even where `import vllm` cannot be. Any other
+# failed extension is loaded from its file too, for the error it gives on its own: vLLM's
+# `vllm_flash_attn/__init__.py` turns "libcuda.so.1: cannot open" into its own message.
 _IMPORT_PROBE = """
 import importlib, importlib.machinery, importlib.util, json, os, sys
 own = set(sys.argv[2].split(","))
@@ -62,9 +65,11 @@ for name in sys.argv[3:]:
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         if missing and missing.split(".")[0] not in own:
             entry["missing_module"] = missing
-    if "." in name and "missing_module" in entry:
+    if "." in name:
         try:
-            entry = {"ok": True, "file": load_file(name).__file__, "direct": True, "package_error": entry["error"]}
+            loaded = load_file(name).__file__
+            if "missing_module" in entry:
+                entry = {"ok": True, "file": loaded, "direct": True, "package_error": entry["error"]}
         except Exception as exc:
             entry["direct_error"] = f"{type(exc).__name__}: {exc}"
     found[name] = entry
@@ -101,7 +106,7 @@ class Proof(AuditReport):
     problems: list[str]
 
     def fix(self) -> str:
-        return "the linkage and GPU-code tables in the log show what is missing or from which CUDA"
+        return "the linkage and GPU-code tables in the log show what is missing, from which CUDA, or for which GPU"
 
     def render(self, console: Console) -> None:
         for report in self.reports:
@@ -131,13 +136,20 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     run(installer.install_argv(python, *no_deps, proof.wheel, *proof.requirements, index=proof.index))
     linkage = linkage_audit(proof.wheel, LibrarySearch.for_venv(proof.venv, os.environ), proof.cuda_major)
     cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
-    arch_reports = [arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump) for cc in proof.targets]
+    arch_reports = [
+        arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH) for cc in proof.targets
+    ]
     imports_file = log.with_suffix(".imports.json")
     own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
     imports: Argv = [python, "-c", _IMPORT_PROBE, imports_file, own, *proof.modules]
     runner.run(imports, log=log, step=step, cwd=proof.venv)
     found = json.loads(imports_file.read_text())
-    import_problems, import_notes = judge_imports(found, unmet=unmet, driver=proof.driver)
+    import_problems, import_notes, import_unproven = judge_imports(found, unmet=unmet, driver=proof.driver)
+    if linkage.needs_driver:
+        import_notes.append(
+            f"{len(linkage.needs_driver)} ELF files link libcuda.so.1, the NVIDIA driver's, which this host lacks: "
+            "their import check needs the driver and is inconclusive here, not failed (validate on the Spark)"
+        )
     problems = [*import_problems, *(f"linkage: {p}" for p in linkage.problems)]
     problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
     reports: list[AuditReport] = [linkage, *arch_reports]
@@ -150,6 +162,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     results = {
         "wheel_sha256": sha256_of(proof.wheel),
         "imports": {m: r["ok"] for m, r in found.items()},
+        "imports_unproven": import_unproven,
         "imports_direct": sorted(m for m, r in found.items() if r.get("direct")),
         "import_notes": import_notes,
         "unmet_requirements": unmet,
@@ -173,13 +186,18 @@ def wheel_requirements(wheel: Path) -> list[str]:
 _NO_DRIVER = re.compile(r"libcuda\.so(\.1)?: cannot open shared object file")
 
 
-def judge_imports(
-    found: Mapping[str, Mapping[str, Any]], *, unmet: Sequence[str], driver: bool
-) -> tuple[list[str], list[str]]:
-    """(problems, notes) of the import check. A module that fails only because a runtime
-    requirement was knowingly left out (offline), or because this host has no NVIDIA driver,
-    is not the wheel's fault: it is reported as unproven, with what it needs."""
-    problems, notes = [], []
+class ImportVerdict(NamedTuple):
+    problems: list[str]  # the wheel's fault
+    notes: list[str]
+    unproven: list[str]  # modules this host cannot prove (no driver, or offline): inconclusive, not failed
+
+
+def judge_imports(found: Mapping[str, Mapping[str, Any]], *, unmet: Sequence[str], driver: bool) -> ImportVerdict:
+    """The import check's verdict. A module that fails only because a runtime requirement was
+    knowingly left out (offline), or because this host has no NVIDIA driver (the error, or the
+    error of its file loaded alone, is libcuda.so.1's), is not the wheel's fault: it is reported
+    as unproven, with what it needs."""
+    problems, notes, unproven = [], [], []
     for module, result in found.items():
         if result.get("ok"):
             if result.get("direct"):
@@ -189,13 +207,15 @@ def judge_imports(
         if unmet and result.get("missing_module"):
             needs = result["missing_module"]
             notes.append(f"import {module} not proven: needs {needs} (not at hand offline: {', '.join(unmet)})")
+            unproven.append(module)
         elif not driver and _NO_DRIVER.search(error + str(result.get("direct_error", ""))):
             notes.append(
                 f"import {module} not proven: it needs the NVIDIA driver (libcuda.so.1), which this host lacks"
             )
+            unproven.append(module)
         else:
             problems.append(f"the installed wheel fails to import {module}: {error}")
-    return problems, notes
+    return ImportVerdict(problems, notes, unproven)
 
 
 def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeReport:
@@ -234,6 +254,10 @@ def render_proof(results: Mapping[str, Any]) -> list[str]:
         f"validate: linkage ok: {len(linkage['libraries'])} libraries resolved, none from another CUDA major",
     ]
     lines += [f"validate: GPU code for compute capability {cc}: {v}" for cc, v in results["verdicts"].items()]
+    for arch in results["arch"]:
+        unused = sorted({f["extension"] for f in arch["families"] if not f.get("used", True)})
+        if unused:
+            lines.append(f"validate: not used on {arch['target']} (vLLM never dispatches there): {', '.join(unused)}")
     lines += [f"validate: {note}" for note in results.get("import_notes", [])]
     serve = results.get("serve")
     if serve:

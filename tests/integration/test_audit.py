@@ -25,6 +25,7 @@ from rich.console import Console
 from spark_build.arch.compat import ComputeCapability, Verdict
 from spark_build.errors import StepFailed
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
+from spark_build.wheel.dispatch import VLLM_DISPATCH
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit, read_ld_cache
 from tests.unit.test_audit import CUDA_HOME, SPARK
 
@@ -323,3 +324,45 @@ def test_reports_serialise_to_json_and_render_a_table(built: Built, cuobjdump: P
     text = out.getvalue()
     assert "pkg/kernels.so" in text and "sm_121a" in text and "cannot run" in text
     assert "libcudart.so.12 is a CUDA 12 library" in text
+
+
+# ---- vLLM's dispatch: what a 12.1 never runs is listed apart
+
+
+@pytest.fixture(scope="session")
+def vllm_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tree laid out like vLLM 0.33.0's official wheel: the core `_C` for the Spark, FA3 for
+    Hopper only, qutlass for 10.x only (as the official wheel ships it)."""
+    if not os.access(NVCC, os.X_OK):
+        pytest.skip(f"needs nvcc at {NVCC}")
+    work = tmp_path_factory.mktemp("vllm-like")
+    (work / "scale.cu").write_text(KERNEL.format(name="scale"))
+    (work / "vllm" / "vllm_flash_attn").mkdir(parents=True)
+    _run_all(
+        [
+            _nvcc("arch=compute_121a,code=sm_121a", "vllm/_C.abi3.so", "scale.cu"),
+            _nvcc("arch=compute_90a,code=sm_90a", "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "scale.cu"),
+            _nvcc("arch=compute_100f,code=sm_100f", "vllm/_qutlass_C.abi3.so", "scale.cu"),
+        ],
+        cwd=work,
+    )
+    (work / "scale.cu").unlink()
+    return work
+
+
+def test_fa3_is_listed_apart_on_the_spark_while_qutlass_which_fp_quant_uses_there_fails(
+    vllm_like: Path, cuobjdump: Path
+) -> None:
+    report = arch_audit(vllm_like, SPARK, cuobjdump, dispatch=VLLM_DISPATCH)
+    assert [f.extension for f in report.unused] == ["vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so"]
+    (qutlass,) = report.problems
+    assert qutlass.startswith("vllm/_qutlass_C.abi3.so: kernel family _qutlass_C cannot run on 12.1")
+    assert "fp_quant.py" in qutlass, "the problem says why the Spark needs it"
+    assert report.verdict is Verdict.CANNOT_RUN
+
+
+def test_on_a_hopper_fa3_is_judged_and_runs(vllm_like: Path, cuobjdump: Path) -> None:
+    report = arch_audit(vllm_like, ComputeCapability(9, 0), cuobjdump, dispatch=VLLM_DISPATCH)
+    fa3 = next(f for f in report.used if f.family == "_vllm_fa3_C")
+    assert fa3.verdict is Verdict.NATIVE
+    assert [f.family for f in report.unused] == ["_qutlass_C"], "FP-Quant needs 10.0 or later"

@@ -5,14 +5,25 @@ libraries are in tests/integration/test_audit.py.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from spark_build.arch.compat import ComputeCapability
+from spark_build.arch.compat import ComputeCapability, Verdict
 from spark_build.errors import UsageError
-from spark_build.wheel.archaudit import arch_audit, find_cuobjdump, parse_fatbin_dump, parse_listing
+from spark_build.wheel.archaudit import (
+    ArchReport,
+    ExtensionArch,
+    FamilyArch,
+    arch_audit,
+    find_cuobjdump,
+    parse_fatbin_dump,
+    parse_listing,
+)
+from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
 from spark_build.wheel.linkage import LibrarySearch, cuda_major_of, linkage_audit
 
 SPARK = ComputeCapability(12, 1)
@@ -154,3 +165,64 @@ def test_a_file_that_is_neither_wheel_nor_directory_is_a_usage_error(tmp_path: P
     bogus.write_bytes(b"not a zip")
     with pytest.raises(UsageError, match="neither a directory nor a wheel"):
         linkage_audit(bogus, LibrarySearch(), cuda_major=13)
+
+
+# --------------------------------------------------------------------------------------------
+# Which extensions a GPU ever runs (vLLM 0.33.0's dispatch), and a host without the driver
+
+
+@pytest.mark.parametrize(
+    ("extension", "gpu", "used"),
+    [
+        ("vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "12.1", False),  # FA3: Hopper only
+        ("vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "9.0", True),
+        ("vllm/_flashmla_C.abi3.so", "12.1", False),  # FlashMLA: 9.x and 10.x
+        ("vllm/_flashmla_extension_C.abi3.so", "10.3", True),
+        ("vllm/_deepselect_C.abi3.so", "12.1", False),  # DeepSelect: 10.x
+        ("vllm/_deepselect_C.abi3.so", "10.0", True),
+        ("vllm/_qutlass_C.abi3.so", "12.1", True),  # FP-Quant: every GPU from 10.0 on
+        ("vllm/_qutlass_C.abi3.so", "9.0", False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_vllm_dispatches_each_gated_extension_only_to_its_gpus(extension: str, gpu: str, used: bool) -> None:
+    row = dispatch_of(extension, VLLM_DISPATCH)
+    assert row is not None and row.used_on(ComputeCapability.parse(gpu)) is used
+
+
+def test_an_extension_the_table_does_not_know_is_taken_as_used_everywhere() -> None:
+    assert dispatch_of("vllm/_C_stable_libtorch.abi3.so", VLLM_DISPATCH) is None
+    assert dispatch_of("pkg/_vllm_fa3_C.abi3.so", VLLM_DISPATCH) is None, "another project's file of that name"
+
+
+def _family(extension: str, codes: tuple[str, ...], verdict: Verdict, unused: str | None = None) -> FamilyArch:
+    module = extension.rsplit("/", 1)[-1].split(".")[0]
+    return FamilyArch(module, extension, codes, verdict, 1, (), unused)
+
+
+def test_families_the_target_never_uses_are_listed_apart_and_do_not_set_the_verdict() -> None:
+    fa3 = _family("vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", ("sm_90a",), Verdict.CANNOT_RUN, "9.x only (…)")
+    fa2 = _family("vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so", ("compute_80", "sm_80"), Verdict.JIT)
+    core = _family("vllm/_C_stable_libtorch.abi3.so", ("sm_120f",), Verdict.NATIVE)
+    extensions = tuple(ExtensionArch(f.extension, f.codes, (), f.verdict) for f in (fa3, fa2, core))
+    report = ArchReport("vllm.whl", SPARK, extensions, (fa3, fa2, core))
+    assert report.unused == (fa3,) and report.used == (fa2, core)
+    assert report.verdict is Verdict.JIT, "FA2 on a 12.1 runs only through PTX JIT; FA3 does not count"
+    buffer = io.StringIO()
+    report.render(Console(file=buffer, width=200, color_system=None))
+    table, apart = buffer.getvalue().split("Not used on 12.1")
+    assert "PTX JIT only" in table and "native SASS" in table and "_vllm_fa3_C" not in table
+    assert "_vllm_fa3_C" in apart and "9.x only" in apart
+    assert report.to_dict()["families"][0]["used"] is False
+
+
+# A real ELF file (1.5 kB), made with `gcc -shared -fPIC -nostdlib -Wl,--no-as-needed -l:libcuda.so.1`
+# against a stub libcuda and stripped: NEEDED names only the driver's libcuda.so.1.
+NEEDS_DRIVER = Path(__file__).parent.parent / "data" / "needs-driver"
+
+
+def test_a_missing_driver_library_is_not_a_linkage_problem_of_the_wheel() -> None:
+    report = linkage_audit(NEEDS_DRIVER, LibrarySearch(ld_cache=None, default_dirs=()), cuda_major=13)
+    (lib,) = report.libraries
+    assert (lib.library, lib.resolved, lib.problem) == ("libcuda.so.1", None, None)
+    assert report.ok and report.needs_driver == ("pkg/_C.abi3.so",)

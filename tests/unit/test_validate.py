@@ -58,7 +58,7 @@ def test_an_extension_loaded_from_its_file_is_proven_and_the_package_s_missing_r
         "vllm": {"ok": False, "error": "ModuleNotFoundError: No module named 'cbor2'", "missing_module": "cbor2"},
         "vllm._C": {"ok": True, "direct": True, "package_error": "ModuleNotFoundError: No module named 'cbor2'"},
     }
-    problems, notes = judge_imports(found, unmet=["cbor2", "openai>=1.99"], driver=True)
+    problems, notes, _ = judge_imports(found, unmet=["cbor2", "openai>=1.99"], driver=True)
     assert problems == []
     assert notes == [
         "import vllm not proven: needs cbor2 (not at hand offline: cbor2, openai>=1.99)",
@@ -68,7 +68,7 @@ def test_an_extension_loaded_from_its_file_is_proven_and_the_package_s_missing_r
 
 def test_a_missing_module_is_the_wheel_s_fault_when_every_requirement_was_installed():
     found = {"vllm": {"ok": False, "error": "ModuleNotFoundError: No module named 'cbor2'", "missing_module": "cbor2"}}
-    problems, notes = judge_imports(found, unmet=[], driver=True)
+    problems, notes, _ = judge_imports(found, unmet=[], driver=True)
     assert problems == ["the installed wheel fails to import vllm: ModuleNotFoundError: No module named 'cbor2'"]
     assert notes == []
 
@@ -76,7 +76,24 @@ def test_a_missing_module_is_the_wheel_s_fault_when_every_requirement_was_instal
 def test_a_host_without_the_nvidia_driver_does_not_blame_the_wheel():
     error = "ImportError: libcuda.so.1: cannot open shared object file: No such file or directory"
     found = {"vllm._C": {"ok": False, "error": error}}
-    problems, notes = judge_imports(found, unmet=[], driver=False)
+    problems, notes, unproven = judge_imports(found, unmet=[], driver=False)
     assert problems == [] and "needs the NVIDIA driver" in notes[0]
-    problems, _ = judge_imports(found, unmet=[], driver=True)
+    assert unproven == ["vllm._C"]
+    problems, _, _ = judge_imports(found, unmet=[], driver=True)
     assert problems, "with a driver present the same error is the wheel's"
+
+
+def test_a_package_that_rewords_the_missing_driver_is_judged_by_its_extension_loaded_alone():
+    """vLLM 0.33.0's vllm_flash_attn/__init__.py raises its own ImportError when _vllm_fa2_C cannot
+    load; the probe then loads the file alone and gets libcuda.so.1's error (recorded from the
+    official wheel on a host without the driver)."""
+    found = {
+        "vllm.vllm_flash_attn._vllm_fa2_C": {
+            "ok": False,
+            "error": "ImportError: vllm.vllm_flash_attn requires the CUDA flash attention extensions "
+            "(_vllm_fa2_C or _vllm_fa3_C). On ROCm, use upstream flash_attn.",
+            "direct_error": "ImportError: libcuda.so.1: cannot open shared object file: No such file or directory",
+        }
+    }
+    verdict = judge_imports(found, unmet=[], driver=False)
+    assert verdict.problems == [] and verdict.unproven == ["vllm.vllm_flash_attn._vllm_fa2_C"]
