@@ -6,6 +6,7 @@ two modules is how a rename breaks `--resume` or `invoke report` without a test 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,11 @@ from typing import Literal
 LATEST = "latest"  # logs/latest → the newest run folder
 SUMMARY = "summary.json"  # a run folder is a run once it holds this
 NIGHTLY_HISTORY = "nightly-history.jsonl"
+
+
+def user_cache() -> Path:
+    """What one machine builds once for all of a user's workdirs (`$XDG_CACHE_HOME/spark-build`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spark-build"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,11 @@ class Workdir:
     @property
     def arch_plan(self) -> Path:
         return self.root / "arch-plan"
+
+    @property
+    def arch_plan_compile_commands(self) -> Path:
+        """The arch plan's configure lists every object as Ninja spells it in a build tree."""
+        return self.arch_plan / "compile_commands.json"
 
     @property
     def validate_venv(self) -> Path:

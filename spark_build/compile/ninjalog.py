@@ -7,8 +7,11 @@ column's unit changed in Ninja 1.10) is handled once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
+
+from spark_build.durable import atomic_write_text
 
 
 def normalize_object(path: str) -> str:
@@ -84,3 +87,38 @@ def parse_ninja_log(path: Path) -> list[NinjaLogEntry]:
         entries.pop(line.object, None)
         entries[line.object] = NinjaLogEntry(line.object, line.start_ms, line.end_ms)
     return list(entries.values())
+
+
+# The log format Ninja 1.13 reads and writes; an older header makes it discard the whole log.
+SEED_HEADER = "# ninja log v7\n"
+
+
+def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, float]) -> list[str]:
+    """Add a line with a measured duration for each output Ninja has no record of yet.
+
+    A duration-weighted Ninja (`ninjabuild`) orders the first build by these, so the longest
+    objects start first. An output already in the log keeps its line: Ninja compares the command
+    hash there to decide what is up to date, and a made-up hash would rebuild a finished object.
+    Seeded lines carry hash 0 and mtime 0, so they can never mark an object up to date. `outputs`
+    are paths as Ninja spells them in this build tree; `seconds` are keyed by `normalize_object`.
+    Returns the outputs seeded.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    if not text.startswith("# ninja log v"):
+        text = SEED_HEADER
+    known = {line.split("\t")[3] for line in text.splitlines() if not line.startswith("#") and line.count("\t") >= 4}
+    seeded: list[str] = []
+    lines: list[str] = []
+    for output in outputs:
+        duration = seconds.get(normalize_object(output))
+        if output in known or duration is None or output in seeded:
+            continue
+        seeded.append(output)
+        lines.append(f"0\t{max(1, round(duration * 1000))}\t0\t{output}\t0\n")
+    if lines:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text + ("" if text.endswith("\n") else "\n") + "".join(lines))
+    return seeded

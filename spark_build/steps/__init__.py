@@ -12,7 +12,7 @@ from spark_build.steps.compile import Compile
 from spark_build.steps.preflight import Preflight
 from spark_build.steps.publish import Publish
 from spark_build.steps.source import BuildDeps, Clone, Patch, Sources, UseExistingTorch
-from spark_build.steps.toolchain import Torch, Venv
+from spark_build.steps.toolchain import Ninja, Torch, Venv
 from spark_build.steps.validate import Validate
 
 STEPS: tuple[Step, ...] = (
@@ -25,6 +25,7 @@ STEPS: tuple[Step, ...] = (
     BuildDeps(),
     Sources(),
     ArchPlanStep(),
+    Ninja(),
     Compile(),
     Validate(),
     Publish(),

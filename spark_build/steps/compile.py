@@ -33,7 +33,7 @@ from spark_build.compile.jobplan import (
     plan_jobs,
     write_jobs_json,
 )
-from spark_build.compile.ninjalog import parse_ninja_lines, parse_ninja_log
+from spark_build.compile.ninjalog import normalize_object, parse_ninja_lines, parse_ninja_log, seed_ninja_log
 from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
@@ -61,8 +61,48 @@ def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
         "VLLM_TARGET_DEVICE": "cuda",
         "TRITON_PTXAS_PATH": str(cuda_bin / "ptxas"),
         "VIRTUAL_ENV": str(ctx.venv),
-        "PATH": os.pathsep.join([*map(str, ctx.bin_dirs), str(cuda_bin), os.environ.get("PATH", "")]),
+        "PATH": os.pathsep.join([*map(str, tool_dirs(ctx)), str(cuda_bin), os.environ.get("PATH", "")]),
     }
+
+
+def scheduling_ninja(ctx: Context) -> Path | None:
+    """The duration-weighted Ninja the ninja step built, when it could."""
+    ninja = ctx.optional_result("ninja").get("ninja")
+    return Path(ninja) if ninja else None
+
+
+def tool_dirs(ctx: Context) -> list[Path]:
+    """Where the compile finds its tools: the scheduling Ninja's folder first, so CMake and
+    setup.py pick it over the venv's, then the build venv's and inherited scripts."""
+    ninja = scheduling_ninja(ctx)
+    return [*([ninja.parent] if ninja else []), *ctx.bin_dirs]
+
+
+_BUILD_TEMP_PROBE = (
+    "import json, sys, sysconfig; "
+    "json.dump(f'temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}', open(sys.argv[1], 'w'))"
+)
+
+
+def seed_durations(ctx: Context, step: str, estimates: Estimates) -> str:
+    """Write the estimates' durations into setup.py's build tree before Ninja first reads it,
+    so the scheduling Ninja starts the longest objects first. The objects' paths come from the
+    arch plan's configure of the same CMakeLists; setup.py's build folder is setuptools'
+    `build/temp.<platform>-<cache tag>`, asked of the build's interpreter."""
+    try:
+        commands = json.loads(ctx.layout.arch_plan_compile_commands.read_text())
+    except (OSError, ValueError):
+        return "no arch-plan object list to seed Ninja's durations from"
+    outputs = [str(entry["output"]) for entry in commands if isinstance(entry, dict) and entry.get("output")]
+    build_temp = ctx.layout.build_tree / str(ctx.probe_json(step, ctx.python, _BUILD_TEMP_PROBE))
+    seeded = seed_ninja_log(build_temp / ".ninja_log", outputs, estimates.seconds)
+    if not seeded:
+        return "Ninja's log already holds every object's duration"
+    longest = max(seeded, key=lambda out: estimates.seconds[normalize_object(out)])
+    return (
+        f"seeded Ninja with {len(seeded)} durations ({estimates.origin}); the longest, "
+        f"{Path(longest).name} ({estimates.seconds[normalize_object(longest)]:.0f} s), starts first"
+    )
 
 
 class GovernorJournal:
@@ -111,6 +151,8 @@ class Compile(Step):
             mem_budget=cfg.mem_budget,
         )
         ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}")
+        if scheduling_ninja(ctx) is not None:
+            ctx.notes.append(f"compile: {seed_durations(ctx, self.name, estimates)}")
         ctx.layout.dist.mkdir(parents=True, exist_ok=True)
         for stale in ctx.layout.dist.glob("*.whl"):
             stale.unlink()

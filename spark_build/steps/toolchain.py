@@ -1,12 +1,17 @@
-"""venv and torch: the build's interpreter, and the torch every extension compiles against."""
+"""venv, torch and ninja: the build's interpreter, the torch every extension compiles against,
+and the Ninja that schedules the compile."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spark_build.errors import StepFailed
+from spark_build.compile import ninjabuild
+from spark_build.errors import SparkBuildError, StepFailed
+from spark_build.layout import user_cache
 from spark_build.pipeline.step import Context, Step
 
 
@@ -90,3 +95,61 @@ def torch_matches(cuda: str | None, wanted: str) -> bool:
     if wanted == "cpu":
         return cuda is None
     return bool(cuda) and str(cuda).split(".")[0] == wanted
+
+
+class Ninja(Step):
+    name = "ninja"
+    summary = "build the Ninja that starts the slowest compile chains first (ninja 1.13.2 + our patch; once a machine)"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        return {"ninja": ninjabuild.build_key()}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        if not ctx.recipe().is_vllm_release:
+            ctx.notes.append("ninja: the stock Ninja (scheduling by duration pays off on vLLM's long compile only)")
+            return {"ninja": None}
+        binary = ninjabuild.cached_binary(user_cache())
+        if ninjabuild.is_ours(binary):
+            ctx.notes.append(f"ninja: {binary} (duration-weighted critical path; built before)")
+            return {"ninja": str(binary)}
+        try:
+            self._build(ctx, binary)
+        except SparkBuildError as exc:
+            # A slower build, never a failed one: the stock Ninja compiles the same objects.
+            ctx.notes.append(
+                f"ninja: could not build the scheduling Ninja ({exc.message}); the compile uses the stock "
+                f"Ninja, objects in manifest order (details in {ctx.log(self.name)})"
+            )
+            return {"ninja": None}
+        ctx.notes.append(f"ninja: built {binary} (duration-weighted critical path)")
+        return {"ninja": str(binary)}
+
+    def _build(self, ctx: Context, binary: Path) -> None:
+        cfg = ctx.config
+        if cfg.wheels is not None and (sdist := ninjabuild.find_sdist(cfg.wheels)) is not None:
+            ninjabuild.build_from_sdist(sdist, binary, ctx.python, self._runner(ctx))
+            return
+        if cfg.offline and cfg.wheels is None:
+            raise StepFailed("offline, and no --wheels folder holds its source")
+        with tempfile.TemporaryDirectory(prefix="spark-build-ninja-") as scratch:
+            download: list[str | os.PathLike[str]] = [ctx.python, "-m", "pip", "download", "--no-deps"]
+            download += ["--no-binary", ":all:", *cfg.installer.source_args(), "-d", scratch]
+            ctx.run(self.name, [*download, ninjabuild.NINJA_REQUIREMENT], env=cfg.installer.env())
+            sdist = ninjabuild.find_sdist(Path(scratch))
+            if sdist is None:
+                where = cfg.wheels or "the package index"
+                raise StepFailed(f"{where} has no ninja-{ninjabuild.NINJA_VERSION}.tar.gz")
+            ninjabuild.build_from_sdist(sdist, binary, ctx.python, self._runner(ctx))
+
+    def _runner(self, ctx: Context) -> ninjabuild.Run:
+        def run(argv: Sequence[str | os.PathLike[str]], cwd: Path) -> None:
+            ctx.run(self.name, list(argv), cwd=cwd)
+
+        return run
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        ninja = result.get("ninja")
+        return ninja is None or ninjabuild.is_ours(Path(str(ninja)))
+
+    def detail(self, result: Mapping[str, Any]) -> str:
+        return "duration-weighted" if result.get("ninja") else "stock Ninja"

@@ -1,0 +1,57 @@
+"""Seeding `.ninja_log`: measured durations for objects Ninja has not built yet, so a
+duration-weighted Ninja starts the longest first — without ever touching what it did build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spark_build.compile.ninjalog import SEED_HEADER, parse_ninja_log, seed_ninja_log
+
+SECONDS = {"_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953.2, "_C.dir/csrc/cache_kernels.cu.o": 41.0}
+OUTPUTS = ["CMakeFiles/_C.dir/csrc/cache_kernels.cu.o", "CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o"]
+
+
+def test_a_fresh_tree_gets_a_current_log_with_each_known_object_s_duration_in_milliseconds(tmp_path: Path) -> None:
+    log = tmp_path / "build" / ".ninja_log"
+    seeded = seed_ninja_log(log, [*OUTPUTS, "CMakeFiles/_C.dir/csrc/new_kernel.cu.o"], SECONDS)
+
+    assert seeded == OUTPUTS  # an object never measured is left to Ninja's default weight
+    text = log.read_text()
+    assert text.startswith(SEED_HEADER)
+    assert "0\t953200\t0\tCMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o\t0\n" in text
+    durations = {e.object: e.end_ms - e.start_ms for e in parse_ninja_log(log)}
+    assert durations == {"_C.dir/csrc/cache_kernels.cu.o": 41000, "_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953200}
+
+
+def test_an_object_ninja_already_recorded_keeps_its_line_and_its_command_hash(tmp_path: Path) -> None:
+    log = tmp_path / ".ninja_log"
+    built = "12\t40012\t1764000000000000000\tCMakeFiles/_C.dir/csrc/cache_kernels.cu.o\t9f3a2c1b\n"
+    log.write_text(SEED_HEADER + built)
+
+    seeded = seed_ninja_log(log, OUTPUTS, SECONDS)
+
+    assert seeded == ["CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o"]
+    lines = log.read_text().splitlines(keepends=True)
+    assert lines[:2] == [SEED_HEADER, built]  # first and unchanged: Ninja still finds it up to date
+    assert len(lines) == 3
+
+
+def test_a_subproject_s_objects_match_the_profile_by_their_target_folder(tmp_path: Path) -> None:
+    # flash-attention builds inside _deps/; the profile names objects from their CMake target on.
+    fa2 = "_deps/vllm-flash-attn-build/CMakeFiles/_vllm_fa2_C.dir/csrc/flash_fwd_split.cu.o"
+    seeded = seed_ninja_log(tmp_path / ".ninja_log", [fa2], {"_vllm_fa2_C.dir/csrc/flash_fwd_split.cu.o": 600.0})
+    assert seeded == [fa2]
+
+
+def test_seeding_twice_adds_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    log = tmp_path / ".ninja_log"
+    seed_ninja_log(log, OUTPUTS, SECONDS)
+    before = log.read_text()
+    assert seed_ninja_log(log, OUTPUTS, SECONDS) == []
+    assert log.read_text() == before
+
+
+def test_an_object_listed_twice_is_seeded_once(tmp_path: Path) -> None:
+    log = tmp_path / ".ninja_log"
+    assert seed_ninja_log(log, [OUTPUTS[0], OUTPUTS[0]], SECONDS) == [OUTPUTS[0]]
+    assert log.read_text().count(OUTPUTS[0]) == 1
