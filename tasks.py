@@ -314,3 +314,34 @@ def history(c: Context, json: bool = False, logs_dir: str | None = None) -> None
     from spark_build.cli import history as run_history
 
     _exit(run_history({"logs_dir": logs_dir}, _file_options(c), as_json=json))
+
+
+@task(
+    auto_shortflags=False,
+    iterable=["source"],
+    help={
+        "ref": "vLLM tag, branch, commit, 'latest' (newest release tag) or 'main' (default: the build's default ref)",
+        "repo": BUILD_HELP["repo"],
+        "source": "a vLLM source folder or sdist (vllm-X.tar.gz) to read instead of --ref (repeatable)",
+        "arch": "target arch whose use of each external project is judged (default 12.1a)",
+        "json": "print the facts as JSON",
+        "markdown": "print one Markdown table of all sources (docs/recipes.md is this over the real sdists)",
+        "debug": "show tracebacks",
+    },
+)
+def recipe(
+    c: Context,
+    ref: str | None = None,
+    repo: str | None = None,
+    source: list[str] | None = None,
+    arch: str | None = None,
+    json: bool = False,
+    markdown: bool = False,
+    debug: bool = False,
+) -> None:
+    """What building a vLLM release needs, read from its source: torch pins and index, C++ standard,
+    Python, requirement files, use_existing_torch.py, CUTLASS and every external project CMake fetches."""
+    cli = {"ref": ref, "repo": repo, "arch": arch, "debug": debug}
+    from spark_build.cli import recipe as run
+
+    _exit(run(cli, _file_options(c), sources=list(source or []), as_json=json, markdown=markdown))

@@ -272,3 +272,52 @@ def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: 
     from spark_build.insight.report import history_main
 
     return guarded(lambda: history_main(options.resolve(cli, file).logs_dir, as_json, console()), debug=False)
+
+
+def recipe(
+    cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, sources: list[str], as_json: bool, markdown: bool
+) -> int:
+    """`invoke recipe`: the recipe facts of `--ref` (or of source folders and sdists), read by rules."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from spark_build.errors import UsageError
+    from spark_build.upstream.facts import SourceFacts, read_facts
+    from spark_build.upstream.facts_report import facts_lines, markdown_table
+    from spark_build.upstream.refs import read_recipe_files, resolve_ref
+    from spark_build.upstream.sdist import unpack_recipe_files
+
+    def action() -> int:
+        cfg = options.resolve(cli, file)
+        arch = cfg.arch or "12.1a"
+        paths = [Path(s).expanduser().resolve() for s in sources]
+        missing = [str(p) for p in paths if not p.is_dir() and not p.name.endswith((".tar.gz", ".tgz"))]
+        missing += [str(p) for p in paths if p.name.endswith((".tar.gz", ".tgz")) and not p.is_file()]
+        if missing:
+            raise UsageError(
+                f"--source {', '.join(missing)}: not a source folder or sdist",
+                hint="give a vLLM checkout or vllm-X.tar.gz",
+            )
+        read: list[tuple[str, SourceFacts]] = []
+        with tempfile.TemporaryDirectory(prefix="spark-build-recipe-") as scratch:
+            if not paths:
+                resolved = resolve_ref(cfg.repo, cfg.ref)
+                tree = Path(scratch) / "ref"
+                read_recipe_files(cfg.repo, resolved.name, tree)
+                read.append((f"{cfg.repo} @ {resolved.describe()}", read_facts(tree, resolved.version, arch=arch)))
+            for number, path in enumerate(paths):
+                tree = path if path.is_dir() else unpack_recipe_files(path, Path(scratch) / str(number))
+                read.append((str(path), read_facts(tree, arch=arch)))
+        out = console()
+        if as_json:
+            print(json.dumps([{"source": label, **facts.to_dict()} for label, facts in read], indent=2))
+        elif markdown:
+            print(markdown_table([facts for _, facts in read]), end="")
+        else:
+            for label, facts in read:
+                for line in facts_lines(label, facts):
+                    out.print(line, highlight=False, markup=False)
+        return 0
+
+    return guarded(action, debug=bool(cli.get("debug")))

@@ -69,21 +69,25 @@ class Patch(Step):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         recipe = ctx.recipe()
-        series = None if ctx.config.no_patches else find_series(ctx.config.patches_dir, recipe.series_name)
-        if series is None:
-            why = "--no-patches" if ctx.config.no_patches else f"no series for {recipe.series_name or 'this ref'}"
+        series = None if ctx.config.no_patches else find_series(ctx.config.patches_dir, recipe.dist, recipe.version)
+        if series is None or not series.patches:
+            why = (
+                "--no-patches" if ctx.config.no_patches else f"none for {recipe.dist} {recipe.version or 'at this ref'}"
+            )
             ctx.notes.append(f"patch: none applied ({why})")
             return {"series": None, "applied": []}
         applied = []
         for patch in series.patches:
-            if self._git_apply(ctx, patch, "--reverse", "--check") == 0:
+            if self._git_apply(ctx, patch.path, "--reverse", "--check") == 0:
                 continue  # already in the tree
-            if self._git_apply(ctx, patch, "--check") != 0:
+            if self._git_apply(ctx, patch.path, "--check") != 0:
                 raise StepFailed(
-                    f"{patch.name} no longer applies to {recipe.dist} {recipe.version} (the log names file and hunk)",
-                    hint="refresh the patch for this version, or build pristine source with --no-patches",
+                    f"{patch.name} declares releases {patch.releases} but no longer applies to "
+                    f"{recipe.dist} {recipe.version} (the log names file and hunk)",
+                    hint="refresh the patch for this release and narrow its 'Releases:' range, "
+                    "or build pristine source with --no-patches",
                 )
-            self._git_apply(ctx, patch, check=True)
+            self._git_apply(ctx, patch.path, check=True)
             applied.append(patch.name)
         return {"series": series.folder.name, "applied": [p.name for p in series.patches], "new": applied}
 

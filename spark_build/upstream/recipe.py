@@ -2,7 +2,7 @@
 
 vLLM moved its build requirements between releases (`requirements/build.txt` in 0.13,
 `requirements/build/*.txt` later), so the recipe is derived from the checked-out tree rather
-than assumed; the patch series is chosen by the version.
+than assumed; the patches that apply are chosen by the version (`patches.find_series`).
 """
 
 from __future__ import annotations
@@ -29,13 +29,6 @@ class Recipe:
     version: Version | None
     build_requirements: tuple[str, ...]
     use_existing_torch: str | None = None  # path in the tree, found by looking, not by version
-
-    @property
-    def series_name(self) -> str | None:
-        """The patch series folder for this source, e.g. `vllm-0.13`."""
-        if self.version is None:
-            return None
-        return f"{self.dist}-{self.version.major}.{self.version.minor}"
 
     @property
     def is_vllm_release(self) -> bool:

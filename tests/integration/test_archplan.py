@@ -153,12 +153,12 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_
 
     before, _ = plan("before")
     recipe = recipe_for(vllm_source, "v0.13.0")
-    series = find_series(ROOT / "patches", recipe.series_name)
-    assert series is not None, f"no patch series for {recipe.series_name}"
+    series = find_series(ROOT / "patches", recipe.dist, recipe.version)
+    assert series is not None and series.patches, f"no patches for {recipe.dist} {recipe.version}"
     for patch in series.patches:
-        _run(["git", "-C", vllm_source, "apply", "--check", patch])
-        _run(["git", "-C", vllm_source, "apply", patch])
-        _run(["git", "-C", vllm_source, "apply", "--reverse", "--check", patch])  # how the patch step sees it
+        _run(["git", "-C", vllm_source, "apply", "--check", patch.path])
+        _run(["git", "-C", vllm_source, "apply", patch.path])
+        _run(["git", "-C", vllm_source, "apply", "--reverse", "--check", patch.path])  # how the patch step sees it
     after, after_build = plan("after")
     yield RealPlans(before, after, after_build, [p.name for p in series.patches])
     shutil.rmtree(work, ignore_errors=True)

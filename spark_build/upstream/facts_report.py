@@ -1,0 +1,64 @@
+"""`invoke recipe`'s output: a source's recipe facts as lines, and many releases as a Markdown table
+(the table in docs/recipes.md is this output over the real sdists)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spark_build.upstream.facts import SourceFacts
+
+
+def _short(revision: str | None) -> str:
+    return (revision[:12] if revision and len(revision) == 40 else revision) or "?"
+
+
+def facts_lines(label: str, facts: SourceFacts) -> list[str]:
+    """One source's facts, a fact per line, then its external projects."""
+    torch = facts.torch
+    rows = [
+        ("version", facts.version or "unknown"),
+        ("use_existing_torch", facts.use_existing_torch or "none (the build cannot keep its own torch)"),
+        ("build requirements", ", ".join(facts.build_requirements) or "none found"),
+        ("torch", f"{' '.join(torch.packages)} ({torch.read_from})" if torch else "no pin in requirements/cuda.txt"),
+        ("torch index", f"{torch.index} ({torch.index_why})" if torch else "—"),
+        ("C++ standard", facts.cxx_standard or "unset"),
+        ("Python", facts.requires_python or "unset"),
+        ("CUTLASS", facts.cutlass_revision or "not fetched"),
+        (f"{facts.arch} in CUDA_ARCHS", f"{facts.cmake_arch} (CUDA 13)"),
+    ]
+    lines = [label] + [f"  {name:<20} {value}" for name, value in rows]
+    lines.append(f"  external projects ({len(facts.projects)}), all fetched at configure:")
+    for p in facts.projects:
+        lines.append(
+            f"    {p.name:<16} {_short(p.revision):<13} {p.src_dir_env or '-':<24} {facts.arch}: {p.target_use:<28} "
+            f"{p.repository or '?'}"
+        )
+    return lines
+
+
+def markdown_table(all_facts: Sequence[SourceFacts]) -> str:
+    """Every release in one table, then each release's projects: what docs/recipes.md holds."""
+    arch = all_facts[0].arch if all_facts else "12.1a"
+    out = [
+        f"| release | use_existing_torch | build requirements | torch pins (requirements/cuda.txt) | torch index "
+        f"| C++ | Python | CUTLASS | {arch} in CUDA_ARCHS (CUDA 13) | external projects |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in all_facts:
+        torch = " ".join(f.torch.packages) if f.torch else "—"
+        index = f.torch.index if f.torch else "—"
+        out.append(
+            f"| {f.version} | `{f.use_existing_torch or '—'}` | `{', '.join(f.build_requirements) or '—'}` | {torch} "
+            f"| {index} | {f.cxx_standard or '—'} | `{f.requires_python or '—'}` | {f.cutlass_revision or '—'} "
+            f"| {f.cmake_arch} | {len(f.projects)} |"
+        )
+    out += ["", f"External projects per release: revision, `*_SRC_DIR` variable, and what {arch} gets from it.", ""]
+    for f in all_facts:
+        out.append(
+            f"- **{f.version}**: "
+            + "; ".join(
+                f"{p.name} `{_short(p.revision)}` ({p.src_dir_env or 'no variable'}; {p.target_use})"
+                for p in f.projects
+            )
+        )
+    return "\n".join(out) + "\n"

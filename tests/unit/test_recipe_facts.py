@@ -1,0 +1,141 @@
+"""Recipe facts read from the real vLLM 0.13.0 and 0.33.0 sdists of the shared mirror, by rules
+(no table per release), and the patch series scoped by release range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from spark_build.errors import StepFailed
+from spark_build.upstream.facts import (
+    PYPI_INDEX,
+    TORCH_CU130_INDEX,
+    SourceFacts,
+    build_for,
+    read_facts,
+    requested_archs,
+    text_for_cuda,
+    torch_index_for,
+)
+from spark_build.upstream.facts_report import facts_lines, markdown_table
+from spark_build.upstream.patches import find_series, read_patch
+from spark_build.upstream.sdist import unpack_recipe_files
+
+ROOT = Path(__file__).resolve().parents[2]
+MIRROR = ROOT.parent / "shared" / "mirror"
+
+
+@pytest.fixture(scope="module")
+def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SourceFacts]:
+    read = {}
+    for version in ("0.13.0", "0.33.0"):
+        sdist = MIRROR / f"vllm-{version}.tar.gz"
+        if not sdist.is_file():
+            pytest.fail(f"{sdist} is missing: the shared mirror of vLLM {version}'s sources is needed")
+        read[version] = read_facts(unpack_recipe_files(sdist, tmp_path_factory.mktemp(version)))
+    return read
+
+
+def test_0_13_0_builds_with_torch_2_9_from_the_cu130_index_as_cxx17(facts: dict[str, SourceFacts]) -> None:
+    f = facts["0.13.0"]
+    assert f.version == "0.13.0"
+    assert f.torch is not None
+    assert f.torch.packages == ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0")
+    assert f.torch.index == TORCH_CU130_INDEX
+    assert (f.cxx_standard, f.requires_python, f.cutlass_revision) == ("17", ">=3.10,<3.14", "v4.2.1")
+    assert (f.use_existing_torch, f.build_requirements) == ("use_existing_torch.py", ("requirements/build.txt",))
+
+
+def test_0_33_0_builds_with_torch_2_14_from_the_package_index_as_cxx20(facts: dict[str, SourceFacts]) -> None:
+    f = facts["0.33.0"]
+    assert f.torch is not None
+    # torchaudio stays at 2.11.0 in 0.33.0's requirements/cuda.txt: read, not assumed to follow torch.
+    assert f.torch.packages == ("torch==2.14.0", "torchvision==0.29.0", "torchaudio==2.11.0")
+    assert f.torch.index == PYPI_INDEX
+    assert (f.cxx_standard, f.requires_python, f.cutlass_revision) == ("20", ">=3.11,<3.15", "v4.7.1")
+    assert f.use_existing_torch == "tools/use_existing_torch.py"
+    assert f.build_requirements == ("requirements/build/cuda.txt",)
+
+
+def test_12_1a_meets_the_12_0_family_under_cuda_13_and_qutlass_runs_only_from_the_release_that_asks_12_0f(
+    facts: dict[str, SourceFacts],
+) -> None:
+    old = {p.name: p for p in facts["0.13.0"].projects}
+    new = {p.name: p for p in facts["0.33.0"].projects}
+    assert facts["0.13.0"].cmake_arch == facts["0.33.0"].cmake_arch == "12.0"
+    assert old["qutlass"].target_use == "cannot run (12.0a)"  # what patches/vllm/0001 fixes
+    assert new["qutlass"].target_use == "runs (12.0f)"
+    assert new["deepgemm"].target_use == "runs (12.0f)"
+    assert new["flashmla"].target_use.startswith("not built")
+    assert new["cutlass"].target_use == "no arch gate"  # headers for vLLM's own kernels
+    assert {p.src_dir_env for p in new.values()} >= {"DEEPGEMM_SRC_DIR", "TML_FA4_SRC_DIR", "FMHA_SM100_SRC_DIR"}
+
+
+@pytest.mark.parametrize(
+    ("torch", "index"),
+    [("2.9.0", TORCH_CU130_INDEX), ("2.10.0", TORCH_CU130_INDEX), ("2.11.0", PYPI_INDEX), ("2.14.0", PYPI_INDEX)],
+    ids=["2.9 cu130 index", "2.10 cu130 index", "2.11 package index", "2.14 package index"],
+)
+def test_the_torch_index_is_the_one_with_cuda_13_linux_wheels_of_that_torch(torch: str, index: str) -> None:
+    assert torch_index_for(Version(torch))[0] == index
+
+
+def test_cuda_version_branches_are_read_as_cuda_13_0_reads_them() -> None:
+    text = """
+set(ARCHS)
+if(${CMAKE_CUDA_COMPILER_VERSION} VERSION_GREATER_EQUAL 13.4)
+  list(APPEND ARCHS "10.7f")
+elseif(${CMAKE_CUDA_COMPILER_VERSION} VERSION_GREATER_EQUAL 13.0)
+  list(APPEND ARCHS "12.0f")
+else()
+  list(APPEND ARCHS 12.0a 12.1a)
+endif()
+cuda_archs_loose_intersection(OUT "${ARCHS}" "${CUDA_ARCHS}")
+"""
+    assert requested_archs(text_for_cuda(text, Version("13.0"))) == ("12.0f",)
+    assert requested_archs(text_for_cuda(text, Version("12.8"))) == ("12.0a", "12.1a")
+
+
+@pytest.mark.parametrize(
+    ("requested", "target", "built"),
+    [(("12.0a", "10.0a"), "12.0", "12.0a"), (("10.0f", "12.0f"), "12.1a", "12.1a"), (("9.0a",), "12.0", None)],
+    ids=["exact base wins", "family entry takes the target", "no match builds nothing"],
+)
+def test_the_arch_a_project_builds_follows_vllms_loose_intersection(
+    requested: tuple[str, ...], target: str, built: str | None
+) -> None:
+    assert build_for(requested, target) == built
+
+
+def test_the_report_prints_every_fact_and_the_table_one_row_per_release(facts: dict[str, SourceFacts]) -> None:
+    lines = "\n".join(facts_lines("vllm-0.33.0.tar.gz", facts["0.33.0"]))
+    assert "torch==2.14.0" in lines and "tools/use_existing_torch.py" in lines and "DEEPGEMM_SRC_DIR" in lines
+    table = markdown_table([facts["0.13.0"], facts["0.33.0"]])
+    assert "| 0.13.0 | `use_existing_torch.py`" in table and "| 0.33.0 | `tools/use_existing_torch.py`" in table
+
+
+@pytest.mark.parametrize(
+    ("version", "applies"),
+    [
+        ("0.13.0", ["0001-qutlass-12.0f-family-code-with-cuda13.patch", "0002-build-fa3-only-for-9.x-archs.patch"]),
+        ("0.14.0", ["0003-qutlass-12.0f-family-code-with-cuda13-0.14.patch"]),
+        ("0.18.1", ["0003-qutlass-12.0f-family-code-with-cuda13-0.14.patch"]),
+        ("0.19.0", []),
+        ("0.33.0", []),
+    ],
+    ids=["0.13 both", "0.14 the refreshed qutlass fix", "0.18.1 still", "0.19 has 12.0f upstream", "0.33 none"],
+)
+def test_each_release_gets_the_patches_whose_declared_range_covers_it(version: str, applies: list[str]) -> None:
+    series = find_series(ROOT / "patches", "vllm", Version(version))
+    assert series is not None
+    assert [p.name for p in series.patches] == applies
+    assert all(p.why for p in series.patches + series.skipped)
+
+
+def test_a_patch_without_a_declared_range_is_refused_by_name(tmp_path: Path) -> None:
+    patch = tmp_path / "0009-unscoped.patch"
+    patch.write_text("fix something\n---\ndiff --git a/x b/x\n")
+    with pytest.raises(StepFailed, match="0009-unscoped.patch declares no release range"):
+        read_patch(patch)
