@@ -63,6 +63,10 @@ def origin_for(project: ExternalProject, mirrors: Mapping[str, str]) -> str:
     return project.repository
 
 
+def _mirrored(project: ExternalProject, mirrors: Mapping[str, str]) -> bool:
+    return any(key and key in mirrors for key in (project.name, project.repository))
+
+
 def _read_pin(checkout: Path) -> dict[str, Any]:
     try:
         return dict(json.loads((checkout / _PIN_RECORD).read_text()))
@@ -272,28 +276,36 @@ def fetch_sources(
     """
     mirrors = dict(mirrors or {})
     projects = list(projects)
-    ambiguous = [p for p in projects if p.revision is None and not (p.name == "cutlass" and cutlass)]
-    if ambiguous:
-        first = ambiguous[0]
-        raise UsageError(
-            f"{first.defined_in} picks {first.name}'s revision at configure time ({', '.join(first.candidates)})",
-            hint="this release is not supported by spark-build's sources step yet; report the version",
-        )
     plan: list[tuple[ExternalProject, str | None]] = []
+    # Every project that cannot be fetched is named in one error, with its exact revision, so
+    # one round of mirroring fixes them all.
+    undecided: list[str] = []
     unreachable: list[str] = []
     for project in projects:
         if project.name == "cutlass" and cutlass is not None:
             plan.append((project, None))
+            continue
+        if project.revision is None or (project.repository is None and not _mirrored(project, mirrors)):
+            undecided.append(
+                f"{project.name} ({project.defined_in} picks it at configure time: "
+                f"{', '.join(project.candidates or project.repository_candidates)})"
+            )
             continue
         origin = origin_for(project, mirrors)
         cached = cache_dir / project.name / revision_slug(str(project.revision))
         if offline and is_network(origin) and not checkout_intact(cached, str(project.revision)):
             unreachable.append(f"{project.name} {project.revision} ({origin})")
         plan.append((project, origin))
-    if unreachable:
+    if undecided or unreachable:
+        names = ", ".join(item.split(" ", 1)[0] for item in unreachable)
+        missing = f"offline, and not in the source cache {cache_dir}: {'; '.join(unreachable)}" if unreachable else ""
+        unsure = f"cannot tell which revision to fetch for {'; '.join(undecided)}" if undecided else ""
         raise UsageError(
-            f"offline, and not in the source cache {cache_dir}: {'; '.join(unreachable)}",
-            hint="fetch once with the network, or map each project to a local mirror (repository or git bundle)",
+            "; and ".join(part for part in (missing, unsure) if part),
+            hint=f"fetch once with the network, or map each of {names} to a local mirror "
+            "(repository, git bundle or archive) in source_mirrors"
+            if unreachable
+            else "this release is not supported by spark-build's sources step yet; report the version",
         )
     fetched: list[FetchedProject] = []
     notes: list[str] = []

@@ -82,14 +82,21 @@ def test_offline_every_project_missing_from_the_cache_is_named_in_one_error(tmp_
     assert "flashmla 46d64a8ebef03fa50b4ae74937276a5c940e3f95" in message
     assert "qutlass 830d2c4537c7396e14a02a46fbddd18b5d107c65" in message
     assert not (tmp_path / "cache").exists()  # refused before anything was attempted
+    assert "map each of flashmla, qutlass to a local mirror" in (caught.value.hint or "")
 
 
 def test_a_project_whose_pin_depends_on_the_device_is_refused_before_fetching(tmp_path: Path) -> None:
     ambiguous = ExternalProject(
         "triton_kernels", None, None, "TRITON_KERNELS_SRC_DIR", "triton_kernels.cmake", candidates=("abc", "v3.5.1")
     )
-    with pytest.raises(UsageError, match=r"picks triton_kernels's revision at configure time \(abc, v3.5.1\)"):
-        fetch_sources([ambiguous], tmp_path)
+    undecided_too = ExternalProject(
+        "deepgemm", None, None, "DEEPGEMM_SRC_DIR", "deepgemm.cmake", candidates=("c0ffee", "d00d")
+    )
+    with pytest.raises(UsageError) as caught:
+        fetch_sources([ambiguous, QUTLASS, undecided_too], tmp_path, offline=True)
+    # One message for every project that cannot be fetched, not the first of them.
+    assert "triton_kernels (triton_kernels.cmake picks it at configure time: abc, v3.5.1)" in caught.value.message
+    assert "deepgemm (deepgemm.cmake picks it at configure time: c0ffee, d00d)" in caught.value.message
 
 
 def test_cutlass_headers_come_from_the_nvidia_cutlass_package_found_in_the_venv(tmp_path: Path) -> None:
