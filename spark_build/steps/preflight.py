@@ -12,6 +12,7 @@ from spark_build.errors import UsageError
 from spark_build.host.doctor import to_json
 from spark_build.host.facts import gather_host
 from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds
+from spark_build.host.query import run_command
 from spark_build.host.rules import evaluate, existing_torch
 from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.refs import ref_kind
@@ -29,6 +30,18 @@ def needs_for(example: bool, compiles: bool) -> BuildNeeds:
     return VLLM_NEEDS
 
 
+def check_interpreter(python: str) -> None:
+    """`--python` must run as Python 3: `/bin/false` passes every path check, and found only by
+    the venv step it would already have wiped the finished build's venv."""
+    status, output = run_command([python, "-c", "import sys; print(sys.version_info[0])"])
+    if status != 0 or output.strip() != "3":
+        answer = f"exit {status}" if status != 0 else f"answered {output.strip()[-80:]!r}"
+        raise UsageError(
+            f"--python {python} does not run as Python 3 ({answer})",
+            hint="name a Python 3 interpreter, e.g. /usr/bin/python3",
+        )
+
+
 class Preflight(Step):
     name = "preflight"
     summary = "read the host (GPU, nvcc, memory, disk, torch) and check the repo has the ref"
@@ -42,6 +55,7 @@ class Preflight(Step):
                 f"no nvcc at {nvcc}",
                 hint="install CUDA 13.0, or point --cuda-home (or CUDA_HOME) at it",
             )
+        check_interpreter(cfg.python)
         facts = gather_host(
             ctx.workdir,
             ctx.layout.cache,
