@@ -63,9 +63,17 @@ BUILD_HELP = {
     "dry-run": "print the plan (each step, what it does, whether --resume would skip it) and stop",
     "debug": "show tracebacks",
 }
+PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases")
+PREFER_HELP = {
+    "prefer-wheel": "take vLLM's official wheel for the --ref release when it validates for --arch and fits your "
+    "torch; else build from source (and say why)",
+    "wheel-index": "package index the official wheel is looked up in from vLLM 0.20 on (default PyPI's simple API)",
+    "wheel-releases": "GitHub release API the official +cu130 wheel is looked up in up to vLLM 0.19 "
+    "(default api.github.com/repos/vllm-project/vllm/releases)",
+}
 
 
-@task(auto_shortflags=False, help=BUILD_HELP)
+@task(auto_shortflags=False, help={**BUILD_HELP, **PREFER_HELP})
 def build_vllm(
     c: Context,
     ref: str | None = None,
@@ -98,12 +106,17 @@ def build_vllm(
     resume: bool = False,
     dry_run: bool = False,
     debug: bool = False,
+    prefer_wheel: bool = False,
+    wheel_index: str | None = None,
+    wheel_releases: str | None = None,
 ) -> None:
-    """Build, validate and publish a vLLM wheel for this GPU; resumable with --resume."""
-    cli = {k: v for k, v in locals().items() if k != "c"}
+    """Build, validate and publish a vLLM wheel for this GPU; resumable with --resume.
+    With --prefer-wheel, the official wheel first (minutes, not a 40-minute compile)."""
+    prefer = {"index": wheel_index, "releases": wheel_releases} if prefer_wheel else None
+    cli = {k: v for k, v in locals().items() if k not in ("c", "prefer", *PREFER_ARGS)}
     from spark_build.cli import build_vllm as run
 
-    _exit(run(cli, _file_options(c)))
+    _exit(run(cli, _file_options(c), prefer=prefer))
 
 
 @task(

@@ -6,17 +6,23 @@ interrupted 130); a traceback only with `--debug`.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from spark_build import config as options
 from spark_build.errors import SparkBuildError
 from spark_build.layout import NIGHTLY_HISTORY
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --help` stays quick
+    from pathlib import Path
+
+    from packaging.version import Version
 
 
 def console() -> Console:
@@ -46,17 +52,99 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["invoke", *args, "--resume"])
 
 
-def build_vllm(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, stop_after: str | None = None) -> int:
-    """`invoke build-vllm`, and `invoke arch-plan` (the same steps, stopping after the plan)."""
+def build_vllm(
+    cli: Mapping[str, Any],
+    file: Mapping[str, Any] | None,
+    *,
+    stop_after: str | None = None,
+    prefer: Mapping[str, str | None] | None = None,
+) -> int:
+    """`invoke build-vllm`, and `invoke arch-plan` (the same steps, stopping after the plan).
+    `prefer` (`--prefer-wheel`, with the index and release API to look in): the official wheel
+    first. A flag of build-vllm rather than a command of its own, because the fallback is this
+    build with these very options (ref, arch, torch, workdir), which a second command would repeat."""
     from spark_build.build import build
 
     debug = bool(cli.get("debug"))
 
     def action() -> int:
         cfg = options.resolve(cli, file)
-        return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:]))
+        if prefer is None:
+            return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:]))
+        return _prefer_wheel(cfg, prefer)
 
     return guarded(action, debug=debug)
+
+
+def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> int:
+    import time
+
+    from spark_build.build import build
+    from spark_build.errors import UsageError
+    from spark_build.lock import WorkdirLock
+    from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX
+    from spark_build.nightly.prebuilt import PreferWheel, prefer_wheel, wanted_for
+    from spark_build.proc import Runner, interrupt_signals
+    from spark_build.steps.validate import wheel_proof
+    from spark_build.wheel.proof import Proof, prove_wheel
+
+    if cfg.example or cfg.dry_run or not cfg.torch_cuda.isdigit():
+        raise UsageError(
+            "--prefer-wheel takes vLLM's official CUDA wheel: not with --example, --dry-run or --torch-cuda cpu",
+            hint="drop --prefer-wheel, or those options",
+        )
+    out = console()
+    wanted = PreferWheel(
+        ref=cfg.ref,
+        cuda_major=int(cfg.torch_cuda),
+        wheelhouse=cfg.wheelhouse,
+        torch_index=cfg.torch_index,
+        torch_asked=cfg.torch_packages if cfg.torch == "install" else (),
+        torch_existing=_existing_torch(cfg.python) if cfg.torch == "existing" else None,
+        index=prefer.get("index") or PACKAGE_INDEX,
+        releases=prefer.get("releases") or GITHUB_RELEASES,
+    )
+    release = wanted_for(wanted)  # bad input stops here, before the workdir is touched
+    log = cfg.logs_dir / f"prefer-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+    def say(line: str) -> None:
+        out.print(line, highlight=False)
+
+    def prove(wheel: Path) -> Proof:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        say(f"prebuilt: validating {wheel.name} in a fresh venv; log: {log}")
+        with interrupt_signals():
+            proof = prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=None), Runner(), log)
+        proof.render(out)
+        return proof
+
+    lock = WorkdirLock(cfg.workdir)
+    lock.acquire()
+    try:
+
+        def from_source() -> int:
+            return build(cfg, out, held=lock, resume_command=resume_command(sys.argv[1:]))
+
+        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say)
+    finally:
+        lock.release()
+
+
+def _existing_torch(python: str) -> Version:
+    """The torch `--python` has (`--torch existing`): the official wheel must fit it, not replace it."""
+    from packaging.version import InvalidVersion, Version
+
+    from spark_build.errors import UsageError
+    from spark_build.host.query import run_command
+
+    status, output = run_command([python, "-c", "import torch; print(torch.__version__)"])
+    lines = output.strip().splitlines()
+    if status == 0 and lines:
+        with contextlib.suppress(InvalidVersion):
+            return Version(lines[-1])
+    raise UsageError(
+        f"--torch existing: {python} has no importable torch", hint="give --python an interpreter with torch"
+    )
 
 
 def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
@@ -192,14 +280,10 @@ def validate(
     import zipfile
     from pathlib import Path
 
-    from spark_build.arch.target import Target
     from spark_build.errors import UsageError
-    from spark_build.host.archprobe import parse_nvcc_version
-    from spark_build.host.facts import query_gpus
-    from spark_build.host.query import run_command
-    from spark_build.host.target import resolve_target
     from spark_build.proc import Runner, interrupt_signals
-    from spark_build.wheel.proof import WheelProof, cuda_major, modules_of, prove_wheel
+    from spark_build.steps.validate import wheel_proof
+    from spark_build.wheel.proof import prove_wheel
 
     def action() -> int:
         cfg = options.resolve(cli, file)
@@ -208,26 +292,7 @@ def validate(
             raise UsageError(f"no wheel at {path}", hint="give the path of a .whl file")
         if not zipfile.is_zipfile(path):
             raise UsageError(f"{path} is not a wheel (not a zip archive)", hint="download or build the wheel again")
-        nvcc_version = None
-        if not cfg.torch_cuda.isdigit():
-            nvcc_version = parse_nvcc_version(run_command([str(cfg.cuda_home / "bin" / "nvcc"), "--version"])[1])[0]
-        gpus = query_gpus()
-        target: Target = resolve_target(cfg.arch, gpus.gpus)
-        proof = WheelProof(
-            wheel=path,
-            venv=cfg.layout.validate_venv_for(path),
-            python=cfg.python,
-            requirements=tuple(extra),
-            index=cfg.torch_index,
-            installer=cfg.installer,
-            modules=modules_of(path),
-            cuda_home=cfg.cuda_home,
-            cuda_major=cuda_major(cfg.torch_cuda, nvcc_version),
-            targets=target.compute_capabilities,
-            driver=bool(gpus.gpus),
-            serve=serve,
-            serve_model=cfg.serve_model,
-        )
+        proof = wheel_proof(cfg, path, requirements=extra, serve=serve)
         log = cfg.logs_dir / f"validate-{time.strftime('%Y%m%d-%H%M%S')}.log"
         out = console()
         out.print(f"validating {path.name} in a fresh venv ({proof.venv}); log: {log}", highlight=False)

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from spark_build.config import BuildConfig
 from spark_build.durable import atomic_write_text, sha256_of
+from spark_build.host.archprobe import parse_nvcc_version
+from spark_build.host.facts import query_gpus
+from spark_build.host.query import run_command
+from spark_build.host.target import resolve_target
 from spark_build.pipeline.step import Context, Step
 from spark_build.wheel.proof import WheelProof, cuda_major, modules_of, prove_wheel, render_proof, serve_decision
 
@@ -56,3 +61,32 @@ class Validate(Step):
             and wheel.is_file()
             and (sha256_of(wheel) == result.get("wheel_sha256"))
         )
+
+
+def wheel_proof(cfg: BuildConfig, path: Path, *, requirements: Sequence[str], serve: bool | None) -> WheelProof:
+    """The proof `invoke validate` and `--prefer-wheel` run on a wheel outside a build: the target
+    and driver read from this host; `serve` None: serve where the step would (vLLM, on a GPU the
+    target includes, unless --no-serve)."""
+    nvcc_version = None
+    if not cfg.torch_cuda.isdigit():
+        nvcc_version = parse_nvcc_version(run_command([str(cfg.cuda_home / "bin" / "nvcc"), "--version"])[1])[0]
+    gpus = query_gpus()
+    target = resolve_target(cfg.arch, gpus.gpus)
+    if serve is None:
+        caps = [gpu.compute_cap for gpu in gpus.gpus]
+        serve = serve_decision("vllm", caps, target.compute_capabilities, not cfg.no_serve)[0]
+    return WheelProof(
+        wheel=path,
+        venv=cfg.layout.validate_venv_for(path),
+        python=cfg.python,
+        requirements=tuple(requirements),
+        index=cfg.torch_index,
+        installer=cfg.installer,
+        modules=modules_of(path),
+        cuda_home=cfg.cuda_home,
+        cuda_major=cuda_major(cfg.torch_cuda, nvcc_version),
+        targets=target.compute_capabilities,
+        driver=bool(gpus.gpus),
+        serve=serve,
+        serve_model=cfg.serve_model,
+    )

@@ -26,7 +26,7 @@ from spark_build.arch.compat import ComputeCapability
 from spark_build.durable import sha256_of
 from spark_build.errors import UsageError
 from spark_build.proc import Runner
-from spark_build.venv import Argv, Installer, make_venv, missing_offline
+from spark_build.venv import Argv, Installer, installed_packages, make_venv, missing_offline
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.dispatch import VLLM_DISPATCH
@@ -163,6 +163,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         "wheel_sha256": sha256_of(proof.wheel),
         "imports": {m: r["ok"] for m, r in found.items()},
         "imports_unproven": import_unproven,
+        "installed": installed_packages(proof.venv),  # the torch it was proven with, for the install line
         "imports_direct": sorted(m for m, r in found.items() if r.get("direct")),
         "import_notes": import_notes,
         "unmet_requirements": unmet,

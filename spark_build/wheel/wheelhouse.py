@@ -9,6 +9,7 @@ publish never leaves a half-copied wheel where an installer would find it.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -50,7 +51,11 @@ def _page(title: str, lines: list[str]) -> str:
     )
 
 
-def install_line(wheel_in_house: Path, wheelhouse: Path) -> str:
-    """What the user types next: install from the wheelhouse, other packages from the index."""
+def install_line(wheel_in_house: Path, wheelhouse: Path, *, index: str | None = None, pins: Sequence[str] = ()) -> str:
+    """What the user types next: install from the wheelhouse, other packages from the index.
+    `index` and `pins` name the torch index and the torch the wheel was validated with, so the
+    install does not quietly resolve another torch."""
     name, version, _build, _tags = parse_wheel_filename(wheel_in_house.name)
-    return f"uv pip install --extra-index-url {wheelhouse.as_uri()}/ '{name}=={version}'"
+    extra = f" --extra-index-url {index}" if index and "://" in index else f" --find-links {index}" if index else ""
+    wanted = " ".join(f"'{p}'" for p in (f"{name}=={version}", *pins))  # a requirement holds no quote
+    return f"uv pip install --extra-index-url {wheelhouse.as_uri()}/{extra} {wanted}"

@@ -1,0 +1,157 @@
+"""Prebuilt first (`invoke build-vllm --prefer-wheel`): vLLM's official wheel for the ref when it
+exists, downloads whole with its published sha256, proves itself here and fits the user's torch;
+the source build otherwise, saying why.
+
+An official release wheel takes minutes where the source build takes 40; but it was built for a
+list of GPUs chosen upstream and against the torch that release pins, so it is taken only after
+the same proof a built wheel gets (`wheel.proof`: linkage, GPU code for the target, imports) and
+never in exchange for the user's torch: a wheel that needs another torch than `--torch existing`
+or `--torch-packages` names is refused, not installed over it.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from spark_build.errors import SparkBuildError, UsageError
+from spark_build.nightly.fetch import mirror_wheel, wheel_in_wheelhouse
+from spark_build.nightly.official import (
+    GITHUB_RELEASES,
+    PACKAGE_INDEX,
+    OfficialWheel,
+    Wanted,
+    find_official,
+    release_version,
+)
+from spark_build.nightly.transport import Say
+from spark_build.wheel.audit import first_and_more
+from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
+from spark_build.wheel.wheelhouse import install_line, publish
+
+DOWNLOADS = ".official"  # under the wheelhouse: a dot folder, so no index lists an unproven wheel
+
+
+@dataclass(frozen=True)
+class PreferWheel:
+    """What `--prefer-wheel` needs to know, resolved from the build's options."""
+
+    ref: str
+    cuda_major: int
+    wheelhouse: Path
+    torch_index: str  # the index the validation took torch from; the install line pins it
+    torch_asked: tuple[str, ...]  # --torch-packages; empty with --torch existing
+    torch_existing: Version | None  # the torch --python has, with --torch existing
+    index: str = PACKAGE_INDEX
+    releases: str = GITHUB_RELEASES
+    machine: str = platform.machine()
+
+
+def torch_conflict(wheel_requires: Sequence[str], asked: Sequence[str], existing: Version | None) -> str | None:
+    """Why the wheel's torch is not the user's (None when it is): the wheel pins the torch it
+    was built against, and taking the wheel would change the user's torch to that one."""
+    pins = [r for r in _requirements(wheel_requires) if canonicalize_name(r.name) == "torch"]
+    if not pins or not pins[0].specifier:
+        return None
+    needs = pins[0].specifier
+    if existing is not None:
+        if needs.contains(existing, prereleases=True):
+            return None
+        return f"it needs torch{needs}; your torch is {existing} (--torch existing), which spark-build does not change"
+    exact = [Version(s.version) for s in needs if s.operator in ("==", "===") and "*" not in s.version]
+    for wish in (r for r in _requirements(asked) if canonicalize_name(r.name) == "torch"):
+        if exact and wish.specifier and not wish.specifier.contains(exact[0], prereleases=True):
+            return f"it needs torch{needs}; --torch-packages asks for {wish}"
+    return None
+
+
+def _requirements(lines: Sequence[str]) -> list[Requirement]:
+    found = []
+    for line in lines:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            found.append(requirement)
+    return found
+
+
+def wanted_for(options: PreferWheel) -> Wanted:
+    """The release to look for; a ref that is not a release tag is bad input for `--prefer-wheel`."""
+    version = release_version(options.ref)
+    if version is None:
+        raise UsageError(
+            f"--prefer-wheel needs a release tag and {options.ref!r} is not one (vLLM publishes wheels of releases)",
+            hint="give --ref v0.13.0 (or another release), or drop --prefer-wheel to build this ref from source",
+        )
+    return Wanted(version, options.cuda_major, options.machine)
+
+
+def prefer_wheel(
+    options: PreferWheel, wanted: Wanted, *, prove: Callable[[Path], Proof], build: Callable[[], int], say: Say
+) -> int:
+    """Publish the official wheel when it proves itself, else build from source; the exit code.
+    `wanted` is `wanted_for(options)`, checked before the workdir is touched."""
+    taken = _official(options, wanted, prove, say)
+    if isinstance(taken, str):
+        say(f"prebuilt: {taken}")
+        say(f"prebuilt: building {options.ref} from source instead")
+        return build()
+    wheel, proof = taken
+    for line in render_proof(proof.results):
+        say(line)
+    target, sha = publish(wheel, options.wheelhouse)
+    say(f"prebuilt: published {target.name} (sha256 {sha[:12]}…) into {options.wheelhouse}")
+    torch = _torch_in(proof)
+    pins = [f"torch=={torch}"] if torch else []
+    say(f"install with: {install_line(target, options.wheelhouse, index=options.torch_index, pins=pins)}")
+    return 0
+
+
+def _official(
+    options: PreferWheel, wanted: Wanted, prove: Callable[[Path], Proof], say: Say
+) -> tuple[Path, Proof] | str:
+    """The proven official wheel, or why there is none to take (a str)."""
+    try:
+        found = find_official(wanted, index=options.index, releases=options.releases, on_retry=say)
+    except SparkBuildError as err:  # the index or GitHub unreachable after the retries
+        return f"cannot look up the official wheel: {err.message}"
+    if isinstance(found, str):
+        return f"no official wheel for {options.ref}: {found}"
+    say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
+    try:
+        wheel = _download(found, options.wheelhouse / DOWNLOADS, say)
+    except SparkBuildError as err:
+        return f"{found.filename} not taken: {err.message}"
+    conflict = torch_conflict(wheel_requirements(wheel), options.torch_asked, options.torch_existing)
+    if conflict:
+        return f"{found.filename} not taken: {conflict}"
+    proof = prove(wheel)
+    if proof.problems:
+        return f"{found.filename} failed validation: {first_and_more(proof.problems)}"
+    return wheel, proof
+
+
+def _download(found: OfficialWheel, folder: Path, say: Say) -> Path:
+    """Whole and checked against the published sha256, or not at all (`mirror_wheel`); a copy
+    already there with that hash is reused, so a rerun does not fetch 300 MB again."""
+    if wheel_in_wheelhouse(folder, found.filename, found.sha256):
+        say(f"prebuilt: {found.filename} already downloaded, sha256 matches")
+        return folder / found.filename
+    return mirror_wheel(found.url, folder, found.sha256, on_retry=say)
+
+
+def _torch_in(proof: Proof) -> str | None:
+    """The torch the wheel was validated with, read from the validation venv's own record."""
+    for dist in proof.results.get("installed", []):
+        name, _, version = str(dist).partition("-")
+        if canonicalize_name(name) == "torch":
+            return version
+    return None

@@ -1,0 +1,332 @@
+"""Prebuilt first (`invoke build-vllm --prefer-wheel`), against a real HTTP server on 127.0.0.1
+that stands in for PyPI (a PEP 691/503 simple index) and GitHub (the release API with asset
+digests, and the asset downloads): this machine cannot reach GitHub, and the tests must not
+depend on what the real hosts hold tonight.
+
+The wheels are small but real: `vllm` packages whose extensions are CPython modules compiled by
+nvcc with GPU code for a chosen arch, so the validation installs them with uv into a fresh venv,
+imports them, and reads their GPU code with cuobjdump, as it does for vLLM's own wheel.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from spark_build import config
+from spark_build.nightly.official import Wanted
+from spark_build.nightly.prebuilt import DOWNLOADS, PreferWheel, prefer_wheel
+from spark_build.proc import Runner
+from spark_build.steps.validate import wheel_proof
+from spark_build.wheel.proof import Proof, prove_wheel
+from tests.integration.test_audit import NVCC, _run_all
+
+ROOT = Path(__file__).resolve().parents[2]
+MACHINE = "x86_64"  # the wheels must install on this test machine; the naming rules are the Spark's
+
+MODULE = """
+#include <Python.h>
+__global__ void scale(float* x, float a) {{ x[threadIdx.x] *= a; }}
+static struct PyModuleDef definition = {{PyModuleDef_HEAD_INIT, "{name}", NULL, -1, NULL}};
+PyMODINIT_FUNC PyInit_{name}(void) {{ return PyModule_Create(&definition); }}
+"""
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """Importable CUDA extension modules: `_C` for the Spark (sm_121a) or for an RTX 50xx only
+    (sm_120a, which a 12.1 cannot run), and FA3 for Hopper (sm_90a, never used on a 12.1)."""
+
+    spark_c: Path
+    rtx_c: Path
+    fa3: Path
+
+
+@pytest.fixture(scope="session")
+def extensions(tmp_path_factory: pytest.TempPathFactory) -> Extensions:
+    if not os.access(NVCC, os.X_OK):
+        pytest.skip(f"needs nvcc at {NVCC}")
+    work = tmp_path_factory.mktemp("extensions")
+    include = sysconfig.get_paths()["include"]
+    for name in ("_C", "_vllm_fa3_C"):
+        (work / f"{name}.cu").write_text(MODULE.format(name=name))
+
+    def nvcc(gencode: str, source: str, out: str) -> list[str | Path]:
+        return [NVCC, "-shared", "-Xcompiler", "-fPIC", f"-I{include}", "-gencode", gencode, "-o", out, source]
+
+    _run_all(
+        [
+            nvcc("arch=compute_121a,code=sm_121a", "_C.cu", "spark_C.so"),
+            nvcc("arch=compute_120a,code=sm_120a", "_C.cu", "rtx_C.so"),
+            nvcc("arch=compute_90a,code=sm_90a", "_vllm_fa3_C.cu", "fa3.so"),
+        ],
+        cwd=work,
+    )
+    return Extensions(work / "spark_C.so", work / "rtx_C.so", work / "fa3.so")
+
+
+def vllm_wheel(folder: Path, filename: str, c_extension: Path, fa3: Path, requires: tuple[str, ...] = ()) -> Path:
+    """A wheel laid out like vLLM's: `vllm/_C`, `vllm/vllm_flash_attn/_vllm_fa3_C`, a RECORD."""
+    version = filename.split("-")[1]
+    dist_info = f"vllm-{version}.dist-info"
+    files = {
+        "vllm/__init__.py": b"",
+        "vllm/_C.abi3.so": c_extension.read_bytes(),
+        "vllm/vllm_flash_attn/__init__.py": b"",
+        "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so": fa3.read_bytes(),
+        f"{dist_info}/METADATA": "\n".join(
+            ["Metadata-Version: 2.1", "Name: vllm", f"Version: {version}", *(f"Requires-Dist: {r}" for r in requires)]
+        ).encode()
+        + b"\n",
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: spark-build-tests\nRoot-Is-Purelib: false\n"
+        + f"Tag: cp38-abi3-{filename.rsplit('-', 1)[1].removesuffix('.whl')}\n".encode(),
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / filename
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class OfficialHost:
+    """What the stand-in for PyPI and GitHub serves; tests add wheels and releases to it."""
+
+    url: str = ""
+    files: dict[str, Path] = field(default_factory=dict)  # /files/<name> → wheel
+    index: list[tuple[str, str]] = field(default_factory=list)  # (filename, sha256 the page publishes)
+    releases: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)  # tag → (asset, digest)
+    json_api: bool = True  # PEP 691 JSON when asked for it; False: PEP 503 HTML only, as a plain mirror serves
+
+    def add(self, wheel: Path, *, published_sha256: str | None = None) -> str:
+        self.files[wheel.name] = wheel
+        return published_sha256 or sha256(wheel)
+
+    @property
+    def simple(self) -> str:
+        return f"{self.url}/simple"
+
+    @property
+    def release_api(self) -> str:
+        return f"{self.url}/repos/vllm-project/vllm/releases"
+
+
+def _handler(host: OfficialHost) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+        def reply(self, body: bytes, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.do_GET()
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path == "/simple/vllm/":
+                if host.json_api and "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", ""):
+                    files = [
+                        {"filename": name, "url": f"/files/{name}", "hashes": {"sha256": sha}}
+                        for name, sha in host.index
+                    ]
+                    body = json.dumps({"meta": {"api-version": "1.1"}, "name": "vllm", "files": files})
+                    return self.reply(body.encode(), "application/vnd.pypi.simple.v1+json")
+                links = "".join(f'<a href="/files/{n.replace("+", "%2B")}#sha256={s}">{n}</a>\n' for n, s in host.index)
+                return self.reply(f"<html><body>{links}</body></html>".encode(), "text/html")
+            prefix = "/repos/vllm-project/vllm/releases/tags/"
+            if path.startswith(prefix) and path[len(prefix) :] in host.releases:
+                assets = [
+                    {
+                        "name": name,
+                        "digest": f"sha256:{digest}" if digest else None,
+                        "browser_download_url": f"{host.url}/files/{name.replace('+', '%2B')}",
+                    }
+                    for name, digest in host.releases[path[len(prefix) :]]
+                ]
+                return self.reply(
+                    json.dumps({"tag_name": path[len(prefix) :], "assets": assets}).encode(), "application/json"
+                )
+            name = path.removeprefix("/files/").replace("%2B", "+")
+            if path.startswith("/files/") and name in host.files:
+                return self.reply(host.files[name].read_bytes(), "application/octet-stream")
+            self.send_error(404)
+
+    return Handler
+
+
+@pytest.fixture
+def official_host() -> Iterator[OfficialHost]:
+    host = OfficialHost()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(host))
+    host.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield host
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Fallback:
+    """Stands for the source build: counts the calls (the build itself is tested elsewhere)."""
+
+    calls: int = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return 0
+
+
+def run_prefer_wheel(
+    host: OfficialHost, tmp_path: Path, version: str, *, torch_asked: tuple[str, ...] = ()
+) -> tuple[int, list[str], Fallback, list[Path]]:
+    """`prefer_wheel` as the command runs it, for 12.1a, with the real proof; returns the exit
+    code, what it said, the fallback, and the wheels it asked the proof about."""
+    cfg = config.resolve(
+        {"workdir": str(tmp_path / "work"), "logs_dir": str(tmp_path / "logs"), "arch": "12.1a", "no_serve": True}
+    )
+    proved: list[Path] = []
+
+    def prove(wheel: Path) -> Proof:
+        proved.append(wheel)
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        return prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=False), Runner(), tmp_path / "logs" / "v.log")
+
+    options = PreferWheel(
+        ref=f"v{version}",
+        cuda_major=13,
+        wheelhouse=cfg.wheelhouse,
+        torch_index=cfg.torch_index,
+        torch_asked=torch_asked,
+        torch_existing=None,
+        index=host.simple,
+        releases=host.release_api,
+        machine=MACHINE,
+    )
+    said: list[str] = []
+    fallback = Fallback()
+    wanted = Wanted(Version(version), 13, MACHINE)
+    code = prefer_wheel(options, wanted, prove=prove, build=fallback, say=said.append)
+    return code, said, fallback, proved
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_release_asset_that_runs_on_the_spark_is_validated_published_and_installable_with_its_line(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """Up to 0.19 the CUDA 13 wheel is a `+cu130` GitHub release asset; the command takes it."""
+    name = f"vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3)
+    official_host.releases["v0.15.0"] = [(name, official_host.add(wheel))]
+    work = tmp_path / "work"
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-vllm", "--prefer-wheel"]
+    argv += ["--ref", "v0.15.0", "--arch", "12.1a", "--no-serve", "--workdir", str(work)]
+    argv += ["--logs-dir", str(tmp_path / "logs"), "--wheel-releases", official_host.release_api]
+    argv += ["--wheel-index", official_host.simple, "--torch-index", official_host.simple]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    published = work / "wheelhouse" / "vllm" / name
+    assert sha256(published) == sha256(wheel)
+    assert f"{name}#sha256={sha256(wheel)}" in (work / "wheelhouse" / "vllm" / "index.html").read_text()
+    assert "not used on 12.1 (vLLM never dispatches there): vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so" in done.stdout
+    assert f"install with: uv pip install --extra-index-url {(work / 'wheelhouse').as_uri()}/" in done.stdout
+    assert not (work / "state.json").exists(), "no source build was started"
+
+
+def test_an_index_wheel_whose_gpu_code_cannot_run_on_the_spark_is_refused_and_the_source_build_runs(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """From 0.20 the plain wheel on the index is the CUDA 13 one (manylinux_2_28 from 0.22)."""
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "upstream", name, extensions.rtx_c, extensions.fa3)
+    official_host.index.append((name, official_host.add(wheel)))
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0")
+    assert (code, fallback.calls) == (0, 1)
+    assert [p.name for p in proved] == [name]
+    why = next(line for line in said if "failed validation" in line)
+    assert "vllm/_C.abi3.so: kernel family _C cannot run on 12.1, it has only sm_120a" in why
+    assert said[-1] == "prebuilt: building v0.22.0 from source instead"
+    assert not (tmp_path / "work" / "wheelhouse" / "vllm").exists(), "nothing unproven is published"
+
+
+def test_a_plain_pep503_mirror_is_read_too(official_host: OfficialHost, extensions: Extensions, tmp_path: Path) -> None:
+    official_host.json_api = False
+    name = f"vllm-0.21.0-cp38-abi3-manylinux_2_24_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3)
+    official_host.index.append((name, official_host.add(wheel)))
+    code, said, fallback, _ = run_prefer_wheel(official_host, tmp_path, "0.21.0")
+    assert (code, fallback.calls) == (0, 0), said
+    assert (tmp_path / "work" / "wheelhouse" / "vllm" / name).is_file()
+
+
+def test_a_wheel_that_does_not_match_its_published_sha256_is_never_validated_nor_kept(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3)
+    official_host.index.append((name, official_host.add(wheel, published_sha256="0" * 64)))
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0")
+    assert (code, fallback.calls, proved) == (0, 1, [])
+    assert any(f"{name} not taken: sha256 mismatch" in line for line in said)
+    assert not (tmp_path / "work" / "wheelhouse" / DOWNLOADS / name).exists()
+
+
+def test_a_release_without_the_cuda13_asset_builds_from_source_and_says_what_was_missing(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    cuda12 = vllm_wheel(
+        tmp_path / "upstream", "vllm-0.16.0-cp38-abi3-manylinux_2_31_x86_64.whl", extensions.spark_c, extensions.fa3
+    )
+    official_host.releases["v0.16.0"] = [(cuda12.name, official_host.add(cuda12))]
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.16.0")
+    assert (code, fallback.calls, proved) == (0, 1, [])
+    assert said[0].startswith(
+        f"prebuilt: no official wheel for v0.16.0: no vllm-0.16.0+cu130-cp38-abi3-manylinux_2_35_{MACHINE}.whl "
+        "with a sha256 in the v0.16.0 release"
+    )
+
+
+def test_a_wheel_built_for_another_torch_than_the_one_asked_for_is_refused_before_any_install(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3, ("torch==2.14.0",))
+    official_host.index.append((name, official_host.add(wheel)))
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", torch_asked=("torch==2.9.0",))
+    assert (code, fallback.calls, proved) == (0, 1, [])
+    assert f"prebuilt: {name} not taken: it needs torch==2.14.0; --torch-packages asks for torch==2.9.0" in said

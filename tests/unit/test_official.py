@@ -1,0 +1,171 @@
+"""Where vLLM's official CUDA 13 wheel for a release is, by name and place: the two naming schemes
+(a `+cu130` GitHub release asset up to 0.19.1, the plain wheel on the package index from 0.20.0)
+and the moving manylinux tag; and reading an index page (PEP 691 JSON, PEP 503 HTML) or a GitHub
+release's assets, where only a wheel with a published sha256 is taken."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from packaging.version import Version
+
+from spark_build.nightly.official import (
+    Expected,
+    OfficialWheel,
+    Place,
+    Wanted,
+    expected_wheel,
+    parse_index_page,
+    parse_release,
+    pick,
+    release_version,
+)
+from spark_build.nightly.prebuilt import torch_conflict
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("version", "place", "filename"),
+    [
+        ("0.13.0", Place.RELEASE, "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"),
+        ("0.19.1", Place.RELEASE, "vllm-0.19.1+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"),
+        ("0.20.0", Place.INDEX, "vllm-0.20.0-cp38-abi3-manylinux_2_35_aarch64.whl"),
+        ("0.21.0", Place.INDEX, "vllm-0.21.0-cp38-abi3-manylinux_2_24_aarch64.whl"),
+        ("0.22.1", Place.INDEX, "vllm-0.22.1-cp38-abi3-manylinux_2_28_aarch64.whl"),
+        ("0.33.0", Place.INDEX, "vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_the_official_cuda13_wheel_is_named_and_placed_as_its_release_published_it(
+    version: str, place: Place, filename: str
+) -> None:
+    expected = expected_wheel(Wanted(Version(version), 13, "aarch64"))
+    assert isinstance(expected, Expected)
+    assert (expected.place, expected.filename) == (place, filename)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "why"),
+    [
+        (Wanted(Version("0.12.0"), 13, "aarch64"), "from 0.13.0 on"),
+        (Wanted(Version("0.33.0"), 12, "aarch64"), "CUDA 13 wheels only"),
+    ],
+    ids=["before-0.13", "cuda-12"],
+)
+def test_no_official_wheel_is_looked_for_where_vllm_published_none(wanted: Wanted, why: str) -> None:
+    answer = expected_wheel(wanted)
+    assert isinstance(answer, str) and why in answer
+
+
+@pytest.mark.parametrize(
+    ("ref", "version"),
+    [("v0.13.0", "0.13.0"), ("0.33.0", "0.33.0"), ("main", None), ("v0.14.0rc1", None), ("72506c98", None)],
+)
+def test_only_a_release_tag_has_an_official_wheel(ref: str, version: str | None) -> None:
+    assert release_version(ref) == (Version(version) if version else None)
+
+
+def _wheel(name: str) -> OfficialWheel:
+    return OfficialWheel(name, f"http://host/{name}", SHA, Place.INDEX)
+
+
+def test_the_expected_name_wins_and_an_unknown_manylinux_tag_of_the_same_build_is_still_taken() -> None:
+    wanted = Wanted(Version("0.23.0"), 13, "aarch64")
+    expected = expected_wheel(wanted)
+    assert isinstance(expected, Expected)
+    other_tag = _wheel("vllm-0.23.0-cp38-abi3-manylinux_2_31_aarch64.whl")
+    exact = _wheel(expected.filename)
+    assert pick(expected, wanted, [other_tag, exact]) == exact
+    assert pick(expected, wanted, [other_tag]) == other_tag
+
+
+def test_a_cuda12_alternate_another_cpu_or_another_release_is_never_taken() -> None:
+    wanted = Wanted(Version("0.23.0"), 13, "aarch64")
+    expected = expected_wheel(wanted)
+    assert isinstance(expected, Expected)
+    offered = [
+        _wheel("vllm-0.23.0+cu129-cp38-abi3-manylinux_2_28_aarch64.whl"),
+        _wheel("vllm-0.23.0-cp38-abi3-manylinux_2_28_x86_64.whl"),
+        _wheel("vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl"),
+        _wheel("vllm-0.23.0.tar.gz"),
+    ]
+    assert pick(expected, wanted, offered) is None
+
+
+def test_a_pep691_json_page_gives_each_file_with_its_sha256_and_leaves_out_yanked_and_unhashed() -> None:
+    body = json.dumps(
+        {
+            "meta": {"api-version": "1.1"},
+            "files": [
+                {"filename": "vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl", "url": "../../files/a.whl",
+                 "hashes": {"sha256": SHA.upper()}},
+                {"filename": "vllm-0.32.0-cp38-abi3-manylinux_2_28_aarch64.whl", "url": "b.whl",
+                 "hashes": {"sha256": SHA}, "yanked": "broken"},
+                {"filename": "vllm-0.31.0-cp38-abi3-manylinux_2_28_aarch64.whl", "url": "c.whl", "hashes": {}},
+            ],
+        }
+    )  # fmt: skip
+    (wheel,) = parse_index_page("http://host/simple/vllm/", "application/vnd.pypi.simple.v1+json", body)
+    assert (wheel.url, wheel.sha256) == ("http://host/files/a.whl", SHA)
+
+
+def test_a_pep503_html_page_gives_each_file_with_its_sha256_and_leaves_out_yanked_and_unhashed() -> None:
+    body = (
+        f'<a href="vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl#sha256={SHA}">x</a>'
+        f'<a href="old.whl#sha256={SHA}" data-yanked="">y</a>'
+        '<a href="vllm-0.31.0-cp38-abi3-manylinux_2_28_aarch64.whl">z</a>'
+    )
+    (wheel,) = parse_index_page("http://host/simple/vllm/", "text/html", body)
+    assert wheel.filename == "vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+    assert wheel.url == "http://host/simple/vllm/vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+
+
+def test_a_release_asset_is_taken_only_with_the_sha256_digest_github_publishes() -> None:
+    body = json.dumps(
+        {
+            "tag_name": "v0.15.0",
+            "assets": [
+                {"name": "vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl", "digest": f"sha256:{SHA}",
+                 "browser_download_url": "http://host/download/v0.15.0/vllm-0.15.0%2Bcu130-cp38-abi3-manylinux_2_35_aarch64.whl"},
+                {"name": "vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_x86_64.whl", "digest": None,
+                 "browser_download_url": "http://host/download/v0.15.0/x86.whl"},
+            ],
+        }
+    )  # fmt: skip
+    (wheel,) = parse_release(body)
+    assert (wheel.filename, wheel.sha256, wheel.place) == (
+        "vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl",
+        SHA,
+        Place.RELEASE,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The user's torch is never changed for a prebuilt wheel
+
+
+@pytest.mark.parametrize(
+    ("wheel_requires", "asked", "existing", "conflict"),
+    [
+        (["torch==2.14.0"], ["torch==2.14.0", "torchvision"], None, None),
+        (["torch==2.14.0"], ["torch"], None, None),  # the newest: the wheel's pin is what gets validated
+        (["torch==2.14.0"], ["torch==2.9.0"], None, "it needs torch==2.14.0; --torch-packages asks for torch==2.9.0"),
+        (["torch==2.14.0"], [], Version("2.14.0+cu130"), None),  # a local build of the same release fits
+        (
+            ["torch==2.14.0"],
+            [],
+            Version("2.9.0a0+nv25.10"),
+            "it needs torch==2.14.0; your torch is 2.9.0a0+nv25.10 (--torch existing), "
+            "which spark-build does not change",
+        ),
+        (["torch==2.14.0; extra == 'cpu'", "numpy"], ["torch==2.9.0"], None, None),  # only for an extra
+        ([], ["torch==2.9.0"], None, None),
+    ],
+    ids=["same-pin", "unpinned-ask", "other-pin", "existing-fits", "existing-other", "extra-only", "no-pin"],
+)
+def test_a_wheel_is_taken_only_when_its_torch_is_the_one_the_user_has_or_asked_for(
+    wheel_requires: list[str], asked: list[str], existing: Version | None, conflict: str | None
+) -> None:
+    assert torch_conflict(wheel_requires, asked, existing) == conflict
