@@ -39,6 +39,7 @@ from spark_build.pipeline.state import BuildState, StepRecord
 from spark_build.pipeline.step import RESUME_COMMAND, Context, Step
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
 from spark_build.steps import STEPS
+from spark_build.steps.sourceplan import SourcePlan, plan_source, with_source
 from spark_build.venv import find_tool
 
 
@@ -99,7 +100,12 @@ def build(
             make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
-        return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command)
+        # The source decides the torch (its requirements/cuda.txt) and what --dry-run shows; the
+        # example upstream a dry run has not generated yet has nothing to read.
+        source = None if config.example and not generated.exists() else plan_source(config)
+        if source is not None:
+            config = with_source(config, source)
+        return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command, source)
 
 
 def _run(
@@ -112,6 +118,7 @@ def _run(
     lock: WorkdirLock,
     steps: Sequence[Step],
     resume_command: str,
+    source: SourcePlan | None = None,
 ) -> int:
     run_id = new_run_id(time.time(), os.getpid())
     if config.dry_run:
@@ -143,7 +150,12 @@ def _run(
             shutil.rmtree(log_dir, ignore_errors=True)
     if config.dry_run:
         progress.plan(plans, {s.name: s.summary for s in steps})
-        console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
+        if source is None:
+            console.print(f"target: {target} ({target.origin})  torch: {config.torch_choice}", highlight=False)
+        else:
+            console.print(f"target: {target} ({target.origin})", highlight=False)
+            for line in source.lines(config):
+                console.print(line, highlight=False, markup=False)
         return 0
     console.print(f"build {run_id}: {config.repo} @ {config.ref} for {target} in {config.workdir}", highlight=False)
     outcomes: list[StepOutcome] = []

@@ -20,12 +20,16 @@ from spark_build.compile.cache_mode import DEFAULT_SIZE_LIMIT, CacheMode, parse_
 from spark_build.compile.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
 from spark_build.layout import Workdir
-from spark_build.upstream.versions import torch_packages_for
+from spark_build.upstream.facts import TORCH_CU130_INDEX
+from spark_build.upstream.versions import NEWEST_TORCH
 from spark_build.venv import Installer
 
 VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
+# The default --ref, pinned here and nowhere else. Policy: the newest vLLM release that
+# spark-build has built end to end and validated on a DGX Spark (benchmarks/RESULTS.md); it moves
+# only with such a build, never by itself. `--ref latest` follows upstream's newest release tag,
+# `--ref main` its development branch; docs/recipes.md says what each release needs.
 VLLM_DEFAULT_REF = "v0.13.0"
-TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
 ENV_PREFIX = "SPARK_BUILD_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TorchSource = Literal["install", "existing"]
@@ -73,6 +77,9 @@ class BuildConfig:
     resume: bool
     dry_run: bool
     debug: bool
+    # Options the user left unset that the build reads from the source at --ref instead
+    # ("torch_packages", "torch_index": its requirements/cuda.txt pin and the index serving it).
+    from_source: tuple[str, ...] = dataclasses.field(default=(), metadata={"derived": True})
 
     @property
     def layout(self) -> Workdir:
@@ -96,7 +103,7 @@ class BuildConfig:
 
 
 # Keys a user may set in invoke.yaml (`spark_build:` section) or as SPARK_BUILD_<KEY>.
-SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig))
+SETTABLE = tuple(f.name for f in dataclasses.fields(BuildConfig) if not f.metadata.get("derived"))
 _BOOLEANS = {"example", "no_patches", "no_serve", "resume", "dry_run", "debug", "offline", "cutlass_from_package"}
 _PATHS = {
     "workdir",
@@ -125,8 +132,8 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         # Kept free for the OS, the desktop and the GPU driver's own use of unified memory.
         "mem_reserve": "4G",
         "python": sys.executable,
-        "torch_index": TORCH_CU130_INDEX,
-        "torch_packages": None,  # the pins of the --ref release (versions.TORCH_PINS), else the newest
+        "torch_index": None,  # the index with CUDA 13 wheels of the source's torch pin (steps.sourceplan)
+        "torch_packages": None,  # the pins of the --ref source's requirements/cuda.txt (steps.sourceplan)
         "torch_cuda": "13",
         "torch": "install",
         "wheels": None,
@@ -283,7 +290,7 @@ def resolve(
     repo = merged["repo"] or str(Workdir(workdir).example_upstream)
     ref = _ref(merged["ref"])
     build_type = _build_type(merged["build_type"])
-    packages = _torch_package_list(merged["torch_packages"], ref)
+    packages = _torch_package_list(merged["torch_packages"])
     dist = _dist(merged["dist"], paths["dist_token_file"])
     arch = _arch(merged["arch"])
 
@@ -297,7 +304,7 @@ def resolve(
         mem_budget=_mem_budget(merged["mem_budget"]),
         mem_reserve=_mem_reserve(merged["mem_reserve"]),
         python=_interpreter(str(merged["python"])),
-        torch_index=_torch_index(str(merged["torch_index"]), base),
+        torch_index=_torch_index(str(merged["torch_index"] or TORCH_CU130_INDEX), base),
         torch_packages=packages,
         torch_cuda=_torch_cuda(merged["torch_cuda"]),
         torch=_torch_source(merged["torch"]),
@@ -323,6 +330,7 @@ def resolve(
         resume=merged["resume"],
         dry_run=merged["dry_run"],
         debug=merged["debug"],
+        from_source=tuple(k for k in ("torch_packages", "torch_index") if merged[k] is None),
     )
 
 
@@ -406,9 +414,10 @@ def _build_type(value: Any) -> str:
     return build_type
 
 
-def _torch_package_list(value: Any, ref: str) -> tuple[str, ...]:
-    """`--torch-packages` as a list (spaces or commas); unset, the ones the ref's release needs."""
-    packages = torch_packages_for(ref) if value is None else value
+def _torch_package_list(value: Any) -> tuple[str, ...]:
+    """`--torch-packages` as a list (spaces or commas); unset, the newest until the build reads
+    the pins of the source at `--ref` (`from_source`, steps.sourceplan)."""
+    packages = NEWEST_TORCH if value is None else value
     if isinstance(packages, str):
         packages = packages.replace(",", " ").split()
     if not packages:

@@ -128,7 +128,8 @@ class Context:
         return dict(json.loads(out.read_text()))
 
     def recipe(self) -> Recipe:
-        return recipe_for(self.src, str(self.result("clone").get("describe", "")))
+        clone = self.result("clone")
+        return recipe_for(self.src, str(clone.get("describe", "")), clone.get("version"))
 
 
 class Step:

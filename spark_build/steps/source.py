@@ -18,7 +18,7 @@ from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.patches import find_series, patches_digest
 from spark_build.upstream.recipe import USE_EXISTING_TORCH_PLACES, Recipe, torch_pins
-from spark_build.upstream.refs import clone_url, ref_kind
+from spark_build.upstream.refs import clone_url, resolve_ref
 from spark_build.upstream.sources import prepare_sources, sources_intact
 from spark_build.venv import installed_packages, missing_offline, read_requirements
 
@@ -36,7 +36,8 @@ class Clone(Step):
         shutil.rmtree(ctx.src, ignore_errors=True)
         # Runs `git` through the runner rather than gitpython's clone_from so the fetch gets
         # its own process group (Ctrl-C stops it) and its progress lands in the step's log.
-        if ref_kind(cfg.repo, cfg.ref) == "name":
+        resolved = resolve_ref(cfg.repo, cfg.ref)
+        if resolved.kind != "commit":
             ctx.run(
                 self.name,
                 ["git", "clone", "--progress", "--depth", "1", "--branch", cfg.ref, clone_url(cfg.repo), ctx.src],
@@ -51,7 +52,10 @@ class Clone(Step):
             describe = repo.git.describe("--tags", "--always")
         except git.GitCommandError:
             describe = repo.head.commit.hexsha[:12]
-        return {"commit": repo.head.commit.hexsha, "describe": describe}
+        # A branch (main) has no release tag to describe: its version is the next after the
+        # newest release, which scopes its patches and its build rules.
+        version = str(resolved.version) if resolved.version else None
+        return {"commit": repo.head.commit.hexsha, "describe": describe, "version": version}
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         try:
@@ -82,7 +86,7 @@ class Patch(Step):
                 continue  # already in the tree
             if self._git_apply(ctx, patch.path, "--check") != 0:
                 raise StepFailed(
-                    f"{patch.name} declares releases {patch.releases} but no longer applies to "
+                    f"{patch.name} declares releases {patch.declared} but no longer applies to "
                     f"{recipe.dist} {recipe.version} (the log names file and hunk)",
                     hint="refresh the patch for this release and narrow its 'Releases:' range, "
                     "or build pristine source with --no-patches",

@@ -31,6 +31,7 @@ class ScopedPatch:
     path: Path
     releases: SpecifierSet
     why: str
+    declared: str  # the range as the header writes it (SpecifierSet reorders its clauses)
 
     @property
     def name(self) -> str:
@@ -40,8 +41,8 @@ class ScopedPatch:
         return self.releases.contains(version, prereleases=True)
 
     def label(self) -> str:
-        """`0001-….patch (vLLM >=0.13.0,<0.14.0)` for messages and the plan."""
-        return f"{self.name} (releases {self.releases})"
+        """`0001-….patch (releases >=0.13.0,<0.14.0)` for messages and the plan."""
+        return f"{self.name} (releases {self.declared})"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def read_patch(path: Path) -> ScopedPatch:
             f"{path} declares no release range (a 'Releases: >=X,<Y' and a 'Releases-why: …' header line)",
             hint="add both lines above the diff: the releases the patch is written for, and why that range",
         )
-    return ScopedPatch(path, releases, fields["Releases-why"])
+    return ScopedPatch(path, releases, fields["Releases-why"], fields["Releases"])
 
 
 def read_series(folder: Path) -> tuple[ScopedPatch, ...]:

@@ -69,9 +69,11 @@ def build_requirement_files(source: Path) -> tuple[str, ...]:
     )
 
 
-def recipe_for(source: Path, describe: str) -> Recipe:
+def recipe_for(source: Path, describe: str, version_of_ref: str | None = None) -> Recipe:
+    """The recipe of a checked-out tree; its version from `git describe`, else the one the ref
+    was resolved to (a branch: the next after the newest release)."""
     dist = project_name(source)
-    version = version_from_tag(describe)
+    version = version_from_tag(describe) or (Version(version_of_ref) if version_of_ref else None)
     if dist == "vllm" and version is not None:
         # Release-specific: from 0.20 `requirements/build/` also holds cpu.txt with a +cpu torch pin.
         requirements = vllm_build_requirements(source, version)

@@ -47,7 +47,8 @@ _SETUP_ENV_0_13 = (
 
 def version_from_tag(describe: str) -> Version | None:
     """`v0.13.0`, `v0.13.0-12-gabc` → 0.13.0; a bare commit → None (no version-scoped patches)."""
-    match = re.match(r"v?(\d+(?:\.\d+)*(?:rc\d+)?)", describe.strip())
+    # A dot is required: a bare commit id that starts with digits (`86f8f15…`) is no version.
+    match = re.match(r"v?(\d+(?:\.\d+)+(?:rc\d+)?)(?:-|$)", describe.strip())
     if not match:
         return None
     try:
@@ -103,22 +104,8 @@ RULES: tuple[VersionRules, ...] = (
 )
 
 
-# The torch each release pins for CUDA (its requirements/cuda.txt), installed by default for that
-# ref: vLLM's CMake is tested against it, and newer torch can break the compile outright (torch
-# 2.14's headers need C++20; vLLM 0.13 compiles as C++17). Releases not listed get the newest.
-# Read from each release's sdist on the package index.
-TORCH_PINS: Mapping[Version, tuple[str, ...]] = {
-    Version("0.13.0"): ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0"),
-    Version("0.20.0"): ("torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"),
-    Version("0.33.0"): ("torch==2.14.0", "torchvision==0.29.0", "torchaudio==2.11.0"),
-}
+# What `--torch-packages` falls back to when the source pins no torch (the built-in example).
 NEWEST_TORCH = ("torch", "torchvision", "torchaudio")
-
-
-def torch_packages_for(ref: str) -> tuple[str, ...]:
-    """The default `--torch-packages` for building `ref`: its release's pins where we know them."""
-    version = version_from_tag(ref)
-    return TORCH_PINS.get(version, NEWEST_TORCH) if version is not None else NEWEST_TORCH
 
 
 def rules_for(version: Version) -> VersionRules:

@@ -22,22 +22,17 @@ def test_defaults_target_vllm_with_cuda_13_torch():
     assert cfg.workdir == Path("/tmp/work") and cfg.wheelhouse == Path("/tmp/work/wheelhouse")
 
 
-@pytest.mark.parametrize(
-    ("ref", "packages"),
-    [
-        ("v0.13.0", ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0")),
-        ("v0.33.0", ("torch==2.14.0", "torchvision==0.29.0", "torchaudio==2.11.0")),
-        ("v0.34.0", ("torch", "torchvision", "torchaudio")),
-        ("main", ("torch", "torchvision", "torchaudio")),
-    ],
-)
-def test_torch_defaults_to_what_the_release_pins_and_else_the_newest(ref, packages):
-    assert resolve(cli={"ref": ref}).torch_packages == packages
+def test_torch_left_unset_is_read_from_the_source_at_the_ref_not_from_a_table():
+    # The pins live in the release's requirements/cuda.txt (steps.sourceplan reads them).
+    cfg = resolve(cli={"ref": "v0.33.0"})
+    assert cfg.from_source == ("torch_packages", "torch_index")
+    assert "from_source" not in config.SETTABLE
 
 
 def test_torch_packages_given_win_over_the_release_pins():
     cfg = resolve(cli={"torch_packages": "torch==2.14.1"}, env={"SPARK_BUILD_REF": "v0.13.0"})
     assert cfg.torch_packages == ("torch==2.14.1",)
+    assert cfg.from_source == ("torch_index",)
 
 
 def test_command_line_beats_environment_beats_invoke_yaml():

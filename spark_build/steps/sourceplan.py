@@ -1,0 +1,84 @@
+"""What the source at `--ref` asks of the build, decided before the first step runs.
+
+The torch a release compiles against is pinned in its own `requirements/cuda.txt`, and the
+torch is installed before the clone; so the ref is resolved first (`latest` → the newest
+release tag, `main` → the branch head) and the tree's recipe files are read from a scratch
+fetch of that ref. The same facts give `--dry-run` what it prints: the ref and its commit, the
+torch and why, the patches whose release range covers it, the projects the sources step fetches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from spark_build.config import BuildConfig
+from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, read_facts
+from spark_build.upstream.patches import PatchSeries, find_series
+from spark_build.upstream.refs import ResolvedRef, read_recipe_files, resolve_ref
+
+DIST = "vllm"
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    ref: ResolvedRef
+    facts: SourceFacts
+    patches: PatchSeries | None
+    torch_packages: tuple[str, ...]
+    torch_index: str
+    torch_why: str
+
+    def lines(self, config: BuildConfig) -> list[str]:
+        """The plan of the source, as `--dry-run` prints it."""
+        lines = [f"ref: {self.ref.describe()}"]
+        if config.torch == "existing":
+            lines.append(f"torch: {config.torch_choice}")
+        else:
+            where = f"the wheel folder {config.wheels}" if config.wheels else self.torch_index
+            lines.append(f"torch: {' '.join(self.torch_packages)} from {where} — {self.torch_why}")
+        if config.no_patches:
+            lines.append("patches: none (--no-patches)")
+        elif self.patches is None or not self.patches.patches:
+            lines.append(f"patches: none cover {DIST} {self.ref.version or 'at this ref'}")
+        else:
+            lines.append(f"patches ({self.patches.folder.name}/series, for {DIST} {self.ref.version}):")
+            lines += [f"  {p.label()}: {p.why}" for p in self.patches.patches]
+        lines.append(
+            f"external projects the sources step fetches ({len(self.facts.projects)}; "
+            f"what {self.facts.arch} gets from each, before patches):"
+        )
+        for p in self.facts.projects:
+            origin = config.source_mirrors.get(p.name) or p.repository or "?"
+            lines.append(f"  {p.name} {p.revision or '?'} from {origin} ({config.arch or 'target'}: {p.target_use})")
+        return lines
+
+
+def plan_source(config: BuildConfig) -> SourcePlan:
+    """Resolve the ref and read its recipe files from a scratch fetch (nothing in the workdir)."""
+    ref = resolve_ref(config.repo, config.ref)
+    with tempfile.TemporaryDirectory(prefix="spark-build-source-plan-") as scratch:
+        tree = Path(scratch) / "tree"
+        read_recipe_files(config.repo, ref.name, tree)
+        facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
+    packages, index, why = config.torch_packages, config.torch_index, "as given (--torch-packages)"
+    pin = facts.torch
+    if "torch_packages" in config.from_source:
+        if pin is not None:
+            packages, why = pin.packages, f"pinned by {pin.read_from} of {ref.name}"
+        else:
+            why = f"{ref.name} pins no torch in {CUDA_REQUIREMENTS}: the newest"
+    if "torch_index" in config.from_source and pin is not None and packages == pin.packages:
+        index, why = pin.index, f"{why}; {pin.index_why}"
+    patches = find_series(config.patches_dir, DIST, ref.version)
+    return SourcePlan(ref, facts, patches, tuple(packages), index, why)
+
+
+def with_source(config: BuildConfig, plan: SourcePlan) -> BuildConfig:
+    """The config the steps run with: the resolved ref (`latest` becomes its tag) and the torch
+    the source pins where the user named none."""
+    return dataclasses.replace(
+        config, ref=plan.ref.name, torch_packages=plan.torch_packages, torch_index=plan.torch_index
+    )
