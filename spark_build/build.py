@@ -22,7 +22,7 @@ from spark_build.config import BuildConfig
 from spark_build.errors import Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.host.facts import GpuQuery, query_gpus
 from spark_build.host.target import resolve_target
-from spark_build.insight.diagnose import diagnose
+from spark_build.insight.diagnose import explain
 from spark_build.insight.trace import write_trace
 from spark_build.lock import WorkdirLock, stop_process_group
 from spark_build.pipeline import state as checkpoint
@@ -37,7 +37,7 @@ from spark_build.pipeline.progress import (
 )
 from spark_build.pipeline.state import BuildState, StepRecord
 from spark_build.pipeline.step import RESUME_COMMAND, Context, Step
-from spark_build.proc import InterruptSignal, Runner, interrupt_signals, log_tail
+from spark_build.proc import InterruptSignal, Runner, interrupt_signals
 from spark_build.steps import STEPS
 from spark_build.steps.sourceplan import SourcePlan, plan_source, with_source
 from spark_build.venv import find_tool
@@ -269,7 +269,7 @@ def _carry_out(
         exc.step = exc.step or p.name
         exc.log = exc.log or ctx.log(p.name)
         explain(exc, ctx.resume_command)
-        exc.hint = exc.hint or f"fix the cause above, then continue with: {ctx.resume_command}"
+        exc.hint = exc.hint or f"find the cause in the log above, then continue with: {ctx.resume_command}"
         raise
     except Exception as exc:
         close("failed", StepFailed.exit_code)
@@ -281,17 +281,6 @@ def _carry_out(
         ) from exc
     record.result = result
     close("done", 0, step.detail(result))
-
-
-def explain(exc: SparkBuildError, resume_command: str = RESUME_COMMAND) -> None:
-    """Put the first known failure signature of the step's log into the error, in plain words."""
-    if exc.log is None or not exc.log.is_file():
-        return
-    found = diagnose(log_tail(exc.log))
-    if found:
-        first = found[0]
-        exc.details = [f"cause: {first.cause}", *(f"log says: {q}" for q in first.quotes[:1])]
-        exc.hint = f"{first.fix}; then: {resume_command}"
 
 
 def _finish(ctx: Context, record: StepRecord, status: str) -> None:

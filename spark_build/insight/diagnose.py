@@ -13,6 +13,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from spark_build.errors import SparkBuildError
+from spark_build.pipeline.step import RESUME_COMMAND
+from spark_build.proc import log_tail
+
 QUOTED_LINES = 3  # enough to show which library/arch/host failed without flooding the message
 
 
@@ -164,3 +168,47 @@ def _dedupe(lines: Iterable[str]) -> list[str]:
         if line not in seen:
             seen.append(line)
     return seen
+
+
+# The line that names a failure: a Python exception, or a tool's `error:` / `fatal:` / `ERROR`.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: |$)")
+_ERROR_LINE = re.compile(r"(^|\s|:)(error|fatal|ERROR|FAILED)\b[: ]", re.IGNORECASE)
+_CAUSE_LINE = re.compile(r"^\s+(cause|caused by)\b", re.IGNORECASE)
+
+
+def decisive_line(log_text: str) -> str | None:
+    """The log line a failed step's error should quote when no signature knows the failure —
+    so the message says `Failed to read --find-links directory` rather than "see the log".
+
+    Only the last command's output counts (a step log holds every command the step ran, each
+    after its `+ argv` line; earlier ones succeeded). A Python traceback's last exception line
+    wins; else the first error line, joined with the `cause:` line uv and cargo print under it."""
+    lines = log_text.splitlines()
+    starts = [n for n, line in enumerate(lines) if line.startswith("+ ")]
+    output = [line.rstrip() for line in lines[starts[-1] + 1 if starts else 0 :] if not line.startswith("# ")]
+    exceptions = [line for line in output if _EXCEPTION_LINE.match(line)]
+    if exceptions:
+        return exceptions[-1]
+    for n, line in enumerate(output):
+        if _ERROR_LINE.search(line):
+            causes = [c.strip() for c in output[n + 1 : n + 3] if _CAUSE_LINE.match(c)]
+            return " — ".join([line.strip(), *causes])
+    return None
+
+
+def explain(exc: SparkBuildError, resume_command: str = RESUME_COMMAND) -> None:
+    """Put the failure into the error in plain words: a known signature's cause and fix, else
+    the log's decisive line — never a "fix the cause above" with no cause above."""
+    if exc.log is None or not exc.log.is_file():
+        return
+    text = log_tail(exc.log)
+    found = diagnose(text)
+    if found:
+        first = found[0]
+        exc.details = [f"cause: {first.cause}", *(f"log says: {q}" for q in first.quotes[:1])]
+        exc.hint = f"{first.fix}; then: {resume_command}"
+        return
+    line = decisive_line(text)
+    if line and not exc.details:
+        exc.details = [f"log says: {line}"]
+        exc.hint = exc.hint or f"act on what the log says, then continue with: {resume_command}"

@@ -183,3 +183,65 @@ def test_a_diagnosis_prints_cause_log_line_and_fix() -> None:
     assert lines[0].startswith("cause: ")
     assert lines[1] == "  log:3: ptxas fatal   : Value 'sm_121a' is not defined for option 'gpu-name'"
     assert lines[-1].startswith("  fix: export TRITON_PTXAS_PATH=")
+
+
+# A step log as the runner writes it (`# header`, `+ argv`, the output, `# exit N`) -> the line
+# a failed step's error quotes when no signature knows the failure.
+DECISIVE: list[tuple[str, str, str | None]] = [
+    (
+        "uv-find-links-folder-missing",
+        """\
+# 2026-11-30 08:50:29 in /tmp/u19
++ uv pip install --python /w/venv/bin/python --find-links /nonexistent torch==2.13.0+cpu
+Using Python 3.11.7 environment at: work/venv
+error: Failed to read `--find-links` directory: /nonexistent
+  cause: No such file or directory (os error 2)
+# exit 2
+""",
+        "error: Failed to read `--find-links` directory: /nonexistent — cause: No such file or directory (os error 2)",
+    ),
+    (
+        "python-traceback-last-exception",
+        """\
++ /w/venv/bin/python use_existing_torch.py
+Traceback (most recent call last):
+  File "use_existing_torch.py", line 3, in <module>
+    raise_error_if_needed()
+ModuleNotFoundError: No module named 'regex'
+# exit 1
+""",
+        "ModuleNotFoundError: No module named 'regex'",
+    ),
+    (
+        "only-the-last-command-counts",
+        """\
++ git fetch origin
+warning: redirecting to https://example/
+error: this earlier error was retried and passed
++ git checkout v1
+fatal: reference is not a tree: v1
+# exit 128
+""",
+        "fatal: reference is not a tree: v1",
+    ),
+    ("nothing-decisive", "+ make\nmake: Nothing to be done.\n# exit 2\n", None),
+]
+
+
+@pytest.mark.parametrize(("log", "line"), [row[1:] for row in DECISIVE], ids=[row[0] for row in DECISIVE])
+def test_a_failure_no_signature_knows_still_quotes_the_logs_decisive_line(log: str, line: str | None) -> None:
+    from spark_build.insight.diagnose import decisive_line
+
+    assert decisive_line(log) == line
+
+
+def test_a_failed_steps_error_carries_the_logs_decisive_line_and_the_resume_command(tmp_path) -> None:
+    from spark_build.errors import StepFailed
+    from spark_build.insight.diagnose import explain
+
+    log = tmp_path / "torch.log"
+    log.write_text(DECISIVE[0][1])
+    error = StepFailed("`uv pip install …` exited with status 2", step="torch", log=log)
+    explain(error, "invoke build-vllm --resume")
+    assert error.details == [f"log says: {DECISIVE[0][2]}"]
+    assert error.hint is not None and error.hint.endswith("invoke build-vllm --resume")

@@ -108,8 +108,8 @@ def test_resume_runs_steps_that_never_ran(missing):
 
 
 def test_a_failed_step_is_explained_in_plain_words_from_its_log(tmp_path):
-    from spark_build.build import explain
     from spark_build.errors import StepFailed
+    from spark_build.insight.diagnose import explain
 
     log = tmp_path / "validate.log"
     log.write_text("+ python -c 'import vllm._C'\nImportError: libcudart.so.12: cannot open shared object file\n")
