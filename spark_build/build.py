@@ -102,7 +102,8 @@ def build(
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
         # The source decides the torch (its requirements/cuda.txt) and what --dry-run shows; the
         # example upstream a dry run has not generated yet has nothing to read.
-        source = None if config.example and not generated.exists() else plan_source(config)
+        unmade = config.example and config.repo == str(generated) and not generated.exists()
+        source = None if unmade else plan_source(config)
         if source is not None:
             config = with_source(config, source)
         return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command, source)

@@ -17,13 +17,13 @@ from pathlib import Path
 from spark_build.config import BuildConfig
 from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, read_facts
 from spark_build.upstream.patches import PatchSeries, find_series
+from spark_build.upstream.recipe import project_name
 from spark_build.upstream.refs import ResolvedRef, read_recipe_files, resolve_ref
-
-DIST = "vllm"
 
 
 @dataclass(frozen=True)
 class SourcePlan:
+    dist: str  # the project the tree holds: vllm, or the built-in example
     ref: ResolvedRef
     facts: SourceFacts
     patches: PatchSeries | None
@@ -42,10 +42,12 @@ class SourcePlan:
         if config.no_patches:
             lines.append("patches: none (--no-patches)")
         elif self.patches is None or not self.patches.patches:
-            lines.append(f"patches: none cover {DIST} {self.ref.version or 'at this ref'}")
+            lines.append(f"patches: none cover {self.dist} {self.ref.version or 'at this ref'}")
         else:
-            lines.append(f"patches ({self.patches.folder.name}/series, for {DIST} {self.ref.version}):")
+            lines.append(f"patches ({self.patches.folder.name}/series, for {self.dist} {self.ref.version}):")
             lines += [f"  {p.label()}: {p.why}" for p in self.patches.patches]
+        if self.dist != "vllm":
+            return [*lines, f"external projects: none ({self.dist} is not a vLLM tree)"]
         lines.append(
             f"external projects the sources step fetches ({len(self.facts.projects)}; "
             f"what {self.facts.arch} gets from each, before patches):"
@@ -63,6 +65,7 @@ def plan_source(config: BuildConfig) -> SourcePlan:
         tree = Path(scratch) / "tree"
         read_recipe_files(config.repo, ref.name, tree)
         facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
+        dist = project_name(tree)
     packages, index, why = config.torch_packages, config.torch_index, "as given (--torch-packages)"
     pin = facts.torch
     if "torch_packages" in config.from_source:
@@ -72,8 +75,8 @@ def plan_source(config: BuildConfig) -> SourcePlan:
             why = f"{ref.name} pins no torch in {CUDA_REQUIREMENTS}: the newest"
     if "torch_index" in config.from_source and pin is not None and packages == pin.packages:
         index, why = pin.index, f"{why}; {pin.index_why}"
-    patches = find_series(config.patches_dir, DIST, ref.version)
-    return SourcePlan(ref, facts, patches, tuple(packages), index, why)
+    patches = find_series(config.patches_dir, dist, ref.version)
+    return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why)
 
 
 def with_source(config: BuildConfig, plan: SourcePlan) -> BuildConfig:

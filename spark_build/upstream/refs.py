@@ -124,7 +124,8 @@ def read_recipe_files(repo: str, ref: str, dest: Path) -> None:
         present = set(work.git.ls_tree("--name-only", "FETCH_HEAD").splitlines())
         present |= set(work.git.ls_tree("--name-only", "FETCH_HEAD", "tools/").splitlines())
         paths = [p for p in RECIPE_PATHS if p in present]
-        work.git.checkout("FETCH_HEAD", "--", *paths)
+        if paths:  # a tree with none of them has no facts to read, and that is what it reports
+            work.git.checkout("FETCH_HEAD", "--", *paths)
     except git.GitCommandError as exc:
         raise UsageError(
             f"cannot read {ref} of {repo}: {(exc.stderr or str(exc)).strip().splitlines()[-1]}",

@@ -1,0 +1,150 @@
+"""`--ref latest`, `--ref main`, `invoke recipe` and `--dry-run` against a real git repository
+whose history holds the recipe files of the real vLLM 0.13.0 and 0.33.0 sdists (the shared
+mirror), tagged as upstream tags them, with a release candidate and a development commit on top.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark_build.upstream.patches import find_series
+from spark_build.upstream.refs import resolve_ref
+from spark_build.upstream.sdist import unpack_recipe_files
+
+ROOT = Path(__file__).resolve().parents[2]
+MIRROR = ROOT.parent / "shared" / "mirror"
+RELEASES = ("0.13.0", "0.33.0")
+
+
+def _git(repo: Path, *args: str) -> str:
+    command = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t", *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def vllm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """main: 0.13.0 (tag v0.13.0) → 0.33.0 (tag v0.33.0) → a commit tagged v0.34.0rc1."""
+    base = tmp_path_factory.mktemp("vllm-history")
+    repo = base / "vllm"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    for version in RELEASES:
+        sdist = MIRROR / f"vllm-{version}.tar.gz"
+        if not sdist.is_file():
+            pytest.fail(f"{sdist} is missing: the shared mirror of vLLM {version}'s sources is needed")
+        for child in repo.iterdir():
+            if child.name != ".git":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        tree = unpack_recipe_files(sdist, base / version)
+        shutil.copytree(tree, repo, dirs_exist_ok=True)
+        (repo / "PKG-INFO").unlink()  # a git checkout has none; its tag says the version
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", f"vLLM {version}")
+        _git(repo, "tag", "-a", f"v{version}", "-m", f"v{version}")
+    with (repo / "setup.py").open("a") as handle:
+        handle.write("# development after 0.33.0\n")
+    _git(repo, "commit", "-q", "-am", "dev")
+    _git(repo, "tag", "v0.34.0rc1")
+    return repo
+
+
+def _invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_ref_latest_is_the_newest_release_tag_not_a_release_candidate(vllm_repo: Path) -> None:
+    latest = resolve_ref(str(vllm_repo), "latest")
+    assert (latest.name, latest.kind, str(latest.version)) == ("v0.33.0", "tag", "0.33.0")
+    assert latest.commit == _git(vllm_repo, "rev-parse", "v0.33.0^{commit}")  # the annotated tag, peeled
+
+
+def test_ref_main_is_the_branch_head_versioned_after_the_newest_release(vllm_repo: Path) -> None:
+    main = resolve_ref(str(vllm_repo), "main")
+    assert (main.kind, main.commit, str(main.version)) == (
+        "branch",
+        _git(vllm_repo, "rev-parse", "main"),
+        "0.33.1.dev0",
+    )
+
+
+def test_recipe_of_latest_prints_the_facts_of_v0_33_0_read_from_the_repository(vllm_repo: Path, tmp_path: Path) -> None:
+    result = _invoke("recipe", "--ref", "latest", "--repo", str(vllm_repo), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "latest → v0.33.0 (tag, commit" in result.stdout
+    assert "torch==2.14.0 torchvision==0.29.0 torchaudio==2.11.0 (requirements/cuda.txt)" in result.stdout
+    assert "tools/use_existing_torch.py" in result.stdout and "C++ standard         20" in result.stdout
+
+
+def test_recipe_json_over_the_two_sdists_gives_one_object_per_release(tmp_path: Path) -> None:
+    sources = [arg for v in RELEASES for arg in ("--source", str(MIRROR / f"vllm-{v}.tar.gz"))]
+    result = _invoke("recipe", "--json", *sources, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert [f["version"] for f in facts] == list(RELEASES)
+    assert [len(f["projects"]) for f in facts] == [5, 10]
+    assert facts[1]["torch"]["index"] == "https://pypi.org/simple"
+
+
+def test_dry_run_of_v0_33_0_names_commit_torch_and_why_no_patch_and_its_ten_projects(
+    vllm_repo: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    result = _invoke(
+        "build-vllm", "--dry-run", "--ref", "v0.33.0", "--repo", str(vllm_repo), "--arch", "12.1a",
+        "--workdir", str(work), "--logs-dir", str(tmp_path / "logs"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"ref: v0.33.0 (tag, commit {_git(vllm_repo, 'rev-parse', 'v0.33.0^{commit}')})" in out
+    assert "torch: torch==2.14.0 torchvision==0.29.0 torchaudio==2.11.0 from https://pypi.org/simple" in out
+    assert "pinned by requirements/cuda.txt of v0.33.0" in out
+    assert "patches: none cover vllm 0.33.0" in out
+    assert "external projects the sources step fetches (10;" in out
+    assert "deepgemm 0820030756945b2daec208e8e8255268360f337d from https://github.com/vllm-project/DeepGEMM.git" in out
+    assert not (work / "src").exists()  # a plan clones nothing into the workdir
+
+
+def test_dry_run_of_v0_13_0_applies_both_patches_its_range_covers_with_torch_2_9_from_cu130(
+    vllm_repo: Path, tmp_path: Path
+) -> None:
+    result = _invoke(
+        "build-vllm", "--dry-run", "--ref", "v0.13.0", "--repo", str(vllm_repo), "--arch", "12.1a",
+        "--workdir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.replace("\n", " ")
+    assert "torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0 from https://download.pytorch.org/whl/cu130" in out
+    assert "0001-qutlass-12.0f-family-code-with-cuda13.patch (releases >=0.13.0,<0.14.0)" in out
+    assert "0002-build-fa3-only-for-9.x-archs.patch (releases >=0.13.0,<0.14.0)" in out
+
+
+def test_an_unknown_ref_is_one_error_naming_the_recent_tags_and_exit_2(vllm_repo: Path, tmp_path: Path) -> None:
+    result = _invoke("recipe", "--ref", "v9.9.9", "--repo", str(vllm_repo), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == f"error: --ref 'v9.9.9' is not a tag, branch or commit of {vllm_repo}"
+    assert "v0.13.0, v0.33.0" in result.stderr
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_the_patches_a_release_gets_apply_to_it_and_the_others_do_not(vllm_repo: Path, version: str) -> None:
+    """What the Releases: headers claim, checked with git apply on the release's real files."""
+    series = find_series(ROOT / "patches", "vllm", resolve_ref(str(vllm_repo), f"v{version}").version)
+    assert series is not None
+    _git(vllm_repo, "checkout", "-q", f"v{version}")
+    try:
+        for patch in series.patches:
+            _git(vllm_repo, "apply", "--check", str(patch.path))
+        for patch in series.skipped:
+            check = subprocess.run(
+                ["git", "-C", str(vllm_repo), "apply", "--check", str(patch.path)], capture_output=True
+            )
+            assert check.returncode != 0, f"{patch.name} applies to {version} outside its range {patch.declared}"
+    finally:
+        _git(vllm_repo, "checkout", "-q", "main")
