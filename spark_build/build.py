@@ -26,7 +26,7 @@ from spark_build.insight.diagnose import explain
 from spark_build.insight.trace import write_trace
 from spark_build.lock import WorkdirLock, stop_process_group
 from spark_build.pipeline import state as checkpoint
-from spark_build.pipeline.plan import StepPlan, StepSpec, fingerprint, plan
+from spark_build.pipeline.plan import StepPlan, StepSpec, fingerprint, plan, recorded
 from spark_build.pipeline.progress import (
     Progress,
     StepOutcome,
@@ -46,8 +46,9 @@ from spark_build.venv import find_tool
 def specs_for(steps: Sequence[Step], ctx: Context) -> list[StepSpec]:
     out, upstream = [], ""
     for step in steps:
-        fp = fingerprint({"step": step.name, **step.inputs(ctx)}, upstream)
-        out.append(StepSpec(step.name, fp, step.volatile))
+        inputs = step.inputs(ctx)
+        fp = fingerprint({"step": step.name, **inputs}, upstream)
+        out.append(StepSpec(step.name, fp, step.volatile, recorded(inputs)))
         if not step.volatile:
             upstream = fp
     return out
@@ -240,7 +241,9 @@ def _carry_out(
         progress.skip(p.name, p.reason)
         outcomes.append(StepOutcome(p.name, "skipped", 0.0, p.reason))
         return
-    record = StepRecord(fingerprint=p.fingerprint, status="running", started=time.time(), run_id=ctx.state.run_id)
+    record = StepRecord(
+        fingerprint=p.fingerprint, status="running", started=time.time(), run_id=ctx.state.run_id, inputs=dict(p.inputs)
+    )
     if not step.volatile:
         # Volatile steps (preflight) are never checkpointed: a bad --ref or a missing nvcc
         # found there must not overwrite the state of a finished build in this workdir.

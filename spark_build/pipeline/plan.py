@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from spark_build.pipeline.state import BuildState
@@ -25,6 +25,7 @@ class StepSpec:
     name: str
     fingerprint: str
     volatile: bool = False  # always runs (e.g. preflight), never forces its downstream to rerun
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # as recorded(): what the fingerprint hashes
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,13 @@ class StepPlan:
     action: Action
     reason: str
     fingerprint: str
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # recorded with the step, to say later what changed
+
+
+def recorded(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's inputs as state.json keeps them (paths and tuples as JSON has them), so a later
+    `--resume` can name the inputs that changed instead of only seeing another fingerprint."""
+    return dict(json.loads(json.dumps(inputs, sort_keys=True, default=str)))
 
 
 def fingerprint(inputs: Mapping[str, Any], upstream: str) -> str:
@@ -55,13 +63,15 @@ def plan(
     rerun_from: str | None = None
     for spec in specs:
         if spec.volatile:
-            out.append(StepPlan(spec.name, "run", "checked on every run", spec.fingerprint))
+            out.append(StepPlan(spec.name, "run", "checked on every run", spec.fingerprint, spec.inputs))
             continue
         reason = _why_run(spec, recorded, resume, rerun_from, still_valid)
         if reason is None:
-            out.append(StepPlan(spec.name, "skip", "done, inputs unchanged, result present", spec.fingerprint))
+            out.append(
+                StepPlan(spec.name, "skip", "done, inputs unchanged, result present", spec.fingerprint, spec.inputs)
+            )
             continue
-        out.append(StepPlan(spec.name, "run", reason, spec.fingerprint))
+        out.append(StepPlan(spec.name, "run", reason, spec.fingerprint, spec.inputs))
         rerun_from = rerun_from or spec.name
     return out
 
@@ -83,7 +93,24 @@ def _why_run(
     if record.status != "done":
         return f"{record.status} last time"
     if record.fingerprint != spec.fingerprint:
-        return "inputs changed"
+        return _what_changed(record.inputs, spec.inputs)
     if not still_valid(spec.name):
         return "its result is gone or changed on disk"
     return None
+
+
+def _what_changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """`inputs changed: index /opt/wheels → /mirror/wheels`, the values cut short for the table."""
+    if not before:
+        return "inputs changed (state.json from an older spark-build does not say which)"
+    changed = [key for key in sorted({*before, *now}) if before.get(key) != now.get(key)]
+    if not changed:
+        return "inputs changed upstream of this step"
+    return "inputs changed: " + "; ".join(
+        f"{key} {_short(before.get(key))} → {_short(now.get(key))}" for key in changed
+    )
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = "unset" if value is None else " ".join(value) if isinstance(value, list) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -30,6 +30,7 @@ class StepRecord:
     ended: float | None = None
     run_id: str = ""
     result: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # what the fingerprint hashed (plan.recorded)
 
 
 @dataclass

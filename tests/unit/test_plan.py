@@ -14,8 +14,9 @@ def specs(changed: dict[str, str] | None = None) -> list[StepSpec]:
     changed = changed or {}
     out, upstream = [], ""
     for name in NAMES:
-        fp = fingerprint({"step": name, "value": changed.get(name, "same")}, upstream)
-        out.append(StepSpec(name, fp, volatile=name == "preflight"))
+        inputs = {"value": changed.get(name, "same")}
+        fp = fingerprint({"step": name, **inputs}, upstream)
+        out.append(StepSpec(name, fp, volatile=name == "preflight", inputs=inputs))
         if name != "preflight":
             upstream = fp
     return out
@@ -24,7 +25,10 @@ def specs(changed: dict[str, str] | None = None) -> list[StepSpec]:
 def finished(spec_list: list[StepSpec], *, status: dict[str, str] | None = None) -> BuildState:
     status = status or {}
     return BuildState(
-        steps={s.name: StepRecord(s.fingerprint, status.get(s.name, "done"), 0.0, 1.0) for s in spec_list}
+        steps={
+            s.name: StepRecord(s.fingerprint, status.get(s.name, "done"), 0.0, 1.0, inputs=dict(s.inputs))
+            for s in spec_list
+        }
     )
 
 
@@ -73,8 +77,26 @@ def test_resume_reruns_everything_downstream_of_a_changed_patch():
         "patch": "run",
         "compile": "run",
     }
-    assert next(p for p in plans if p.name == "patch").reason == "inputs changed"
+    assert next(p for p in plans if p.name == "patch").reason == "inputs changed: value same → edited"
     assert next(p for p in plans if p.name == "compile").reason.startswith("downstream of patch")
+
+
+def test_resume_names_the_changed_input_with_its_old_and_new_value():
+    from spark_build.pipeline.plan import recorded
+
+    old = [StepSpec("torch", "a", inputs=recorded({"index": "/opt/wheels", "packages": ("torch",)}))]
+    new = [StepSpec("torch", "b", inputs=recorded({"index": "/mirror/wheels", "packages": ("torch",)}))]
+    (torch,) = plan(new, finished(old), resume=True, still_valid=lambda _n: True)
+    assert torch.reason == "inputs changed: index /opt/wheels → /mirror/wheels"
+
+
+def test_a_state_that_never_recorded_inputs_still_reruns_and_says_it_cannot_name_them():
+    old = specs()
+    state = finished(old)
+    for record in state.steps.values():
+        record.inputs = {}
+    plans = plan(specs(changed={"patch": "edited"}), state, resume=True, still_valid=lambda _n: True)
+    assert next(p for p in plans if p.name == "patch").reason.startswith("inputs changed (state.json from an older")
 
 
 def test_a_change_upstream_changes_every_fingerprint_below_it():
