@@ -309,6 +309,7 @@ def fetch_sources(
         )
     fetched: list[FetchedProject] = []
     notes: list[str] = []
+    failed: list[str] = []
     for project, maybe_origin in plan:
         if maybe_origin is None:
             assert cutlass is not None
@@ -318,10 +319,23 @@ def fetch_sources(
                 + ("" if cutlass_matches_pin(cutlass.headers_version, str(project.revision)) else " (not the pin)")
             )
             continue
-        result = fetch_project(project, cache_dir, maybe_origin, submodules=submodules and not offline, mirrors=mirrors)
+        try:
+            result = fetch_project(
+                project, cache_dir, maybe_origin, submodules=submodules and not offline, mirrors=mirrors
+            )
+        except StepFailed as exc:
+            # A mirror that lacks its pin is found only by fetching: try the rest, then name all.
+            failed.append(exc.message)
+            continue
         if result.missing_submodules:
             notes.append(f"{project.name}: submodules not fetched ({', '.join(result.missing_submodules)})")
         fetched.append(result)
+    if failed:
+        raise StepFailed(
+            f"{len(failed)} of {len(plan)} external projects could not be fetched: {'; '.join(failed)}",
+            hint="fix the network or those mirrors (each must hold the pinned revision), then --resume; "
+            "the projects fetched are cached",
+        )
     return FetchedSources(tuple(fetched), tuple(notes))
 
 

@@ -114,6 +114,20 @@ def test_a_mirror_without_the_pinned_commit_fails_naming_project_and_revision(tm
     assert not any(tmp_path.rglob("*.partial")), "a failed fetch leaves no partial checkout"
 
 
+def test_every_mirror_without_its_pin_is_named_in_one_error_and_the_good_ones_stay_cached(tmp_path: Path) -> None:
+    # vLLM 0.33.0 pins FlashMLA e2afa5fd and flash-attention b273a026, which the shared
+    # mirror's bundles (made for 0.13.0) lack: the user learns both at once, not one per run.
+    wrong_qutlass = ExternalProject("qutlass", QUTLASS.repository, "0" * 40, "QUTLASS_SRC_DIR", "qutlass.cmake")
+    wrong_flashmla = ExternalProject("flashmla", None, "1" * 40, "FLASH_MLA_SRC_DIR", "flashmla.cmake")
+    mirrors = {"qutlass": bundle("qutlass"), "flashmla": bundle("FlashMLA")}
+    with pytest.raises(StepFailed) as caught:
+        fetch_sources([wrong_qutlass, QUTLASS, wrong_flashmla], tmp_path, mirrors=mirrors, offline=True)
+    message = caught.value.message
+    assert message.startswith("2 of 3 external projects could not be fetched")
+    assert f"cannot fetch qutlass {'0' * 40}" in message and f"cannot fetch flashmla {'1' * 40}" in message
+    assert checkout_intact(tmp_path / "qutlass" / str(QUTLASS.revision), str(QUTLASS.revision))
+
+
 def test_a_tag_pin_is_checked_out_at_the_tags_commit_and_points_into_its_subfolder(tmp_path: Path) -> None:
     origin, tagged = make_triton_stand_in(tmp_path / "triton")
     fetched = fetch_sources([TRITON], tmp_path / "cache", mirrors={"triton_kernels": str(origin)})
