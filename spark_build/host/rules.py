@@ -55,8 +55,11 @@ def can_build(problems: Sequence[Problem]) -> bool:
     return not any(problem.severity == "error" for problem in problems)
 
 
-def evaluate(facts: HostFacts, target_arch: str | None, needs: BuildNeeds = VLLM_NEEDS) -> list[Problem]:
-    """Judge the host for a build targeting `target_arch` (`--arch`; None: this GPU's arch).
+def evaluate(
+    facts: HostFacts, target_arch: str | None, needs: BuildNeeds = VLLM_NEEDS, *, torch_cuda: str = "13"
+) -> list[Problem]:
+    """Judge the host for a build targeting `target_arch` (`--arch`; None: this GPU's arch) with
+    the torch `--torch-cuda` asks for ('cpu': a CPU torch is what the build wants, no warning).
 
     Pure: no process, no file, no clock. A malformed `target_arch` raises `UsageError`.
     """
@@ -74,7 +77,7 @@ def evaluate(facts: HostFacts, target_arch: str | None, needs: BuildNeeds = VLLM
         *_check_probes(facts, targets),
         _check_driver(facts),
         _check_library_path(facts),
-        _check_torch(facts),
+        _check_torch(facts, torch_cuda),
         _check_triton_ptxas(facts, targets),
         Problem("python", facts.python_version, "ok"),
         _check_tool("uv", facts.uv_version, "pip install uv (or use spark-build's venv, which has it)"),
@@ -292,13 +295,15 @@ def _check_library_path(facts: HostFacts) -> Problem:
     return Problem("LD_LIBRARY_PATH", f"CUDA 13 first; CUDA 12 later in {shadowing}", "ok")
 
 
-def _check_torch(facts: HostFacts) -> Problem:
+def _check_torch(facts: HostFacts, wanted_cuda: str) -> Problem:
     if facts.torch is None:
         if facts.torch_query_error:
             return Problem("torch", facts.torch_query_error, "warning", "the torch step installs cu130 torch")
         return Problem("torch", "not installed; the torch step installs cu130", "ok")
     torch = facts.torch
     value = f"{torch.version} (CUDA {torch.cuda or 'none'}) in {torch.python}"
+    if torch.cuda is None and wanted_cuda == "cpu":
+        return Problem("torch", f"{value}, as --torch-cuda cpu asks", "ok")
     if torch.cuda is None:
         return Problem(
             "torch",
@@ -356,6 +361,10 @@ def _check_triton_ptxas(facts: HostFacts, targets: Sequence[archmap.ArchEntry]) 
         if not facts.triton_ptxas_path_exists:
             return Problem("triton ptxas", f"TRITON_PTXAS_PATH={configured} does not exist", "warning", fix)
         return Problem("triton ptxas", f"TRITON_PTXAS_PATH={configured}", "ok")
+    if not targets:
+        # No GPU and no --arch: nothing to judge the bundled ptxas against; saying it "knows
+        # the target" here was the opposite of what `--arch 12.1a` then reported.
+        return Problem("triton ptxas", "TRITON_PTXAS_PATH unset; no target to judge the bundled ptxas by", "ok")
     if not needs_new_ptxas:
         return Problem("triton ptxas", "bundled ptxas knows the target", "ok")
     sm = archmap.sm_name(archmap.ArchEntry(needs_new_ptxas[0].major, needs_new_ptxas[0].minor, "a"))

@@ -71,7 +71,9 @@ class Preflight(Step):
             },
         )
         ctx.host = facts
-        problems = evaluate(facts, ctx.target.arch_list, needs_for(cfg.example, ctx.compiles))
+        problems = evaluate(
+            facts, ctx.target.arch_list, needs_for(cfg.example, ctx.compiles), torch_cuda=cfg.torch_cuda
+        )
         atomic_write_text(ctx.run_folder.host, to_json(problems, facts))
         for problem in problems:
             if problem.severity != "ok":

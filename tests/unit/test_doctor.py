@@ -526,3 +526,17 @@ def test_a_cuda_13_torch_with_a_cuda_12_nvcc_is_refused_naming_both() -> None:
     )
     problem = existing_torch(facts, "13")
     assert problem.severity == "error" and "nvcc is 12.8" in problem.value
+
+
+def test_a_cpu_torch_is_no_warning_when_the_build_asks_for_one() -> None:
+    cpu = dataclasses.replace(SPARK, torch=TorchInfo("2.13.0+cpu", None, Path("/w/venv/bin/python")))
+    asked = next(p for p in evaluate(cpu, "12.1a", torch_cuda="cpu") if p.check == "torch")
+    assert asked.severity == "ok" and "--torch-cuda cpu" in asked.value
+    unasked = next(p for p in evaluate(cpu, "12.1a") if p.check == "torch")
+    assert unasked.severity == "warning" and "CPU-only torch" in unasked.fix
+
+
+def test_without_a_target_the_bundled_ptxas_is_not_said_to_know_it() -> None:
+    no_gpu = dataclasses.replace(SPARK, gpus=(), triton_ptxas_path=None, triton_ptxas_path_exists=False)
+    ptxas = next(p for p in evaluate(no_gpu, None) if p.check == "triton ptxas")
+    assert "knows the target" not in ptxas.value and "no target" in ptxas.value
