@@ -271,16 +271,15 @@ def fetch_sources(
 ) -> FetchedSources:
     """Every project at its pin, from cache, mirror or network; `.env` is what CMake needs.
 
-    Offline, a project that is neither cached nor mirrored locally is not attempted: one error
-    names every such project and revision before anything is fetched.
+    Offline, a project that is neither cached nor mirrored locally is not attempted, and a
+    mirror that lacks its pin fails only that project: the rest are fetched (and cached), then
+    one error names every project left out with its exact revision, so one round of mirroring
+    fixes them all. A pin the tree leaves to configure time is refused before anything runs.
     """
     mirrors = dict(mirrors or {})
-    projects = list(projects)
     plan: list[tuple[ExternalProject, str | None]] = []
-    # Every project that cannot be fetched is named in one error, with its exact revision, so
-    # one round of mirroring fixes them all.
     undecided: list[str] = []
-    unreachable: list[str] = []
+    unreachable: dict[str, str] = {}  # name → "name revision (origin)"
     for project in projects:
         if project.name == "cutlass" and cutlass is not None:
             plan.append((project, None))
@@ -294,22 +293,16 @@ def fetch_sources(
         origin = origin_for(project, mirrors)
         cached = cache_dir / project.name / revision_slug(str(project.revision))
         if offline and is_network(origin) and not checkout_intact(cached, str(project.revision)):
-            unreachable.append(f"{project.name} {project.revision} ({origin})")
+            unreachable[project.name] = f"{project.name} {project.revision} ({origin})"
         plan.append((project, origin))
-    if undecided or unreachable:
-        names = ", ".join(item.split(" ", 1)[0] for item in unreachable)
-        missing = f"offline, and not in the source cache {cache_dir}: {'; '.join(unreachable)}" if unreachable else ""
-        unsure = f"cannot tell which revision to fetch for {'; '.join(undecided)}" if undecided else ""
+    if undecided:
         raise UsageError(
-            "; and ".join(part for part in (missing, unsure) if part),
-            hint=f"fetch once with the network, or map each of {names} to a local mirror "
-            "(repository, git bundle or archive) in source_mirrors"
-            if unreachable
-            else "this release is not supported by spark-build's sources step yet; report the version",
+            f"cannot tell which revision to fetch for {'; '.join(undecided)}",
+            hint="this release is not supported by spark-build's sources step yet; report the version",
         )
     fetched: list[FetchedProject] = []
     notes: list[str] = []
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     for project, maybe_origin in plan:
         if maybe_origin is None:
             assert cutlass is not None
@@ -319,24 +312,44 @@ def fetch_sources(
                 + ("" if cutlass_matches_pin(cutlass.headers_version, str(project.revision)) else " (not the pin)")
             )
             continue
+        if project.name in unreachable:
+            continue
         try:
             result = fetch_project(
                 project, cache_dir, maybe_origin, submodules=submodules and not offline, mirrors=mirrors
             )
         except StepFailed as exc:
-            # A mirror that lacks its pin is found only by fetching: try the rest, then name all.
-            failed.append(exc.message)
+            failed[project.name] = exc.message
             continue
         if result.missing_submodules:
             notes.append(f"{project.name}: submodules not fetched ({', '.join(result.missing_submodules)})")
         fetched.append(result)
-    if failed:
-        raise StepFailed(
-            f"{len(failed)} of {len(plan)} external projects could not be fetched: {'; '.join(failed)}",
-            hint="fix the network or those mirrors (each must hold the pinned revision), then --resume; "
-            "the projects fetched are cached",
-        )
+    if unreachable or failed:
+        _raise_missing(cache_dir, unreachable, failed, total=len(plan))
     return FetchedSources(tuple(fetched), tuple(notes))
+
+
+def _raise_missing(cache_dir: Path, unreachable: Mapping[str, str], failed: Mapping[str, str], *, total: int) -> None:
+    """One error for every project the step could not fetch: bad input (exit 2) when offline
+    without a mirror is all that is wrong, a failed step when a mirror or the network failed."""
+    parts = []
+    if unreachable:
+        parts.append(f"offline, and not in the source cache {cache_dir}: {'; '.join(unreachable.values())}")
+    if failed:
+        parts.append(f"could not be fetched: {'; '.join(failed.values())}")
+    message = f"{len(unreachable) + len(failed)} of {total} external projects missing — " + "; ".join(parts)
+    fixes = []
+    if unreachable:
+        fixes.append(
+            f"fetch once with the network, or map each of {', '.join(unreachable)} to a local mirror "
+            "(repository, git bundle or archive) in source_mirrors"
+        )
+    if failed:
+        fixes.append(f"make the mirrors of {', '.join(failed)} hold their pinned revisions")
+    hint = "; ".join(fixes) + "; the rest are cached"
+    if failed:
+        raise StepFailed(message, hint=hint + ", --resume continues")
+    raise UsageError(message, hint=hint)
 
 
 def sources_intact(recorded: Mapping[str, Any]) -> bool:

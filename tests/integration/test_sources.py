@@ -123,7 +123,7 @@ def test_every_mirror_without_its_pin_is_named_in_one_error_and_the_good_ones_st
     with pytest.raises(StepFailed) as caught:
         fetch_sources([wrong_qutlass, QUTLASS, wrong_flashmla], tmp_path, mirrors=mirrors, offline=True)
     message = caught.value.message
-    assert message.startswith("2 of 3 external projects could not be fetched")
+    assert message.startswith("2 of 3 external projects missing — could not be fetched: ")
     assert f"cannot fetch qutlass {'0' * 40}" in message and f"cannot fetch flashmla {'1' * 40}" in message
     assert checkout_intact(tmp_path / "qutlass" / str(QUTLASS.revision), str(QUTLASS.revision))
 
@@ -193,3 +193,37 @@ def test_flash_attention_s_cutlass_submodule_comes_from_its_archive_offline(tmp_
     assert (project.checkout / "csrc" / "cutlass" / "include" / "cutlass" / "cutlass.h").is_file()
     assert project.missing_submodules == ("csrc/composable_kernel",)  # ROCm only: not needed for CUDA
     assert checkout_intact(project.checkout, project.revision, project.commit)
+
+
+def test_offline_0_33_0_with_the_shared_mirror_names_all_nine_missing_projects_in_one_error(tmp_path: Path) -> None:
+    """The issue's case: only qutlass's bundle holds 0.33.0's pin; every other project is named
+    at once with its exact revision, and qutlass is fetched and cached meanwhile."""
+    from packaging.version import Version
+
+    from spark_build.upstream.sdist import unpack_recipe_files
+    from spark_build.upstream.sources import prepare_sources
+
+    tree = unpack_recipe_files(MIRROR / "vllm-0.33.0.tar.gz", tmp_path / "sdist")
+    mirrors = {
+        "qutlass": bundle("qutlass"),
+        "flashmla": bundle("FlashMLA"),
+        "vllm-flash-attn": bundle("flash-attention"),
+    }
+    with pytest.raises(StepFailed) as caught:
+        prepare_sources(tree, Version("0.33.0"), tmp_path / "cache", mirrors=mirrors, offline=True)
+    message = caught.value.message
+    assert message.startswith("9 of 10 external projects missing — offline, and not in the source cache")
+    for pin in (
+        "cutlass v4.7.1",
+        "deepgemm 0820030756945b2daec208e8e8255268360f337d",
+        "deepselect d96d33afe1fab0d6066da49cdc91e64c2bee65ea",
+        "flashkda 17a037d98da546deb4591e967cf961a43c034d8b",
+        "fmha_sm100 968061ab16cb14991a5c7d4c0e8eabf531be0dcf",
+        "tml_fa4 75765e76a9c2c012c1f6ecd64577eb646eb4d303",
+        "triton_kernels v3.5.1",
+        "flashmla e2afa5fd8c220fbd05fe03fc24c9d5e64c24641b",
+        "vllm-flash-attn b273a02621d3c94bc747df67204f591b67f38fae",
+    ):
+        assert pin in message
+    qutlass = "e74319e3405ce6d71965732880f5dc1f52371f64"
+    assert checkout_intact(tmp_path / "cache" / "qutlass" / qutlass, qutlass)
