@@ -64,6 +64,11 @@ BUILD_HELP = {
     "debug": "show tracebacks",
 }
 PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases")
+CHANGES_HELP = {
+    "pr": "an upstream pull request to apply on top of --ref: its number or GitHub URL (repeatable); "
+    "its change against its merge base with the ref, git apply --3way, skipped when already in the ref",
+    "patch": "a local patch file to apply on top of --ref the same way (repeatable; offline, a PR's diff)",
+}
 PREFER_HELP = {
     "prefer-wheel": "take vLLM's official wheel for the --ref release when it validates for --arch and fits your "
     "torch; else build from source (and say why)",
@@ -73,7 +78,7 @@ PREFER_HELP = {
 }
 
 
-@task(auto_shortflags=False, help={**BUILD_HELP, **PREFER_HELP})
+@task(auto_shortflags=False, iterable=["pr", "patch"], help={**BUILD_HELP, **CHANGES_HELP, **PREFER_HELP})
 def build_vllm(
     c: Context,
     ref: str | None = None,
@@ -109,11 +114,14 @@ def build_vllm(
     prefer_wheel: bool = False,
     wheel_index: str | None = None,
     wheel_releases: str | None = None,
+    pr: list[str] | None = None,
+    patch: list[str] | None = None,
 ) -> None:
     """Build, validate and publish a vLLM wheel for this GPU; resumable with --resume.
     With --prefer-wheel, the official wheel first (minutes, not a 40-minute compile)."""
     prefer = {"index": wheel_index, "releases": wheel_releases} if prefer_wheel else None
-    cli = {k: v for k, v in locals().items() if k not in ("c", "prefer", *PREFER_ARGS)}
+    cli = {k: v for k, v in locals().items() if k not in ("c", "prefer", "pr", "patch", *PREFER_ARGS)}
+    cli.update(prs=pr or None, patch_files=patch or None)
     from spark_build.cli import build_vllm as run
 
     _exit(run(cli, _file_options(c), prefer=prefer))

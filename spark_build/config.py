@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -77,6 +78,8 @@ class BuildConfig:
     resume: bool
     dry_run: bool
     debug: bool
+    prs: tuple[PullRequest, ...] = ()  # --pr: upstream pull requests applied on top of the ref
+    patch_files: tuple[Path, ...] = ()  # --patch: local changes applied on top of the ref
     # Options the user left unset that the build reads from the source at --ref instead
     # ("torch_packages", "torch_index": its requirements/cuda.txt pin and the index serving it).
     from_source: tuple[str, ...] = dataclasses.field(default=(), metadata={"derived": True})
@@ -159,6 +162,8 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "resume": False,
         "dry_run": False,
         "debug": False,
+        "prs": None,
+        "patch_files": None,
     }
 
 
@@ -330,6 +335,8 @@ def resolve(
         resume=merged["resume"],
         dry_run=merged["dry_run"],
         debug=merged["debug"],
+        prs=tuple(parse_pr(text) for text in _words(merged["prs"])),
+        patch_files=tuple(_patch_file(text, base) for text in _words(merged["patch_files"])),
         from_source=tuple(k for k in ("torch_packages", "torch_index") if merged[k] is None),
     )
 
@@ -359,6 +366,8 @@ def _merged(cli: Mapping[str, Any], file: Mapping[str, Any] | None, env: Mapping
 _FILE_SHAPES: Mapping[str, tuple[str, str]] = {
     "torch_packages": ("a requirement or a list of them", "'torch==2.9.0 torchvision==0.24.0'"),
     "source_mirrors": ("a mapping of project names to paths", "{cutlass: /mirror/cutlass.bundle}"),
+    "prs": ("a pull request or a list of them", "[12345, 'https://github.com/vllm-project/vllm/pull/23456']"),
+    "patch_files": ("a patch file or a list of them", "[fixes/gb10-moe.patch]"),
 }
 
 
@@ -369,6 +378,8 @@ def _fits_file_shape(key: str, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
     if key == "source_mirrors":
         return isinstance(value, Mapping)
+    if key in ("prs", "patch_files"):
+        return isinstance(value, (int, list)) and all(isinstance(item, (str, int)) for item in _words(value))
     return isinstance(value, (int, float, bool))
 
 
@@ -446,6 +457,56 @@ def _mem_budget(value: Any) -> int | None:
     from spark_build.sizes import parse_mem_size
 
     return parse_mem_size(str(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class PullRequest:
+    """An upstream pull request to apply (`--pr`): its number, and the repository a URL names
+    (None: the build's --repo)."""
+
+    number: int
+    repo: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"PR #{self.number}"
+
+    def __str__(self) -> str:
+        return f"{self.repo}#{self.number}" if self.repo else str(self.number)
+
+
+_PR_URL = re.compile(r"^https://github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)/pull/(?P<number>\d+)/?$")
+
+
+def parse_pr(text: str) -> PullRequest:
+    """`12345` or `https://github.com/vllm-project/vllm/pull/12345`; anything else is bad input."""
+    value = str(text).strip()
+    if value.isdigit() and int(value) > 0:
+        return PullRequest(int(value))
+    match = _PR_URL.match(value)
+    if match:
+        return PullRequest(int(match["number"]), f"https://github.com/{match['owner']}/{match['repo']}.git")
+    raise UsageError(
+        f"--pr {text!r} is neither a pull request number nor a GitHub pull request URL",
+        hint="give --pr 12345 or --pr https://github.com/vllm-project/vllm/pull/12345",
+    )
+
+
+def _words(value: Any) -> list[str]:
+    """A repeatable option: a list (command line, invoke.yaml) or one string of items separated
+    by spaces or commas (the environment)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(item) for item in value]
+    return [word for word in re.split(r"[\s,]+", str(value)) if word]
+
+
+def _patch_file(text: str, base: Path) -> Path:
+    path = (base / Path(text).expanduser()).resolve()
+    if not path.is_file():
+        raise UsageError(f"--patch {text}: no such file", hint="give the path of a unified diff (git diff, .patch)")
+    return path
 
 
 def _mirrors(value: Any, base: Path) -> dict[str, str]:

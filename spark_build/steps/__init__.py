@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from spark_build.pipeline.step import Step
 from spark_build.steps.archplan import ArchPlanStep
+from spark_build.steps.changes import Changes
 from spark_build.steps.compile import Compile
 from spark_build.steps.preflight import Preflight
 from spark_build.steps.publish import Publish
@@ -21,6 +22,7 @@ STEPS: tuple[Step, ...] = (
     Torch(),
     Clone(),
     Patch(),
+    Changes(),
     UseExistingTorch(),
     BuildDeps(),
     Sources(),

@@ -27,6 +27,7 @@ STEPS = [
     "torch",
     "clone",
     "patch",
+    "changes",
     "use-existing-torch",
     "build-deps",
     "sources",

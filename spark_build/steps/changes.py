@@ -1,0 +1,149 @@
+"""changes: upstream pull requests (`--pr`) and local patches (`--patch`) on top of the ref.
+
+What Spark users ask a builder for after "pick a release" is "with that fix that is not released
+yet". A PR is fetched from the repository (`pull/N/head`, as GitHub publishes it) and its change
+taken against its merge base with the checked-out ref — not GitHub's `.diff`, which is against the
+PR's own base branch and drags in whatever that branch gained since the release. Each change is
+applied with `git apply --3way` (a context that moved still applies), skipped when already in the
+tree (a PR merged before the release), and a conflict stops the build naming the files. Offline,
+a PR's change is given as a `--patch` file. A change that touches only the package's Python
+files is named as such: it needs no compile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import git
+
+from spark_build.config import PullRequest
+from spark_build.durable import sha256_of
+from spark_build.errors import StepFailed
+from spark_build.pipeline.step import Context, Step
+
+Run = Callable[[list[str | os.PathLike[str]]], int]  # runs git through the step's runner; the exit status
+
+# Python files that still belong to the native build: vLLM's csrc/ and cmake/ helpers, setup.py.
+_BUILD_PYTHON = re.compile(r"^(csrc/|cmake/|setup\.py$)")
+
+
+def python_only(paths: Iterable[str]) -> bool:
+    """True when every changed file is a Python file outside the native build (no compile needed)."""
+    files = list(paths)
+    return bool(files) and all(p.endswith(".py") and not _BUILD_PYTHON.search(p) for p in files)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A PR's change against the checked-out ref: its head commit and the diff file."""
+
+    pr: PullRequest
+    head: str
+    diff: Path
+    files: tuple[str, ...]
+
+
+def _git_out(src: Path, *args: str) -> str:
+    """A local, read-only git query whose answer we need (merge-base, rev-parse, diff), through
+    gitpython as the clone step reads; kept byte-exact, since a diff's last newline matters."""
+    return str(git.Repo(src).git.execute(["git", *args], strip_newline_in_stdout=False))
+
+
+def fetch_pr(src: Path, pr: PullRequest, repo: str, out: Path, run: Run) -> Fetched:
+    """Fetch `pull/N/head` and write its change against its merge base with HEAD to `out`.
+
+    A shallow clone (tags are cloned with --depth 1) has no merge base: it is unshallowed first."""
+    if _git_out(src, "rev-parse", "--is-shallow-repository").strip() == "true":
+        run(["git", "-C", src, "fetch", "--unshallow", "--tags", repo])
+    if run(["git", "-C", src, "fetch", repo, f"+pull/{pr.number}/head:refs/spark-build/pr/{pr.number}"]) != 0:
+        raise StepFailed(
+            f"cannot fetch {pr.label} from {repo} (pull/{pr.number}/head)",
+            hint="check the number and the repository; offline, give its change as --patch FILE",
+        )
+    head = _git_out(src, "rev-parse", f"refs/spark-build/pr/{pr.number}^{{commit}}").strip()
+    base = _git_out(src, "merge-base", "HEAD", head).strip()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_git_out(src, "diff", "--binary", base, head))
+    files = tuple(_git_out(src, "diff", "--name-only", base, head).split())
+    return Fetched(pr, head, out, files)
+
+
+def apply_change(src: Path, diff: Path, label: str, run: Run) -> bool:
+    """Apply one change with `git apply --3way`; False when the tree already has it (an empty
+    change too: a PR merged with its own commits has its head in the ref). A conflict is undone —
+    the files it touched are put back as they were — and stops the build naming the files."""
+    files = changed_files(diff)
+    if not files or run(["git", "-C", src, "apply", "--reverse", "--check", diff]) == 0:
+        return False
+    before = {f: (src / f).read_bytes() if (src / f).is_file() else None for f in files}
+    if run(["git", "-C", src, "apply", "--3way", diff]) == 0:
+        return True
+    conflicted = _git_out(src, "diff", "--name-only", "--diff-filter=U").split()
+    run(["git", "-C", src, "reset", "-q", "--", *files])
+    for name, content in before.items():
+        if content is None:
+            (src / name).unlink(missing_ok=True)
+        else:
+            (src / name).write_bytes(content)
+    raise StepFailed(
+        f"{label} does not apply to this ref: conflicts in {', '.join(conflicted) or 'the files the log names'}",
+        hint="rebase the change onto the ref (or pick a ref it applies to), then run the build again",
+    )
+
+
+def changed_files(diff: Path) -> tuple[str, ...]:
+    """The files a unified diff changes: `+++ b/path`, or `--- a/path` for a deleted file."""
+    found, removed = [], ""
+    for line in diff.read_text(errors="replace").splitlines():
+        if line.startswith("--- "):
+            removed = line[4:].strip().removeprefix("a/")
+        elif line.startswith("+++ "):
+            added = line[4:].strip()
+            found.append(removed if added == "/dev/null" else added.removeprefix("b/"))
+    return tuple(found)
+
+
+class Changes(Step):
+    name = "changes"
+    summary = "apply --pr pull requests and --patch files on top of the ref (git apply --3way)"
+
+    def inputs(self, ctx: Context) -> Mapping[str, Any]:
+        patches = {str(p): sha256_of(p) for p in ctx.config.patch_files}
+        return {"prs": [str(pr) for pr in ctx.config.prs], "patch_files": patches}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        def git(argv: list[str | os.PathLike[str]]) -> int:
+            return ctx.run(self.name, argv, check=False)
+
+        applied: list[dict[str, Any]] = []
+        for pr in ctx.config.prs:
+            out = ctx.workdir / "changes" / f"pr-{pr.number}.diff"
+            fetched = fetch_pr(ctx.src, pr, pr.repo or ctx.config.repo, out, git)
+            applied.append(self._apply(ctx, pr.label, fetched.diff, fetched.files, git, head=fetched.head))
+        for patch in ctx.config.patch_files:
+            applied.append(self._apply(ctx, patch.name, patch, changed_files(patch), git))
+        return {"changes": applied, "python_only": bool(applied) and all(c["python_only"] for c in applied)}
+
+    def _apply(
+        self, ctx: Context, label: str, diff: Path, files: Sequence[str], git: Run, *, head: str | None = None
+    ) -> dict[str, Any]:
+        new = apply_change(ctx.src, diff, label, git)
+        only_python = python_only(files)
+        state = "applied" if new else "already in the ref, skipped"
+        kind = "Python only" if only_python else "native code"
+        ctx.notes.append(f"changes: {label}{f' (head {head[:12]})' if head else ''} {state}; {kind}")
+        return {"label": label, "head": head, "diff": str(diff), "applied": new, "python_only": only_python}
+
+    def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
+        def git(argv: list[str | os.PathLike[str]]) -> int:
+            return ctx.run(self.name, argv, check=False)
+
+        return all(
+            Path(c["diff"]).is_file() and git(["git", "-C", ctx.src, "apply", "--reverse", "--check", c["diff"]]) == 0
+            for c in result.get("changes", [])
+        )
