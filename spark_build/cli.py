@@ -178,7 +178,8 @@ def nightly(
     from spark_build.build import build
     from spark_build.errors import BuildLocked
     from spark_build.lock import WorkdirLock
-    from spark_build.nightly.watch import DEFAULT_WHEEL_URL, skipped_locked
+    from spark_build.nightly.schedule import schedule_status
+    from spark_build.nightly.watch import DEFAULT_WHEEL_URL, Outcome, skipped_locked
     from spark_build.nightly.watch import nightly as watch
     from spark_build.pipeline import state
     from spark_build.wheel.wheelhouse import write_indexes
@@ -227,6 +228,8 @@ def nightly(
         finally:
             lock.release()
         say(outcome.line())
+        if outcome.outcome is Outcome.FAILED:
+            say(f"nightly: {schedule_status(history_path=history).after_failure()}")
         return outcome.exit_code
 
     return guarded(action, debug=bool(cli.get("debug")))

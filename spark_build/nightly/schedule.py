@@ -332,6 +332,13 @@ class ScheduleStatus:
     next_run: datetime | None
     last: dict[str, Any] | None
 
+    def after_failure(self) -> str:
+        """What happens after a failed night — only a schedule that exists tries again by itself."""
+        if self.kind is None:
+            return "nothing is scheduled: run invoke nightly again, or invoke schedule --at 03:30"
+        when = self.next_run.strftime("%Y-%m-%d %H:%M").strip() if self.next_run else f"daily at {self.at}"
+        return f"the next scheduled run ({self.kind}, {when}) tries again"
+
     def lines(self) -> list[str]:
         if self.kind is None:
             out = ["schedule: not installed (invoke schedule --at 03:30)"]

@@ -137,7 +137,7 @@ def with_retry(policy: RetryPolicy, on_retry: Say | None, what: str, url: str, f
         tries = f" after {policy.attempts} attempts" if is_transient(err) else ""
         raise SparkBuildError(
             f"{what} {url} failed{tries}: {reason}",
-            hint="check the network; the next scheduled run tries again",
+            hint="check the network",
         ) from err
 
 

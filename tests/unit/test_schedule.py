@@ -203,6 +203,20 @@ def test_status_shows_the_timers_next_run_and_the_last_outcome(tmp_path: Path) -
     assert status.lines()[1].startswith("last run: mirrored at 2026-03-01T03:31:00+01:00")
 
 
+def test_a_failed_night_promises_a_retry_only_when_a_schedule_exists(tmp_path: Path) -> None:
+    units = tmp_path / "u"
+    nothing = schedule_status(history_path=tmp_path / "h.jsonl", unit_dir=units, crontab=None)
+    assert nothing.after_failure().startswith("nothing is scheduled: run invoke nightly again")
+    install_systemd("03:30", COMMAND, WORK, tmp_path, unit_dir=units, runner=FakeSystemctl(), linger=lambda: True)
+    timer = schedule_status(
+        history_path=tmp_path / "h.jsonl",
+        clock=lambda: datetime(2026, 3, 1, 9, 0, tzinfo=TZ),
+        unit_dir=units,
+        crontab=None,
+    )
+    assert timer.after_failure() == "the next scheduled run (systemd, 2026-03-02 03:30) tries again"
+
+
 def test_status_with_nothing_installed_says_so(tmp_path: Path) -> None:
     status = schedule_status(history_path=tmp_path / "none.jsonl", unit_dir=tmp_path / "u", crontab=None)
     assert status.lines() == [
