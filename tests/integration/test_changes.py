@@ -5,16 +5,23 @@ shallow clone of a tag, as the clone step makes it.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from spark_build import config
+from spark_build.build import build
 from spark_build.config import PullRequest
 from spark_build.errors import StepFailed
+from spark_build.pipeline import state
 from spark_build.steps.changes import apply_change, fetch_pr, python_only
+from spark_build.upstream.example import make_example_upstream
+from tests.conftest import CPU_TORCH
 
 MODEL = "".join(f"line {n}\n" for n in range(1, 21))
 
@@ -131,3 +138,27 @@ def test_a_pr_the_repository_does_not_have_is_a_failure_that_says_how_to_go_offl
     with pytest.raises(StepFailed, match=r"cannot fetch PR #404") as err:
         fetch_pr(checkout, PullRequest(404), upstream.as_uri(), tmp_path / "pr.diff", runner)
     assert "--patch" in (err.value.hint or "")
+
+
+def test_the_build_applies_a_pr_after_the_patch_series_records_its_head_and_a_resume_keeps_it(
+    tmp_path: Path, torch_index: str, uv_cache: Path
+) -> None:
+    """Through the pipeline, on the built-in example (its upstream publishing one PR)."""
+    upstream = make_example_upstream(tmp_path / "upstream")
+    init = "spark_example/__init__.py"
+    text = (upstream / init).read_text()
+    head = pull_request(upstream, 3, "v0.2.0", {init: text + "GREETING = 'from PR 3'\n"})
+    cli = {"example": True, "repo": str(upstream), "ref": "v0.2.0", "prs": ["3"], "arch": "12.1a"}
+    cli |= {"workdir": str(tmp_path / "work"), "logs_dir": str(tmp_path / "logs"), "uv_cache_dir": str(uv_cache)}
+    cli |= {"torch_index": torch_index, "torch_packages": CPU_TORCH, "torch_cuda": "cpu"}
+    out = io.StringIO()
+    build(config.resolve(cli), Console(file=out, width=200), stop_after="changes")
+    recorded = state.load(tmp_path / "work" / "state.json")
+    assert recorded is not None
+    (change,) = recorded.steps["changes"].result["changes"]
+    assert (change["label"], change["head"], change["applied"], change["python_only"]) == ("PR #3", head, True, True)
+    assert "from PR 3" in (tmp_path / "work" / "src" / init).read_text()
+    assert f"changes: PR #3 (head {head[:12]}) applied; Python only" in out.getvalue()
+    build(config.resolve({**cli, "resume": True}), Console(file=io.StringIO()), stop_after="changes")
+    again = state.load(tmp_path / "work" / "state.json")
+    assert again is not None and again.steps["changes"].result == recorded.steps["changes"].result
