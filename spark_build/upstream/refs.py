@@ -58,6 +58,11 @@ def remote_refs(repo: str) -> dict[str, str]:
             f"cannot read the repository {repo}: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}",
             hint="check --repo (a URL or a local path) and the network",
         ) from exc
+    return parse_ls_remote(listing)
+
+
+def parse_ls_remote(listing: str) -> dict[str, str]:
+    """`git ls-remote` output as `refs/…` name → commit, annotated tags peeled (`^{}` lines)."""
     refs: dict[str, str] = {}
     for line in listing.splitlines():
         sha, _, name = line.partition("\t")
