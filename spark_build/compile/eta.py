@@ -71,35 +71,55 @@ def calibrated_speed(finished: Mapping[str, float], seconds: Mapping[str, float]
     return sum(m for m, _ in pairs) / sum(e for _, e in pairs)
 
 
-def list_schedule_end(running: Sequence[float], queued: Sequence[float], slots: int) -> float:
-    """When the last job ends if `slots` CPUs take the running jobs' rests first, then the
-    queued jobs in the order given, each on the first CPU free (Graham's list scheduling)."""
-    free = [0.0] * max(1, slots)
-    end = 0.0
-    for duration in [*running, *queued]:
-        start = heapq.heappop(free)
-        end = max(end, start + duration)
-        heapq.heappush(free, start + duration)
-    return end
+def schedule_end(
+    running: Sequence[tuple[float, int]], queued: Sequence[tuple[float, int]], slots: int, budget: int | None
+) -> float:
+    """When the last of these (seconds, peak) jobs ends: the running ones' rests first, then the
+    queued in the order given, each started as soon as one of `slots` is free and — with a
+    budget — its peak fits beside the running jobs' peaks, as the governor reserves them. A
+    later, smaller job may pass one that does not fit yet, as it does under the governor; a
+    job larger than the budget runs alone (Graham's list scheduling, with memory).
+    """
+    ends: list[tuple[float, int]] = []
+    held, now, last = 0, 0.0, 0.0
+    for seconds, peak in running:
+        heapq.heappush(ends, (seconds, peak))
+        held, last = held + peak, max(last, seconds)
+    pending = list(queued)
+    while pending:
+        index = 0
+        while index < len(pending) and len(ends) < max(1, slots):
+            seconds, peak = pending[index]
+            if budget is None or not ends or held + peak <= budget:
+                del pending[index]
+                heapq.heappush(ends, (now + seconds, peak))
+                held, last = held + peak, max(last, now + seconds)
+            else:
+                index += 1
+        if pending:
+            now, freed = heapq.heappop(ends)
+            held -= freed
+    return last
 
 
 def forecast(
     seconds: Mapping[str, float],
     finished: Mapping[str, float],
     jobs: Sequence[RunningJob],
-    cores: int,
+    slots: int,
     *,
     peaks: Mapping[str, int] | None = None,
     budget_bytes: int | None = None,
     used_bytes: int | None = None,
 ) -> Forecast:
-    """Predict the rest of the compile from per-object durations.
+    """Predict the rest of the compile from per-object durations, `slots` jobs at a time (the
+    lesser of the CPUs and Ninja's `-j`: a memory-planned `-j` below the CPUs sets the pace).
 
     The objects are those with a duration estimate (the targets setup.py builds); `.ninja_log`
     lines for anything else (links, CMake's own outputs) are not objects to count. Queued
-    objects are placed longest first — the order a critical-path Ninja starts them. With peaks
-    and a budget, the end is also no earlier than the remaining memory-time over the budget:
-    where memory binds, CPUs idle while the governor holds jobs back.
+    objects are placed longest first — the order a critical-path Ninja starts them — and, with
+    peaks and a budget, only as many run at once as fit: where memory binds, CPUs idle while
+    the governor holds jobs back.
     """
     speed = calibrated_speed(finished, seconds)
     default = _median(list(seconds.values())) if seconds else 0.0
@@ -107,17 +127,14 @@ def forecast(
     universe = {**seconds, **own}
     done = [obj for obj in universe if obj in finished and obj not in own]
     remaining = {job.object: max(0.0, own[job.object] * speed - job.ran_s) for job in jobs}
+    peak_of = (peaks or {}).get
     queued = sorted(
-        (universe[obj] * speed for obj in universe if obj not in finished and obj not in own),
-        reverse=True,
+        ((universe[obj] * speed, peak_of(obj, 0)) for obj in universe if obj not in finished and obj not in own),
+        key=lambda job: -job[0],
     )
-    live = [remaining[j.object] for j in jobs if not j.held]
-    waiting = [remaining[j.object] for j in jobs if j.held]
-    eta = list_schedule_end(live, [*waiting, *queued], cores)
-    if peaks and budget_bytes:
-        rests = {**{obj: universe[obj] * speed for obj in universe if obj not in finished}, **remaining}
-        memory_time = sum(peaks.get(obj, 0) * rest for obj, rest in rests.items())
-        eta = max(eta, memory_time / budget_bytes)
+    live = [(remaining[j.object], peak_of(j.object, 0)) for j in jobs if not j.held]
+    waiting = [(remaining[j.object], peak_of(j.object, 0)) for j in jobs if j.held]
+    eta = schedule_end(live, [*waiting, *queued], slots, budget_bytes if peaks else None)
     total_work = sum(universe.values()) or 1.0
     work = sum(universe[obj] for obj in done) + sum(min(j.ran_s / speed, own[j.object]) for j in jobs)
     held = sum(1 for j in jobs if j.held)
@@ -152,7 +169,8 @@ def finished_in(lines: Iterable[NinjaLine]) -> dict[str, float]:
 
 class FinishedObjects:
     """Follows the build tree's `.ninja_log` for `forecast`: setup.py creates the tree during
-    the compile, so the log is looked for until found, then reread only when it grows."""
+    the compile, and CMake may leave a sub-build's log in it first, so the tree is searched
+    again every `search_every_s`; a log is reread only when it grows."""
 
     def __init__(self, build_tree: Path, *, clock: Callable[[], float] = time.monotonic, search_every_s: float = 10.0):
         self.build_tree = build_tree
@@ -165,7 +183,7 @@ class FinishedObjects:
 
     def __call__(self) -> dict[str, float]:
         now = self._clock()
-        if not self._logs and now - self._searched >= self._search_every_s:
+        if now - self._searched >= self._search_every_s:
             self._searched = now
             self._logs = sorted(self.build_tree.glob("**/.ninja_log"))
         sizes = tuple(log.stat().st_size if log.exists() else 0 for log in self._logs)

@@ -8,8 +8,8 @@ token cannot be sized for the 9 GB object it ends up running — and a token can
 memory from a job already growing. Sampling the process tree instead sees which object each
 job compiles (its `-o`), what it holds now and what it is predicted to reach, and pauses jobs
 (SIGSTOP) before the sum outgrows the budget, resuming them (SIGCONT) as others finish. Which
-job: with per-object durations, the one whose delay costs least (most slack, `eta.Forecast`),
-so the longest object is paused last; without them, the youngest. Ninja does not notice: it
+job: the youngest, except that with per-object durations a job near the critical path (little
+slack, `eta.Forecast`) is paused last, so the longest object never waits for a short one. Ninja does not notice: it
 waits for its children without WUNTRACED.
 
 Use it only as a context manager around the wait for the build, so every exit resumes what it
@@ -40,7 +40,7 @@ from typing import Protocol
 import psutil
 
 from spark_build.compile.eta import Forecast, RunningJob, forecast
-from spark_build.compile.jobplan import JobRecord, JobState, decide
+from spark_build.compile.jobplan import CRITICAL_SLACK_S, JobRecord, JobState, decide
 from spark_build.compile.ninjalog import normalize_object
 
 __all__ = ["Governor", "JobState", "ProcInfo", "ProcessTable", "PsutilProcessTable", "decide", "object_of"]
@@ -148,7 +148,8 @@ class Governor:
     min(budget − tree RSS, psutil available − reserve). Tests inject it, the process table and
     the clock, so decisions are checked without a machine of a given size.
 
-    With `seconds` (per-object durations) and `cores`, every sample also forecasts the rest of
+    With `seconds` (per-object durations) and `slots` (jobs at once: the lesser of the CPUs and
+    Ninja's `-j`), every sample also forecasts the rest of
     the build (`eta.forecast`): jobs are paused by slack, the journal says why, and
     `on_forecast` hears the forecast for the status line. `finished` returns the objects built
     so far with their seconds (`eta.FinishedObjects` on the build tree); without it, the jobs
@@ -174,7 +175,7 @@ class Governor:
         install_signal_handlers: bool = True,
         journal: Callable[[dict[str, object]], None] | None = None,
         seconds: Mapping[str, float] | None = None,
-        cores: int = 1,
+        slots: int = 1,
         finished: Callable[[], Mapping[str, float]] | None = None,
         on_forecast: Callable[[Forecast], None] | None = None,
     ) -> None:
@@ -185,7 +186,7 @@ class Governor:
         self.default_peak = default_peak
         self.estimates = {normalize_object(k): v for k, v in (estimates or {}).items()}
         self.seconds = {normalize_object(k): v for k, v in (seconds or {}).items()}
-        self.cores = cores
+        self.slots = slots
         self._read_finished = finished or self._seen_finished
         self._on_forecast = on_forecast or (lambda _forecast: None)
         self.last_forecast: Forecast | None = None
@@ -284,15 +285,20 @@ class Governor:
         self._journal(row)
 
     def _forecast(self, jobs: Sequence[JobState], now: float, tree_rss: int) -> Forecast | None:
-        """The rest of the build as it stands, when durations are known; None without them."""
+        """The rest of the build as it stands, when durations are known; None without them.
+
+        `.ninja_log` times a job from start to end, held time included: less what this governor
+        held each object, so pauses do not make the machine look slower than it is."""
         if not self.seconds:
             return None
+        held = {seen.object: seen.stopped_s for seen in self._seen.values() if seen.stopped_s}
+        finished = {obj: max(0.0, took - held.get(obj, 0.0)) for obj, took in self._read_finished().items()}
         running = [RunningJob(self._object(j.pid), self._ran_s(j.pid, now), j.stopped) for j in jobs]
         return forecast(
             self.seconds,
-            self._read_finished(),
+            finished,
             running,
-            self.cores,
+            self.slots,
             peaks=self.estimates,
             budget_bytes=self.budget_bytes,
             used_bytes=tree_rss,
@@ -305,10 +311,13 @@ class Governor:
         if outlook is not None and seen is not None:
             slack = outlook.slack_s(seen.object)
             left = outlook.remaining_s.get(seen.object, 0.0)
-            why = "delaying it costs least" if event == "pause" else "most critical of the held jobs"
+            if slack < CRITICAL_SLACK_S:
+                why = "on the critical path" + (": every job is" if event == "pause" else "")
+            else:
+                why = "off the critical path" + (": delaying it costs nothing" if event == "pause" else "")
             row |= {
                 "slack_s": round(slack, 1),
-                "detail": f"slack {slack:.0f} s ({why}): ≈{left:.0f} s of its own left, build ≈{outlook.eta_s:.0f} s",
+                "detail": f"slack {slack:.0f} s, {why} (≈{left:.0f} s of its own left, build ≈{outlook.eta_s:.0f} s)",
             }
         self._journal(row)
 
@@ -328,7 +337,7 @@ class Governor:
         for pid in [p for p in self._job_keys if p not in live]:
             seen = self._seen.get(self._job_keys.pop(pid))
             if seen is not None and not seen.object.startswith("pid-"):
-                self._ended[seen.object] = seen.last - seen.first - seen.stopped_s
+                self._ended[seen.object] = seen.last - seen.first
 
     def _seen_finished(self) -> Mapping[str, float]:
         return self._ended

@@ -18,14 +18,14 @@ GIB = 2**30
 def test_objects_done_count_only_planned_objects_the_log_says_were_built() -> None:
     seconds = {"_C.dir/a.cu.o": 100.0, "_C.dir/b.cu.o": 100.0, "_C.dir/c.cu.o": 200.0}
     done = {"_C.dir/a.cu.o": 100.0, "_C.abi3.so": 2.0}  # a link is no object to count
-    outlook = forecast(seconds, done, [], cores=4)
+    outlook = forecast(seconds, done, [], slots=4)
     assert (outlook.objects_done, outlook.objects_total) == (1, 3)
     assert outlook.work_done == pytest.approx(100 / 400)
 
 
 def test_the_longest_remaining_object_sets_the_eta_when_cpus_are_plenty() -> None:
     seconds = {"long.o": 900.0, **{f"short{i}.o": 60.0 for i in range(10)}}
-    outlook = forecast(seconds, {}, [RunningJob("long.o", 300.0, held=False)], cores=20)
+    outlook = forecast(seconds, {}, [RunningJob("long.o", 300.0, held=False)], slots=20)
     assert outlook.eta_s == pytest.approx(600.0)
     assert outlook.slack_s("long.o") == 0.0
     assert outlook.slack_s("short3.o") == pytest.approx(600.0)
@@ -33,12 +33,12 @@ def test_the_longest_remaining_object_sets_the_eta_when_cpus_are_plenty() -> Non
 
 def test_the_eta_is_the_work_over_the_cpus_when_many_equal_objects_remain() -> None:
     seconds = {f"o{i}.o": 100.0 for i in range(40)}
-    assert forecast(seconds, {}, [], cores=4).eta_s == pytest.approx(1000.0)
+    assert forecast(seconds, {}, [], slots=4).eta_s == pytest.approx(1000.0)
 
 
 def test_running_jobs_count_their_own_progress_in_the_share_of_work_done() -> None:
     seconds = {"a.o": 100.0, "b.o": 300.0}
-    outlook = forecast(seconds, {"a.o": 100.0}, [RunningJob("b.o", 150.0, held=False)], cores=2)
+    outlook = forecast(seconds, {"a.o": 100.0}, [RunningJob("b.o", 150.0, held=False)], slots=2)
     assert outlook.work_done == pytest.approx(250 / 400)
     assert outlook.remaining_s == {"b.o": 150.0}
     assert outlook.eta_s == pytest.approx(150.0)
@@ -47,7 +47,7 @@ def test_running_jobs_count_their_own_progress_in_the_share_of_work_done() -> No
 def test_a_machine_slower_than_the_estimates_stretches_the_rest_of_the_build() -> None:
     seconds = {f"o{i}.o": 100.0 for i in range(8)}
     done = {f"o{i}.o": 120.0 for i in range(4)}  # this machine's cores: 1.2× the profile's
-    outlook = forecast(seconds, done, [], cores=4)
+    outlook = forecast(seconds, done, [], slots=4)
     assert outlook.speed == pytest.approx(1.2)
     assert outlook.eta_s == pytest.approx(120.0)
 
@@ -55,26 +55,26 @@ def test_a_machine_slower_than_the_estimates_stretches_the_rest_of_the_build() -
 def test_compiler_cache_hits_do_not_make_the_machine_look_faster() -> None:
     seconds = {f"o{i}.o": 100.0 for i in range(8)}
     done = {f"o{i}.o": 0.2 for i in range(4)}
-    assert forecast(seconds, done, [], cores=4).speed == 1.0
+    assert forecast(seconds, done, [], slots=4).speed == 1.0
 
 
 def test_held_jobs_wait_for_a_cpu_after_the_running_ones() -> None:
     seconds = {"run.o": 100.0, "held.o": 100.0}
     jobs = [RunningJob("run.o", 0.0, held=False), RunningJob("held.o", 0.0, held=True)]
-    outlook = forecast(seconds, {}, jobs, cores=1)
+    outlook = forecast(seconds, {}, jobs, slots=1)
     assert (outlook.running, outlook.held, outlook.eta_s) == (1, 1, 200.0)
 
 
 def test_where_memory_binds_the_eta_is_the_memory_time_over_the_budget() -> None:
     seconds = {f"o{i}.o": 100.0 for i in range(10)}
     peaks = {f"o{i}.o": 8 * GIB for i in range(10)}
-    outlook = forecast(seconds, {}, [], cores=10, peaks=peaks, budget_bytes=16 * GIB)
+    outlook = forecast(seconds, {}, [], slots=10, peaks=peaks, budget_bytes=16 * GIB)
     assert outlook.eta_s == pytest.approx(500.0)  # 2 at a time fit, not 10
 
 
 def test_an_object_without_an_estimate_is_planned_at_the_median_duration() -> None:
     seconds = {"a.o": 10.0, "b.o": 50.0, "c.o": 90.0}
-    outlook = forecast(seconds, {}, [RunningJob("new.o", 0.0, held=False)], cores=8)
+    outlook = forecast(seconds, {}, [RunningJob("new.o", 0.0, held=False)], slots=8)
     assert outlook.objects_total == 4
     assert outlook.remaining_s["new.o"] == 50.0
 

@@ -81,32 +81,33 @@ def critical(pid: int, started: float, rss_mb: int, peak_mb: int, slack_s: float
     return JobState(pid, started, rss_mb * MB, peak_mb * MB, stopped, slack_s)
 
 
-# With durations known, the job paused is the one whose delay costs least: the most slack.
+# With durations known, a job near the critical path (slack < 120 s) is paused last; among the
+# others, whose delay costs nothing, the youngest (it holds least) as without durations.
 BY_SLACK = {
-    "the-young-longest-object-runs-and-an-older-short-one-is-paused": (
+    "the-young-longest-object-runs-and-an-older-job-with-slack-is-paused": (
         [critical(1, 0, 500, 2000, slack_s=800), critical(2, 9, 100, 3000, slack_s=0)],
         3500,
         ([1], []),
     ),
-    "of-three-jobs-the-one-with-most-slack-is-paused-first": (
-        [critical(1, 0, 100, 1500, 300), critical(2, 1, 100, 1500, 0), critical(3, 2, 100, 1500, 600)],
+    "among-jobs-with-slack-the-youngest-is-paused-not-the-one-with-most-slack": (
+        [critical(1, 0, 100, 1500, 900), critical(2, 1, 100, 1500, 0), critical(3, 2, 100, 1500, 300)],
         3200,
         ([3], []),
     ),
-    "the-held-job-with-least-slack-resumes-first": (
+    "the-held-critical-job-resumes-before-an-older-held-job-with-slack": (
         [critical(1, 0, 100, 2000, 900, stopped=True), critical(2, 1, 100, 2000, 50, stopped=True)],
         2500,
         ([], [2]),
     ),
-    "a-held-job-within-the-swap-margin-does-not-take-a-running-jobs-place": (
-        [critical(1, 0, 100, 2000, 100), critical(2, 1, 100, 2000, 60, stopped=True)],
-        2500,
-        ([], []),
-    ),
-    "a-held-job-beyond-the-swap-margin-takes-a-running-jobs-place": (
-        [critical(1, 0, 100, 2000, 500), critical(2, 1, 100, 2000, 0, stopped=True)],
+    "a-held-job-turning-critical-takes-the-place-of-a-running-job-with-slack": (
+        [critical(1, 0, 100, 2000, 500), critical(2, 1, 100, 2000, 100, stopped=True)],
         2500,
         ([1], [2]),
+    ),
+    "when-every-job-is-critical-the-youngest-is-paused": (
+        [critical(1, 0, 100, 2000, 10), critical(2, 1, 100, 2000, 0)],
+        2500,
+        ([2], []),
     ),
 }
 
@@ -230,7 +231,7 @@ def test_with_durations_the_longest_object_runs_and_the_journal_says_why_the_oth
         install_signal_handlers=False,
         journal=journal.append,
         seconds={"_C.dir/a.cu.o": 30.0, "_C.dir/b.cu.o": 900.0, "_C.dir/c.cu.o": 60.0},
-        cores=2,
+        slots=2,
         finished=lambda: {"_C.dir/c.cu.o": 61.0},
         on_forecast=forecasts.append,
     )
@@ -239,7 +240,7 @@ def test_with_durations_the_longest_object_runs_and_the_journal_says_why_the_oth
     pause = next(row for row in journal if row.get("event") == "pause")
     assert pause["object"] == "_C.dir/a.cu.o"
     assert pause["slack_s"] == 870.0
-    assert pause["detail"].startswith("slack 870 s (delaying it costs least)")
+    assert pause["detail"].startswith("slack 870 s, off the critical path: delaying it costs nothing")
     sample = next(row for row in journal if "event" not in row)
     assert (sample["objects_done"], sample["objects_total"], sample["eta_s"]) == (1, 3, 900.0)
     assert (forecasts[-1].running, forecasts[-1].held) == (1, 1)
