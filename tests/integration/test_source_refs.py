@@ -148,3 +148,26 @@ def test_the_patches_a_release_gets_apply_to_it_and_the_others_do_not(vllm_repo:
             assert check.returncode != 0, f"{patch.name} applies to {version} outside its range {patch.declared}"
     finally:
         _git(vllm_repo, "checkout", "-q", "main")
+
+
+def test_a_patch_that_no_longer_applies_inside_its_range_stops_the_build_naming_it_and_its_range(
+    make_build, tmp_path: Path
+) -> None:
+    """The example upstream at v0.2.0, with a series of two drifted patches: the one whose range
+    covers 0.2.0 fails the patch step by name and range; the other is never tried."""
+    series = tmp_path / "patches" / "spark-example"
+    series.mkdir(parents=True)
+    diff = "diff --git a/setup.py b/setup.py\n--- a/setup.py\n+++ b/setup.py\n@@ -1,1 +1,1 @@\n-no such line\n+x\n"
+    for name, releases in (("0001-drifted.patch", ">=0.2.0,<0.3.0"), ("0002-older.patch", ">=0.1.0,<0.2.0")):
+        (series / name).write_text(f"{name}\n\nReleases: {releases}\nReleases-why: a test\n---\n{diff}")
+    (series / "series").write_text("0001-drifted.patch\n0002-older.patch\n")
+    build = make_build()
+    env = {**build.env(), "SPARK_BUILD_PATCHES_DIR": str(tmp_path / "patches")}
+    result = subprocess.run(build.argv(), capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error == [
+        "error: [patch] 0001-drifted.patch declares releases >=0.2.0,<0.3.0 but no longer applies to "
+        "spark-example 0.2.0 (the log names file and hunk)"
+    ]
+    assert "0002-older.patch" not in (build.workdir / "logs" / "latest" / "patch.log").read_text()
