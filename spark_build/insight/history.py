@@ -33,7 +33,7 @@ class HistoryRow:
     wall_s: float
     jobs: int | None
     peak_memory_bytes: int | None
-    cache_hit_rate: float | None  # objects Ninja reused ÷ objects in the build tree
+    cache_hit_rate: float | None  # the compiler cache's hits ÷ (hits + misses) in this run (cache_hits)
     cache_note: str
     outcome: str
     inputs: str  # what "the same inputs" means: commit (or ref) and arch
@@ -66,23 +66,36 @@ def step_status(summary: Mapping[str, Any], name: str) -> str | None:
 
 
 def cache_hits(summary: Mapping[str, Any]) -> tuple[float | None, str]:
-    """Share of the build tree's objects this run did not have to compile, and how it is known.
+    """This run's compiler-cache hit rate — the one figure the build's timing table, `invoke
+    report` and `invoke history` all show: hits ÷ (hits + misses) as the cache counted them
+    (`CacheStats.hit_rate`, in summary.json's `compiler_cache`). The objects Ninja did not
+    rebuild at all are named beside it, never counted as hits: a no-op resume is not 100 %.
 
-    `summary["results"]["compile"]` describes the last *finished* compile, which for a resumed
-    run may be an earlier run's — so this run's compile status decides, and the object counts
-    come from the run's trace (written by the run itself).
-    """
+    `compiler_cache` comes from the last *finished* compile, which is this run's only when this
+    run's compile is done; a compile that was skipped, failed or stopped has no figure."""
     status = step_status(summary, "compile")
     if status == "skipped":
-        return 1.0, "compile skipped: the wheel of an earlier run was reused"
+        return None, "no compile in this run (an earlier run's wheel was reused)"
     if status in (None, "not run"):
         return None, "no compile in this run"
+    reuse = _ninja_reuse(summary)
+    record = summary.get("compiler_cache") if status == "done" else None
+    stats = record.get("stats") if isinstance(record, Mapping) else None
+    if not isinstance(record, Mapping) or not isinstance(stats, Mapping):
+        why = f"no compiler-cache figures (compile {status})" if status != "done" else "no compiler-cache figures"
+        return None, "; ".join([why, *reuse])
+    rate = stats.get("hit_rate")  # None when nothing was looked up: Ninja found every object current
+    counts = f"{record.get('tool')}: {stats.get('hits', 0)} hits, {stats.get('misses', 0)} misses"
+    return (float(rate) if isinstance(rate, (int, float)) else None), "; ".join([counts, *reuse])
+
+
+def _ninja_reuse(summary: Mapping[str, Any]) -> list[str]:
+    """`Ninja reused 4 of 12 objects` from the run's own trace; empty when it wrote none."""
     meta = summary.get(TRACE_META) or {}
     built, total = meta.get("objects_built"), meta.get("objects_total")
     if isinstance(built, int) and isinstance(total, int) and total > 0:
-        reused = max(0, total - built)
-        return reused / total, f"{reused} of {total} objects reused by Ninja"
-    return None, "no trace.json for this run (object counts unknown)"
+        return [f"Ninja reused {max(0, total - built)} of {total} objects"]
+    return []
 
 
 def peak_memory(summary: Mapping[str, Any]) -> int | None:

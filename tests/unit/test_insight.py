@@ -24,12 +24,25 @@ DATA = Path(__file__).parents[1] / "data"
 INTERRUPTED_RUN = "20261125-181541-6878"
 
 
+def ccache(hits: int, misses: int) -> dict:
+    """summary.json's `compiler_cache` as the compile step records it (these builds predate it)."""
+    stats = {"hits": hits, "misses": misses, "uncacheable": 0, "hit_rate": hits / (hits + misses)}
+    return {"tool": "ccache", "storage": "local", "stats": stats}
+
+
+# What the compiler cache did in each recorded build that compiled.
+COMPILER_CACHE = {"example": ccache(0, 13), "example-resumed": ccache(1, 3)}
+
+
 def add_run(logs: Path, variant: str, run_id: str, *, traced: bool = True) -> Path:
     """logs/<run-id>/ as the build leaves it: summary.json, jobs.json where the run wrote one,
     and trace.json (written from the real state.json and .ninja_log; the build tree is gone)."""
     folder = logs / run_id
     folder.mkdir(parents=True)
-    shutil.copy(DATA / f"{variant}.summary.json", folder / "summary.json")
+    summary = json.loads((DATA / f"{variant}.summary.json").read_text())
+    if variant in COMPILER_CACHE:
+        summary["compiler_cache"] = COMPILER_CACHE[variant]
+    (folder / "summary.json").write_text(json.dumps(summary))
     if (DATA / f"{variant}.jobs.json").exists():
         shutil.copy(DATA / f"{variant}.jobs.json", folder / "jobs.json")
     if traced:
@@ -64,7 +77,7 @@ def test_report_names_the_slowest_objects_utilisation_cache_and_verdicts_of_a_re
     assert util["jobs"] == 2
     assert util["object_seconds"] == pytest.approx(sum(seconds.values()), abs=1e-3)
     assert util["share"] == pytest.approx(sum(seconds.values()) / (59.057 - 0.001) / 2, abs=1e-3)
-    assert data["cache"]["hit_rate"] == 0.0  # a fresh build reuses nothing
+    assert data["cache"]["hit_rate"] == 0.0  # a fresh build finds nothing in a fresh cache
     assert data["validation"]["verdicts"] == {"12.1": "native"}
     assert data["validation"]["linkage_ok"] is True
     assert data["hungriest"] == []  # this build predates jobs.json
@@ -99,8 +112,9 @@ def test_critical_path_ends_even_when_a_graph_has_a_cycle() -> None:
 def test_report_of_the_resumed_build_counts_reused_objects_and_ranks_the_hungriest(tmp_path: Path) -> None:
     folder = add_run(tmp_path / "logs", "example-resumed", RESUMED_RUN)
     data = report_data(load_run(folder))
-    assert data["cache"]["hit_rate"] == pytest.approx(8 / 12)
-    assert data["cache"]["note"] == "8 of 12 objects reused by Ninja"
+    # One definition of the hit rate, the compiler cache's own; Ninja's reuse is said beside it.
+    assert data["cache"]["hit_rate"] == 0.25
+    assert data["cache"]["note"] == "ccache: 1 hits, 3 misses; Ninja reused 8 of 12 objects"
     assert data["objects_built"] == 4
     assert [h["object"] for h in data["hungriest"]] == [
         "_C.dir/csrc/topk.cu.o",
@@ -122,7 +136,7 @@ def test_report_prints_timing_objects_path_cache_and_validation(tmp_path: Path) 
         "407 MiB",  # topk's peak
         "CPU utilisation:",
         "critical path: 9.7s — elementwise_half.cu.o [longest single object",
-        "cache hit rate: 67% — 8 of 12 objects reused by Ninja",
+        "cache hit rate: 25% — ccache: 1 hits, 3 misses; Ninja reused 8 of 12 objects",
         "validation (done): GPU code 12.1: native; imports ok; linkage ok",
     ):
         assert expected in text, expected
@@ -160,7 +174,7 @@ def test_history_has_one_row_per_build_oldest_first_compared_with_the_last_build
     assert [r.outcome for r in rows] == ["ok", "interrupted at compile", "ok"]
     assert {(r.ref, r.arch) for r in rows} == {("v0.2.0", "12.1a")}
     assert rows[0].date == "2026-11-25 18:11"
-    assert [r.cache_hit_rate for r in rows] == [0.0, None, pytest.approx(8 / 12)]
+    assert [r.cache_hit_rate for r in rows] == [0.0, None, 0.25]
     assert [r.peak_memory_bytes for r in rows] == [None, None, 1188728832]
     assert rows[0].change == {"previous": None}
     resumed = rows[2].change
@@ -217,3 +231,21 @@ def test_html_timeline_draws_every_slice_and_needs_no_network(tmp_path: Path) ->
     for label in ("preflight", "compile", "slot 1", "slot 2", "jobs running"):
         assert f">{label}<" in text or f">{label} (" in text, label
     assert "<script" not in text and "src=" not in text and "href=" not in text
+
+
+@pytest.mark.parametrize(
+    ("status", "rate", "note"),
+    [
+        ("skipped", None, "no compile in this run (an earlier run's wheel was reused)"),
+        ("failed", None, "no compiler-cache figures (compile failed)"),
+        ("done", 0.25, "ccache: 1 hits, 3 misses"),
+    ],
+    ids=["no-op-resume-is-not-100-percent", "failed-compile-has-no-figure", "finished-compile"],
+)
+def test_the_cache_hit_rate_is_the_compiler_caches_own_and_only_for_a_compile_this_run_finished(
+    status: str, rate: float | None, note: str
+) -> None:
+    from spark_build.insight.history import cache_hits
+
+    summary = {"steps": [{"name": "compile", "status": status}], "compiler_cache": COMPILER_CACHE["example-resumed"]}
+    assert cache_hits(summary) == (rate, note)
