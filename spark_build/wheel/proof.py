@@ -106,6 +106,11 @@ class Proof(AuditReport):
     problems: list[str]
 
     def fix(self) -> str:
+        """The failing audit's own fix (an official wheel built for other GPUs: compile for this
+        one); for a failed import, where to look."""
+        failed = [report for report in self.reports if report.problems]
+        if failed and all(p.startswith(("linkage: ", "GPU code for ")) for p in self.problems):
+            return failed[0].fix()
         return "the linkage and GPU-code tables in the log show what is missing, from which CUDA, or for which GPU"
 
     def render(self, console: Console) -> None:

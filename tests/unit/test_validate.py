@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.wheel.proof import judge_imports, serve_decision, wheel_modules
+from spark_build.arch.compat import ComputeCapability
+from spark_build.wheel.archaudit import ArchReport
+from spark_build.wheel.proof import Proof, judge_imports, serve_decision, wheel_modules
 
 
 def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_ones():
@@ -97,3 +99,11 @@ def test_a_package_that_rewords_the_missing_driver_is_judged_by_its_extension_lo
     }
     verdict = judge_imports(found, unmet=[], driver=False)
     assert verdict.problems == [] and verdict.unproven == ["vllm.vllm_flash_attn._vllm_fa2_C"]
+
+
+def test_a_wheel_that_fails_only_its_gpu_code_audit_is_told_to_compile_for_this_gpu():
+    arch = ArchReport("vllm.whl", ComputeCapability(12, 1), (), (), ("vllm/_qutlass_C.abi3.so: cannot run on 12.1",))
+    proof = Proof({}, [arch], ["GPU code for 12.1: vllm/_qutlass_C.abi3.so: cannot run on 12.1"])
+    assert proof.fix() == arch.fix() and "12.1a" in proof.fix()
+    proof = Proof({}, [arch], [*proof.problems, "the installed wheel fails to import vllm: ImportError: x"])
+    assert "tables in the log" in proof.fix()
