@@ -20,7 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from spark_build.errors import SparkBuildError, UsageError
+from spark_build.errors import SparkBuildError, StepFailed, UsageError
 from spark_build.nightly.fetch import mirror_wheel, wheel_in_wheelhouse
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
@@ -84,7 +84,11 @@ def _requirements(lines: Sequence[str]) -> list[Requirement]:
 
 
 def wanted_for(options: PreferWheel) -> Wanted:
-    """The release to look for; a ref that is not a release tag is bad input for `--prefer-wheel`."""
+    """The release to look for; a ref that is not a release tag, or an index or release API that
+    is not an http(s) URL, is bad input for `--prefer-wheel`."""
+    for option, url in (("--wheel-index", options.index), ("--wheel-releases", options.releases)):
+        if not url.startswith(("https://", "http://")):
+            raise UsageError(f"{option} {url}: not an http(s) URL", hint=f"give {option} https://…, or leave it out")
     version = release_version(options.ref)
     if version is None:
         raise UsageError(
@@ -121,6 +125,8 @@ def _official(
     """The proven official wheel, or why there is none to take (a str)."""
     try:
         found = find_official(wanted, index=options.index, releases=options.releases, on_retry=say)
+    except UsageError:
+        raise
     except SparkBuildError as err:  # the index or GitHub unreachable after the retries
         return f"cannot look up the official wheel: {err.message}"
     if isinstance(found, str):
@@ -133,7 +139,10 @@ def _official(
     conflict = torch_conflict(wheel_requirements(wheel), options.torch_asked, options.torch_existing)
     if conflict:
         return f"{found.filename} not taken: {conflict}"
-    proof = prove(wheel)
+    try:
+        proof = prove(wheel)
+    except StepFailed as err:  # it did not even install (a requirement nowhere to be had): not taken
+        return f"{found.filename} failed validation: {err.message}"
     if proof.problems:
         return f"{found.filename} failed validation: {first_and_more(proof.problems)}"
     return wheel, proof

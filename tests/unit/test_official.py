@@ -6,11 +6,15 @@ release's assets, where only a wheel with a published sha256 is taken."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
+from spark_build.errors import UsageError
 from spark_build.nightly.official import (
+    PACKAGE_INDEX,
     Expected,
     OfficialWheel,
     Place,
@@ -21,7 +25,7 @@ from spark_build.nightly.official import (
     pick,
     release_version,
 )
-from spark_build.nightly.prebuilt import torch_conflict
+from spark_build.nightly.prebuilt import PreferWheel, torch_conflict, wanted_for
 
 SHA = "ab" * 32
 
@@ -169,3 +173,18 @@ def test_a_wheel_is_taken_only_when_its_torch_is_the_one_the_user_has_or_asked_f
     wheel_requires: list[str], asked: list[str], existing: Version | None, conflict: str | None
 ) -> None:
     assert torch_conflict(wheel_requires, asked, existing) == conflict
+
+
+@pytest.mark.parametrize(
+    ("ref", "index", "message"),
+    [
+        ("main", PACKAGE_INDEX, "--prefer-wheel needs a release tag and 'main' is not one"),
+        ("v0.33.0", "/mirror/simple", "--wheel-index /mirror/simple: not an http(s) URL"),
+    ],
+    ids=["branch", "index-not-a-url"],
+)
+def test_prefer_wheel_refuses_bad_input_before_looking_anything_up(ref: str, index: str, message: str) -> None:
+    options = PreferWheel(ref, 13, Path("/nonexistent"), PACKAGE_INDEX, (), None, index=index)
+    with pytest.raises(UsageError, match=re.escape(message)) as err:
+        wanted_for(options)
+    assert err.value.exit_code == 2
