@@ -19,6 +19,7 @@ from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, read_fact
 from spark_build.upstream.patches import PatchSeries, find_series
 from spark_build.upstream.recipe import project_name
 from spark_build.upstream.refs import ResolvedRef, read_recipe_files, resolve_ref
+from spark_build.upstream.versions import check_supported
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def plan_source(config: BuildConfig) -> SourcePlan:
         read_recipe_files(config.repo, ref.name, tree)
         facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
         dist = project_name(tree)
+    if dist == "vllm" and ref.version is not None:
+        check_supported(ref.version)  # before torch is installed, not at the sources step
     packages, index, why = config.torch_packages, config.torch_index, "as given (--torch-packages)"
     pin = facts.torch
     if "torch_packages" in config.from_source:

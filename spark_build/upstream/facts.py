@@ -19,8 +19,14 @@ import tomllib
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
+from spark_build.errors import UsageError
 from spark_build.upstream.recipe import USE_EXISTING_TORCH_PLACES
-from spark_build.upstream.versions import ExternalProject, cmake_files, parse_external_projects
+from spark_build.upstream.versions import (
+    ExternalProject,
+    build_requirement_files,
+    cmake_files,
+    parse_external_projects,
+)
 
 TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
 PYPI_INDEX = "https://pypi.org/simple"
@@ -100,13 +106,11 @@ def read_requires_python(source: Path) -> str | None:
 
 
 def read_build_requirements(source: Path) -> tuple[str, ...]:
-    """The requirement files a CUDA build installs: `requirements/build/cuda.txt` where the tree
-    has one file per device (0.20 on; the others pin a CPU or ROCm torch), else the one
-    `requirements/build.txt` (0.13–0.19)."""
-    for rel in ("requirements/build/cuda.txt", "requirements/build.txt"):
-        if (source / rel).is_file():
-            return (rel,)
-    return ()
+    """The CUDA build's requirement file (`versions.build_requirement_files`); none is a fact too."""
+    try:
+        return build_requirement_files(source)
+    except UsageError:
+        return ()
 
 
 def read_version(source: Path) -> Version | None:

@@ -16,8 +16,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from spark_build.errors import StepFailed
-from spark_build.upstream.versions import build_requirement_files as vllm_build_requirements
-from spark_build.upstream.versions import version_from_tag
+from spark_build.upstream.versions import build_requirement_files, version_from_tag
 
 # Where vLLM keeps the script that strips its torch pins: the root up to 0.2x, `tools/` since.
 USE_EXISTING_TORCH_PLACES = ("use_existing_torch.py", "tools/use_existing_torch.py")
@@ -55,30 +54,12 @@ def project_name(source: Path) -> str:
     )
 
 
-def build_requirement_files(source: Path) -> tuple[str, ...]:
-    """Where this tree keeps its build requirements (0.13: one file; later: a folder)."""
-    folder = source / "requirements" / "build"
-    if folder.is_dir():
-        return tuple(sorted(str(p.relative_to(source)) for p in folder.glob("*.txt")))
-    single = source / "requirements" / "build.txt"
-    if single.is_file():
-        return ("requirements/build.txt",)
-    raise StepFailed(
-        f"no build requirements found in {source} (looked for requirements/build.txt and requirements/build/)",
-        hint="this vLLM layout is unknown to spark-build; please report the version you are building",
-    )
-
-
 def recipe_for(source: Path, describe: str, version_of_ref: str | None = None) -> Recipe:
     """The recipe of a checked-out tree; its version from `git describe`, else the one the ref
     was resolved to (a branch: the next after the newest release)."""
     dist = project_name(source)
     version = version_from_tag(describe) or (Version(version_of_ref) if version_of_ref else None)
-    if dist == "vllm" and version is not None:
-        # Release-specific: from 0.20 `requirements/build/` also holds cpu.txt with a +cpu torch pin.
-        requirements = vllm_build_requirements(source, version)
-    else:
-        requirements = build_requirement_files(source)
+    requirements = build_requirement_files(source)
     script = next((rel for rel in USE_EXISTING_TORCH_PLACES if (source / rel).is_file()), None)
     return Recipe(dist=dist, version=version, build_requirements=requirements, use_existing_torch=script)
 

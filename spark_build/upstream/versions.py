@@ -1,48 +1,35 @@
-"""What spark-build knows about each vLLM release range, as data — and what it reads from the tree.
+"""The rules that read a vLLM tree's build interface, which moves between releases.
 
-vLLM's build interface moves between releases. Each fact here was read from the released
-source distributions on the package index (sdist layouts checked: 0.13.0, 0.14.0, 0.16.0,
-0.19.0, 0.19.1, 0.20.0, 0.21.0, 0.22.0, 0.26.0, 0.33.0):
+Each rule reads the fact where the tree keeps it, so a release nobody has looked at (or `main`)
+is read the same way; `docs/recipes.md` is what they read from every release's sdist:
 
 - build requirements: `requirements/build.txt` up to 0.19.x; from 0.20.0 a folder with one file
   per device (`requirements/build/cuda.txt`, `cpu.txt`, `rocm.txt`, `tpu.txt`…), of which a CUDA
   build installs `cuda.txt` only — installing them all would pull a CPU torch pin;
-- from 0.22.0 the source carries a Rust crate (`rust/Cargo.toml`, `rust-toolchain.toml`), built
-  through setuptools-rust, and `setup.py` reads `VLLM_USE_PRECOMPILED_RUST` and
-  `VLLM_REQUIRE_RUST_FRONTEND`;
 - the projects CMake fetches at configure time (CUTLASS, vllm-flash-attn, FlashMLA, qutlass,
-  Triton's `triton_kernels`; more in later releases) are read from the tree itself by
-  `external_projects()`: their repository, pinned `GIT_TAG`, and the `*_SRC_DIR` environment
-  variable that points the build at a local copy instead of the network.
+  Triton's `triton_kernels`; ten in 0.33.0) are read from `CMakeLists.txt` and
+  `cmake/external_projects/*.cmake` by `external_projects()`: their repository, pinned `GIT_TAG`
+  (through CMake variables), and the `*_SRC_DIR` environment variable that points the build at a
+  local copy instead of the network.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from spark_build.errors import UsageError
 
-# Variables vLLM 0.13.0's setup.py (and vllm/envs.py, which it loads) reads to shape the build.
-_SETUP_ENV_0_13 = (
-    "VLLM_TARGET_DEVICE",
-    "MAX_JOBS",
-    "NVCC_THREADS",
-    "CMAKE_BUILD_TYPE",
-    "VERBOSE",
-    "CMAKE_ARGS",
-    "FETCHCONTENT_BASE_DIR",
-    "VLLM_VERSION_OVERRIDE",
-    "VLLM_USE_PRECOMPILED",
-    "VLLM_MAIN_CUDA_VERSION",
-    "VLLM_DISABLE_SCCACHE",
-    "CUDA_HOME",
-)
+# Older releases cannot target sm_121 with CUDA 13.
+OLDEST_RELEASE = Version("0.13.0")
+# The CUDA build's requirement files, in the order the rule looks for them.
+BUILD_REQUIREMENT_PLACES = ("requirements/build/cuda.txt", "requirements/build.txt")
+# What `--torch-packages` falls back to when the source pins no torch (the built-in example).
+NEWEST_TORCH = ("torch", "torchvision", "torchaudio")
 
 
 def version_from_tag(describe: str) -> Version | None:
@@ -57,78 +44,25 @@ def version_from_tag(describe: str) -> Version | None:
         return None
 
 
-@dataclass(frozen=True)
-class VersionRules:
-    """The build interface of one range of vLLM releases."""
-
-    releases: SpecifierSet
-    build_requirements: tuple[str, ...]
-    setup_env: tuple[str, ...]
-    needs_rust: bool = False
-    # The `*_SRC_DIR` variables verified in this range's CMake files; `external_projects()`
-    # cross-checks what it parses against them, so a renamed variable is caught, not ignored.
-    src_dir_env: Mapping[str, str] = field(default_factory=dict)
-
-    def covers(self, version: Version) -> bool:
-        return self.releases.contains(version, prereleases=True)
-
-
-_SRC_DIR_ENV_0_13 = {
-    "cutlass": "VLLM_CUTLASS_SRC_DIR",
-    "vllm-flash-attn": "VLLM_FLASH_ATTN_SRC_DIR",
-    "flashmla": "FLASH_MLA_SRC_DIR",
-    "qutlass": "QUTLASS_SRC_DIR",
-    "triton_kernels": "TRITON_KERNELS_SRC_DIR",
-}
-
-RULES: tuple[VersionRules, ...] = (
-    VersionRules(
-        SpecifierSet(">=0.13.0,<0.20.0"),
-        build_requirements=("requirements/build.txt",),
-        setup_env=_SETUP_ENV_0_13,
-        src_dir_env=_SRC_DIR_ENV_0_13,
-    ),
-    VersionRules(
-        SpecifierSet(">=0.20.0,<0.22.0"),
-        build_requirements=("requirements/build/cuda.txt",),
-        setup_env=_SETUP_ENV_0_13,
-        src_dir_env=_SRC_DIR_ENV_0_13,
-    ),
-    VersionRules(
-        SpecifierSet(">=0.22.0"),
-        build_requirements=("requirements/build/cuda.txt",),
-        setup_env=(*_SETUP_ENV_0_13, "VLLM_USE_PRECOMPILED_RUST", "VLLM_REQUIRE_RUST_FRONTEND"),
-        needs_rust=True,
-        src_dir_env=_SRC_DIR_ENV_0_13,
-    ),
-)
-
-
-# What `--torch-packages` falls back to when the source pins no torch (the built-in example).
-NEWEST_TORCH = ("torch", "torchvision", "torchaudio")
-
-
-def rules_for(version: Version) -> VersionRules:
-    """The rules for a release; an older release than we have checked is refused by name."""
-    for rules in RULES:
-        if rules.covers(version):
-            return rules
-    raise UsageError(
-        f"vLLM {version} is older than any release spark-build knows (0.13.0 and later)",
-        hint="build v0.13.0 or newer: older releases cannot target sm_121 with CUDA 13",
-    )
-
-
-def build_requirement_files(source: Path, version: Version) -> tuple[str, ...]:
-    """The requirement files a CUDA build installs, checked to exist in this tree."""
-    wanted = rules_for(version).build_requirements
-    missing = [rel for rel in wanted if not (source / rel).is_file()]
-    if missing:
+def check_supported(version: Version) -> None:
+    """A release older than spark-build can build is refused by name, before anything runs."""
+    if version < OLDEST_RELEASE:
         raise UsageError(
-            f"vLLM {version} should keep its build requirements in {', '.join(missing)}, but the tree has none there",
-            hint="the source is not the release it claims to be, or its layout moved; report the version",
+            f"vLLM {version} is older than any release spark-build builds ({OLDEST_RELEASE} and later)",
+            hint=f"build v{OLDEST_RELEASE} or newer: older releases cannot target sm_121 with CUDA 13",
         )
-    return wanted
+
+
+def build_requirement_files(source: Path) -> tuple[str, ...]:
+    """The one requirement file a CUDA build installs: `requirements/build/cuda.txt` where the
+    tree has a file per device (the others pin a CPU or ROCm torch), else `requirements/build.txt`."""
+    for rel in BUILD_REQUIREMENT_PLACES:
+        if (source / rel).is_file():
+            return (rel,)
+    raise UsageError(
+        f"no build requirements in {source} (looked for {' and '.join(BUILD_REQUIREMENT_PLACES)})",
+        hint="the requirement files moved in this tree; report the version you are building",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,19 +201,14 @@ def cmake_files(source: Path) -> dict[str, str]:
 
 
 def external_projects(source: Path, version: Version) -> list[ExternalProject]:
-    """The projects this tree fetches, checked against what we verified for its release range.
-
-    A project whose local-copy variable differs from the verified one is refused: pointing the
-    build at a cache through a variable CMake no longer reads would silently go to the network.
-    """
+    """The projects this tree fetches; one without a `*_SRC_DIR` variable is refused by name:
+    the build could not point CMake at a local copy, and it would go to the network."""
+    check_supported(version)
     projects = parse_external_projects(cmake_files(source))
-    known = rules_for(version).src_dir_env
-    for project in projects:
-        expected = known.get(project.name)
-        if expected is not None and project.src_dir_env != expected:
-            raise UsageError(
-                f"{project.defined_in} reads {project.src_dir_env or 'no *_SRC_DIR variable'} for "
-                f"{project.name}, not {expected} as vLLM {version} should",
-                hint="the source's CMake changed; update spark_build/versions.py for this release",
-            )
+    blind = [f"{p.name} ({p.defined_in})" for p in projects if p.src_dir_env is None]
+    if blind:
+        raise UsageError(
+            f"vLLM {version} fetches {', '.join(blind)} without a *_SRC_DIR variable to point it at a local copy",
+            hint="the source's CMake changed how it reads local copies; report the version",
+        )
     return projects

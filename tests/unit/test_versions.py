@@ -1,4 +1,4 @@
-"""What spark-build knows per vLLM release: where build requirements live, what CMake fetches.
+"""The rules that read a vLLM tree: where build requirements live, what CMake fetches.
 
 The requirement layouts below were read from the released sdists on the package index
 (`pip download --no-deps --no-binary :all: vllm==X`): 0.13.0 … 0.19.1 keep one
@@ -19,9 +19,9 @@ from spark_build.errors import UsageError
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.versions import (
     build_requirement_files,
+    check_supported,
     external_projects,
     parse_external_projects,
-    rules_for,
 )
 
 MIRROR = Path(__file__).resolve().parents[3] / "shared" / "mirror"
@@ -39,41 +39,28 @@ def _tree(root: Path, files: list[str]) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("version", "layout", "expected"),
+    ("layout", "expected"),
     [
-        pytest.param("0.13.0", LAYOUT_0_13, ("requirements/build.txt",), id="0.13.0 keeps one build.txt"),
-        pytest.param("0.19.1", LAYOUT_0_13, ("requirements/build.txt",), id="0.19.1 is the last with build.txt"),
-        pytest.param("0.20.0", LAYOUT_0_20, ("requirements/build/cuda.txt",), id="0.20.0 has one file per device"),
-        pytest.param("0.33.0", LAYOUT_0_33, ("requirements/build/cuda.txt",), id="0.33.0 adds rust.txt and rock.txt"),
+        pytest.param(LAYOUT_0_13, ("requirements/build.txt",), id="0.13.0 to 0.19.x keep one build.txt"),
+        pytest.param(LAYOUT_0_20, ("requirements/build/cuda.txt",), id="0.20.0 has one file per device"),
+        pytest.param(LAYOUT_0_33, ("requirements/build/cuda.txt",), id="0.33.0 adds rust.txt and rock.txt"),
     ],
 )
-def test_a_cuda_build_installs_only_the_cuda_build_requirements_of_its_release(
-    tmp_path: Path, version: str, layout: list[str], expected: tuple[str, ...]
+def test_a_cuda_build_installs_only_the_cuda_build_requirements_the_tree_keeps(
+    tmp_path: Path, layout: list[str], expected: tuple[str, ...]
 ) -> None:
     # Installing every file of requirements/build/ would pull cpu.txt's `torch==…+cpu` pin.
-    assert build_requirement_files(_tree(tmp_path, layout), Version(version)) == expected
+    assert build_requirement_files(_tree(tmp_path, layout)) == expected
 
 
-def test_a_tree_without_the_requirement_file_its_release_should_have_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"requirements/build/cuda\.txt"):
-        build_requirement_files(_tree(tmp_path, LAYOUT_0_13), Version("0.22.0"))
+def test_a_tree_without_build_requirements_is_refused_naming_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"looked for requirements/build/cuda\.txt and requirements/build\.txt"):
+        build_requirement_files(_tree(tmp_path, ["requirements/common.txt"]))
 
 
-@pytest.mark.parametrize(
-    ("version", "rust"),
-    [("0.13.0", False), ("0.21.0", False), ("0.22.0", True), ("0.33.0", True)],
-    ids=["0.13.0 has no Rust", "0.21.0 has no Rust", "0.22.0 brings a Rust crate", "0.33.0 needs Rust"],
-)
-def test_releases_from_0_22_need_a_rust_toolchain_and_read_its_variables(version: str, rust: bool) -> None:
-    rules = rules_for(Version(version))
-    assert rules.needs_rust is rust
-    assert ("VLLM_USE_PRECOMPILED_RUST" in rules.setup_env) is rust
-    assert {"MAX_JOBS", "NVCC_THREADS", "VLLM_TARGET_DEVICE", "CMAKE_BUILD_TYPE"} <= set(rules.setup_env)
-
-
-def test_a_release_older_than_spark_build_knows_is_refused_by_version() -> None:
+def test_a_release_older_than_spark_build_builds_is_refused_by_version() -> None:
     with pytest.raises(UsageError, match=r"0\.11\.0 is older"):
-        rules_for(Version("0.11.0"))
+        check_supported(Version("0.11.0"))
 
 
 # CMake text written for these tests, in the shapes vLLM's files use.
@@ -153,13 +140,13 @@ def test_a_pin_that_depends_on_anything_else_is_reported_as_ambiguous_not_guesse
     assert set(tool.repository_candidates) == {"https://example.org/rocm-tool.git", "https://example.org/tool.git"}
 
 
-def test_a_renamed_local_copy_variable_is_refused(tmp_path: Path) -> None:
-    # If CMake stopped reading QUTLASS_SRC_DIR, pointing it at the cache would silently go online.
+def test_a_project_without_a_local_copy_variable_is_refused_by_name(tmp_path: Path) -> None:
+    # Without its *_SRC_DIR, CMake could not be pointed at the cache: it would go online.
     (tmp_path / "cmake" / "external_projects").mkdir(parents=True)
     (tmp_path / "cmake" / "external_projects" / "qutlass.cmake").write_text(
-        _SUBDIR_AND_COMMIT.replace("kernels", "qutlass").replace("KERNELS_SRC_DIR", "QUTLASS_DIR_RENAMED_SRC_DIR")
+        "FetchContent_Declare(qutlass GIT_REPOSITORY https://example.org/q.git GIT_TAG v1)\n"
     )
-    with pytest.raises(UsageError, match="QUTLASS_DIR_RENAMED_SRC_DIR for qutlass, not QUTLASS_SRC_DIR"):
+    with pytest.raises(UsageError, match=r"fetches qutlass \(cmake/external_projects/qutlass\.cmake\) without"):
         external_projects(tmp_path, Version("0.13.0"))
 
 
