@@ -66,10 +66,16 @@ def fetch_pr(src: Path, pr: PullRequest, repo: str, out: Path, run: Run) -> Fetc
             hint="check the number and the repository; offline, give its change as --patch FILE",
         )
     head = _git_out(src, "rev-parse", f"refs/spark-build/pr/{pr.number}^{{commit}}").strip()
-    base = _git_out(src, "merge-base", "HEAD", head).strip()
+    try:
+        base = _git_out(src, "merge-base", "HEAD", head).strip()
+    except git.GitCommandError as err:
+        raise StepFailed(
+            f"{pr.label} shares no history with the checked-out ref (no merge base)",
+            hint="check that --repo (or the PR's URL) is the repository the PR belongs to",
+        ) from err
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_git_out(src, "diff", "--binary", base, head))
-    files = tuple(_git_out(src, "diff", "--name-only", base, head).split())
+    files = tuple(_git_out(src, "diff", "--name-only", base, head).splitlines())
     return Fetched(pr, head, out, files)
 
 

@@ -162,3 +162,15 @@ def test_the_build_applies_a_pr_after_the_patch_series_records_its_head_and_a_re
     build(config.resolve({**cli, "resume": True}), Console(file=io.StringIO()), stop_after="changes")
     again = state.load(tmp_path / "work" / "state.json")
     assert again is not None and again.steps["changes"].result == recorded.steps["changes"].result
+
+
+def test_a_pr_from_an_unrelated_history_is_refused_naming_the_repository_to_check(
+    upstream: Path, checkout: Path, tmp_path: Path
+) -> None:
+    git(upstream, "checkout", "-q", "--orphan", "elsewhere")
+    git(upstream, "rm", "-rq", "--cached", ".")
+    head = commit(upstream, {"README": "another project\n"}, "unrelated")
+    git(upstream, "update-ref", "refs/pull/12/head", head)
+    with pytest.raises(StepFailed, match=r"PR #12 shares no history with the checked-out ref") as err:
+        fetch_pr(checkout, PullRequest(12), upstream.as_uri(), tmp_path / "pr.diff", runner)
+    assert "--repo" in (err.value.hint or "")
