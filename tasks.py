@@ -26,7 +26,8 @@ def _exit(code: int) -> None:
 
 
 BUILD_HELP = {
-    "ref": "vLLM tag, branch or commit to build (default v0.13.0; v0.2.0 with --example)",
+    "ref": "vLLM tag, branch or commit to build; 'latest' for the newest release tag, 'main' for the development "
+    "branch (default: the release pinned in spark_build/config.py, VLLM_DEFAULT_REF; v0.2.0 with --example)",
     "repo": "git URL or local path of the source (default: vLLM upstream; a generated example with --example)",
     "workdir": "where the venv, source, build tree, state and wheelhouse live (default ./work)",
     "arch": "TORCH_CUDA_ARCH_LIST target, e.g. 12.1a for a DGX Spark (default: read from the GPU)",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spark_build.config import BuildConfig
-from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, read_facts
+from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, exact_torch, read_facts, torch_index_for
 from spark_build.upstream.patches import PatchSeries, find_series
 from spark_build.upstream.recipe import project_name
 from spark_build.upstream.refs import ResolvedRef, read_recipe_files, resolve_ref
@@ -76,8 +76,11 @@ def plan_source(config: BuildConfig) -> SourcePlan:
             packages, why = pin.packages, f"pinned by {pin.read_from} of {ref.name}"
         else:
             why = f"{ref.name} pins no torch in {CUDA_REQUIREMENTS}: the newest"
-    if "torch_index" in config.from_source and pin is not None and packages == pin.packages:
-        index, why = pin.index, f"{why}; {pin.index_why}"
+    if "torch_index" in config.from_source:
+        exact = exact_torch(packages)
+        if exact is not None:
+            index, index_why = torch_index_for(exact)
+            why = f"{why}; {index_why}"
     patches = find_series(config.patches_dir, dist, ref.version)
     return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why)
 

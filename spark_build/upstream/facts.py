@@ -60,6 +60,19 @@ def torch_index_for(torch_version: Version) -> tuple[str, str]:
     return TORCH_CU130_INDEX, f"torch {torch_version} < 2.11: CUDA 13 wheels only on PyTorch's cu130 index"
 
 
+def exact_torch(packages: tuple[str, ...]) -> Version | None:
+    """The torch version a requirement list pins exactly (`torch==2.14.0`), else None."""
+    for text in packages:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        exact = [s.version for s in requirement.specifier if s.operator == "=="]
+        if requirement.name == "torch" and exact:
+            return Version(exact[0])
+    return None
+
+
 def read_torch_pin(source: Path) -> TorchPin | None:
     """The exact torch, torchvision and torchaudio pins of `requirements/cuda.txt`; None when the
     file or its torch pin is missing (then the build must be told which torch to use)."""

@@ -171,3 +171,16 @@ def test_a_patch_that_no_longer_applies_inside_its_range_stops_the_build_naming_
         "spark-example 0.2.0 (the log names file and hunk)"
     ]
     assert "0002-older.patch" not in (build.workdir / "logs" / "latest" / "patch.log").read_text()
+
+
+def test_a_torch_given_on_the_command_line_wins_and_gets_the_index_that_serves_it(
+    vllm_repo: Path, tmp_path: Path
+) -> None:
+    result = _invoke(
+        "build-vllm", "--dry-run", "--ref", "v0.13.0", "--repo", str(vllm_repo), "--arch", "12.1a",
+        "--torch-packages", "torch==2.14.0", "--workdir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.replace("\n", " ")
+    assert "torch: torch==2.14.0 from https://pypi.org/simple — as given (--torch-packages); torch 2.14.0 ≥ 2.11" in out
