@@ -55,7 +55,7 @@ class SourcePlan:
         )
         for p in self.facts.projects:
             origin = config.source_mirrors.get(p.name) or p.repository or "?"
-            lines.append(f"  {p.name} {p.revision or '?'} from {origin} ({config.arch or 'target'}: {p.target_use})")
+            lines.append(f"  {p.name} {p.revision or '?'} from {origin} ({self.facts.arch}: {p.target_use})")
         return lines
 
 

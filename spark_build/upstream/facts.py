@@ -208,8 +208,8 @@ def requested_archs(text: str) -> tuple[str, ...]:
 
 def cmake_target(source_cmake: str, arch: str, cuda: Version) -> str:
     """What a `TORCH_CUDA_ARCH_LIST` entry becomes in vLLM's `CUDA_ARCHS`: kept when the CUDA
-    branch's `CUDA_SUPPORTED_ARCHS` lists it (12.1a under CUDA 13 in 0.19–0.23), else the
-    family's base (12.0, which 12.1a meets in 0.13–0.18 and again from 0.24)."""
+    branch's `CUDA_SUPPORTED_ARCHS` lists it (12.1a under CUDA 13 in 0.19.x), else the
+    family's base (12.0, which 12.1a meets in 0.13–0.18 and again from 0.20: docs/recipes.md)."""
     found = _SUPPORTED.search(text_for_cuda(source_cmake, cuda))
     supported = found[1].split(";") if found else []
     base = arch.rstrip("af")
