@@ -48,12 +48,13 @@ BUILD_HELP = {
     "cache": "compiler cache: auto (default: ccache, local), local, none, or redis://[:PASSWORD@]HOST:PORT/DB to "
     "share compiled objects between Sparks",
     "cache-size": "size limit of the local compiler cache, with a unit (default 20G)",
-    "cache-dir": "where the local compiler cache lives (default WORKDIR/compiler-cache/<tool>)",
+    "cache-dir": "where the local compiler cache lives (default ~/.cache/spark-build/compiler-cache/ccache, shared "
+    "by all your workdirs; with --dist WORKDIR/compiler-cache/sccache)",
     "dist": "sccache-dist scheduler URL: spread the compile over several machines (docs/sccache-dist.md)",
     "dist-token-file": "file holding the sccache-dist client token (needed with --dist)",
     "cuda-home": "CUDA toolkit root (default $CUDA_HOME or /usr/local/cuda)",
     "wheelhouse": "local PEP 503 folder to publish into (default WORKDIR/wheelhouse)",
-    "logs-dir": "where per-run logs go (default ./logs)",
+    "logs-dir": "where per-run logs go (default WORKDIR/logs)",
     "uv-cache-dir": "uv's download cache (default: uv's own, shared between builds)",
     "serve-model": "model for the serve check: a local path or a cached Hugging Face name (default: a small "
     "instruct model from the HF cache, else a generated tiny Llama)",
@@ -208,7 +209,7 @@ def doctor(
         "notify": "command to run after a rebuild or failure, one argument per --notify (no shell)",
         "lock-wait": "seconds to wait for a running build in the workdir before skipping (default 600)",
         "workdir": "the build's workdir (default ./work)",
-        "logs-dir": "where logs and the nightly history go (default ./logs)",
+        "logs-dir": "where logs and the nightly history go (default WORKDIR/logs)",
     },
 )
 def nightly(
@@ -240,7 +241,7 @@ def nightly(
         "remove": "remove the timer or crontab entry",
         "status": "show what is installed, the next run and the last outcome",
         "workdir": "the build's workdir (default ./work)",
-        "logs-dir": "where the nightly logs go (default ./logs)",
+        "logs-dir": "where the nightly logs go (default WORKDIR/logs)",
     },
 )
 def schedule(
@@ -271,7 +272,7 @@ def schedule(
         "wheel": "the .whl to prove (built here or downloaded)",
         "arch": "target GPU arch, e.g. 12.1a (default: read from the GPU)",
         "workdir": "where the fresh venv is made (default ./work)",
-        "logs-dir": "where the log goes (default ./logs)",
+        "logs-dir": "where the log goes (default WORKDIR/logs)",
         "torch-index": "index URL or wheel folder for torch (default: PyTorch's cu130 index)",
         "with-package": "a requirement to install beside the wheel, e.g. the torch it was built against "
         "(repeatable; default none: the wheel's own dependencies only)",
@@ -315,27 +316,37 @@ def validate(
         "run": "run id, a unique prefix of one, or a run folder (default: logs/latest)",
         "json": "print the report as JSON",
         "html": "also write the timeline as a self-contained HTML page (no network needed) to this file",
-        "logs-dir": "where per-run logs are (default ./logs)",
+        "logs-dir": "where per-run logs are (default WORKDIR/logs)",
+        "workdir": "the build's workdir, whose logs are read (default ./work)",
     },
 )
 def report(
-    c: Context, run: str | None = None, json: bool = False, html: str | None = None, logs_dir: str | None = None
+    c: Context,
+    run: str | None = None,
+    json: bool = False,
+    html: str | None = None,
+    logs_dir: str | None = None,
+    workdir: str | None = None,
 ) -> None:
     """Explain one build: timing, slowest and hungriest objects, CPU use, critical path, cache, validation."""
     from spark_build.cli import report as run_report
 
-    _exit(run_report({"logs_dir": logs_dir}, _file_options(c), run=run, as_json=json, html=html))
+    _exit(run_report({"logs_dir": logs_dir, "workdir": workdir}, _file_options(c), run=run, as_json=json, html=html))
 
 
 @task(
     auto_shortflags=False,
-    help={"json": "print the rows as JSON", "logs-dir": "where per-run logs are (default ./logs)"},
+    help={
+        "json": "print the rows as JSON",
+        "logs-dir": "where per-run logs are (default WORKDIR/logs)",
+        "workdir": "the build's workdir, whose logs are read (default ./work)",
+    },
 )
-def history(c: Context, json: bool = False, logs_dir: str | None = None) -> None:
+def history(c: Context, json: bool = False, logs_dir: str | None = None, workdir: str | None = None) -> None:
     """One line per build (date, ref, arch, wall, jobs, peak memory, cache hits, outcome) and what changed."""
     from spark_build.cli import history as run_history
 
-    _exit(run_history({"logs_dir": logs_dir}, _file_options(c), as_json=json))
+    _exit(run_history({"logs_dir": logs_dir, "workdir": workdir}, _file_options(c), as_json=json))
 
 
 @task(

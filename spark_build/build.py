@@ -204,6 +204,7 @@ def _close_run(
     summary = summary_payload(
         run_id=ctx.state.run_id,
         exit_code=error.exit_code if error else 0,
+        ref=ctx.config.ref,
         arch=ctx.target.arch_list,
         outcomes=outcomes,
         results=results,

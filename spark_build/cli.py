@@ -11,6 +11,7 @@ import shlex
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -45,11 +46,16 @@ def guarded(action: Callable[[], int], *, debug: bool) -> int:
         return 130
 
 
-def resume_command(argv: Sequence[str]) -> str:
+def resume_command(argv: Sequence[str], program: str = "invoke") -> str:
     """The user's own command line to continue a build: the same options (`-f`, `--example`,
     `--arch`, `--workdir` …), `--resume` instead of `--dry-run`, so run as printed it resumes."""
     args = [a for a in argv if a not in ("--resume", "--dry-run")]
-    return shlex.join(["invoke", *args, "--resume"])
+    return shlex.join([program, *args, "--resume"])
+
+
+def _program() -> str:
+    """The command the user typed: the installed `spark-build`, else `invoke` (or `python -m invoke`)."""
+    return "spark-build" if Path(sys.argv[0]).name == "spark-build" else "invoke"
 
 
 def build_vllm(
@@ -70,13 +76,15 @@ def build_vllm(
     def action() -> int:
         cfg = options.resolve(cli, file)
         if prefer is None:
-            return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:]))
+            return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:], _program()))
         return _prefer_wheel(cfg, prefer)
 
     return guarded(action, debug=debug)
 
 
 def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> int:
+    import dataclasses
+    import os
     import time
 
     from spark_build.build import build
@@ -85,6 +93,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX
     from spark_build.nightly.prebuilt import PreferWheel, prefer_wheel, wanted_for
     from spark_build.proc import Runner, interrupt_signals
+    from spark_build.steps.changes import changes_for_wheel
     from spark_build.steps.validate import wheel_proof
     from spark_build.wheel.proof import Proof, prove_wheel
 
@@ -121,11 +130,20 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     lock = WorkdirLock(cfg.workdir)
     lock.acquire()
     try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        runner = Runner()
+
+        def git(argv: list[str | os.PathLike[str]]) -> int:
+            return runner.run(argv, log=log, step="prebuilt", check=False)
+
+        # --pr and --patch: carried onto the official wheel when they touch Python alone
+        changes = changes_for_wheel(cfg.workdir / "changes", cfg.repo, cfg.ref, cfg.prs, cfg.patch_files, git)
+        wanted = dataclasses.replace(wanted, changes=changes)
 
         def from_source() -> int:
-            return build(cfg, out, held=lock, resume_command=resume_command(sys.argv[1:]))
+            return build(cfg, out, held=lock, resume_command=resume_command(sys.argv[1:], _program()))
 
-        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say)
+        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git)
     finally:
         lock.release()
 

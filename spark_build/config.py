@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from spark_build.compile.cache_mode import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
+from spark_build.compile.cache_plan import tool_for
 from spark_build.compile.distcache import parse_scheduler_url
 from spark_build.errors import UsageError
-from spark_build.layout import Workdir
+from spark_build.layout import Workdir, shared_compiler_cache
 from spark_build.upstream.facts import TORCH_CU130_INDEX
 from spark_build.upstream.versions import NEWEST_TORCH
 from spark_build.venv import Installer
@@ -142,7 +143,7 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "wheels": None,
         "cuda_home": env.get("CUDA_HOME") or "/usr/local/cuda",
         "wheelhouse": None,
-        "logs_dir": "logs",
+        "logs_dir": None,  # WORKDIR/logs
         "patches_dir": str(PROJECT_ROOT / "patches"),
         "uv_cache_dir": None,
         "build_type": "Release",
@@ -268,6 +269,15 @@ def _serve_model(value: Any, base: Path) -> str | None:
     return str(folder)
 
 
+def _compiler_cache_dir(given: Path | None, mode: CacheMode, dist: str | None) -> Path | None:
+    """`--cache-dir`, else ccache's cache shared by all of this user's workdirs, so a new workdir
+    starts warm. sccache (only with --dist) keeps its per-workdir default: its server's socket
+    lives in the cache folder, and two builds must not share one server."""
+    if given is not None:
+        return given
+    return shared_compiler_cache() if tool_for(mode, dist) == "ccache" else None
+
+
 def _interpreter(python: str) -> str:
     """`--python` as an absolute path: a typo stops here, not after the venv step wiped the
     finished build's venv."""
@@ -297,6 +307,7 @@ def resolve(
     build_type = _build_type(merged["build_type"])
     packages = _torch_package_list(merged["torch_packages"])
     dist = _dist(merged["dist"], paths["dist_token_file"])
+    cache = parse_cache_mode(str(merged["cache"]))
     arch = _arch(merged["arch"])
 
     return BuildConfig(
@@ -316,14 +327,14 @@ def resolve(
         wheels=_wheel_folder(paths["wheels"]),
         cuda_home=paths["cuda_home"] or Path("/usr/local/cuda"),
         wheelhouse=_folder("wheelhouse", paths["wheelhouse"] or Workdir(workdir).wheelhouse),
-        logs_dir=_folder("logs_dir", paths["logs_dir"] or base / "logs"),
+        logs_dir=_folder("logs_dir", paths["logs_dir"] or Workdir(workdir).logs),
         patches_dir=paths["patches_dir"] or PROJECT_ROOT / "patches",
         uv_cache_dir=_folder("uv_cache_dir", paths["uv_cache_dir"]),
         build_type=build_type,
         serve_model=_serve_model(merged["serve_model"], base),
-        cache=parse_cache_mode(str(merged["cache"])),
+        cache=cache,
         cache_size=parse_size_limit(str(merged["cache_size"])),
-        cache_dir=_folder("cache_dir", paths["cache_dir"]),
+        cache_dir=_folder("cache_dir", _compiler_cache_dir(paths["cache_dir"], cache, dist)),
         dist=dist,
         dist_token_file=paths["dist_token_file"],
         source_mirrors=_mirrors(merged["source_mirrors"], base),

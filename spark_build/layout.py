@@ -21,6 +21,12 @@ def user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spark-build"
 
 
+def shared_compiler_cache() -> Path:
+    """ccache's cache for every workdir of this user: a new workdir starts with the objects the
+    others compiled (ccache is made for concurrent builds sharing one cache)."""
+    return user_cache() / "compiler-cache" / "ccache"
+
+
 @dataclass(frozen=True)
 class Workdir:
     """One build's working folder: checkpoint, lock, venvs, source, caches and outputs."""
@@ -88,6 +94,12 @@ class Workdir:
     @property
     def wheelhouse(self) -> Path:
         return self.root / "wheelhouse"
+
+    @property
+    def logs(self) -> Path:
+        """Run logs and history live with the build they describe, not in whatever folder the
+        command was started from."""
+        return self.root / "logs"
 
     def compiler_cache(self, tool: Literal["ccache", "sccache"]) -> Path:
         return self.root / "compiler-cache" / tool

@@ -82,6 +82,9 @@ class Build:
             "example": None,
             "workdir": str(self.workdir),
             "logs-dir": str(self.workdir / "logs"),
+            # Each test its own compiler cache: the user's shared one would turn a test's
+            # compile (the one a test interrupts or times) into cache hits.
+            "cache-dir": str(self.workdir / "compiler-cache"),
             "repo": self.repo,
             "ref": "v0.2.0",
             "arch": "12.1a",

@@ -174,6 +174,7 @@ def summary_payload(
     *,
     run_id: str,
     exit_code: int,
+    ref: str,
     arch: str,
     outcomes: Sequence[StepOutcome],
     results: dict[str, dict[str, Any]],
@@ -183,6 +184,8 @@ def summary_payload(
     return {
         "run_id": run_id,
         "exit_code": exit_code,
+        # The ref asked for: a run that failed before the clone has no commit to name it by.
+        "ref": ref,
         "arch": arch,
         "error": error,
         "steps": [asdict(o) for o in outcomes],

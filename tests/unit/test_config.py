@@ -118,3 +118,25 @@ def test_the_resume_hint_is_the_users_own_command_with_resume_instead_of_dry_run
     assert resume_command(["build-vllm", "--resume", "--workdir", "my work"]) == (
         "invoke build-vllm --workdir 'my work' --resume"
     )
+
+
+def test_logs_live_in_the_workdir_and_ccaches_cache_is_shared_by_a_users_workdirs(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = resolve(cli={"workdir": "/builds/a"})
+    assert cfg.logs_dir == Path("/builds/a/logs")
+    assert cfg.cache_dir == tmp_path / "xdg" / "spark-build" / "compiler-cache" / "ccache"
+    assert resolve(cli={"workdir": "/builds/b"}).cache_dir == cfg.cache_dir
+    assert resolve(cli={"cache_dir": "/fast/ccache"}).cache_dir == Path("/fast/ccache")
+
+
+def test_sccache_for_dist_keeps_its_cache_and_server_socket_in_the_workdir(tmp_path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    cfg = resolve(cli={"dist": "http://scheduler:10600", "dist_token_file": str(token)})
+    assert cfg.cache_dir is None  # compile.cache's per-workdir default
+
+
+def test_the_resume_hint_names_the_command_the_user_ran() -> None:
+    from spark_build.cli import resume_command
+
+    assert resume_command(["build-vllm", "--example"], "spark-build") == "spark-build build-vllm --example --resume"
