@@ -129,7 +129,7 @@ class RealPlans:
 
 @pytest.fixture(scope="session")
 def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_source: Path) -> Iterator[RealPlans]:
-    """Two real configures of vLLM 0.13.0 for 12.1a: pristine, then with patches/vllm-0.13."""
+    """Two real configures of vLLM 0.13.0 for 12.1a: pristine, then with the patches/vllm/ patches for 0.13.0."""
     work = tmp_path_factory.mktemp("archplan")
     mirrors = {
         "vllm-flash-attn": str(MIRROR / "flash-attention.bundle"),
