@@ -246,6 +246,33 @@ def test_with_durations_the_longest_object_runs_and_the_journal_says_why_the_oth
     assert (forecasts[-1].running, forecasts[-1].held) == (1, 1)
 
 
+def test_time_a_job_was_held_does_not_make_the_machine_look_slower() -> None:
+    now = [100.0]
+    table = FakeTable(compile_tree((1500, 200)))
+    built = {"_C.dir/a.cu.o": 1000.0, "_C.dir/b.cu.o": 1060.0, "_C.dir/c.cu.o": 100.0}  # .ninja_log: b held 60 s
+    gov = Governor(
+        10,
+        budget_bytes=4000 * MB,
+        default_peak=1000 * MB,
+        estimates={"_C.dir/a.cu.o": 2000 * MB, "_C.dir/b.cu.o": 3000 * MB},
+        read_available=lambda tree_rss: 4000 * MB - tree_rss,
+        low_mark=100 * MB,
+        high_mark=200 * MB,
+        processes=table,
+        clock=lambda: now[0],
+        install_signal_handlers=False,
+        seconds={"_C.dir/a.cu.o": 1000.0, "_C.dir/b.cu.o": 1000.0, "_C.dir/c.cu.o": 100.0},
+        slots=1,
+        finished=lambda: built,
+    )
+    gov.tick()  # b paused
+    now[0], table.procs = 160.0, [p for p in compile_tree((1500, 200)) if p.pid not in (20, 21)]
+    gov.tick()  # a done, b resumed after 60 s
+    now[0], table.procs = 170.0, [p for p in table.procs if p.pid not in (30, 31, 32)]
+    gov.tick()
+    assert gov.last_forecast is not None and gov.last_forecast.speed == 1.0
+
+
 def test_stop_resumes_every_process_it_stopped_and_then_acts_no_more() -> None:
     table = FakeTable(compile_tree((1500, 200)))
     gov = fake_governor(table, 4000, lambda: 0.0)
