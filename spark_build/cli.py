@@ -83,6 +83,8 @@ def build_vllm(
 
 
 def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> int:
+    import dataclasses
+    import os
     import time
 
     from spark_build.build import build
@@ -91,6 +93,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX
     from spark_build.nightly.prebuilt import PreferWheel, prefer_wheel, wanted_for
     from spark_build.proc import Runner, interrupt_signals
+    from spark_build.steps.changes import changes_for_wheel
     from spark_build.steps.validate import wheel_proof
     from spark_build.wheel.proof import Proof, prove_wheel
 
@@ -127,11 +130,20 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     lock = WorkdirLock(cfg.workdir)
     lock.acquire()
     try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        runner = Runner()
+
+        def git(argv: list[str | os.PathLike[str]]) -> int:
+            return runner.run(argv, log=log, step="prebuilt", check=False)
+
+        # --pr and --patch: carried onto the official wheel when they touch Python alone
+        changes = changes_for_wheel(cfg.workdir / "changes", cfg.repo, cfg.ref, cfg.prs, cfg.patch_files, git)
+        wanted = dataclasses.replace(wanted, changes=changes)
 
         def from_source() -> int:
             return build(cfg, out, held=lock, resume_command=resume_command(sys.argv[1:], _program()))
 
-        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say)
+        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git)
     finally:
         lock.release()
 

@@ -33,6 +33,7 @@ from spark_build.nightly.official import (
 from spark_build.nightly.transport import Say
 from spark_build.wheel.audit import first_and_more
 from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
+from spark_build.wheel.repatch import Change, Run, patch_wheel
 from spark_build.wheel.wheelhouse import install_line, publish
 
 DOWNLOADS = ".official"  # under the wheelhouse: a dot folder, so no index lists an unproven wheel
@@ -51,6 +52,7 @@ class PreferWheel:
     index: str = PACKAGE_INDEX
     releases: str = GITHUB_RELEASES
     machine: str = platform.machine()
+    changes: tuple[Change, ...] = ()
 
 
 def torch_conflict(wheel_requires: Sequence[str], asked: Sequence[str], existing: Version | None) -> str | None:
@@ -99,11 +101,23 @@ def wanted_for(options: PreferWheel) -> Wanted:
 
 
 def prefer_wheel(
-    options: PreferWheel, wanted: Wanted, *, prove: Callable[[Path], Proof], build: Callable[[], int], say: Say
+    options: PreferWheel,
+    wanted: Wanted,
+    *,
+    prove: Callable[[Path], Proof],
+    build: Callable[[], int],
+    say: Say,
+    run: Run,
 ) -> int:
     """Publish the official wheel when it proves itself, else build from source; the exit code.
-    `wanted` is `wanted_for(options)`, checked before the workdir is touched."""
-    taken = _official(options, wanted, prove, say)
+    `wanted` is `wanted_for(options)`, checked before the workdir is touched; `run` runs the
+    `git apply` that carries Python-only changes onto the wheel."""
+    native = [c.label for c in options.changes if not c.python_only]
+    if native:
+        say(f"prebuilt: {', '.join(native)} changes native code, which a prebuilt wheel cannot take")
+        say(f"prebuilt: building {options.ref} from source instead")
+        return build()
+    taken = _official(options, wanted, prove, say, run)
     if isinstance(taken, str):
         say(f"prebuilt: {taken}")
         say(f"prebuilt: building {options.ref} from source instead")
@@ -120,7 +134,7 @@ def prefer_wheel(
 
 
 def _official(
-    options: PreferWheel, wanted: Wanted, prove: Callable[[Path], Proof], say: Say
+    options: PreferWheel, wanted: Wanted, prove: Callable[[Path], Proof], say: Say, run: Run
 ) -> tuple[Path, Proof] | str:
     """The proven official wheel, or why there is none to take (a str)."""
     try:
@@ -139,6 +153,15 @@ def _official(
     conflict = torch_conflict(wheel_requirements(wheel), options.torch_asked, options.torch_existing)
     if conflict:
         return f"{found.filename} not taken: {conflict}"
+    if options.changes:
+        label = ".".join(c.version_label for c in options.changes)
+        try:
+            wheel = patch_wheel(
+                wheel, [(c.label, c.diff) for c in options.changes], label, wheel.parent / "patched", run
+            )
+        except StepFailed as err:
+            return f"{found.filename} not taken: {err.message}"
+        say(f"prebuilt: {', '.join(c.label for c in options.changes)} (Python only) carried onto it: {wheel.name}")
     try:
         proof = prove(wheel)
     except StepFailed as err:  # it did not even install (a requirement nowhere to be had): not taken

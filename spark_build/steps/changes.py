@@ -13,8 +13,7 @@ files is named as such: it needs no compile.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,7 @@ from spark_build.config import PullRequest
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
 from spark_build.pipeline.step import Context, Step
-
-Run = Callable[[list[str | os.PathLike[str]]], int]  # runs git through the step's runner; the exit status
-
-# Python files that still belong to the native build: vLLM's csrc/ and cmake/ helpers, setup.py.
-_BUILD_PYTHON = re.compile(r"^(csrc/|cmake/|setup\.py$)")
-
-
-def python_only(paths: Iterable[str]) -> bool:
-    """True when every changed file is a Python file outside the native build (no compile needed)."""
-    files = list(paths)
-    return bool(files) and all(p.endswith(".py") and not _BUILD_PYTHON.search(p) for p in files)
+from spark_build.wheel.repatch import Change, Run, changed_files, python_only
 
 
 @dataclass(frozen=True)
@@ -54,8 +43,9 @@ def _git_out(src: Path, *args: str) -> str:
     return str(git.Repo(src).git.execute(["git", *args], strip_newline_in_stdout=False))
 
 
-def fetch_pr(src: Path, pr: PullRequest, repo: str, out: Path, run: Run) -> Fetched:
-    """Fetch `pull/N/head` and write its change against its merge base with HEAD to `out`.
+def fetch_pr(src: Path, pr: PullRequest, repo: str, out: Path, run: Run, *, base_ref: str = "HEAD") -> Fetched:
+    """Fetch `pull/N/head` and write its change against its merge base with `base_ref` (the
+    checked-out ref) to `out`.
 
     A shallow clone (tags are cloned with --depth 1) has no merge base: it is unshallowed first."""
     if _git_out(src, "rev-parse", "--is-shallow-repository").strip() == "true":
@@ -67,7 +57,7 @@ def fetch_pr(src: Path, pr: PullRequest, repo: str, out: Path, run: Run) -> Fetc
         )
     head = _git_out(src, "rev-parse", f"refs/spark-build/pr/{pr.number}^{{commit}}").strip()
     try:
-        base = _git_out(src, "merge-base", "HEAD", head).strip()
+        base = _git_out(src, "merge-base", base_ref, head).strip()
     except git.GitCommandError as err:
         raise StepFailed(
             f"{pr.label} shares no history with the checked-out ref (no merge base)",
@@ -102,16 +92,29 @@ def apply_change(src: Path, diff: Path, label: str, run: Run) -> bool:
     )
 
 
-def changed_files(diff: Path) -> tuple[str, ...]:
-    """The files a unified diff changes: `+++ b/path`, or `--- a/path` for a deleted file."""
-    found, removed = [], ""
-    for line in diff.read_text(errors="replace").splitlines():
-        if line.startswith("--- "):
-            removed = line[4:].strip().removeprefix("a/")
-        elif line.startswith("+++ "):
-            added = line[4:].strip()
-            found.append(removed if added == "/dev/null" else added.removeprefix("b/"))
-    return tuple(found)
+def fetch_prs_for_wheel(folder: Path, repo: str, tag: str, prs: Sequence[PullRequest], run: Run) -> list[Fetched]:
+    """The PRs' changes against a release tag without a checkout, for `--prefer-wheel`: a bare
+    repository in `folder` holding the tag's history and the PR heads, nothing compiled."""
+    bare = folder / "upstream.git"
+    if not (bare / "HEAD").is_file():
+        run(["git", "init", "-q", "--bare", bare])
+    if run(["git", "-C", bare, "fetch", repo, f"+refs/tags/{tag}:refs/tags/{tag}"]) != 0:
+        raise StepFailed(f"cannot fetch {tag} from {repo}", hint="check --repo and --ref, and the network")
+    return [
+        fetch_pr(bare, pr, pr.repo or repo, folder / f"pr-{pr.number}.diff", run, base_ref=f"refs/tags/{tag}")
+        for pr in prs
+    ]
+
+
+def changes_for_wheel(
+    folder: Path, repo: str, tag: str, prs: Sequence[PullRequest], patch_files: Sequence[Path], run: Run
+) -> tuple[Change, ...]:
+    """`--pr` and `--patch` as `--prefer-wheel` carries them onto the official wheel: each diff,
+    whether it is Python only, and the local version label it adds (pr12345, patch1a2b3c4d)."""
+    fetched = fetch_prs_for_wheel(folder, repo, tag, prs, run) if prs else []
+    from_prs = [Change(f.pr.label, f.diff, python_only(f.files), f"pr{f.pr.number}") for f in fetched]
+    from_files = [Change(p.name, p, python_only(changed_files(p)), f"patch{sha256_of(p)[:8]}") for p in patch_files]
+    return (*from_prs, *from_files)
 
 
 class Changes(Step):

@@ -19,8 +19,9 @@ from spark_build.build import build
 from spark_build.config import PullRequest
 from spark_build.errors import StepFailed
 from spark_build.pipeline import state
-from spark_build.steps.changes import apply_change, fetch_pr, python_only
+from spark_build.steps.changes import apply_change, fetch_pr
 from spark_build.upstream.example import make_example_upstream
+from spark_build.wheel.repatch import python_only
 from tests.conftest import CPU_TORCH
 
 MODEL = "".join(f"line {n}\n" for n in range(1, 21))

@@ -20,7 +20,7 @@ import sys
 import sysconfig
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from spark_build.nightly.prebuilt import DOWNLOADS, PreferWheel, prefer_wheel
 from spark_build.proc import Runner
 from spark_build.steps.validate import wheel_proof
 from spark_build.wheel.proof import Proof, prove_wheel
+from spark_build.wheel.repatch import Change
 from tests.integration.test_audit import NVCC, _run_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +200,10 @@ def official_host() -> Iterator[OfficialHost]:
         server.server_close()
 
 
+def git_runner(argv: Sequence[str | os.PathLike[str]]) -> int:
+    return subprocess.run([str(a) for a in argv], capture_output=True).returncode
+
+
 @dataclass
 class Fallback:
     """Stands for the source build: counts the calls (the build itself is tested elsewhere)."""
@@ -211,7 +216,12 @@ class Fallback:
 
 
 def run_prefer_wheel(
-    host: OfficialHost, tmp_path: Path, version: str, *, torch_asked: tuple[str, ...] = ()
+    host: OfficialHost,
+    tmp_path: Path,
+    version: str,
+    *,
+    torch_asked: tuple[str, ...] = (),
+    changes: tuple[Change, ...] = (),
 ) -> tuple[int, list[str], Fallback, list[Path]]:
     """`prefer_wheel` as the command runs it, for 12.1a, with the real proof; returns the exit
     code, what it said, the fallback, and the wheels it asked the proof about."""
@@ -235,11 +245,12 @@ def run_prefer_wheel(
         index=host.simple,
         releases=host.release_api,
         machine=MACHINE,
+        changes=changes,
     )
     said: list[str] = []
     fallback = Fallback()
     wanted = Wanted(Version(version), 13, MACHINE)
-    code = prefer_wheel(options, wanted, prove=prove, build=fallback, say=said.append)
+    code = prefer_wheel(options, wanted, prove=prove, build=fallback, say=said.append, run=git_runner)
     return code, said, fallback, proved
 
 
@@ -330,3 +341,105 @@ def test_a_wheel_built_for_another_torch_than_the_one_asked_for_is_refused_befor
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", torch_asked=("torch==2.9.0",))
     assert (code, fallback.calls, proved) == (0, 1, [])
     assert f"prebuilt: {name} not taken: it needs torch==2.14.0; --torch-packages asks for torch==2.9.0" in said
+
+
+# --------------------------------------------------------------------------------------------
+# Changes on top: Python-only ones are carried onto the official wheel, native ones are compiled
+
+FIX = """\
+diff --git a/vllm/__init__.py b/vllm/__init__.py
+--- a/vllm/__init__.py
++++ b/vllm/__init__.py
+@@ -0,0 +1 @@
++FIXED = "by the change"
+diff --git a/tests/test_fixed.py b/tests/test_fixed.py
+new file mode 100644
+--- /dev/null
++++ b/tests/test_fixed.py
+@@ -0,0 +1 @@
++import vllm
+"""
+
+
+def test_a_python_only_patch_is_carried_onto_the_official_wheel_which_is_then_validated_and_published(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    official_host.index.append(
+        (name, official_host.add(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)))
+    )
+    patch = tmp_path / "fix.patch"
+    patch.write_text(FIX)
+    change = Change("fix.patch", patch, True, "patch1")
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", changes=(change,))
+    assert (code, fallback.calls) == (0, 0), said
+    patched = f"vllm-0.22.0+patch1-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    assert [p.name for p in proved] == [patched], "the patched wheel is the one validated"
+    assert (tmp_path / "work" / "wheelhouse" / "vllm" / patched).is_file()
+    with zipfile.ZipFile(tmp_path / "work" / "wheelhouse" / "vllm" / patched) as archive:
+        assert 'FIXED = "by the change"' in archive.read("vllm/__init__.py").decode()
+        assert not any(n.startswith("tests/") for n in archive.namelist()), "a PR's tests are not shipped"
+
+
+def test_a_native_change_means_a_source_build_without_downloading_the_official_wheel(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    official_host.index.append(
+        (name, official_host.add(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)))
+    )
+    change = Change("PR #8", tmp_path / "pr-8.diff", False, "pr8")
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", changes=(change,))
+    assert (code, fallback.calls, proved) == (0, 1, [])
+    assert said[0] == "prebuilt: PR #8 changes native code, which a prebuilt wheel cannot take"
+    assert not (tmp_path / "work" / "wheelhouse" / DOWNLOADS).exists()
+
+
+def test_a_python_only_pr_on_the_official_wheel_from_the_command_line(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """`--pr 7` with `--prefer-wheel`: the PR is fetched from the repository (a local one with
+    refs/pull/7/head stands in for GitHub) against the release tag, carried onto the official
+    wheel as 0.15.0+cu130.pr7, validated and published."""
+    upstream = tmp_path / "vllm-upstream"
+    upstream.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=upstream, env=env, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q", "-b", "main")
+    (upstream / "vllm").mkdir()
+    (upstream / "vllm" / "__init__.py").write_text("")
+    (upstream / "csrc").mkdir()
+    (upstream / "csrc" / "kernel.cu").write_text("// kernel\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "v0.15.0")
+    git("tag", "v0.15.0")
+    git("checkout", "-q", "-b", "pr7")
+    (upstream / "vllm" / "__init__.py").write_text('FIXED = "by PR 7"\n')
+    git("commit", "-q", "-am", "PR 7")
+    git("update-ref", "refs/pull/7/head", "HEAD")
+    name = f"vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)
+    official_host.releases["v0.15.0"] = [(name, official_host.add(wheel))]
+    work = tmp_path / "work"
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-vllm", "--prefer-wheel"]
+    argv += ["--ref", "v0.15.0", "--repo", str(upstream), "--pr", "7", "--arch", "12.1a", "--no-serve"]
+    argv += [
+        "--workdir",
+        str(work),
+        "--logs-dir",
+        str(tmp_path / "logs"),
+        "--wheel-releases",
+        official_host.release_api,
+    ]
+    argv += ["--wheel-index", official_host.simple, "--torch-index", official_host.simple]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    patched = work / "wheelhouse" / "vllm" / f"vllm-0.15.0+cu130.pr7-cp38-abi3-manylinux_2_35_{MACHINE}.whl"
+    with zipfile.ZipFile(patched) as archive:
+        assert archive.read("vllm/__init__.py").decode() == 'FIXED = "by PR 7"\n'
+    assert "prebuilt: PR #7 (Python only) carried onto it" in done.stdout
+    assert "'vllm==0.15.0+cu130.pr7'" in done.stdout, "the install line names the patched version"

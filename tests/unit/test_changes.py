@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from spark_build import config
 from spark_build.config import PullRequest, parse_pr
 from spark_build.errors import UsageError
-from spark_build.steps.changes import changed_files, python_only
+from spark_build.wheel.repatch import changed_files, labelled, python_only
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,16 @@ def test_the_files_of_a_patch_are_read_from_its_headers_deleted_ones_included(tm
         "diff --git a/old.py b/old.py\ndeleted file mode 100644\n--- a/old.py\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n"
     )
     assert changed_files(patch) == ("vllm/a.py", "old.py"), "a deleted file is a change too"
+
+
+@pytest.mark.parametrize(
+    ("version", "label", "result"),
+    [("0.15.0+cu130", "pr7", "0.15.0+cu130.pr7"), ("0.22.0", "pr7.patch1a2b", "0.22.0+pr7.patch1a2b")],
+)
+def test_the_local_version_gains_the_change_s_label(version: str, label: str, result: str) -> None:
+    assert labelled(Version(version), label) == Version(result)
+
+
+def test_a_local_version_label_that_pip_would_refuse_is_bad_input() -> None:
+    with pytest.raises(UsageError, match="not letters and digits"):
+        labelled(Version("0.15.0"), "pr-7")
