@@ -9,8 +9,8 @@ memory from a job already growing. Sampling the process tree instead sees which 
 job compiles (its `-o`), what it holds now and what it is predicted to reach, and pauses jobs
 (SIGSTOP) before the sum outgrows the budget, resuming them (SIGCONT) as others finish. Which
 job: the youngest, except that with per-object durations a job near the critical path (little
-slack, `eta.Forecast`) is paused last, so the longest object never waits for a short one. Ninja does not notice: it
-waits for its children without WUNTRACED.
+slack, `eta.Forecast`) is paused last, so the longest object never waits for a short one.
+Ninja does not notice: it waits for its children without WUNTRACED.
 
 Use it only as a context manager around the wait for the build, so every exit resumes what it
 stopped — success, exception, Ctrl-C and SIGTERM (it chains its own handler in front of the
@@ -149,8 +149,8 @@ class Governor:
     the clock, so decisions are checked without a machine of a given size.
 
     With `seconds` (per-object durations) and `slots` (jobs at once: the lesser of the CPUs and
-    Ninja's `-j`), every sample also forecasts the rest of
-    the build (`eta.forecast`): jobs are paused by slack, the journal says why, and
+    Ninja's `-j`), every sample also forecasts the rest of the build (`eta.forecast`): a job
+    near the critical path is paused last, the journal says each pause's slack, and
     `on_forecast` hears the forecast for the status line. `finished` returns the objects built
     so far with their seconds (`eta.FinishedObjects` on the build tree); without it, the jobs
     the governor saw end count as built.
