@@ -45,8 +45,9 @@ class ResolvedRef:
     def describe(self) -> str:
         """One line for the plan: `latest → v0.33.0 (tag, commit 1a2b3c…)`."""
         head = self.name if self.asked == self.name else f"{self.asked} → {self.name}"
-        commit = f", commit {self.commit}" if self.commit else ", commit known after the clone"
-        return f"{head} ({self.kind}{commit})"
+        if self.kind == "commit":
+            return f"{head} (a commit id{'' if self.commit else '; the full id is known after the clone'})"
+        return f"{head} ({self.kind}, commit {self.commit})"
 
 
 def remote_refs(repo: str) -> dict[str, str]:
@@ -125,7 +126,17 @@ def read_recipe_files(repo: str, ref: str, dest: Path) -> None:
     supports partial clones)."""
     try:
         work = git.Repo.init(dest)
-        work.git.fetch("--depth=1", "--filter=blob:none", clone_url(repo), ref)
+        try:
+            work.git.fetch("--depth=1", "--filter=blob:none", clone_url(repo), ref)
+        except git.GitCommandError:
+            # A short commit id is no ref a server can send by name: fetch the history (its
+            # commits only; trees and files come lazily) and find it there.
+            work.git.fetch("--filter=tree:0", clone_url(repo), "+refs/heads/*:refs/remotes/origin/*")
+            try:
+                commit = work.git.rev_parse("--verify", f"{ref}^{{commit}}")
+            except git.GitCommandError:
+                raise UsageError(f"--ref '{ref}' is not a commit of {repo}", hint="check the commit id") from None
+            work.git.update_ref("FETCH_HEAD", commit)
         present = set(work.git.ls_tree("--name-only", "FETCH_HEAD").splitlines())
         present |= set(work.git.ls_tree("--name-only", "FETCH_HEAD", "tools/").splitlines())
         paths = [p for p in RECIPE_PATHS if p in present]

@@ -184,3 +184,15 @@ def test_a_torch_given_on_the_command_line_wins_and_gets_the_index_that_serves_i
     assert result.returncode == 0, result.stderr
     out = result.stdout.replace("\n", " ")
     assert "torch: torch==2.14.0 from https://pypi.org/simple — as given (--torch-packages); torch 2.14.0 ≥ 2.11" in out
+
+
+def test_a_short_commit_id_is_read_from_the_history_and_an_unknown_one_is_bad_input(
+    vllm_repo: Path, tmp_path: Path
+) -> None:
+    short = _git(vllm_repo, "rev-parse", "--short=10", "v0.13.0^{commit}")
+    found = _invoke("recipe", "--ref", short, "--repo", str(vllm_repo), cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert f"@ {short} (a commit id" in found.stdout and "torch==2.9.0" in found.stdout
+    missing = _invoke("recipe", "--ref", "deadbeef12", "--repo", str(vllm_repo), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[0] == f"error: --ref 'deadbeef12' is not a commit of {vllm_repo}"

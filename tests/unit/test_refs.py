@@ -36,7 +36,7 @@ def test_main_is_a_branch_versioned_as_the_release_after_the_newest() -> None:
 def test_a_commit_id_is_taken_as_given_and_its_commit_known_after_the_clone() -> None:
     short = resolve_ref("repo", "86f8f157", REFS)
     assert (short.kind, short.commit, short.version) == ("commit", None, None)
-    assert "commit known after the clone" in short.describe()
+    assert short.describe() == "86f8f157 (a commit id; the full id is known after the clone)"
 
 
 def test_a_ref_the_repository_lacks_is_bad_input_naming_the_recent_release_tags() -> None:
