@@ -116,11 +116,13 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     release = wanted_for(wanted)  # bad input stops here, before the workdir is touched
     log = cfg.logs_dir / f"prefer-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
-    def say(line: str) -> None:
+    def say(line: str) -> None:  # the decision and its reasons, on the terminal and in the log
         out.print(line, highlight=False)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as handle:
+            handle.write(f"# {line}\n")
 
     def prove(wheel: Path) -> Proof:
-        log.parent.mkdir(parents=True, exist_ok=True)
         say(f"prebuilt: validating {wheel.name} in a fresh venv; log: {log}")
         with interrupt_signals():
             proof = prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=None), Runner(), log)
