@@ -370,15 +370,24 @@ def recipe(
     import tempfile
     from pathlib import Path
 
+    from packaging.version import Version
+
     from spark_build.errors import UsageError
     from spark_build.upstream.facts import SourceFacts, read_facts
     from spark_build.upstream.facts_report import facts_lines, markdown_table
+    from spark_build.upstream.patches import find_series
     from spark_build.upstream.refs import read_recipe_files, resolve_ref
     from spark_build.upstream.sdist import unpack_recipe_files
 
     def action() -> int:
         cfg = options.resolve(cli, file)
         arch = cfg.arch or "12.1a"
+
+        def covering(facts: SourceFacts) -> tuple[str, ...]:
+            """Our patches whose release range covers this source (patches/vllm/)."""
+            series = find_series(cfg.patches_dir, "vllm", Version(facts.version)) if facts.version else None
+            return tuple(p.name for p in series.patches) if series else ()
+
         paths = [Path(s).expanduser().resolve() for s in sources]
         missing = [str(p) for p in paths if not p.is_dir() and not p.name.endswith((".tar.gz", ".tgz"))]
         missing += [str(p) for p in paths if p.name.endswith((".tar.gz", ".tgz")) and not p.is_file()]
@@ -399,12 +408,13 @@ def recipe(
                 read.append((str(path), read_facts(tree, arch=arch)))
         out = console()
         if as_json:
-            print(json.dumps([{"source": label, **facts.to_dict()} for label, facts in read], indent=2))
+            rows = [{"source": label, **facts.to_dict(), "patches": covering(facts)} for label, facts in read]
+            print(json.dumps(rows, indent=2))
         elif markdown:
-            print(markdown_table([facts for _, facts in read]), end="")
+            print(markdown_table([(facts, covering(facts)) for _, facts in read]), end="")
         else:
             for label, facts in read:
-                for line in facts_lines(label, facts):
+                for line in facts_lines(label, facts, covering(facts)):
                     out.print(line, highlight=False, markup=False)
         return 0
 

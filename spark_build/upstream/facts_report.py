@@ -7,12 +7,15 @@ from collections.abc import Sequence
 
 from spark_build.upstream.facts import SourceFacts
 
+# One source's facts and the names of the spark-build patches whose range covers its release.
+Read = tuple[SourceFacts, tuple[str, ...]]
+
 
 def _short(revision: str | None) -> str:
     return (revision[:12] if revision and len(revision) == 40 else revision) or "?"
 
 
-def facts_lines(label: str, facts: SourceFacts) -> list[str]:
+def facts_lines(label: str, facts: SourceFacts, patches: tuple[str, ...] = ()) -> list[str]:
     """One source's facts, a fact per line, then its external projects."""
     torch = facts.torch
     rows = [
@@ -25,6 +28,7 @@ def facts_lines(label: str, facts: SourceFacts) -> list[str]:
         ("Python", facts.requires_python or "unset"),
         ("CUTLASS", facts.cutlass_revision or "not fetched"),
         (f"{facts.arch} in CUDA_ARCHS", f"{facts.cmake_arch} (CUDA 13)"),
+        ("spark-build patches", ", ".join(patches) or "none cover this release"),
     ]
     lines = [label] + [f"  {name:<20} {value}" for name, value in rows]
     lines.append(f"  external projects ({len(facts.projects)}), all fetched at configure:")
@@ -36,21 +40,22 @@ def facts_lines(label: str, facts: SourceFacts) -> list[str]:
     return lines
 
 
-def markdown_table(all_facts: Sequence[SourceFacts]) -> str:
+def markdown_table(rows: Sequence[Read]) -> str:
     """Every release in one table, then each release's projects: what docs/recipes.md holds."""
+    all_facts = [facts for facts, _ in rows]
     arch = all_facts[0].arch if all_facts else "12.1a"
     out = [
         f"| release | use_existing_torch | build requirements | torch pins (requirements/cuda.txt) | torch index "
-        f"| C++ | Python | CUTLASS | {arch} in CUDA_ARCHS (CUDA 13) | external projects |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| C++ | Python | CUTLASS | {arch} in CUDA_ARCHS (CUDA 13) | external projects | spark-build patches |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for f in all_facts:
+    for f, patches in rows:
         torch = " ".join(f.torch.packages) if f.torch else "—"
         index = f.torch.index if f.torch else "—"
         out.append(
             f"| {f.version} | `{f.use_existing_torch or '—'}` | `{', '.join(f.build_requirements) or '—'}` | {torch} "
             f"| {index} | {f.cxx_standard or '—'} | `{f.requires_python or '—'}` | {f.cutlass_revision or '—'} "
-            f"| {f.cmake_arch} | {len(f.projects)} |"
+            f"| {f.cmake_arch} | {len(f.projects)} | {', '.join(p.split('-', 1)[0] for p in patches) or '—'} |"
         )
     out += ["", f"External projects per release: revision, `*_SRC_DIR` variable, and what {arch} gets from it.", ""]
     for f in all_facts:

@@ -112,8 +112,10 @@ def test_the_arch_a_project_builds_follows_vllms_loose_intersection(
 def test_the_report_prints_every_fact_and_the_table_one_row_per_release(facts: dict[str, SourceFacts]) -> None:
     lines = "\n".join(facts_lines("vllm-0.33.0.tar.gz", facts["0.33.0"]))
     assert "torch==2.14.0" in lines and "tools/use_existing_torch.py" in lines and "DEEPGEMM_SRC_DIR" in lines
-    table = markdown_table([facts["0.13.0"], facts["0.33.0"]])
+    assert "spark-build patches  none cover this release" in lines
+    table = markdown_table([(facts["0.13.0"], ("0001-a.patch", "0002-b.patch")), (facts["0.33.0"], ())])
     assert "| 0.13.0 | `use_existing_torch.py`" in table and "| 0.33.0 | `tools/use_existing_torch.py`" in table
+    assert "| 5 | 0001, 0002 |" in table and "| 10 | — |" in table
 
 
 @pytest.mark.parametrize(
