@@ -48,10 +48,6 @@ class TorchPin:
     index: str
     index_why: str
 
-    @property
-    def torch_version(self) -> str:
-        return self.packages[0].split("==", 1)[1]
-
 
 def torch_index_for(torch_version: Version) -> tuple[str, str]:
     """The index that has CUDA 13 Linux wheels of this torch, and why that one."""
