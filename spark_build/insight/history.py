@@ -38,6 +38,7 @@ class HistoryRow:
     outcome: str
     inputs: str  # what "the same inputs" means: commit (or ref) and arch
     change: dict[str, Any] = field(default_factory=dict)
+    compiled: bool = False  # this run compiled (done, failed or stopped): its wall is a build's, not a check's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +135,7 @@ def _row(summary: Mapping[str, Any]) -> HistoryRow:
         cache_note=note,
         outcome=outcome_of(summary),
         inputs=f"{commit or ref} {arch}",
+        compiled=compiled,
     )
 
 
@@ -143,7 +145,9 @@ def compare(current: HistoryRow, previous: HistoryRow | None) -> dict[str, Any]:
     if previous is None:
         return {"previous": None}
     change: dict[str, Any] = {"previous": previous.run_id, "wall_s": round(current.wall_s - previous.wall_s, 3)}
-    if previous.wall_s > 0:
+    # A percentage only between runs of one kind: 12.9 s of compile against a 0.2 s no-op resume
+    # or a preflight refusal is "+7468 %", true and useless.
+    if previous.wall_s > 0 and current.compiled == previous.compiled:
         change["wall_pct"] = round(100 * (current.wall_s - previous.wall_s) / previous.wall_s, 1)
     if current.jobs is not None and previous.jobs is not None and current.jobs != previous.jobs:
         change["jobs_was"] = previous.jobs

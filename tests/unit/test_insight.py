@@ -249,3 +249,11 @@ def test_the_cache_hit_rate_is_the_compiler_caches_own_and_only_for_a_compile_th
 
     summary = {"steps": [{"name": "compile", "status": status}], "compiler_cache": COMPILER_CACHE["example-resumed"]}
     assert cache_hits(summary) == (rate, note)
+
+
+def test_a_build_is_not_compared_in_percent_with_a_run_that_compiled_nothing() -> None:
+    no_op = HistoryRow("r1", "", "v1", "abc", "12.1a", 0.2, None, None, None, "", "ok", "abc 12.1a")
+    rebuilt = HistoryRow("r2", "", "v1", "abc", "12.1a", 12.9, 2, None, 0.0, "", "ok", "abc 12.1a", compiled=True)
+    change = compare(rebuilt, no_op)
+    assert "wall_pct" not in change
+    assert describe_change(change) == "+12.7s"
