@@ -9,10 +9,13 @@ scheduling: Ninja's `-j` slots take objects in the order given, the CPUs are sha
 among the jobs not held back, and when the tree outgrows the machine's free memory the largest
 job is killed and, as Ninja does, nothing new starts.
 
-The governed rows run the real `governor.Governor` (its `tick`, `decide` and `eta.forecast`)
-over a fake process table and clock every 0.5 s of simulated time: once pausing the youngest
-(no durations), once pausing by slack (durations from the profile, finished objects with their
-measured seconds as `.ninja_log` would give them). The ETA column is the largest error of the
+Strategies: `MAX_JOBS=nproc` and static-safe `MAX_JOBS = budget // largest peak`, ungoverned;
+the planned `-j` (`jobplan.plan_jobs`) governed, once pausing the youngest (no durations) and
+once by slack (durations from the profile, finished objects with their measured seconds as
+`.ninja_log` would give them); and `-j` = nproc governed by slack. The governed rows run the
+real `governor.Governor` (its `tick`, `decide` and `eta.forecast`) over a fake process table
+and clock every 0.5 s of simulated time; the budget is the free memory less the default 4 GiB
+reserve. The ETA column is the largest error of the
 governor's forecast finish against the simulated finish, as a share of the wall, from the
 half-way point (in time) on.
 
@@ -222,6 +225,7 @@ def rows_for(objs: list[Obj], label: str, machine: Machine) -> list[Row]:
         ("static-safe", static, None),
         ("plan + governor, pause youngest", plan.concurrent_jobs, "age"),
         ("plan + governor, pause by slack", plan.concurrent_jobs, "slack"),
+        ("MAX_JOBS=nproc + governor, pause by slack", machine.cores, "slack"),
     )
     rows = []
     for order_name, order in orders.items():

@@ -88,7 +88,11 @@ def schedule_end(
     pending = list(queued)
     while pending:
         index = 0
+        # The governor samples every 0.5 s: skip the scan when not even the smallest job fits.
+        smallest = min(peak for _, peak in pending) if budget is not None else 0
         while index < len(pending) and len(ends) < max(1, slots):
+            if budget is not None and ends and held + smallest > budget:
+                break
             seconds, peak = pending[index]
             if budget is None or not ends or held + peak <= budget:
                 del pending[index]
