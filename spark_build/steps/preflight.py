@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from spark_build.durable import atomic_write_text
 from spark_build.errors import UsageError
 from spark_build.host.doctor import to_json
@@ -77,7 +79,10 @@ class Preflight(Step):
         atomic_write_text(ctx.run_folder.host, to_json(problems, facts))
         for problem in problems:
             if problem.severity != "ok":
-                ctx.notes.append(f"preflight {problem.severity}: {problem.check}: {problem.value} — {problem.fix}")
+                line = f"preflight {problem.severity}: {problem.check}: {problem.value} — {problem.fix}"
+                # Shown now, not only in the notes after a 40-minute compile it may concern.
+                ctx.show(Text(f"  {line}"))  # Text: a value like [sm_121a] is not rich markup
+                ctx.notes.append(line)
         if cfg.torch == "existing":
             problems.append(existing_torch(facts, cfg.torch_cuda))
         errors = [p for p in problems if p.severity == "error"]
