@@ -274,6 +274,37 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def cell(r: Row) -> str:
+    """One strategy in the summary: its -j, wall, × ideal (× bound where memory binds), pauses, ETA."""
+    if r.result != "ok":
+        return f"-j{r.jobs} **FAILED**, {r.kills} OOM kill(s)"
+    text = f"-j{r.jobs} {r.wall:.0f} s = {r.wall / r.ideal:.2f}×"
+    if r.memory_bound > r.ideal:
+        text += f" ({r.wall / r.memory_bound:.2f}× bound)"
+    if r.pauses:
+        text += f", {r.pauses} pauses"
+    if r.eta_error is not None:
+        text += f", ETA ±{100 * r.eta_error:.1f} %"
+    return text
+
+
+def summary(rows: list[Row]) -> str:
+    """One line per objects × machine × order, one column per strategy."""
+    strategies = list(dict.fromkeys(r.strategy for r in rows))
+    groups: dict[tuple[str, str, str], dict[str, Row]] = {}
+    for r in rows:
+        groups.setdefault((r.objects, r.machine, r.order), {})[r.strategy] = r
+    out = [
+        "| objects | machine | order | ideal s | mem-time bound s | " + " | ".join(strategies) + " |",
+        "|" + "---|" * (5 + len(strategies)),
+    ]
+    for (objects, machine, order), by in groups.items():
+        first = next(iter(by.values()))
+        cells = " | ".join(cell(by[name]) for name in strategies)
+        out.append(f"| {objects} | {machine} | {order} | {first.ideal:.0f} | {first.memory_bound:.0f} | {cells} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
@@ -288,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         for machine in MACHINES:
             rows += rows_for(objs, label, machine)
             print(f"# {label} {machine.name}: {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
+    print(summary(rows))
+    print()
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
