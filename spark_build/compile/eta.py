@@ -186,20 +186,20 @@ class FinishedObjects:
         self._finished: dict[str, float] = {}
 
     def __call__(self) -> dict[str, float]:
+        """Objects built so far; what was read last when the log cannot be read now (Ninja
+        rewrites it on a recompaction), since a failed read must not stop the governor's sample."""
         now = self._clock()
         if now - self._searched >= self._search_every_s:
             self._searched = now
             self._logs = sorted(self.build_tree.glob("**/.ninja_log"))
-        sizes = tuple(log.stat().st_size if log.exists() else 0 for log in self._logs)
-        if sizes != self._sizes:
-            self._sizes = sizes
-            lines = [
-                line
-                for log in self._logs
-                if log.exists()
-                for line in parse_ninja_lines(log.read_text("utf-8", "replace"))
-            ]
-            self._finished = finished_in(lines)
+        try:
+            sizes = tuple(log.stat().st_size for log in self._logs)
+            if sizes != self._sizes:
+                texts = [log.read_text("utf-8", "replace") for log in self._logs]
+                self._finished = finished_in(line for text in texts for line in parse_ninja_lines(text))
+                self._sizes = sizes
+        except OSError:
+            pass
         return self._finished
 
 

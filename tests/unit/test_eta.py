@@ -101,3 +101,12 @@ def test_finished_objects_are_read_once_setup_py_creates_the_build_tree(tmp_path
     with log.open("a") as handle:
         handle.write("1500\t4000\t1700000000000000001\tCMakeFiles/_C.dir/b.cu.o\tfeed\n")
     assert follow() == {"_C.dir/a.cu.o": 1.5, "_C.dir/b.cu.o": 2.5}
+
+
+def test_a_log_that_cannot_be_read_for_a_moment_keeps_what_was_read_last(tmp_path: Path) -> None:
+    log = tmp_path / ".ninja_log"
+    log.write_text("# ninja log v7\n0\t1500\t1700000000000000000\tCMakeFiles/_C.dir/a.cu.o\tdeadbeef\n")
+    follow = FinishedObjects(tmp_path, clock=lambda: 0.0)
+    assert follow() == {"_C.dir/a.cu.o": 1.5}
+    log.unlink()  # Ninja swaps in a recompacted log
+    assert follow() == {"_C.dir/a.cu.o": 1.5}
