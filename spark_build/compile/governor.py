@@ -247,7 +247,10 @@ class Governor:
             for pid in [p for p in self._stopped if p not in live]:
                 self._forget_stopped(pid, now)
             self._note_ended(live, now)
-            outlook = self._forecast(jobs, now, tree_rss)
+            try:
+                outlook = self._forecast(jobs, now, tree_rss)
+            except Exception as exc:  # noqa: BLE001 - without a forecast the memory guard still acts, by age
+                outlook, self.last_error = None, repr(exc)
             if outlook is not None:
                 jobs = [dataclasses.replace(j, slack_s=outlook.slack_s(self._object(j.pid))) for j in jobs]
             to_stop, to_resume = decide(jobs, available, self.low_mark, self.high_mark, self.max_running)

@@ -273,6 +273,30 @@ def test_time_a_job_was_held_does_not_make_the_machine_look_slower() -> None:
     assert gov.last_forecast is not None and gov.last_forecast.speed == 1.0
 
 
+def test_a_forecast_that_fails_leaves_the_memory_guard_acting_by_age() -> None:
+    def unreadable() -> dict[str, float]:
+        raise RuntimeError("log torn")
+
+    table = FakeTable(compile_tree((1500, 200)))
+    gov = Governor(
+        10,
+        budget_bytes=4000 * MB,
+        default_peak=1000 * MB,
+        estimates={"_C.dir/a.cu.o": 2000 * MB, "_C.dir/b.cu.o": 3000 * MB},
+        read_available=lambda tree_rss: 4000 * MB - tree_rss,
+        low_mark=100 * MB,
+        high_mark=200 * MB,
+        processes=table,
+        clock=lambda: 100.0,
+        install_signal_handlers=False,
+        seconds={"_C.dir/a.cu.o": 30.0, "_C.dir/b.cu.o": 900.0},
+        finished=unreadable,
+    )
+    gov.tick()
+    assert table.signals == [(30, "SIGSTOP"), (31, "SIGSTOP"), (32, "SIGSTOP")]  # the younger b, by age
+    assert gov.last_error is not None and "log torn" in gov.last_error
+
+
 def test_stop_resumes_every_process_it_stopped_and_then_acts_no_more() -> None:
     table = FakeTable(compile_tree((1500, 200)))
     gov = fake_governor(table, 4000, lambda: 0.0)
