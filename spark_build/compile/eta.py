@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,33 +75,31 @@ def calibrated_speed(finished: Mapping[str, float], seconds: Mapping[str, float]
 def schedule_end(
     running: Sequence[tuple[float, int]], queued: Sequence[tuple[float, int]], slots: int, budget: int | None
 ) -> float:
-    """When the last of these (seconds, peak) jobs ends: the running ones' rests first, then the
-    queued in the order given, each started as soon as one of `slots` is free and — with a
-    budget — its peak fits beside the running jobs' peaks, as the governor reserves them. A
-    later, smaller job may pass one that does not fit yet, as it does under the governor; a
-    job larger than the budget runs alone (Graham's list scheduling, with memory).
+    """When the last of these (seconds, peak) jobs ends under Ninja and the governor.
+
+    Ninja starts the queued jobs in the order given whenever one of its `slots` is free; with a
+    budget the governor lets a started job run only when its peak fits beside the running jobs'
+    peaks (it reserves them), holding it in its slot otherwise — so a later job in the slots may
+    pass a held one, and a job larger than the budget runs alone. The running jobs' rests come
+    first (Graham's list scheduling, with memory).
     """
     ends: list[tuple[float, int]] = []
     held, now, last = 0, 0.0, 0.0
     for seconds, peak in running:
         heapq.heappush(ends, (seconds, peak))
         held, last = held + peak, max(last, seconds)
-    pending = list(queued)
-    while pending:
-        index = 0
-        # The governor samples every 0.5 s: skip the scan when not even the smallest job fits.
-        smallest = min(peak for _, peak in pending) if budget is not None else 0
-        while index < len(pending) and len(ends) < max(1, slots):
-            if budget is not None and ends and held + smallest > budget:
-                break
-            seconds, peak = pending[index]
+    pending = deque(queued)
+    waiting: list[tuple[float, int]] = []  # started by Ninja, held by the governor
+    while pending or waiting:
+        while pending and len(ends) + len(waiting) < max(1, slots):
+            waiting.append(pending.popleft())
+        for job in list(waiting):
+            seconds, peak = job
             if budget is None or not ends or held + peak <= budget:
-                del pending[index]
+                waiting.remove(job)
                 heapq.heappush(ends, (now + seconds, peak))
                 held, last = held + peak, max(last, now + seconds)
-            else:
-                index += 1
-        if pending:
+        if ends and (pending or waiting):
             now, freed = heapq.heappop(ends)
             held -= freed
     return last

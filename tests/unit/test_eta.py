@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spark_build.compile.eta import FinishedObjects, RunningJob, finished_in, forecast
+from spark_build.compile.eta import FinishedObjects, RunningJob, finished_in, forecast, schedule_end
 from spark_build.compile.ninjalog import NinjaLine
 
 GIB = 2**30
@@ -70,6 +70,12 @@ def test_where_memory_binds_the_eta_is_the_memory_time_over_the_budget() -> None
     peaks = {f"o{i}.o": 8 * GIB for i in range(10)}
     outlook = forecast(seconds, {}, [], slots=10, peaks=peaks, budget_bytes=16 * GIB)
     assert outlook.eta_s == pytest.approx(500.0)  # 2 at a time fit, not 10
+
+
+def test_a_job_the_governor_holds_keeps_its_ninja_slot_so_a_small_one_behind_it_waits() -> None:
+    jobs = [(100.0, 8 * GIB), (10.0, 8 * GIB), (100.0, GIB), (100.0, GIB)]
+    # B waits in its slot for A's memory; C and D start only as slots free, not at once.
+    assert schedule_end([], jobs, slots=2, budget=10 * GIB) == 210.0
 
 
 def test_an_object_without_an_estimate_is_planned_at_the_median_duration() -> None:
