@@ -241,6 +241,8 @@ def _carry_out(
     if p.action == "skip":
         progress.skip(p.name, p.reason)
         outcomes.append(StepOutcome(p.name, "skipped", 0.0, p.reason))
+        skipped = ctx.state.record(p.name)
+        ctx.notes.extend(step.skipped_notes(skipped.result if skipped else {}))
         return
     record = StepRecord(
         fingerprint=p.fingerprint, status="running", started=time.time(), run_id=ctx.state.run_id, inputs=dict(p.inputs)

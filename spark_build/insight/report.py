@@ -150,6 +150,7 @@ def report_data(run: RunLogs, graph: tuple[Deps | None, str] | None = None) -> d
         "cache": {"hit_rate": rate, "note": cache_note},
         "memory": _memory(summary, run),
         "validation": _validation(summary),
+        "install": _install(summary),
     }
 
 
@@ -214,6 +215,14 @@ def _validation(summary: Mapping[str, Any]) -> dict[str, Any]:
         "problems": result.get("problems", []),
         "serve": (result.get("serve") or {}).get("passed") if result.get("serve") else None,
     }
+
+
+def _install(summary: Mapping[str, Any]) -> str | None:
+    """The published wheel's install line, for a run that published it or found it published."""
+    if step_status(summary, "publish") not in ("done", "skipped"):
+        return None
+    line = ((summary.get("results") or {}).get("publish") or {}).get("install")
+    return line if isinstance(line, str) else None
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -290,6 +299,8 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
             f"validation ({val['status']}): GPU code {verdicts}; imports {imports}; linkage {linkage}; serve {serve}"
         )
         lines += [f"  problem: {p}" for p in val["problems"]]
+    if data["install"]:
+        lines.append(f"install with: {data['install']}")
     return lines
 
 

@@ -149,3 +149,7 @@ class Step:
     def detail(self, result: Mapping[str, Any]) -> str:
         """A short fact for the timing table's last column (the compile's jobs and cache)."""
         return ""
+
+    def skipped_notes(self, result: Mapping[str, Any]) -> list[str]:
+        """Notes a resumed run repeats from a skipped step's recorded result (the install line)."""
+        return []

@@ -8,6 +8,7 @@ from typing import Any
 
 from spark_build.durable import sha256_of
 from spark_build.pipeline.step import Context, Step
+from spark_build.venv import uv_bin
 from spark_build.wheel.wheelhouse import install_line, publish
 
 
@@ -21,9 +22,18 @@ class Publish(Step):
     def run(self, ctx: Context) -> dict[str, Any]:
         wheel = Path(ctx.result("compile")["wheel"])
         target, sha = publish(wheel, ctx.config.wheelhouse)
-        line = install_line(target, ctx.config.wheelhouse)
+        # The torch validate installed beside the wheel, from where it came; an existing torch is
+        # the interpreter's own. uv by its path: the user's next shell has no spark-build venv.
+        torch = ctx.result("torch")
+        cfg = ctx.config
+        index = None if torch["existing"] else str(cfg.wheels) if cfg.wheels else cfg.torch_index
+        pins = () if torch["existing"] else (f"torch=={torch['version']}",)
+        line = install_line(target, cfg.wheelhouse, index=index, pins=pins, uv=uv_bin())
         ctx.notes.append(f"install with: {line}")
         return {"path": str(target), "sha256": sha, "install": line}
+
+    def skipped_notes(self, result: Mapping[str, Any]) -> list[str]:
+        return [f"install with: {result['install']}"] if result.get("install") else []
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         path = Path(str(result.get("path", "")))

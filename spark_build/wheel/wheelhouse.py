@@ -51,11 +51,13 @@ def _page(title: str, lines: list[str]) -> str:
     )
 
 
-def install_line(wheel_in_house: Path, wheelhouse: Path, *, index: str | None = None, pins: Sequence[str] = ()) -> str:
+def install_line(
+    wheel_in_house: Path, wheelhouse: Path, *, index: str | None = None, pins: Sequence[str] = (), uv: str = "uv"
+) -> str:
     """What the user types next: install from the wheelhouse, other packages from the index.
     `index` and `pins` name the torch index and the torch the wheel was validated with, so the
-    install does not quietly resolve another torch."""
+    install does not quietly resolve another torch; `uv` may be a path, for a shell without uv."""
     name, version, _build, _tags = parse_wheel_filename(wheel_in_house.name)
     extra = f" --extra-index-url {index}" if index and "://" in index else f" --find-links {index}" if index else ""
     wanted = " ".join(f"'{p}'" for p in (f"{name}=={version}", *pins))  # a requirement holds no quote
-    return f"uv pip install --extra-index-url {wheelhouse.as_uri()}/{extra} {wanted}"
+    return f"{uv} pip install --extra-index-url {wheelhouse.as_uri()}/{extra} {wanted}"

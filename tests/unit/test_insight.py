@@ -257,3 +257,13 @@ def test_a_build_is_not_compared_in_percent_with_a_run_that_compiled_nothing() -
     change = compare(rebuilt, no_op)
     assert "wall_pct" not in change
     assert describe_change(change) == "+12.7s"
+
+
+def test_the_report_repeats_the_install_line_of_the_published_wheel(tmp_path: Path) -> None:
+    add_run(tmp_path / "logs", "example-resumed", RESUMED_RUN)
+    out_console, out = console()
+    assert report_main(tmp_path / "logs", None, False, out_console) == 0
+    assert (
+        "install with: uv pip install --extra-index-url file:///tmp/ex-work/wheelhouse/ 'spark-example==0.2.0+cu130'"
+        in out.getvalue()
+    )
