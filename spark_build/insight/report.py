@@ -10,6 +10,7 @@ asks Ninja for the dependency graph, and only while the build tree still exists.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -320,7 +321,9 @@ def report_main(logs_dir: Path, run: str | None, as_json: bool, console: Console
             raise UsageError(
                 f"{logs.folder.name} has no {RunFolder(logs.folder).trace.name} to draw", hint="pick a newer run"
             )
-        html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}"))
+        text = io.StringIO()
+        render_report(data, Console(file=text, width=160, color_system=None, highlight=False))
+        html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}", text.getvalue()))
         if not as_json:
             console.print(f"timeline: {html}", highlight=False, markup=False)
     return 0

@@ -16,9 +16,10 @@ from spark_build.pipeline.progress import fmt_seconds
 _STATUS_COLOUR = {"done": "#4c9f70", "failed": "#d64545", "interrupted": "#e08a2e"}
 
 
-def timeline_html(doc: Mapping[str, Any], title: str) -> str:
+def timeline_html(doc: Mapping[str, Any], title: str, report: str = "") -> str:
     """The trace drawn as one self-contained page (inline SVG; no script, no network): a DGX
-    Spark on an isolated network cannot load Perfetto's UI, but any browser opens this."""
+    Spark on an isolated network cannot load Perfetto's UI, but any browser opens this.
+    `report` is `invoke report`'s text (the figures, a failed run's error), shown above the drawing."""
     events = doc.get("traceEvents", [])
     meta = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["name"] in ("process_name", "thread_name")}
     tracks = sorted({(e["pid"], e["tid"]) for e in events if e["ph"] in ("X", "i")})
@@ -72,12 +73,13 @@ def timeline_html(doc: Mapping[str, Any], title: str) -> str:
         for t in ticks
     )
     width = label_w + plot_w + 20
+    figures = f"<pre>{escape(report)}</pre>" if report else ""
     return (
         f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title>"
         "<style>body{margin:8px;font:12px sans-serif}svg text{font-size:12px}.proc{font-weight:bold}"
         ".in{fill:#fff;font-size:11px}.mark{stroke:#d00;stroke-width:2}.grid{stroke:#ddd}"
         ".counter{fill:none;stroke:#c05a1b;stroke-width:1.5}</style>"
-        f"<h3>{escape(title)}</h3><p>steps: green done, red failed, orange interrupted · compile slots: one "
+        f"<h3>{escape(title)}</h3>{figures}<p>steps: green done, red failed, orange interrupted · compile slots: one "
         "object per bar, purple where its peak memory is known · red marks: skipped steps and governor events · "
         f"hover for details</p><svg width='{width}' height='{y + 10}' xmlns='http://www.w3.org/2000/svg'>"
         f"{axis}{''.join(body)}</svg>"

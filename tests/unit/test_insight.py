@@ -231,6 +231,18 @@ def test_html_timeline_draws_every_slice_and_needs_no_network(tmp_path: Path) ->
     for label in ("preflight", "compile", "slot 1", "slot 2", "jobs running"):
         assert f">{label}<" in text or f">{label} (" in text, label
     assert "<script" not in text and "src=" not in text and "href=" not in text
+    # the figures beside the drawing: timing, slowest objects, the cache, validation
+    assert "cache hit rate: 0% — ccache: 0 hits, 13 misses" in text and "elementwise_half.cu.o" in text
+
+
+def test_the_html_page_of_a_failed_run_shows_its_error(tmp_path: Path) -> None:
+    folder = add_run(tmp_path / "logs", "example", FULL_RUN)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary |= {"exit_code": 1, "error": "`uv pip install …` exited with status 2"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    page = tmp_path / "timeline.html"
+    assert report_main(tmp_path / "logs", FULL_RUN, False, console()[0], html=page) == 0
+    assert "error: `uv pip install …` exited with status 2" in page.read_text()
 
 
 @pytest.mark.parametrize(
