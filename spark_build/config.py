@@ -549,15 +549,27 @@ def _normalise_repo(repo: str, base: Path) -> str:
 
 
 def _repo(repo: str, base: Path, *, given: bool) -> str:
-    """A local `--repo` must exist: git's own complaint about a missing path arrives garbled.
-    The example's generated upstream (not `given`) is made later, inside the workdir."""
+    """A local `--repo` must be a git repository or bundle: git's own complaint about anything
+    else arrives garbled. The example's generated upstream (not `given`) is made later."""
     resolved = _normalise_repo(repo, base)
-    if given and "://" not in resolved and not resolved.startswith("git@") and not Path(resolved).exists():
+    if given and "://" not in resolved and not resolved.startswith("git@") and not _is_git_source(Path(resolved)):
+        what = "is not a git repository or bundle" if Path(resolved).exists() else "does not exist"
         raise UsageError(
-            f"--repo {resolved} does not exist",
+            f"--repo {resolved} {what}",
             hint="name a git URL, or the path of a local clone or bundle of the source",
         )
     return resolved
+
+
+def _is_git_source(path: Path) -> bool:
+    """What `git ls-remote PATH` reads: a work tree (`.git` folder or file), a bare repository
+    (HEAD and objects/), or a bundle (its first line says so)."""
+    if path.is_dir():
+        return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
+    if path.is_file():
+        with path.open("rb") as handle:
+            return handle.read(16).startswith((b"# v2 git bundle", b"# v3 git bundle"))
+    return False
 
 
 def _torch_index(index: str, base: Path) -> str:

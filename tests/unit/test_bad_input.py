@@ -33,6 +33,8 @@ REFUSED: list[tuple[str, dict[str, Any], Any, dict[str, str], str]] = [
     ("serve-model-missing-path", {"serve_model": "{missing}"}, {}, {}, "--serve-model"),
     ("serve-model-folder-without-config", {"serve_model": "{folder}"}, {}, {}, "no config.json"),
     ("repo-missing-path", {"repo": "{missing}"}, {}, {}, "--repo"),
+    ("repo-folder-not-git", {"repo": "{folder}"}, {}, {}, "is not a git repository or bundle"),
+    ("repo-file-not-a-bundle", {"repo": "{file}"}, {}, {}, "is not a git repository or bundle"),
     ("python-missing", {"python": "{missing}"}, {}, {}, "--python"),
     ("python-not-executable", {"python": "{file}"}, {}, {}, "--python"),
     ("yaml-section-is-a-list", {}, [1, 2], {}, "spark_build section"),
@@ -106,3 +108,16 @@ def test_a_local_torch_index_folder_becomes_absolute_and_urls_stay_as_given(tmp_
     assert config.resolve({"torch_index": "wheels"}, {}, {}, cwd=tmp_path).torch_index == str(tmp_path / "wheels")
     url = f"file://{tmp_path / 'wheels'}"
     assert config.resolve({"torch_index": url}, {}, {}, cwd=tmp_path).torch_index == url
+
+
+@pytest.mark.parametrize("kind", ["work-tree", "bare", "bundle"])
+def test_a_local_repo_may_be_a_clone_a_bare_repository_or_a_bundle(tmp_path: Path, kind: str):
+    source = tmp_path / "source"
+    if kind == "work-tree":
+        (source / ".git").mkdir(parents=True)
+    elif kind == "bare":
+        (source / "objects").mkdir(parents=True)
+        (source / "HEAD").write_text("ref: refs/heads/main\n")
+    else:
+        source.write_bytes(b"# v2 git bundle\n")
+    assert config.resolve({"repo": str(source)}, {}, {}, cwd=tmp_path).repo == str(source)

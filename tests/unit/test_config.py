@@ -50,7 +50,7 @@ def test_example_mode_builds_a_generated_upstream_inside_the_workdir():
 
 
 def test_local_repo_paths_become_absolute(tmp_path):
-    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / ".git").mkdir(parents=True)
     cfg = resolve(cli={"repo": "up"}, tmp=tmp_path)
     assert cfg.repo == str(tmp_path / "up")
 
