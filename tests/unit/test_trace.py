@@ -249,3 +249,26 @@ def test_without_state_json_steps_are_laid_end_to_end_from_their_durations(tmp_p
     steps = of(doc, "X", PID_BUILD)
     assert all(a["ts"] + a["dur"] == b["ts"] for a, b in zip(steps, steps[1:], strict=False))
     assert of(doc, "X", PID_COMPILE) == []  # without the compile's times no Ninja run can be placed
+
+
+def test_a_pause_by_slack_shows_the_paused_job_and_its_slack_in_the_trace(tmp_path: Path) -> None:
+    t = 1_800_000_000.0
+    journal = tmp_path / "governor.jsonl"
+    journal.write_text(
+        json.dumps(
+            {
+                "t": t + 1.0,
+                "event": "pause",
+                "object": "_C.dir/a.cu.o",
+                "slack_s": 870.0,
+                "detail": "slack 870 s, off the critical path: delaying it costs nothing",
+            }
+        )
+        + "\n"
+    )
+    _, happenings = read_governor_log(journal)
+    summary = json.loads((DATA / "example.summary.json").read_text())
+    objects = [BuiltObject("_C.dir/a.cu.o", t, t + 30)]
+    events = trace_events(summary, objects, [], happenings, {"compile": (t - 1, t + 40)})
+    pause = next(e for e in of({"traceEvents": events}, "i", PID_COMPILE) if e["name"] == "pause a.cu.o")
+    assert pause["args"]["detail"].startswith("slack 870 s, off the critical path")
