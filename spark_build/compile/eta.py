@@ -1,8 +1,8 @@
 """Where the compile stands and when it will end: objects done, share of CPU work, ETA, slack.
 
 One model of the remaining work for two users, so they never disagree: the live status line
-(how long is left) and the governor (which job to pause: the one whose delay costs least,
-i.e. the most *slack* — the build's predicted remaining wall less the job's own remaining time).
+(how long is left) and the governor (which job never to pause first: one with little *slack* —
+the build's predicted remaining wall less the job's own remaining time).
 A 953 s `scaled_mm_c2x.cu.o` held back for a minute delays the wheel by a minute; a 60 s object
 held back while 1,000 s of work remains delays nothing.
 
@@ -41,7 +41,7 @@ class RunningJob:
 
 @dataclass(frozen=True)
 class Forecast:
-    """The compile's progress and its predicted end; `line` is what a person reads."""
+    """The compile's progress and its predicted end (`pipeline.progress.forecast_line` words it)."""
 
     objects_done: int
     objects_total: int
