@@ -3,11 +3,13 @@
 # and its own torch (the GPU machine: /opt/torch/.venv, torch 2.11.0+cu130, Python 3.12).
 #
 # Run from the repository root, with the carried folders beside it:
-#   .whl/            spark-build's dependencies and the build requirements the machine lacks
+#   .whl/            spark-build's dependencies, the build requirements the machine lacks, and
+#                    ninja-1.13.2.tar.gz (the ninja step builds the scheduling Ninja from it)
 #   .device/mirror/  vLLM's sdist, the git bundles and header archives of ../shared/mirror, and
 #                    a triton_kernels stand-in archive (Triton v3.5.0 is not mirrored here)
 # Usage: benchmarks/device_build.sh WORK [build-vllm|arch-plan] [extra options…]
-# Starts the build detached (setsid) and returns; WORK/build.out and WORK/logs/latest follow it.
+# Starts the build detached (setsid) and returns; WORK/build.out and WORK/logs/latest follow it,
+# benchmarks/device_poll.sh WORK [SECONDS] waits for it (returning early when it ends) and copies them.
 set -euo pipefail
 ROOT=$(pwd)
 WORK=${1:?usage: device_build.sh WORK [build-vllm|arch-plan] [options]}

@@ -7,7 +7,7 @@ column's unit changed in Ninja 1.10) is handled once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -89,6 +89,29 @@ def parse_ninja_log(path: Path) -> list[NinjaLogEntry]:
     return list(entries.values())
 
 
+def _tail(name: str) -> tuple[str, str]:
+    """An object's target and its last three path parts: `qutlass/csrc/gemm.cu.o` under `_C`."""
+    target, _, rest = name.partition(".dir/")
+    return target, "/".join(rest.split("/")[-3:])
+
+
+def _durations_by_name(seconds: Mapping[str, float]) -> Callable[[str], float | None]:
+    """Look an object up by its normalized name, else by target and path tail when that is
+    unique: a source fetched outside the tree (qutlass) is named after its absolute checkout
+    path, which differs between the machine that measured it and this one."""
+    tails: dict[tuple[str, str], list[float]] = {}
+    for name, value in seconds.items():
+        tails.setdefault(_tail(name), []).append(value)
+
+    def lookup(name: str) -> float | None:
+        if name in seconds:
+            return seconds[name]
+        found = tails.get(_tail(name), [])
+        return found[0] if len(found) == 1 else None
+
+    return lookup
+
+
 # The log format Ninja 1.13 reads and writes; an older header makes it discard the whole log.
 SEED_HEADER = "# ninja log v7\n"
 
@@ -112,8 +135,9 @@ def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, flo
     known = {line.split("\t")[3] for line in text.splitlines() if not line.startswith("#") and line.count("\t") >= 4}
     seeded: list[str] = []
     lines: list[str] = []
+    duration_of = _durations_by_name(seconds)
     for output in outputs:
-        duration = seconds.get(normalize_object(output))
+        duration = duration_of(normalize_object(output))
         if output in known or duration is None or output in seeded:
             continue
         seeded.append(output)

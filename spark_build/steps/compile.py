@@ -78,9 +78,26 @@ def tool_dirs(ctx: Context) -> list[Path]:
     return [*([ninja.parent] if ninja else []), *ctx.bin_dirs]
 
 
+def ninja_outputs(commands: object, root: Path) -> list[str]:
+    """Objects as Ninja names them: relative to the top build folder, wherever CMake put them.
+
+    compile_commands.json may spell an output absolute (CMake 3.25 and 4.x do) or relative to
+    the entry's folder; a subproject's objects (flash-attention's) sit below its own binary
+    folder. Ninja's manifest names every one relative to the top, and a seeded line under any
+    other name would be a dead entry that CMake's `ninja -t recompact` drops."""
+    outputs: list[str] = []
+    for entry in commands if isinstance(commands, list) else []:
+        if not isinstance(entry, dict) or not entry.get("output"):
+            continue
+        path = Path(str(entry.get("directory", root))) / str(entry["output"])
+        outputs.append(os.path.relpath(path, root))
+    return outputs
+
+
 _BUILD_TEMP_PROBE = (
     "import json, sys, sysconfig; "
-    "json.dump(f'temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}', open(sys.argv[1], 'w'))"
+    "temp = f'temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}'; "
+    "json.dump({'build_temp': temp}, open(sys.argv[1], 'w'))"
 )
 
 
@@ -93,8 +110,8 @@ def seed_durations(ctx: Context, step: str, estimates: Estimates) -> str:
         commands = json.loads(ctx.layout.arch_plan_compile_commands.read_text())
     except (OSError, ValueError):
         return "no arch-plan object list to seed Ninja's durations from"
-    outputs = [str(entry["output"]) for entry in commands if isinstance(entry, dict) and entry.get("output")]
-    build_temp = ctx.layout.build_tree / str(ctx.probe_json(step, ctx.python, _BUILD_TEMP_PROBE))
+    outputs = ninja_outputs(commands, ctx.layout.arch_plan)
+    build_temp = ctx.layout.build_tree / str(ctx.probe_json(step, ctx.python, _BUILD_TEMP_PROBE)["build_temp"])
     seeded = seed_ninja_log(build_temp / ".ninja_log", outputs, estimates.seconds)
     if not seeded:
         return "Ninja's log already holds every object's duration"

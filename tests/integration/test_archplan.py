@@ -27,8 +27,11 @@ from spark_build.arch.plan import (
     plan_source,
     raise_for_problems,
 )
+from spark_build.compile.jobplan import DEFAULT_PROFILE, load_estimates
+from spark_build.compile.ninjalog import parse_ninja_log, seed_ninja_log
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
+from spark_build.steps.compile import ninja_outputs
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.sources import prepare_sources
@@ -236,3 +239,34 @@ def test_a_real_vllm_object_compiled_with_its_12_1a_flags_carries_code_that_runs
     codes = parse_listing(listing)
     assert [c.name for c in codes] == ["sm_120"]
     assert best_on(codes, SPARK) is Verdict.NATIVE
+
+
+def test_seeded_from_the_arch_plan_the_scheduling_ninja_starts_vllm_s_longest_object_first(
+    real_plans: RealPlans, scheduling_ninja: Path
+) -> None:
+    # The compile step's seeding, on vLLM 0.13.0's real manifest: objects named as Ninja names
+    # them (flash-attention's below its own binary folder, qutlass's after its checkout path).
+    build = real_plans.after_build
+    assert real_plans.after.built is not None
+    targets = sorted(real_plans.after.built)
+    estimates = load_estimates([], DEFAULT_PROFILE, targets=frozenset(targets))
+    outputs = ninja_outputs(json.loads((build / "compile_commands.json").read_text()), build)
+
+    def started() -> list[str]:
+        dry = _run([scheduling_ninja, "-n", "-j32", *targets], cwd=build).stdout.splitlines()
+        return [line for line in dry if "Building" in line]
+
+    unseeded = started()
+    manifest_rank = next(i for i, line in enumerate(unseeded) if "scaled_mm_c2x.cu.o" in line)
+    assert manifest_rank > 30  # without durations every object of _C weighs the same
+    seeded = seed_ninja_log(build / ".ninja_log", outputs, estimates.seconds)
+    assert len(seeded) == len(estimates.seconds) == 165  # every object setup.py builds, FA3's none
+    manifest = (build / "build.ninja").read_text()
+    assert all(f"build {out}:" in manifest for out in seeded)
+
+    _run([scheduling_ninja, "-t", "recompact"], cwd=build)  # what CMake runs after generating
+    assert len(parse_ninja_log(build / ".ninja_log")) == 165
+
+    order = started()
+    assert "scaled_mm_c2x.cu.o" in order[0]  # 953 s measured: first
+    assert len(order) == len(unseeded) == 165

@@ -22,23 +22,9 @@ def run(argv: Sequence[str | os.PathLike[str]], cwd: Path) -> None:
     subprocess.run([str(a) for a in argv], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("sdist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
-        + ["-d", str(folder), ninjabuild.NINJA_REQUIREMENT],
-        check=True,
-    )
-    found = ninjabuild.find_sdist(folder)
-    assert found is not None
-    return found
-
-
-@pytest.fixture(scope="module")
-def ninja(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = ninjabuild.cached_binary(tmp_path_factory.mktemp("cache"))
-    return ninjabuild.build_from_sdist(sdist, dest, Path(sys.executable), run)
+@pytest.fixture
+def ninja(scheduling_ninja: Path) -> Path:
+    return scheduling_ninja
 
 
 def test_it_is_built_once_into_the_machine_cache_under_both_names_cmake_looks_for(ninja: Path) -> None:

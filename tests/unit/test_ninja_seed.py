@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spark_build.compile.ninjalog import SEED_HEADER, parse_ninja_log, seed_ninja_log
+from spark_build.steps.compile import ninja_outputs
 
 SECONDS = {"_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953.2, "_C.dir/csrc/cache_kernels.cu.o": 41.0}
 OUTPUTS = ["CMakeFiles/_C.dir/csrc/cache_kernels.cu.o", "CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o"]
@@ -55,3 +56,29 @@ def test_an_object_listed_twice_is_seeded_once(tmp_path: Path) -> None:
     log = tmp_path / ".ninja_log"
     assert seed_ninja_log(log, [OUTPUTS[0], OUTPUTS[0]], SECONDS) == [OUTPUTS[0]]
     assert log.read_text().count(OUTPUTS[0]) == 1
+
+
+def test_a_source_fetched_outside_the_tree_matches_its_measurement_by_target_and_path_tail(tmp_path: Path) -> None:
+    # CMake names such objects after the checkout's absolute path, which differs per machine.
+    measured = {"_C.dir/tmp/fb/src/qutlass/qutlass/csrc/gemm.cu.o": 420.0, "_C.dir/csrc/a/x.cu.o": 1.0}
+    here = "CMakeFiles/_C.dir/home/me/w/cache/sources/qutlass/830d2c45/qutlass/csrc/gemm.cu.o"
+    elsewhere = "CMakeFiles/_moe_C.dir/home/me/w/cache/sources/qutlass/830d2c45/qutlass/csrc/gemm.cu.o"
+    log = tmp_path / ".ninja_log"
+
+    assert seed_ninja_log(log, [here, elsewhere], measured) == [here]  # another target is another object
+    assert {e.end_ms for e in parse_ninja_log(log)} == {420000}
+
+
+def test_objects_are_named_as_ninja_names_them_relative_to_the_top_build_folder(tmp_path: Path) -> None:
+    root = tmp_path / "arch-plan"
+    commands = [
+        # CMake 3.25 and 4.x spell outputs absolute; a relative one is relative to its entry's folder
+        {"directory": str(root), "file": "x.cu", "output": str(root / "CMakeFiles/_C.dir/csrc/x.cu.o")},
+        {"directory": str(root / "vllm-flash-attn"), "file": "f.cu", "output": "CMakeFiles/_vllm_fa2_C.dir/f.cu.o"},
+        {"directory": str(root), "file": "h.h"},  # no output: nothing Ninja builds
+    ]
+    assert ninja_outputs(commands, root) == [
+        "CMakeFiles/_C.dir/csrc/x.cu.o",
+        "vllm-flash-attn/CMakeFiles/_vllm_fa2_C.dir/f.cu.o",
+    ]
+    assert ninja_outputs({"not": "a list"}, root) == []
