@@ -22,6 +22,7 @@ from spark_build.compile import cache as compiler_cache
 from spark_build.compile import cache_stats
 from spark_build.compile.cache_plan import env_note
 from spark_build.compile.cxxstd import check_source_against_torch
+from spark_build.compile.eta import FinishedObjects
 from spark_build.compile.governor import Governor
 from spark_build.compile.jobplan import (
     DEFAULT_PROFILE,
@@ -37,6 +38,7 @@ from spark_build.compile.ninjalog import normalize_object, parse_ninja_lines, pa
 from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
+from spark_build.pipeline.progress import forecast_line
 from spark_build.pipeline.step import Context, Step
 from spark_build.proc import log_tail
 from spark_build.upstream.fetched import FetchedSources
@@ -266,8 +268,14 @@ class GovernedBuild:
         ctx = self.ctx
         governor: Governor | None = None
 
+        # Durations count only when the arch plan said which targets setup.py builds: FA3's 224
+        # profiled objects would otherwise be forecast for a build that skips them.
+        known_targets = ctx.optional_result("arch-plan").get("built_targets") is not None
+        sink = ctx.runner.sink
+
         def govern(pid: int) -> None:
-            # Holds the youngest jobs back (SIGSTOP) when the tree would outgrow the budget.
+            # Holds jobs back (SIGSTOP) when the tree would outgrow the budget: the youngest
+            # first, never one near the critical path; its forecast feeds the status line.
             nonlocal governor
             governor = Governor(
                 pid,
@@ -276,6 +284,10 @@ class GovernedBuild:
                 estimates=self.estimates.peaks,
                 reserve_bytes=ctx.config.mem_reserve,
                 journal=self.journal.write,
+                seconds=self.estimates.seconds if known_targets else None,
+                slots=min(cpu_count(), plan.concurrent_jobs),
+                finished=FinishedObjects(ctx.layout.build_tree),
+                on_forecast=lambda outlook: sink.progress(forecast_line(outlook)),
             ).start()
 
         env_vars = {**compile_env(ctx, plan), **self.cache_env}

@@ -32,6 +32,7 @@ STEPS = [
     "build-deps",
     "sources",
     "arch-plan",
+    "ninja",
     "compile",
     "validate",
     "publish",
