@@ -29,7 +29,8 @@ def finished_build(build: Build) -> tuple[object, ...]:
 
 
 # (id, invoke.yaml text or None, command and its options, words the error holds). `{file}` is a
-# regular file, `{missing}` a path that does not exist, `{notzip}` a .whl that is not a zip;
+# regular file, `{missing}` a path that does not exist, `{folder}` a plain folder, `{notzip}` a .whl
+# that is not a zip;
 # `build-vllm` rows run with the baseline build's own options, the row's replacing them.
 BAD_INPUTS: list[tuple[str, str | None, list[str], str]] = [
     ("torch-index-missing-folder", None, ["build-vllm", "--torch-index", "{missing}"], "--torch-index"),
@@ -39,6 +40,7 @@ BAD_INPUTS: list[tuple[str, str | None, list[str], str]] = [
     ("wheelhouse-under-a-file", None, ["build-vllm", "--wheelhouse", "{file}/wh"], "is a file"),
     ("serve-model-missing", None, ["build-vllm", "--serve-model", "{missing}"], "--serve-model"),
     ("repo-missing", None, ["build-vllm", "--repo", "{missing}"], "does not exist"),
+    ("repo-not-git", None, ["build-vllm", "--repo", "{folder}"], "is not a git repository or bundle"),
     ("python-missing", None, ["build-vllm", "--python", "{missing}"], "--python"),
     ("python-not-python", None, ["build-vllm", "--python", "/bin/false"], "does not run as Python 3"),
     ("logs-dir-is-a-file", None, ["build-vllm", "--logs-dir", "{file}"], "--logs-dir"),
@@ -61,7 +63,7 @@ BAD_INPUTS: list[tuple[str, str | None, list[str], str]] = [
     ("arch-plan-torch-index-missing", None, ["arch-plan", "--torch-index", "{missing}"], "--torch-index"),
     ("validate-not-a-zip", None, ["validate", "{notzip}", "--arch", "12.1a"], "not a zip"),
     ("validate-no-wheel", None, ["validate", "{missing}.whl", "--arch", "12.1a"], "no wheel"),
-    ("validate-wheelhouse-yaml", "spark_build: [1]\n", ["validate", "{notzip}"], "spark_build section"),
+    ("validate-yaml-section-is-a-list", "spark_build: [1]\n", ["validate", "{notzip}"], "spark_build section"),
     ("nightly-workdir-is-a-file", None, ["nightly", "--workdir", "{file}"], "--workdir"),
     ("nightly-lock-wait-word", None, ["nightly", "--workdir", "{work}", "--lock-wait", "x"], "--lock-wait"),
     ("schedule-bad-time", None, ["schedule", "--at", "25:00", "--workdir", "{work}"], "25:00"),
@@ -92,6 +94,7 @@ def test_bad_input_to_any_command_is_refused_with_one_error_and_leaves_the_finis
     places = {
         "file": str(regular),
         "missing": str(tmp_path / "missing"),
+        "folder": str(tmp_path),
         "notzip": str(tmp_path / "notzip-1.0-py3-none-any.whl"),
         "work": str(baseline.workdir),
     }
