@@ -169,7 +169,8 @@ class Compile(Step):
             jobs_override=cfg.jobs,
             mem_budget=cfg.mem_budget,
         )
-        ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}")
+        stand_in = "" if recipe.is_vllm_release else " (vLLM's measured objects stand in for this source's own)"
+        ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}{stand_in}")
         if scheduling_ninja(ctx) is not None:
             ctx.notes.append(f"compile: {seed_durations(ctx, self.name, estimates)}")
         ctx.layout.dist.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,9 @@ def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, 
     assert all(s["status"] == "done" and s["seconds"] > 0 for s in summary["steps"])
     assert summary["wheel_sha256"] == (wheel.with_name(wheel.name + ".sha256").read_text().split()[0])
     assert summary["max_jobs"] == 2
+    # The example is not vLLM: the memory plan says whose measurements it stands on.
+    assert "vLLM's measured objects stand in for this source's own" in baseline.output
+    assert "ninja: the stock Ninja" in baseline.output
     trace = json.loads((baseline.workdir / "logs" / summary["run_id"] / "trace.json").read_text())
     kinds = {(e["ph"], e.get("name") if e["ph"] == "C" else e.get("cat")) for e in trace["traceEvents"]}
     assert {("X", "step"), ("X", "compile"), ("C", "available memory"), ("C", "jobs running")} <= kinds
