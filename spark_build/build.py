@@ -54,7 +54,12 @@ def specs_for(steps: Sequence[Step], ctx: Context) -> list[StepSpec]:
     return out
 
 
-def _usable_workdir(workdir: Path) -> None:
+def _usable_workdir(workdir: Path, *, dry_run: bool) -> None:
+    if dry_run:  # a plan creates nothing: the folder it would be made in must be writable
+        existing = next(p for p in (workdir, *workdir.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write to the workdir {workdir}", hint="choose a writable folder with --workdir")
+        return
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write-test.{os.getpid()}"
@@ -79,7 +84,7 @@ def build(
     """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure.
     `held` is the workdir lock when the caller took it already (the nightly does);
     `resume_command` is what the messages tell the user to run to continue this build."""
-    _usable_workdir(config.workdir)
+    _usable_workdir(config.workdir, dry_run=config.dry_run)
     if config.resume and not config.state_file.exists():
         raise UsageError(
             f"nothing to resume in {config.workdir} (no state.json)",
@@ -88,7 +93,9 @@ def build(
     gpu_query = query_gpus()
     target = resolve_target(config.arch, gpu_query.gpus)
     lock = held or WorkdirLock(config.workdir)
-    with contextlib.nullcontext() if held else lock.held():
+    # A dry run of a workdir that does not exist yet has nothing to guard: it creates nothing.
+    unguarded = held is not None or (config.dry_run and not config.workdir.exists())
+    with contextlib.nullcontext() if unguarded else lock.held():
         if lock.leftover_pgid is not None:
             stopped = stop_process_group(lock.leftover_pgid)
             if stopped:

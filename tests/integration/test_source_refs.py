@@ -108,7 +108,7 @@ def test_dry_run_of_v0_33_0_names_commit_torch_and_why_no_patch_and_its_ten_proj
     assert "patches: none cover vllm 0.33.0" in out
     assert "external projects the sources step fetches (10;" in out
     assert "deepgemm 0820030756945b2daec208e8e8255268360f337d from https://github.com/vllm-project/DeepGEMM.git" in out
-    assert not (work / "src").exists()  # a plan clones nothing into the workdir
+    assert not work.exists() and not (tmp_path / "logs").exists()  # a plan writes nothing, not even a lock
 
 
 def test_dry_run_of_v0_13_0_applies_both_patches_its_range_covers_with_torch_2_9_from_cu130(
