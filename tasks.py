@@ -204,7 +204,9 @@ def doctor(
     auto_shortflags=False,
     iterable=["notify"],
     help={
-        "url": "the pinned prebuilt wheel to watch (default: the cu130 aarch64 vLLM 0.13.0 wheel)",
+        "url": "watch this one wheel URL instead of vLLM's official wheel of the configured --ref release",
+        "wheel-index": PREFER_HELP["wheel-index"],
+        "wheel-releases": PREFER_HELP["wheel-releases"],
         "force": "rebuild even when the pinned wheel exists",
         "notify": "command to run after a rebuild or failure, one argument per --notify (no shell)",
         "lock-wait": "seconds to wait for a running build in the workdir before skipping (default 600)",
@@ -220,8 +222,11 @@ def nightly(
     lock_wait: str = "600",
     workdir: str | None = None,
     logs_dir: str | None = None,
+    wheel_index: str | None = None,
+    wheel_releases: str | None = None,
 ) -> None:
-    """Mirror the pinned vLLM wheel while it exists; rebuild from source when it is gone.
+    """Mirror vLLM's official wheel of the --ref release while it exists (looked up as --prefer-wheel
+    does; --url for one fixed wheel URL); rebuild from source when it is gone.
 
     Build options (--ref, --arch, --torch-index …) come from invoke.yaml's spark_build section
     or SPARK_BUILD_* variables. Exit 0 present, 10 mirrored, 11 rebuilt, 1 failed, 75 skipped (another build ran)."""
@@ -230,7 +235,18 @@ def nightly(
     if not lock_wait.isdigit():
         raise Exit(f"error: --lock-wait must be whole seconds, got '{lock_wait}'\n  fix: --lock-wait 600", code=2)
     cli = {"workdir": workdir, "logs_dir": logs_dir}
-    _exit(run(cli, _file_options(c), url=url, force=force, notify=list(notify or []), lock_wait=float(lock_wait)))
+    _exit(
+        run(
+            cli,
+            _file_options(c),
+            url=url,
+            force=force,
+            notify=list(notify or []),
+            lock_wait=float(lock_wait),
+            index=wheel_index,
+            releases=wheel_releases,
+        )
+    )
 
 
 @task(

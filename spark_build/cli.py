@@ -189,17 +189,23 @@ def nightly(
     force: bool,
     notify: list[str],
     lock_wait: float,
+    index: str | None = None,
+    releases: str | None = None,
 ) -> int:
-    """`invoke nightly`: keep the pinned wheel mirrored while it exists, rebuild when it is gone."""
+    """`invoke nightly`: keep the wheel mirrored while it exists, rebuild when it is gone. The wheel
+    is vLLM's official one of the configured `--ref` (CUDA major, this CPU), looked up as
+    `--prefer-wheel` does, in `index` and `releases`; `url` watches that one URL instead."""
     import dataclasses
+    import platform
     import time
     from pathlib import Path
 
     from spark_build.build import build
     from spark_build.errors import BuildLocked
     from spark_build.lock import WorkdirLock
+    from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX, check_lookup_urls
     from spark_build.nightly.schedule import schedule_status
-    from spark_build.nightly.watch import DEFAULT_WHEEL_URL, Outcome, skipped_locked
+    from spark_build.nightly.watch import OfficialRelease, Outcome, PinnedUrl, Watched, skipped_locked
     from spark_build.nightly.watch import nightly as watch
     from spark_build.pipeline import state
     from spark_build.wheel.wheelhouse import write_indexes
@@ -207,7 +213,15 @@ def nightly(
     def action() -> int:
         cfg = options.resolve(cli, file)
         out = console()
-        pinned = url or DEFAULT_WHEEL_URL
+        watched: Watched
+        if url:
+            watched = PinnedUrl(url)
+        else:
+            check_lookup_urls(index or PACKAGE_INDEX, releases or GITHUB_RELEASES)  # bad input: before any write
+            cuda = int(cfg.torch_cuda) if cfg.torch_cuda.isdigit() else None
+            watched = OfficialRelease(
+                cfg.ref, cuda, platform.machine(), index or PACKAGE_INDEX, releases or GITHUB_RELEASES
+            )
         history = cfg.logs_dir / NIGHTLY_HISTORY
         log_path = cfg.logs_dir / f"nightly-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +235,7 @@ def nightly(
         try:
             lock.acquire(wait=lock_wait)
         except BuildLocked as exc:
-            outcome = skipped_locked(pinned, exc.message, history_path=history, log_path=log_path)
+            outcome = skipped_locked(watched.url, exc.message, history_path=history, log_path=log_path)
             say(outcome.line())
             return outcome.exit_code
 
@@ -235,7 +249,7 @@ def nightly(
 
         try:
             outcome = watch(
-                pinned,
+                watched,
                 cfg.wheelhouse / "vllm",
                 build=rebuild,
                 history_path=history,

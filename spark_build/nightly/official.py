@@ -25,8 +25,17 @@ from html.parser import HTMLParser
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from spark_build.errors import UsageError
 from spark_build.nightly.fetch import GONE_CODES, split_sha256_fragment
-from spark_build.nightly.transport import RETRY_POLICY, HTTPStatusError, RetryPolicy, Say, open_url, with_retry
+from spark_build.nightly.transport import (
+    RETRY_POLICY,
+    HTTPStatusError,
+    RetryPolicy,
+    Say,
+    open_url,
+    status_failure,
+    with_retry,
+)
 
 PACKAGE_INDEX = "https://pypi.org/simple"
 GITHUB_RELEASES = "https://api.github.com/repos/vllm-project/vllm/releases"
@@ -134,7 +143,8 @@ class _Anchors(HTMLParser):
 
 
 def _get(url: str, accept: str, timeout: float, policy: RetryPolicy, on_retry: Say | None) -> tuple[str, str] | None:
-    """(content type, body) of `url`; None when it is not there (404/410)."""
+    """(content type, body) of `url`; None when it is not there (404/410). Any other answer is an
+    error, not "no wheel": a 403 or 500 says nothing about the wheel, so it must not cost a rebuild."""
 
     def fetch() -> tuple[str, str]:
         with open_url(url, headers={"Accept": accept}, timeout=timeout) as resp:
@@ -145,7 +155,9 @@ def _get(url: str, accept: str, timeout: float, policy: RetryPolicy, on_retry: S
     except HTTPStatusError as err:
         if err.code in GONE_CODES:
             return None
-        raise
+        raise status_failure(
+            "reading", url, err, policy, "check --wheel-index / --wheel-releases and the network"
+        ) from err
 
 
 def parse_index_page(page_url: str, content_type: str, body: str) -> list[OfficialWheel]:
@@ -203,19 +215,34 @@ def release_assets(
     return parse_release(answer[1]) if answer else []
 
 
+def check_lookup_urls(index: str, releases: str) -> None:
+    """An index or release API that is not an http(s) URL is bad input: a folder belongs in `--wheels`."""
+    for option, url in (("--wheel-index", index), ("--wheel-releases", releases)):
+        if not url.startswith(("https://", "http://")):
+            raise UsageError(f"{option} {url}: not an http(s) URL", hint=f"give {option} https://…, or leave it out")
+
+
 def find_official(
-    wanted: Wanted, *, index: str = PACKAGE_INDEX, releases: str = GITHUB_RELEASES, on_retry: Say | None = None
+    wanted: Wanted,
+    *,
+    index: str = PACKAGE_INDEX,
+    releases: str = GITHUB_RELEASES,
+    timeout: float = 30.0,
+    policy: RetryPolicy = RETRY_POLICY,
+    on_retry: Say | None = None,
 ) -> OfficialWheel | str:
-    """The official wheel for `wanted` with its sha256, or why there is none (a str)."""
+    """The official wheel for `wanted` with its sha256, or why there is none (a str); a host that
+    answers neither the page nor 404/410 is an error (`SparkBuildError`)."""
     expected = expected_wheel(wanted)
     if isinstance(expected, str):
         return expected
     if expected.place is Place.INDEX:
         where = f"{index.rstrip('/')}/vllm/"
-        offered = index_files(index, on_retry=on_retry)
+        offered = index_files(index, timeout=timeout, policy=policy, on_retry=on_retry)
     else:
         where = f"the v{wanted.version} release ({releases.rstrip('/')}/tags/v{wanted.version})"
-        offered = release_assets(releases, f"v{wanted.version}", on_retry=on_retry)
+        tag = f"v{wanted.version}"
+        offered = release_assets(releases, tag, timeout=timeout, policy=policy, on_retry=on_retry)
     found = pick(expected, wanted, offered)
     if found is None:
         return f"no {expected.filename} with a sha256 in {where}"

@@ -27,6 +27,7 @@ from spark_build.nightly.official import (
     PACKAGE_INDEX,
     OfficialWheel,
     Wanted,
+    check_lookup_urls,
     find_official,
     release_version,
 )
@@ -88,9 +89,7 @@ def _requirements(lines: Sequence[str]) -> list[Requirement]:
 def wanted_for(options: PreferWheel) -> Wanted:
     """The release to look for; a ref that is not a release tag, or an index or release API that
     is not an http(s) URL, is bad input for `--prefer-wheel`."""
-    for option, url in (("--wheel-index", options.index), ("--wheel-releases", options.releases)):
-        if not url.startswith(("https://", "http://")):
-            raise UsageError(f"{option} {url}: not an http(s) URL", hint=f"give {option} https://…, or leave it out")
+    check_lookup_urls(options.index, options.releases)
     version = release_version(options.ref)
     if version is None:
         raise UsageError(

@@ -1,10 +1,12 @@
-"""Wheel watch: is the pinned cu130 aarch64 wheel still hosted, and what should tonight do about it?
+"""Wheel watch: is the wheel for the configured release still hosted, and what should tonight do about it?
 
-The community's vLLM wheel for the DGX Spark is a nightly build at a commit URL that can vanish
-at any time; when it does, the only way to vLLM is a 25–35 minute source build. So every night
-we look (`check_wheel`), keep a verified copy while it exists (`mirror_wheel`), and rebuild once
-it is gone (`nightly`, with the build injected). `decide` is the pure part; the HTTP (retries,
-resumable download, sha256 checks) lives in `nightly.fetch`, the retry policy in `nightly.transport`.
+A hosted vLLM wheel can vanish at any time (a nightly build at a commit URL does; a release asset
+can be replaced or a mirror lose it); when it does, the only way to vLLM is a 25–35 minute source
+build. So every night we look, keep a verified copy while it exists (`mirror_wheel`), and rebuild
+once it is gone (`nightly`, with the build injected). What is watched is a `Watched`: vLLM's
+official wheel of the `--ref` release, found by the lookup `--prefer-wheel` uses (`OfficialRelease`),
+or a URL the user gave (`PinnedUrl`). `decide` is the pure part; the HTTP (retries, resumable
+download, sha256 checks) lives in `nightly.fetch`, the retry policy in `nightly.transport`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from spark_build.durable import atomic_write_text, sha256_of
 from spark_build.errors import SparkBuildError
 from spark_build.nightly.fetch import (
+    Availability,
     WheelGone,
     WheelStatus,
     check_wheel,
@@ -33,19 +36,88 @@ from spark_build.nightly.fetch import (
     wheel_filename,
     wheel_in_wheelhouse,
 )
+from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX, Wanted, find_official, release_version
 from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
-
-# What the community guide "DGX Spark ML Training Setup" pins for aarch64 + CUDA 13.0: vLLM 0.13.0's
-# cu130 build at its release commit on the vLLM wheel host. The guide warns it "may stop being hosted
-# at any time" — which is exactly what this module watches for.
-DEFAULT_WHEEL_URL = (
-    "https://wheels.vllm.ai/72506c98349d6bcd32b4e33eec7b5513453c1502/"
-    "vllm-0.13.0%2Bcu130-cp38-abi3-manylinux_2_35_aarch64.whl"
-)
 
 
 def _print(line: str) -> None:
     print(line, flush=True)
+
+
+# --------------------------------------------------------------------------- what is watched
+
+
+class Watched(Protocol):
+    """The wheel a night is about. `url` is what the history and the notify command name, `name`
+    the wheel's file name while the host has not named another, `check` asks the host tonight."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def check(self, timeout: float, policy: RetryPolicy, on_retry: Say) -> WheelStatus: ...
+
+
+@dataclass(frozen=True)
+class PinnedUrl:
+    """A wheel URL the user gave (`--url`): asked with HEAD; its sha256 from the URL's `#sha256=`,
+    else from `index_url`'s PEP 503 page when one is given."""
+
+    url: str
+    index_url: str | None = None
+
+    @property
+    def name(self) -> str:
+        return wheel_filename(split_sha256_fragment(self.url)[0])
+
+    def check(self, timeout: float, policy: RetryPolicy, on_retry: Say) -> WheelStatus:
+        status = check_wheel(self.url, timeout=timeout, policy=policy, on_retry=on_retry)
+        if status.sha256 is None and self.index_url and status.present:
+            sha = sha256_from_index(self.index_url, self.name, timeout=timeout, policy=policy, on_retry=on_retry)
+            status = replace(status, sha256=sha)
+        return status
+
+
+@dataclass(frozen=True)
+class OfficialRelease:
+    """vLLM's official wheel of the `ref` release for a CUDA major and CPU, looked up where
+    `--prefer-wheel` looks (`nightly.official`: both naming schemes, the moving manylinux tags,
+    index pages and release assets), so the nightly follows the configured release instead of one
+    fixed URL. Listed with its sha256 = present; not published (or no release, or no CUDA build
+    asked for) = gone, and the night rebuilds."""
+
+    ref: str
+    cuda_major: int | None  # None: a CPU build (--torch-cuda cpu), which vLLM publishes no wheel of
+    machine: str
+    index: str = PACKAGE_INDEX
+    releases: str = GITHUB_RELEASES
+
+    @property
+    def url(self) -> str:
+        return f"the official vLLM wheel of {self.ref} ({self.index}, {self.releases})"
+
+    @property
+    def name(self) -> str:
+        return f"the official vLLM wheel of {self.ref}"
+
+    def check(self, timeout: float, policy: RetryPolicy, on_retry: Say) -> WheelStatus:
+        version = release_version(self.ref)
+        if version is None:
+            return WheelStatus(
+                self.url, Availability.GONE, f"{self.ref} is no release; vLLM publishes wheels of releases"
+            )
+        if self.cuda_major is None:
+            return WheelStatus(self.url, Availability.GONE, "vLLM publishes no CPU wheel (--torch-cuda cpu)")
+        wanted = Wanted(version, self.cuda_major, self.machine)
+        found = find_official(
+            wanted, index=self.index, releases=self.releases, timeout=timeout, policy=policy, on_retry=on_retry
+        )
+        if isinstance(found, str):
+            return WheelStatus(self.url, Availability.GONE, found)
+        listed = f"listed with its sha256 in the {found.place.value}"
+        return WheelStatus(found.url, Availability.PRESENT, listed, sha256=found.sha256)
 
 
 # --------------------------------------------------------------------------- decide
@@ -215,7 +287,7 @@ def _notify(argv: Sequence[str] | None, outcome: NightlyOutcome, runner: NotifyR
 
 
 def nightly(
-    url: str,
+    watched: Watched,
     wheelhouse: Path,
     *,
     build: Callable[[], Path],
@@ -223,7 +295,6 @@ def nightly(
     force: bool = False,
     notify: Sequence[str] | None = None,
     log_path: Path | None = None,
-    index_url: str | None = None,
     clock: Callable[[], datetime] = _now,
     timeout: float = 30.0,
     policy: RetryPolicy = RETRY_POLICY,
@@ -237,7 +308,7 @@ def nightly(
     A failure is returned as the FAILED outcome, not raised, so the night is always recorded.
     """
     started = clock()
-    name = wheel_filename(split_sha256_fragment(url)[0])
+    name, url = watched.name, watched.url  # the host's answer may name the wheel and its URL
     extra: dict[str, Any] = {}
 
     def finish(outcome: Outcome, message: str, wheel: Path | None = None, sha: str | None = None) -> NightlyOutcome:
@@ -258,11 +329,12 @@ def nightly(
         status: WheelStatus | None = None
         expected: str | None = None
         if not force:
-            status = check_wheel(url, timeout=timeout, policy=policy, on_retry=say)
+            status = watched.check(timeout, policy, say)
             extra["http"] = status.status_line
             expected = status.sha256
-            if expected is None and index_url and status.present:
-                expected = sha256_from_index(index_url, name, timeout=timeout, policy=policy, on_retry=say)
+            if status.present:
+                url = status.url
+                name = wheel_filename(split_sha256_fragment(url)[0])
         have = wheel_in_wheelhouse(wheelhouse, name, expected)
         action = decide(status, have, force)
         state = "forced" if status is None else status.availability.value

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from spark_build.compile import ninjabuild
+from tests.servers import OfficialHost, official_server
 
 HERE = Path(__file__).parent
 
@@ -38,3 +39,10 @@ def scheduling_ninja(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     dest = ninjabuild.cached_binary(tmp_path_factory.mktemp("machine-cache"))
     return ninjabuild.build_from_sdist(sdist, dest, Path(sys.executable), run)
+
+
+@pytest.fixture
+def official_host() -> Iterator[OfficialHost]:
+    """The stand-in for PyPI and GitHub where vLLM publishes its official wheels."""
+    with official_server() as host:
+        yield host

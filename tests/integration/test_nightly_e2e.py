@@ -1,4 +1,5 @@
-"""`invoke nightly` as cron would run it: against a loopback stand-in for the vLLM wheel server."""
+"""`invoke nightly` as cron would run it: against loopback stand-ins for the vLLM wheel server, and
+for PyPI and GitHub where vLLM publishes its official wheels (`tests/servers.py`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import functools
 import http.server
 import json
+import platform
 import subprocess
 import sys
 import threading
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from spark_build.lock import WorkdirLock
 from tests.conftest import ROOT, Build, published_wheel
+from tests.integration.test_bad_input import assert_refused
+from tests.servers import OfficialHost
 
 PINNED = "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
 
@@ -36,22 +40,14 @@ def wheel_server(folder: Path) -> Iterator[str]:
 
 
 def nightly(build: Build, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "invoke",
-        "--search-root",
-        str(ROOT),
-        "nightly",
-        "--url",
-        url,
-        "--workdir",
-        str(build.workdir),
-        "--logs-dir",
-        str(build.workdir / "logs"),
-        *extra,
-    ]
-    return subprocess.run(argv, capture_output=True, text=True, env=build.env(), timeout=900)
+    return nightly_of(build, "--url", url, *extra)
+
+
+def nightly_of(build: Build, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`invoke nightly` with the build's options from SPARK_BUILD_* variables, as the timer runs it."""
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "nightly", *options]
+    argv += ["--workdir", str(build.workdir), "--logs-dir", str(build.workdir / "logs")]
+    return subprocess.run(argv, capture_output=True, text=True, env={**build.env(), **(env or {})}, timeout=900)
 
 
 def history(build: Build) -> list[dict]:
@@ -92,3 +88,46 @@ def test_the_nightly_skips_with_exit_75_while_another_build_holds_the_workdir(ma
         result = nightly(build, base + PINNED, "--lock-wait", "1")
     assert result.returncode == 75, result.stdout + result.stderr
     assert history(build)[-1]["outcome"] == "skipped-locked"
+
+
+# --------------------------------------------------------------------------------------------
+# Without --url: vLLM's official wheel of the configured release, found as --prefer-wheel finds it
+
+
+def test_without_url_the_official_wheel_of_the_configured_release_is_mirrored_then_reported_present(
+    make_build, official_host: OfficialHost, tmp_path
+):
+    """--ref v0.13.0 for CUDA 13: a `+cu130` GitHub release asset; its digest is the sha256 checked."""
+    name = f"vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_{platform.machine()}.whl"
+    wheel = tmp_path / name
+    wheel.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # only its name and bytes matter to the nightly
+    official_host.releases["v0.13.0"] = [(name, official_host.add(wheel))]
+    build = make_build()
+    # vLLM's own release, not the example (which would take its own tag for the default ref)
+    release = {"SPARK_BUILD_EXAMPLE": "false", "SPARK_BUILD_REF": "v0.13.0", "SPARK_BUILD_TORCH_CUDA": "13"}
+    places = ["--wheel-releases", official_host.release_api, "--wheel-index", official_host.simple]
+    first = nightly_of(build, *places, env=release)
+    second = nightly_of(build, *places, env=release)
+    assert first.returncode == 10, first.stdout + first.stderr
+    assert second.returncode == 0 and "nightly: present" in second.stdout, second.stdout + second.stderr
+    assert (build.workdir / "wheelhouse" / "vllm" / name).read_bytes() == wheel.read_bytes()
+    nights = history(build)
+    assert [h["outcome"] for h in nights] == ["mirrored", "present"]
+    assert nights[0]["url"] == f"{official_host.url}/files/{name.replace('+', '%2B')}"
+    assert nights[0]["http"] == "listed with its sha256 in the GitHub release assets"
+
+
+def test_without_url_a_release_with_no_official_wheel_is_rebuilt_from_source(baseline, official_host: OfficialHost):
+    """The example's v0.2.0 has no official wheel: the night rebuilds (resuming the finished build)."""
+    places = ["--wheel-releases", official_host.release_api, "--wheel-index", official_host.simple]
+    result = nightly_of(baseline, *places)
+    assert result.returncode == 11, result.stdout + result.stderr
+    assert "is gone: vLLM publishes no CPU wheel (--torch-cuda cpu)" in result.stdout
+    assert history(baseline)[-1]["wheel"] == str(published_wheel(baseline))
+
+
+def test_a_wheel_index_that_is_no_url_is_refused_before_the_nightly_writes_anything(make_build, tmp_path):
+    build = make_build()
+    result = nightly_of(build, "--wheel-index", str(tmp_path / "simple"))
+    assert_refused(result, "--wheel-index", "not an http(s) URL")
+    assert not (build.workdir / "logs").exists()

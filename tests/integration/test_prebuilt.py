@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
-import json
 import os
 import subprocess
 import sys
 import sysconfig
-import threading
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,6 +32,7 @@ from spark_build.steps.validate import wheel_proof
 from spark_build.wheel.proof import Proof, prove_wheel
 from spark_build.wheel.repatch import Change
 from tests.integration.test_audit import NVCC, _run_all
+from tests.servers import OfficialHost, sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINE = "x86_64"  # the wheels must install on this test machine; the naming rules are the Spark's
@@ -108,96 +106,6 @@ def vllm_wheel(folder: Path, filename: str, c_extension: Path, fa3: Path, requir
             archive.writestr(name, data)
         archive.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
     return wheel
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@dataclass
-class OfficialHost:
-    """What the stand-in for PyPI and GitHub serves; tests add wheels and releases to it."""
-
-    url: str = ""
-    files: dict[str, Path] = field(default_factory=dict)  # /files/<name> → wheel
-    index: list[tuple[str, str]] = field(default_factory=list)  # (filename, sha256 the page publishes)
-    releases: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)  # tag → (asset, digest)
-    json_api: bool = True  # PEP 691 JSON when asked for it; False: PEP 503 HTML only, as a plain mirror serves
-
-    def add(self, wheel: Path, *, published_sha256: str | None = None) -> str:
-        self.files[wheel.name] = wheel
-        return published_sha256 or sha256(wheel)
-
-    @property
-    def simple(self) -> str:
-        return f"{self.url}/simple"
-
-    @property
-    def release_api(self) -> str:
-        return f"{self.url}/repos/vllm-project/vllm/releases"
-
-
-def _handler(host: OfficialHost) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-        def reply(self, body: bytes, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            self.do_GET()
-
-        def do_GET(self) -> None:  # noqa: N802
-            path = self.path.split("?", 1)[0]
-            if path == "/simple/vllm/":
-                if host.json_api and "application/vnd.pypi.simple.v1+json" in self.headers.get("Accept", ""):
-                    files = [
-                        {"filename": name, "url": f"/files/{name}", "hashes": {"sha256": sha}}
-                        for name, sha in host.index
-                    ]
-                    body = json.dumps({"meta": {"api-version": "1.1"}, "name": "vllm", "files": files})
-                    return self.reply(body.encode(), "application/vnd.pypi.simple.v1+json")
-                links = "".join(f'<a href="/files/{n.replace("+", "%2B")}#sha256={s}">{n}</a>\n' for n, s in host.index)
-                return self.reply(f"<html><body>{links}</body></html>".encode(), "text/html")
-            prefix = "/repos/vllm-project/vllm/releases/tags/"
-            if path.startswith(prefix) and path[len(prefix) :] in host.releases:
-                assets = [
-                    {
-                        "name": name,
-                        "digest": f"sha256:{digest}" if digest else None,
-                        "browser_download_url": f"{host.url}/files/{name.replace('+', '%2B')}",
-                    }
-                    for name, digest in host.releases[path[len(prefix) :]]
-                ]
-                return self.reply(
-                    json.dumps({"tag_name": path[len(prefix) :], "assets": assets}).encode(), "application/json"
-                )
-            name = path.removeprefix("/files/").replace("%2B", "+")
-            if path.startswith("/files/") and name in host.files:
-                return self.reply(host.files[name].read_bytes(), "application/octet-stream")
-            self.send_error(404)
-
-    return Handler
-
-
-@pytest.fixture
-def official_host() -> Iterator[OfficialHost]:
-    host = OfficialHost()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(host))
-    host.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield host
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def git_runner(argv: Sequence[str | os.PathLike[str]]) -> int:

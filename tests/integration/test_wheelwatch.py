@@ -28,10 +28,13 @@ from spark_build.nightly.fetch import (
 )
 from spark_build.nightly.transport import RetryPolicy
 from spark_build.nightly.watch import (
+    OfficialRelease,
     Outcome,
+    PinnedUrl,
     nightly,
     read_history,
 )
+from tests.servers import OfficialHost
 from tests.unit.test_wheelwatch import NAME
 
 PATH = "/72506c98/vllm-0.13.0%2Bcu130-cp38-abi3-manylinux_2_35_aarch64.whl"
@@ -376,10 +379,10 @@ def notify_script(tmp_path: Path) -> tuple[list[str], Path]:
     return [sys.executable, str(script), str(out), "two words; rm -rf /"], out
 
 
-def _nightly(url: str, tmp_path: Path, build: FakeBuild, **kw: object) -> tuple:
+def _nightly(url: str, tmp_path: Path, build: FakeBuild, index_url: str | None = None, **kw: object) -> tuple:
     lines: list[str] = []
     result = nightly(
-        url,
+        PinnedUrl(url, index_url),
         tmp_path / "wheelhouse",
         build=build,
         history_path=tmp_path / "history.jsonl",
@@ -478,3 +481,56 @@ def test_notify_runs_only_after_a_rebuild_or_a_failure(
     result, _ = _nightly(url, tmp_path, FakeBuild(tmp_path), notify=argv)
     assert result.outcome is Outcome.MIRRORED
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The official wheel of a release (no --url): looked up on the stand-in for PyPI and GitHub
+
+
+def _official_night(host: OfficialHost, tmp_path: Path, build: FakeBuild, ref: str = "v0.15.0") -> tuple:
+    lines: list[str] = []
+    watched = OfficialRelease(ref, 13, "aarch64", index=host.simple, releases=host.release_api)
+    result = nightly(
+        watched,
+        tmp_path / "wheelhouse",
+        build=build,
+        history_path=tmp_path / "history.jsonl",
+        clock=Clock(),
+        timeout=5,
+        policy=FAST,
+        say=lines.append,
+    )
+    return result, lines
+
+
+def test_a_release_whose_official_wheel_is_not_published_is_rebuilt_saying_which_wheel(
+    official_host: OfficialHost, tmp_path: Path
+) -> None:
+    build = FakeBuild(tmp_path)
+    result, lines = _official_night(official_host, tmp_path, build)
+    assert (result.outcome, build.calls) == (Outcome.REBUILT, 1)
+    assert "no vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl with a sha256 in the v0.15.0 release" in (
+        "\n".join(lines)
+    )
+
+
+def test_an_index_wheel_that_does_not_match_its_published_sha256_fails_the_night_and_mirrors_nothing(
+    official_host: OfficialHost, tmp_path: Path
+) -> None:
+    name = "vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+    (tmp_path / name).write_bytes(b"not the published bytes")
+    official_host.index.append((name, official_host.add(tmp_path / name, published_sha256="0" * 64)))
+    build = FakeBuild(tmp_path)
+    result, _ = _official_night(official_host, tmp_path, build, ref="v0.22.0")
+    assert result.outcome is Outcome.FAILED and "sha256 mismatch" in result.message
+    assert build.calls == 0
+    assert not (tmp_path / "wheelhouse" / name).exists()
+
+
+def test_an_unreachable_official_host_fails_the_night_without_a_rebuild(tmp_path: Path) -> None:
+    """Silence from the host says nothing about the wheel: it must not cost a 30-minute build."""
+    closed = OfficialHost(url="http://127.0.0.1:9")  # discard port: nothing listens
+    build = FakeBuild(tmp_path)
+    result, _ = _official_night(closed, tmp_path, build)
+    assert (result.outcome, build.calls) == (Outcome.FAILED, 0)
+    assert "failed after 3 attempts" in result.message, result.message

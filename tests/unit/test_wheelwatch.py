@@ -1,5 +1,5 @@
-"""Wheel watch's pure decisions: the default URL, what the nightly does for each answer, exit
-codes, and which errors are retried. The real HTTP server is in tests/integration/test_wheelwatch.py."""
+"""Wheel watch's pure decisions: the wheel watched by default, what the nightly does for each answer,
+exit codes, and which errors are retried. The real HTTP server is in tests/integration/test_wheelwatch.py."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
-from spark_build.nightly.fetch import Availability, WheelStatus, wheel_filename
-from spark_build.nightly.transport import HTTPStatusError, is_transient
+from spark_build.config import VLLM_DEFAULT_REF
+from spark_build.nightly.fetch import Availability, WheelStatus
+from spark_build.nightly.official import Expected, Wanted, expected_wheel, release_version
+from spark_build.nightly.transport import RETRY_POLICY, HTTPStatusError, is_transient
 from spark_build.nightly.watch import (
-    DEFAULT_WHEEL_URL,
     EXIT_CODES,
     Action,
+    OfficialRelease,
     Outcome,
     decide,
     read_history,
@@ -27,8 +30,28 @@ NAME = "vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
 # --------------------------------------------------------------------------- check
 
 
-def test_default_url_is_the_guides_cu130_aarch64_wheel() -> None:
-    assert wheel_filename(DEFAULT_WHEEL_URL) == NAME
+def test_the_default_ref_on_a_spark_watches_the_cu130_aarch64_wheel_the_guide_pinned() -> None:
+    version = release_version(VLLM_DEFAULT_REF)
+    assert version == Version("0.13.0")
+    expected = expected_wheel(Wanted(version, 13, "aarch64"))
+    assert isinstance(expected, Expected) and expected.filename == NAME
+
+
+@pytest.mark.parametrize(
+    ("ref", "cuda_major", "why"),
+    [
+        ("main", 13, "main is no release; vLLM publishes wheels of releases"),
+        ("v0.13.0", None, "vLLM publishes no CPU wheel (--torch-cuda cpu)"),
+    ],
+    ids=["branch", "cpu-build"],
+)
+def test_an_official_wheel_that_cannot_exist_is_gone_without_asking_any_host(
+    ref: str, cuda_major: int | None, why: str
+) -> None:
+    """The nightly then rebuilds (resuming a finished build of the same inputs): the wheel it keeps is its own."""
+    watched = OfficialRelease(ref, cuda_major, "aarch64", index="http://unreachable.invalid/simple")
+    status = watched.check(1.0, RETRY_POLICY, lambda line: None)
+    assert (status.availability, status.status_line) == (Availability.GONE, why)
 
 
 # --------------------------------------------------------------------------- decide
@@ -54,9 +77,9 @@ def test_decide(availability: Availability, mirrored: bool, force: bool, action:
 
 
 def test_a_night_skipped_for_the_build_lock_has_its_own_exit_code_and_history_line(tmp_path: Path) -> None:
-    result = skipped_locked(
-        DEFAULT_WHEEL_URL, "a manual build holds the lock; waited 10 min", history_path=tmp_path / "h.jsonl"
-    )
+    watched = OfficialRelease("v0.13.0", 13, "aarch64")
+    waited = "a manual build holds the lock; waited 10 min"
+    result = skipped_locked(watched.url, waited, history_path=tmp_path / "h.jsonl")
     assert result.exit_code == 75
     assert read_history(tmp_path / "h.jsonl")[-1]["outcome"] == "skipped-locked"
 
