@@ -6,6 +6,8 @@ later compatible compiler is required to use ATen` under `__cplusplus < 202002L`
 at the first object that includes ATen, one `#error` among thousands of compile lines. Both facts
 are on disk before the compile starts, so the compile step reads them and stops at once, naming
 the torch the source itself pins (read from the commit, since use_existing_torch.py strips it).
+The standard and the pins are read by `upstream.facts`, the reader `invoke recipe` and the source
+plan use, so the compile never judges by a fact the recipe would print otherwise.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from pathlib import Path
 import git
 
 from spark_build.errors import StepFailed
+from spark_build.upstream.facts import CUDA_REQUIREMENTS, cxx_standard, torch_pins
 
 _FLOOR = re.compile(r"__cplusplus\s*<\s*(\d{4})\d{2}L")
-_STANDARD = re.compile(r"^\s*set\s*\(\s*CMAKE_CXX_STANDARD\s+(\d+)\s*\)", re.MULTILINE | re.IGNORECASE)
 _USES_TORCH = re.compile(r"^\s*find_package\s*\(\s*Torch\b", re.MULTILINE | re.IGNORECASE)
-_PIN = re.compile(r"^\s*(torch|torchvision|torchaudio)\s*==\s*([\w.+]+)", re.MULTILINE)
-PIN_FILES = ("requirements/cuda.txt", "requirements-cuda.txt")
 
 
 def header_floor(aten_h: str) -> int | None:
@@ -42,13 +42,8 @@ def source_standard(cmakelists: str) -> int | None:
     """The standard a CMake project compiles torch's headers with (`set(CMAKE_CXX_STANDARD 17)`
     → 17); None when it sets none or never looks for torch (`find_package(Torch)`), since then
     no object includes them."""
-    found = _STANDARD.search(cmakelists)
-    return int(found.group(1)) if found and _USES_TORCH.search(cmakelists) else None
-
-
-def pinned_torch(requirements: str) -> tuple[str, ...]:
-    """The exact torch, torchvision and torchaudio pins of a requirements file, in its order."""
-    return tuple(f"{name}=={version}" for name, version in _PIN.findall(requirements))
+    standard = cxx_standard(cmakelists)
+    return int(standard) if standard and _USES_TORCH.search(cmakelists) else None
 
 
 def committed_text(source: Path, rel: str) -> str:
@@ -81,11 +76,7 @@ def check_source_against_torch(source: Path, venv: Path, torch_version: str, dis
     """Raise the conflict for this source tree and build venv, if there is one."""
     cmakelists = source / "CMakeLists.txt"
     standard = source_standard(cmakelists.read_text(errors="replace")) if cmakelists.is_file() else None
-    pins: tuple[str, ...] = ()
-    for rel in PIN_FILES:
-        pins = pinned_torch(committed_text(source, rel))
-        if pins:
-            break
+    pins = torch_pins(committed_text(source, CUDA_REQUIREMENTS))
     error = conflict(torch_version, torch_floor(venv), standard, pins, dist)
     if error is not None:
         raise error

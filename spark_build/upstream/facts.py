@@ -69,14 +69,12 @@ def exact_torch(packages: tuple[str, ...]) -> Version | None:
     return None
 
 
-def read_torch_pin(source: Path) -> TorchPin | None:
-    """The exact torch, torchvision and torchaudio pins of `requirements/cuda.txt`; None when the
-    file or its torch pin is missing (then the build must be told which torch to use)."""
-    path = source / CUDA_REQUIREMENTS
-    if not path.is_file():
-        return None
+def torch_pins(requirements: str) -> tuple[str, ...]:
+    """The exact torch, torchvision and torchaudio pins of a requirements file's text, in that
+    order; a text, not a path, because the compile step reads the file as committed
+    (`compile.cxxstd`: use_existing_torch.py has stripped the pins from the tree by then)."""
     pins: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in requirements.splitlines():
         text = line.split("#", 1)[0].strip()
         if not text or text.startswith("-"):
             continue
@@ -87,21 +85,34 @@ def read_torch_pin(source: Path) -> TorchPin | None:
         exact = [s.version for s in requirement.specifier if s.operator == "=="]
         if requirement.name in TORCH_PACKAGES and exact:
             pins.setdefault(requirement.name, exact[0])
-    if "torch" not in pins:
+    return tuple(f"{name}=={pins[name]}" for name in TORCH_PACKAGES if name in pins)
+
+
+def read_torch_pin(source: Path) -> TorchPin | None:
+    """The exact torch, torchvision and torchaudio pins of `requirements/cuda.txt`; None when the
+    file or its torch pin is missing (then the build must be told which torch to use)."""
+    path = source / CUDA_REQUIREMENTS
+    packages = torch_pins(path.read_text(encoding="utf-8")) if path.is_file() else ()
+    torch = exact_torch(packages)
+    if torch is None:
         return None
-    packages = tuple(f"{name}=={pins[name]}" for name in TORCH_PACKAGES if name in pins)
-    index, why = torch_index_for(Version(pins["torch"]))
+    index, why = torch_index_for(torch)
     return TorchPin(packages, CUDA_REQUIREMENTS, index, why)
 
 
 _CXX_STANDARD = re.compile(r"^\s*set\s*\(\s*CMAKE_CXX_STANDARD\s+(\d+)\s*\)", re.IGNORECASE | re.MULTILINE)
 
 
-def read_cxx_standard(source: Path) -> str | None:
-    """`CMAKE_CXX_STANDARD` of the top CMakeLists.txt: torch ≥ 2.14's headers need C++20."""
-    path = source / "CMakeLists.txt"
-    found = _CXX_STANDARD.search(path.read_text(encoding="utf-8")) if path.is_file() else None
+def cxx_standard(cmakelists: str) -> str | None:
+    """`set(CMAKE_CXX_STANDARD 17)` → "17": torch ≥ 2.14's headers need C++20."""
+    found = _CXX_STANDARD.search(cmakelists)
     return found[1] if found else None
+
+
+def read_cxx_standard(source: Path) -> str | None:
+    """`CMAKE_CXX_STANDARD` of the top CMakeLists.txt."""
+    path = source / "CMakeLists.txt"
+    return cxx_standard(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def read_requires_python(source: Path) -> str | None:

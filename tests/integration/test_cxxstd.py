@@ -11,12 +11,12 @@ import pytest
 from spark_build.compile.cxxstd import (
     check_source_against_torch,
     committed_text,
-    pinned_torch,
     torch_floor,
 )
 from spark_build.errors import StepFailed
+from spark_build.upstream.facts import torch_pins
 from tests.conftest import ROOT
-from tests.unit.test_cxxstd import ATEN_2_13, ATEN_2_14, CUDA_TXT, VLLM_PINS
+from tests.unit.test_cxxstd import ATEN_2_13, ATEN_2_14, CUDA_TXT, SOURCE_PINS
 
 VLLM_CMAKE = "set(CMAKE_CXX_STANDARD 17)\nset(CMAKE_CXX_STANDARD_REQUIRED ON)\nfind_package(Torch REQUIRED)\n"
 
@@ -53,10 +53,13 @@ def _venv(tmp_path: Path, header: str) -> Path:
 def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp_path: Path) -> None:
     src = _source(tmp_path, VLLM_CMAKE, CUDA_TXT)
     (src / "requirements" / "cuda.txt").write_text("numba == 0.61.2\n")  # what the script leaves
-    assert pinned_torch(committed_text(src, "requirements/cuda.txt")) == VLLM_PINS
+    assert torch_pins(committed_text(src, "requirements/cuda.txt")) == SOURCE_PINS
     with pytest.raises(StepFailed) as caught:
         check_source_against_torch(src, _venv(tmp_path, ATEN_2_14), "2.14.1", "vllm 0.13.0")
-    assert "torch==2.9.0" in str(caught.value.hint)
+    assert caught.value.hint == (
+        "build against the torch vllm 0.13.0 pins: --torch-packages "
+        "'torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0', then --resume"
+    ), "the pins as --dry-run and invoke recipe name them"
 
 
 def test_a_matching_torch_passes_and_a_tree_without_git_or_pins_still_gets_checked(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import pytest
 from spark_build.compile.cxxstd import (
     conflict,
     header_floor,
-    pinned_torch,
     source_standard,
 )
 from spark_build.errors import StepFailed
+from spark_build.upstream.facts import cxx_standard, torch_pins
 
 # The first lines of ATen/ATen.h as torch 2.13.0 and 2.14.1 ship them.
 ATEN_2_13 = """#if !defined(TORCH_STABLE_ONLY) && !defined(TORCH_TARGET_VERSION)
@@ -38,6 +38,8 @@ flashinfer-python==0.5.3
 """
 
 VLLM_PINS = ("torch==2.9.0", "torchaudio==2.9.0", "torchvision==0.24.0")
+# The same pins as the source plan and `invoke recipe` read them (upstream.facts: torch, torchvision, torchaudio).
+SOURCE_PINS = ("torch==2.9.0", "torchvision==0.24.0", "torchaudio==2.9.0")
 
 
 @pytest.mark.parametrize(("header", "floor"), [(ATEN_2_13, 17), (ATEN_2_14, 20), ("#pragma once\n", None)])
@@ -58,9 +60,22 @@ def test_the_standard_counts_only_for_a_source_that_compiles_against_torch(cmake
     assert source_standard(cmakelists) == standard
 
 
-def test_the_exact_torch_pins_are_read_in_file_order_and_nothing_else() -> None:
-    assert pinned_torch(CUDA_TXT) == VLLM_PINS
-    assert pinned_torch("torch>=2.9\n") == ()
+def test_the_exact_torch_pins_are_read_by_the_recipe_reader_and_nothing_else() -> None:
+    assert torch_pins(CUDA_TXT) == SOURCE_PINS
+    assert torch_pins("torch>=2.9\n") == ()
+
+
+@pytest.mark.parametrize(
+    "cmakelists",
+    [
+        "set(CMAKE_CXX_STANDARD 17)\nfind_package(Torch REQUIRED)\n",
+        "SET( CMAKE_CXX_STANDARD 20 )\nFIND_PACKAGE(Torch)\n",
+        "project(x LANGUAGES CXX)\nfind_package(Torch REQUIRED)\n",
+    ],
+)
+def test_the_compile_check_and_invoke_recipe_read_the_same_standard(cmakelists: str) -> None:
+    standard = cxx_standard(cmakelists)
+    assert source_standard(cmakelists) == (int(standard) if standard else None)
 
 
 @pytest.mark.parametrize(("floor", "standard"), [(17, 17), (17, 20), (None, 17), (20, None)])
