@@ -112,6 +112,8 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
         torch_existing=_existing_torch(cfg.python) if cfg.torch == "existing" else None,
         index=prefer.get("index") or PACKAGE_INDEX,
         releases=prefer.get("releases") or GITHUB_RELEASES,
+        wheels=cfg.wheels,
+        offline=cfg.offline,
     )
     release = wanted_for(wanted)  # bad input stops here, before the workdir is touched
     log = cfg.logs_dir / f"prefer-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"

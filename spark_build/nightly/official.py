@@ -9,7 +9,10 @@ vLLM has moved its CUDA 13 wheels twice, so the name and the place are decided h
 
 `expected_wheel` is the pure decision; `index_files` (PEP 691 JSON or PEP 503 HTML) and
 `release_assets` (GitHub's release API, whose assets carry a `sha256:` digest) read the two places.
-A wheel is only taken with a published sha256: the download is checked against it.
+A wheel is only taken with a published sha256: the download is checked against it. Offline
+(`--wheels DIR`), `folder_files` reads DIR instead: a wheel named as the official one, taken only
+with the sha256 its release published beside it in `NAME.sha256` (as `sha256sum NAME` writes it,
+the file our own wheelhouse keeps) — one rule, the same one the wheelhouse follows.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from html.parser import HTMLParser
+from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from spark_build.errors import UsageError
-from spark_build.nightly.fetch import GONE_CODES, split_sha256_fragment
+from spark_build.nightly.fetch import GONE_CODES, read_sidecar, sidecar_path, split_sha256_fragment
 from spark_build.nightly.transport import (
     RETRY_POLICY,
     HTTPStatusError,
@@ -47,6 +51,7 @@ _SIMPLE_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
 class Place(Enum):
     INDEX = "package index"
     RELEASE = "GitHub release assets"
+    FOLDER = "wheel folder"
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class OfficialWheel:
     """A wheel found where it was expected, with the sha256 its host publishes."""
 
     filename: str
-    url: str
+    url: str  # the file's path for the wheel folder
     sha256: str
     place: Place
 
@@ -213,6 +218,33 @@ def release_assets(
 ) -> list[OfficialWheel]:
     answer = _get(f"{releases.rstrip('/')}/tags/{tag}", "application/vnd.github+json", timeout, policy, on_retry)
     return parse_release(answer[1]) if answer else []
+
+
+def folder_files(folder: Path) -> list[OfficialWheel]:
+    """The wheels of a local folder (`--wheels`) that have their sha256 beside them (`NAME.sha256`)."""
+    found = []
+    for wheel in sorted(folder.glob("*.whl")):
+        sha = read_sidecar(wheel)
+        if sha:
+            found.append(OfficialWheel(wheel.name, str(wheel), sha, Place.FOLDER))
+    return found
+
+
+def find_in_folder(wanted: Wanted, folder: Path) -> OfficialWheel | str:
+    """The official wheel for `wanted` in a local folder with its sha256, or why it is not taken."""
+    expected = expected_wheel(wanted)
+    if isinstance(expected, str):
+        return expected
+    found = pick(expected, wanted, folder_files(folder))
+    if found is not None:
+        return found
+    unhashed = folder / expected.filename
+    if unhashed.is_file():
+        return (
+            f"{unhashed} has no {sidecar_path(unhashed).name} beside it: write into it the sha256 "
+            f"published with the wheel ({expected.place.value}), as `sha256sum` formats it"
+        )
+    return f"no {expected.filename} in {folder} (offline, the official wheel is looked up only there)"
 
 
 def check_lookup_urls(index: str, releases: str) -> None:

@@ -20,14 +20,17 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from spark_build.durable import atomic_copy, sha256_of
 from spark_build.errors import SparkBuildError, StepFailed, UsageError
-from spark_build.nightly.fetch import mirror_wheel, wheel_in_wheelhouse
+from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
     PACKAGE_INDEX,
     OfficialWheel,
+    Place,
     Wanted,
     check_lookup_urls,
+    find_in_folder,
     find_official,
     release_version,
 )
@@ -54,6 +57,8 @@ class PreferWheel:
     releases: str = GITHUB_RELEASES
     machine: str = platform.machine()
     changes: tuple[Change, ...] = ()
+    wheels: Path | None = None  # --wheels: the official wheel is looked up there, never online
+    offline: bool = False  # offline without --wheels: not looked up at all
 
 
 def torch_conflict(wheel_requires: Sequence[str], asked: Sequence[str], existing: Version | None) -> str | None:
@@ -136,12 +141,17 @@ def _official(
     options: PreferWheel, wanted: Wanted, prove: Callable[[Path], Proof], say: Say, run: Run
 ) -> tuple[Path, Proof] | str:
     """The proven official wheel, or why there is none to take (a str)."""
-    try:
-        found = find_official(wanted, index=options.index, releases=options.releases, on_retry=say)
-    except UsageError:
-        raise
-    except SparkBuildError as err:  # the index or GitHub unreachable after the retries
-        return f"cannot look up the official wheel: {err.message}"
+    if options.wheels is not None:
+        found = find_in_folder(wanted, options.wheels)
+    elif options.offline:
+        return "offline without --wheels, the official wheel is not looked up (--wheels DIR: it and its NAME.sha256)"
+    else:
+        try:
+            found = find_official(wanted, index=options.index, releases=options.releases, on_retry=say)
+        except UsageError:
+            raise
+        except SparkBuildError as err:  # the index or GitHub unreachable after the retries
+            return f"cannot look up the official wheel: {err.message}"
     if isinstance(found, str):
         return f"no official wheel for {options.ref}: {found}"
     say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
@@ -175,6 +185,17 @@ def _download(found: OfficialWheel, folder: Path, say: Say) -> Path:
     already there with that hash is reused, so a rerun does not fetch 300 MB again."""
     if wheel_in_wheelhouse(folder, found.filename, found.sha256):
         say(f"prebuilt: {found.filename} already downloaded, sha256 matches")
+        return folder / found.filename
+    if found.place is Place.FOLDER:  # copied, so that patching it never writes into the user's --wheels
+        source = Path(found.url)
+        actual = sha256_of(source)
+        if actual != found.sha256:
+            raise SparkBuildError(
+                f"sha256 mismatch for {source}: {sidecar_path(source).name} says {found.sha256}, the file has {actual}",
+                hint="copy the wheel again, or fix its .sha256",
+            )
+        atomic_copy(source, folder / found.filename)
+        write_sidecar(folder / found.filename, actual)
         return folder / found.filename
     return mirror_wheel(found.url, folder, found.sha256, on_retry=say)
 

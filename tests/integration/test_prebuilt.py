@@ -130,6 +130,8 @@ def run_prefer_wheel(
     *,
     torch_asked: tuple[str, ...] = (),
     changes: tuple[Change, ...] = (),
+    wheels: Path | None = None,
+    offline: bool = False,
 ) -> tuple[int, list[str], Fallback, list[Path]]:
     """`prefer_wheel` as the command runs it, for 12.1a, with the real proof; returns the exit
     code, what it said, the fallback, and the wheels it asked the proof about."""
@@ -154,6 +156,8 @@ def run_prefer_wheel(
         releases=host.release_api,
         machine=MACHINE,
         changes=changes,
+        wheels=wheels,
+        offline=offline,
     )
     said: list[str] = []
     fallback = Fallback()
@@ -249,6 +253,53 @@ def test_a_wheel_built_for_another_torch_than_the_one_asked_for_is_refused_befor
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", torch_asked=("torch==2.9.0",))
     assert (code, fallback.calls, proved) == (0, 1, [])
     assert f"prebuilt: {name} not taken: it needs torch==2.14.0; --torch-packages asks for torch==2.9.0" in said
+
+
+# --------------------------------------------------------------------------------------------
+# Offline: the official wheel from --wheels DIR, with the sha256 its release published beside it
+
+
+def test_offline_the_official_wheel_in_the_wheel_folder_is_validated_and_published_without_asking_any_host(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_{MACHINE}.whl"
+    wheels = tmp_path / "wheels"
+    wheel = vllm_wheel(wheels, name, extensions.spark_c, extensions.fa3)
+    (wheels / f"{name}.sha256").write_text(f"{sha256(wheel)}  {name}\n")
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.15.0", wheels=wheels, offline=True)
+    assert (code, fallback.calls) == (0, 0), said
+    assert f"prebuilt: found {name} in the wheel folder ({wheel})" in said
+    assert [p.name for p in proved] == [name]
+    assert sha256(tmp_path / "work" / "wheelhouse" / "vllm" / name) == sha256(wheel)
+    assert sorted(p.name for p in wheels.iterdir()) == [name, f"{name}.sha256"], "the user's folder is untouched"
+
+
+def test_offline_a_wheel_folder_copy_that_does_not_match_its_sha256_is_not_taken(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    wheels = tmp_path / "wheels"
+    vllm_wheel(wheels, name, extensions.spark_c, extensions.fa3)
+    (wheels / f"{name}.sha256").write_text(f"{'0' * 64}  {name}\n")
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", wheels=wheels)
+    assert (code, fallback.calls, proved) == (0, 1, [])
+    assert any(line.startswith(f"prebuilt: {name} not taken: sha256 mismatch for {wheels / name}") for line in said)
+
+
+def test_offline_without_a_wheel_folder_one_note_and_the_source_build(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    official_host.index.append(
+        (name, official_host.add(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)))
+    )
+    code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", offline=True)
+    assert (code, fallback.calls, proved) == (0, 1, [])
+    assert said == [
+        "prebuilt: offline without --wheels, the official wheel is not looked up "
+        "(--wheels DIR: it and its NAME.sha256)",
+        "prebuilt: building v0.22.0 from source instead",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

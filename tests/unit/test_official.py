@@ -20,6 +20,7 @@ from spark_build.nightly.official import (
     Place,
     Wanted,
     expected_wheel,
+    find_in_folder,
     parse_index_page,
     parse_release,
     pick,
@@ -188,3 +189,36 @@ def test_prefer_wheel_refuses_bad_input_before_looking_anything_up(ref: str, ind
     with pytest.raises(UsageError, match=re.escape(message)) as err:
         wanted_for(options)
     assert err.value.exit_code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Offline (--wheels DIR): the official wheel is looked up in DIR, with its sha256 in NAME.sha256
+
+
+def test_offline_the_official_wheel_is_taken_from_the_wheel_folder_with_the_sha256_beside_it(tmp_path: Path) -> None:
+    name = "vllm-0.15.0+cu130-cp38-abi3-manylinux_2_35_aarch64.whl"
+    (tmp_path / name).write_bytes(b"wheel")
+    (tmp_path / f"{name}.sha256").write_text(f"{SHA}  {name}\n")  # as `sha256sum NAME` writes it
+    (tmp_path / "vllm-0.15.0-cp38-abi3-manylinux_2_31_aarch64.whl").write_bytes(b"the CUDA 12 one")
+    found = find_in_folder(Wanted(Version("0.15.0"), 13, "aarch64"), tmp_path)
+    assert found == OfficialWheel(name, str(tmp_path / name), SHA, Place.FOLDER)
+
+
+def test_offline_a_wheel_without_its_sha256_is_not_taken_and_the_message_names_the_file_to_write(
+    tmp_path: Path,
+) -> None:
+    name = "vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+    (tmp_path / name).write_bytes(b"wheel")
+    found = find_in_folder(Wanted(Version("0.22.0"), 13, "aarch64"), tmp_path)
+    assert found == (
+        f"{tmp_path / name} has no {name}.sha256 beside it: "
+        "write into it the sha256 published with the wheel (package index), as `sha256sum` formats it"
+    )
+
+
+def test_offline_a_folder_without_the_wheel_says_which_wheel_it_lacks(tmp_path: Path) -> None:
+    found = find_in_folder(Wanted(Version("0.22.0"), 13, "aarch64"), tmp_path)
+    assert found == (
+        f"no vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl in {tmp_path} "
+        "(offline, the official wheel is looked up only there)"
+    )
