@@ -6,6 +6,10 @@ the worker (the `cc1plus`), waits, and when the worker dies of SIGKILL prints gc
 recognise. Progress is counted in CPU seconds, not wall time, so a job paused by the governor
 or sharing a core does the same work as one running alone.
 
+With `--pace wall` the job sleeps through its seconds instead of burning them, so this 2-core
+machine can stand in for a many-core one (`replay_order.py`: one core per Ninja slot, as long as
+-j ≤ the modelled cores); time spent stopped by the governor is not counted as progress.
+
 Also `--exec-in-cgroup PROCS -- cmd…`: join a cgroup, then exec the command, so every process
 the build forks is inside the memory limit from its first instruction.
 """
@@ -27,13 +31,32 @@ def _rss() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def _work(cpu_s: float, extra_bytes: int, ramp: float) -> None:
-    """Burn CPU until `cpu_s`; hold `extra_bytes` more than at start once `ramp` of it is done."""
+class _RunningClock:
+    """Seconds this process ran by the wall clock, stops excluded: a SIGSTOP shows up as one long
+    gap between two reads, and a gap over `MAX_STEP` counts as `MAX_STEP` only."""
+
+    MAX_STEP = 0.05
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._ran = 0.0
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        self._ran += min(now - self._last, self.MAX_STEP)
+        self._last = now
+        return self._ran
+
+
+def _work(cpu_s: float, extra_bytes: int, ramp: float, pace: str = "cpu") -> None:
+    """Burn CPU (or, at `pace` wall, sleep) until `cpu_s`; hold `extra_bytes` more than at start
+    once `ramp` of it is done."""
     held: list[bytes] = []
     allocated = 0
     x = 1.0
+    clock = _RunningClock() if pace == "wall" else time.process_time
     while True:
-        spent = time.process_time()
+        spent = clock()
         progress = spent / cpu_s if cpu_s > 0 else 1.0
         target = int(extra_bytes * min(1.0, progress / ramp)) if ramp > 0 else extra_bytes
         while allocated + CHUNK <= target:
@@ -41,6 +64,9 @@ def _work(cpu_s: float, extra_bytes: int, ramp: float) -> None:
             allocated += CHUNK
         if progress >= 1.0:
             break
+        if pace == "wall":
+            time.sleep(0.01)
+            continue
         for _ in range(5000):
             x = x * 1.0000001 + 1e-9
 
@@ -54,6 +80,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cpu-s", type=float, required=True)
     parser.add_argument("--peak-mb", type=float, required=True)
     parser.add_argument("--ramp", type=float, default=0.5, help="share of the job's CPU time spent ramping")
+    parser.add_argument("--pace", choices=["cpu", "wall"], default="cpu", help="burn CPU or sleep the seconds")
     parser.add_argument("-o", dest="out", required=True)
     args = parser.parse_args(argv)
     driver_cpu = time.process_time()
@@ -62,7 +89,8 @@ def main(argv: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            _work(max(0.0, args.cpu_s - driver_cpu), extra, args.ramp)
+            spent = driver_cpu if args.pace == "cpu" else 0.0
+            _work(max(0.0, args.cpu_s - spent), extra, args.ramp, args.pace)
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
