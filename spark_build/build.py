@@ -80,10 +80,12 @@ def build(
     held: WorkdirLock | None = None,
     stop_after: str | None = None,
     resume_command: str = RESUME_COMMAND,
+    prebuilt: Mapping[str, Any] | None = None,
 ) -> int:
     """Run (or with `dry_run`, only plan) one build; returns the exit code, raises on failure.
     `held` is the workdir lock when the caller took it already (the nightly does);
-    `resume_command` is what the messages tell the user to run to continue this build."""
+    `resume_command` is what the messages tell the user to run to continue this build;
+    `prebuilt` is why `--prefer-wheel` did not take the official wheel, kept in summary.json."""
     _usable_workdir(config.workdir, dry_run=config.dry_run)
     if config.resume and not config.state_file.exists():
         raise UsageError(
@@ -114,7 +116,7 @@ def build(
         source = None if unmade else plan_source(config)
         if source is not None:
             config = with_source(config, source)
-        return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command, source)
+        return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command, source, prebuilt)
 
 
 def _run(
@@ -128,6 +130,7 @@ def _run(
     steps: Sequence[Step],
     resume_command: str,
     source: SourcePlan | None = None,
+    prebuilt: Mapping[str, Any] | None = None,
 ) -> int:
     run_id = new_run_id(time.time(), os.getpid())
     if config.dry_run:
@@ -177,7 +180,7 @@ def _run(
         error = exc
         raise
     finally:
-        _close_run(ctx, console, progress, plans, outcomes, error)
+        _close_run(ctx, console, progress, plans, outcomes, error, prebuilt)
     return 0
 
 
@@ -199,6 +202,7 @@ def _close_run(
     plans: Sequence[StepPlan],
     outcomes: list[StepOutcome],
     error: SparkBuildError | None,
+    prebuilt: Mapping[str, Any] | None = None,
 ) -> None:
     """However the run ended: the steps it never reached, the notes, the timing table, the
     summary.json and the trace — the record a failed build is read from."""
@@ -216,6 +220,7 @@ def _close_run(
         outcomes=outcomes,
         results=results,
         error=error.message if error else None,
+        prebuilt=prebuilt,
     )
     path = write_summary(ctx.log_dir, summary)
     console.print(f"logs: {ctx.log_dir}  summary: {path.name}{_trace_note(ctx)}", highlight=False)

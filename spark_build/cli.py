@@ -91,7 +91,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     from spark_build.errors import UsageError
     from spark_build.lock import WorkdirLock
     from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX
-    from spark_build.nightly.prebuilt import PreferWheel, prefer_wheel, wanted_for
+    from spark_build.nightly.prebuilt import Decision, PreferWheel, prefer_wheel, wanted_for, write_taken_run
     from spark_build.proc import Runner, interrupt_signals
     from spark_build.steps.changes import changes_for_wheel
     from spark_build.steps.validate import wheel_proof
@@ -124,11 +124,16 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
         with log.open("a", encoding="utf-8") as handle:
             handle.write(f"# {line}\n")
 
+    started = time.monotonic()
+    proofs: list[tuple[Proof, float]] = []  # the proof of the wheel taken, and how long it took
+
     def prove(wheel: Path) -> Proof:
         say(f"prebuilt: validating {wheel.name} in a fresh venv; log: {log}")
+        began = time.monotonic()
         with interrupt_signals():
             proof = prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=None), Runner(), log)
         proof.render(out)
+        proofs.append((proof, time.monotonic() - began))
         return proof
 
     lock = WorkdirLock(cfg.workdir)
@@ -144,10 +149,17 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
         changes = changes_for_wheel(cfg.workdir / "changes", cfg.repo, cfg.ref, cfg.prs, cfg.patch_files, git)
         wanted = dataclasses.replace(wanted, changes=changes)
 
-        def from_source() -> int:
-            return build(cfg, out, held=lock, resume_command=resume_command(sys.argv[1:], _program()))
+        def from_source(decision: Decision) -> int:
+            again = resume_command(sys.argv[1:], _program())
+            return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git)
+        def record(decision: Decision) -> None:
+            proof, validate_s = proofs[-1]
+            arch = cfg.arch or "?"
+            seconds = time.monotonic() - started
+            write_taken_run(cfg.logs_dir, cfg.ref, arch, decision, proof, seconds=seconds, validate_seconds=validate_s)
+
+        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git, record=record)
     finally:
         lock.release()
 

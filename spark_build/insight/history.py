@@ -112,6 +112,15 @@ def peak_memory(summary: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def prebuilt_note(summary: Mapping[str, Any]) -> str:
+    """What `--prefer-wheel` decided in this run (summary.json's `prefer_wheel`), for the outcome
+    column: a run that took the official wheel built nothing, one that did not built from source."""
+    decision = summary.get("prefer_wheel")
+    if not isinstance(decision, Mapping):
+        return ""
+    return " (official wheel)" if decision.get("taken") else " (official wheel not taken)"
+
+
 def _row(summary: Mapping[str, Any]) -> HistoryRow:
     results = summary.get("results") or {}
     clone = results.get("clone") or {}
@@ -133,7 +142,7 @@ def _row(summary: Mapping[str, Any]) -> HistoryRow:
         peak_memory_bytes=peak_memory(summary),
         cache_hit_rate=rate,
         cache_note=note,
-        outcome=outcome_of(summary),
+        outcome=outcome_of(summary) + prebuilt_note(summary),
         inputs=f"{commit or ref} {arch}",
         compiled=compiled,
     )

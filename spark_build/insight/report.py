@@ -152,6 +152,7 @@ def report_data(run: RunLogs, graph: tuple[Deps | None, str] | None = None) -> d
         "memory": _memory(summary, run),
         "validation": _validation(summary),
         "install": _install(summary),
+        "prefer_wheel": summary.get("prefer_wheel"),
     }
 
 
@@ -268,6 +269,14 @@ def render_report(data: Mapping[str, Any], console: Console) -> None:
 
 def _summary_lines(data: Mapping[str, Any]) -> list[str]:
     lines = []
+    decision = data.get("prefer_wheel")
+    if isinstance(decision, Mapping):
+        found = f"{decision.get('found')} ({decision.get('found_in')})" if decision.get("found") else ""
+        if decision.get("taken"):
+            lines.append(f"prefer-wheel: took {found}: {decision.get('why')}")
+        else:
+            refused = f"{found} not taken, " if found else ""
+            lines.append(f"prefer-wheel: {refused}built from source: {decision.get('why')}")
     util = data["cpu_utilisation"]
     if util:
         lines.append(

@@ -11,9 +11,11 @@ or `--torch-packages` names is refused, not installed over it.
 
 from __future__ import annotations
 
+import os
 import platform
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -35,6 +37,7 @@ from spark_build.nightly.official import (
     release_version,
 )
 from spark_build.nightly.transport import Say
+from spark_build.pipeline.progress import StepOutcome, new_run_id, point_latest, summary_payload, write_summary
 from spark_build.wheel.audit import first_and_more
 from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
 from spark_build.wheel.repatch import Change, Run, patch_wheel
@@ -104,28 +107,50 @@ def wanted_for(options: PreferWheel) -> Wanted:
     return Wanted(version, options.cuda_major, options.machine)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What `--prefer-wheel` decided and why, as summary.json keeps it for `invoke report` and
+    `history`: in the run that took the official wheel, and in the source build that replaced it."""
+
+    taken: bool
+    why: str  # why it was not taken; for a taken wheel, what proved it
+    found: str | None = None  # the official wheel's file name, when one was found
+    found_in: str | None = None  # the place it was found in (package index, release assets, wheel folder)
+    published: str | None = None  # the wheel published into the wheelhouse
+    sha256: str | None = None
+    install: str | None = None
+
+    def to_dict(self) -> dict[str, str | bool | None]:
+        return asdict(self)
+
+
 def prefer_wheel(
     options: PreferWheel,
     wanted: Wanted,
     *,
     prove: Callable[[Path], Proof],
-    build: Callable[[], int],
+    build: Callable[[Decision], int],
     say: Say,
     run: Run,
+    record: Callable[[Decision], None] = lambda decision: None,
 ) -> int:
     """Publish the official wheel when it proves itself, else build from source; the exit code.
     `wanted` is `wanted_for(options)`, checked before the workdir is touched; `run` runs the
-    `git apply` that carries Python-only changes onto the wheel."""
+    `git apply` that carries Python-only changes onto the wheel. `build` is given the decision
+    for its summary; `record` is given it for a taken wheel, for which no build runs."""
     native = [c.label for c in options.changes if not c.python_only]
     if native:
-        say(f"prebuilt: {', '.join(native)} changes native code, which a prebuilt wheel cannot take")
+        why = f"{', '.join(native)} changes native code, which a prebuilt wheel cannot take"
+        say(f"prebuilt: {why}")
         say(f"prebuilt: building {options.ref} from source instead")
-        return build()
-    taken = _official(options, wanted, prove, say, run)
+        return build(Decision(taken=False, why=why))
+    found, taken = _official(options, wanted, prove, say, run)
     if isinstance(taken, str):
         say(f"prebuilt: {taken}")
         say(f"prebuilt: building {options.ref} from source instead")
-        return build()
+        where = found.place.value if found else None
+        return build(Decision(taken=False, why=taken, found=found.filename if found else None, found_in=where))
+    assert found is not None
     wheel, proof = taken
     for line in render_proof(proof.results):
         say(line)
@@ -133,28 +158,41 @@ def prefer_wheel(
     say(f"prebuilt: published {target.name} (sha256 {sha[:12]}…) into {options.wheelhouse}")
     torch = _torch_in(proof)
     pins = [f"torch=={torch}"] if torch else []
-    say(f"install with: {install_line(target, options.wheelhouse, index=options.torch_index, pins=pins)}")
+    line = install_line(target, options.wheelhouse, index=options.torch_index, pins=pins)
+    say(f"install with: {line}")
+    proven = f"validated here{f' with torch {torch}' if torch else ''}"
+    record(Decision(True, proven, found.filename, found.place.value, str(target), sha, line))
     return 0
 
 
 def _official(
     options: PreferWheel, wanted: Wanted, prove: Callable[[Path], Proof], say: Say, run: Run
-) -> tuple[Path, Proof] | str:
-    """The proven official wheel, or why there is none to take (a str)."""
+) -> tuple[OfficialWheel | None, tuple[Path, Proof] | str]:
+    """The official wheel found (None when none was), and the proven wheel or why there is none to take (a str)."""
     if options.wheels is not None:
         found = find_in_folder(wanted, options.wheels)
     elif options.offline:
-        return "offline without --wheels, the official wheel is not looked up (--wheels DIR: it and its NAME.sha256)"
+        return (
+            None,
+            "offline without --wheels, the official wheel is not looked up (--wheels DIR: it and its NAME.sha256)",
+        )
     else:
         try:
             found = find_official(wanted, index=options.index, releases=options.releases, on_retry=say)
         except UsageError:
             raise
         except SparkBuildError as err:  # the index or GitHub unreachable after the retries
-            return f"cannot look up the official wheel: {err.message}"
+            return None, f"cannot look up the official wheel: {err.message}"
     if isinstance(found, str):
-        return f"no official wheel for {options.ref}: {found}"
+        return None, f"no official wheel for {options.ref}: {found}"
     say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
+    return found, _take(found, options, prove, say, run)
+
+
+def _take(
+    found: OfficialWheel, options: PreferWheel, prove: Callable[[Path], Proof], say: Say, run: Run
+) -> tuple[Path, Proof] | str:
+    """The found wheel downloaded, fitting the user's torch, carrying the changes and proven; or why not."""
     try:
         wheel = _download(found, options.wheelhouse / DOWNLOADS, say)
     except SparkBuildError as err:
@@ -207,3 +245,32 @@ def _torch_in(proof: Proof) -> str | None:
         if canonicalize_name(name) == "torch":
             return version
     return None
+
+
+def write_taken_run(
+    logs_dir: Path, ref: str, arch: str, decision: Decision, proof: Proof, *, seconds: float, validate_seconds: float
+) -> Path:
+    """A run folder for a taken official wheel, as a build leaves one (summary.json, `logs/latest`):
+    no build ran, yet `invoke report` and `history` must show what was published and why."""
+    run_id = new_run_id(time.time(), os.getpid())
+    folder = logs_dir / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    outcomes = [
+        StepOutcome("prefer-wheel", "done", round(seconds - validate_seconds, 3), f"the official {decision.found}"),
+        StepOutcome("validate", "done", round(validate_seconds, 3), "the official wheel, in a fresh venv"),
+        StepOutcome("publish", "done", 0.0, "by the prefer-wheel step"),
+    ]
+    results = {"validate": dict(proof.results), "publish": {"path": decision.published, "install": decision.install}}
+    summary = summary_payload(
+        run_id=run_id,
+        exit_code=0,
+        ref=ref,
+        arch=arch,
+        outcomes=outcomes,
+        results=results,
+        error=None,
+        prebuilt=decision.to_dict(),
+    )
+    path = write_summary(folder, summary)
+    point_latest(logs_dir, folder)
+    return path

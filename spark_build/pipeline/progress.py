@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -179,9 +179,13 @@ def summary_payload(
     outcomes: Sequence[StepOutcome],
     results: dict[str, dict[str, Any]],
     error: str | None,
+    prebuilt: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """What `invoke report` and `history` read; `prebuilt`: `--prefer-wheel`'s decision (found,
+    taken or not and why), in the run that took the official wheel and in the build that replaced it."""
     compile_result = results.get("compile", {})
     return {
+        **({"prefer_wheel": dict(prebuilt)} if prebuilt else {}),
         "run_id": run_id,
         "exit_code": exit_code,
         # The ref asked for: a run that failed before the clone has no commit to name it by.

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import sysconfig
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from packaging.version import Version
 
 from spark_build import config
 from spark_build.nightly.official import Wanted
-from spark_build.nightly.prebuilt import DOWNLOADS, PreferWheel, prefer_wheel
+from spark_build.nightly.prebuilt import DOWNLOADS, Decision, PreferWheel, prefer_wheel
 from spark_build.proc import Runner
 from spark_build.steps.validate import wheel_proof
 from spark_build.wheel.proof import Proof, prove_wheel
@@ -114,12 +115,15 @@ def git_runner(argv: Sequence[str | os.PathLike[str]]) -> int:
 
 @dataclass
 class Fallback:
-    """Stands for the source build: counts the calls (the build itself is tested elsewhere)."""
+    """Stands for the source build: counts the calls and keeps the decision each was given for
+    its summary.json (the build itself is tested elsewhere)."""
 
     calls: int = 0
+    decisions: list[Decision] = field(default_factory=list)
 
-    def __call__(self) -> int:
+    def __call__(self, decision: Decision) -> int:
         self.calls += 1
+        self.decisions.append(decision)
         return 0
 
 
@@ -189,6 +193,12 @@ def test_a_release_asset_that_runs_on_the_spark_is_validated_published_and_insta
     assert "not used on 12.1 (vLLM never dispatches there): vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so" in done.stdout
     assert f"install with: uv pip install --extra-index-url {(work / 'wheelhouse').as_uri()}/" in done.stdout
     assert not (work / "state.json").exists(), "no source build was started"
+    decision = json.loads((tmp_path / "logs" / "latest" / "summary.json").read_text())["prefer_wheel"]
+    assert (decision["taken"], decision["found"], decision["found_in"]) == (True, name, "GitHub release assets")
+    shown = subprocess.run(
+        [*argv[:5], "report", "--logs-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120
+    )
+    assert f"prefer-wheel: took {name} (GitHub release assets): validated here" in shown.stdout, shown.stderr
 
 
 def test_an_index_wheel_whose_gpu_code_cannot_run_on_the_spark_is_refused_and_the_source_build_runs(
@@ -226,6 +236,9 @@ def test_a_wheel_that_does_not_match_its_published_sha256_is_never_validated_nor
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0")
     assert (code, fallback.calls, proved) == (0, 1, [])
     assert any(f"{name} not taken: sha256 mismatch" in line for line in said)
+    decision = fallback.decisions[0]
+    assert (decision.taken, decision.found, decision.found_in) == (False, name, "package index")
+    assert decision.why.startswith(f"{name} not taken: sha256 mismatch"), "the source build's summary says why"
     assert not (tmp_path / "work" / "wheelhouse" / DOWNLOADS / name).exists()
 
 

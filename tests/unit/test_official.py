@@ -5,14 +5,17 @@ release's assets, where only a wheel with a published sha256 is taken."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 from packaging.version import Version
+from rich.console import Console
 
 from spark_build.errors import UsageError
+from spark_build.insight.report import history_main, report_main
 from spark_build.nightly.official import (
     PACKAGE_INDEX,
     Expected,
@@ -26,7 +29,9 @@ from spark_build.nightly.official import (
     pick,
     release_version,
 )
-from spark_build.nightly.prebuilt import PreferWheel, torch_conflict, wanted_for
+from spark_build.nightly.prebuilt import Decision, PreferWheel, torch_conflict, wanted_for, write_taken_run
+from spark_build.pipeline.progress import summary_payload
+from spark_build.wheel.proof import Proof
 
 SHA = "ab" * 32
 
@@ -222,3 +227,56 @@ def test_offline_a_folder_without_the_wheel_says_which_wheel_it_lacks(tmp_path: 
         f"no vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl in {tmp_path} "
         "(offline, the official wheel is looked up only there)"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The decision in summary.json, shown by `invoke report` and `invoke history`
+
+
+def _shown(logs: Path) -> tuple[str, str]:
+    report, history = io.StringIO(), io.StringIO()
+    report_main(logs, None, False, Console(file=report, width=250))
+    history_main(logs, False, Console(file=history, width=250))
+    return report.getvalue(), history.getvalue()
+
+
+def test_a_taken_official_wheel_leaves_a_run_that_report_and_history_show(tmp_path: Path) -> None:
+    name = "vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+    install = f"uv pip install {name}"
+    decision = Decision(
+        True, "validated here with torch 2.14.0", name, "package index", f"/wh/vllm/{name}", SHA, install
+    )
+    verdicts = {"12.1": "native"}
+    proof = Proof(
+        results={"verdicts": verdicts, "imports": {"vllm": True}, "linkage": {"ok": True}}, reports=[], problems=[]
+    )
+    path = write_taken_run(tmp_path, "v0.22.0", "12.1a", decision, proof, seconds=90.0, validate_seconds=60.0)
+    summary = json.loads(path.read_text())
+    assert summary["prefer_wheel"] == decision.to_dict()
+    assert (tmp_path / "latest" / "summary.json").read_text() == path.read_text()
+    report, history = _shown(tmp_path)
+    assert f"prefer-wheel: took {name} (package index): validated here with torch 2.14.0" in report
+    assert f"install with: {install}" in report
+    assert "ok (official wheel)" in history
+
+
+def test_a_source_build_after_a_refused_official_wheel_keeps_why_in_its_summary(tmp_path: Path) -> None:
+    name = "vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+    why = f"{name} failed validation: vllm/_qutlass_C.abi3.so: kernel family _qutlass_C cannot run on 12.1"
+    decision = Decision(False, why, name, "package index")
+    summary = summary_payload(
+        run_id="20261130-100000-1",
+        exit_code=0,
+        ref="v0.33.0",
+        arch="12.1a",
+        outcomes=[],
+        results={},
+        error=None,
+        prebuilt=decision.to_dict(),
+    )
+    assert summary["prefer_wheel"]["taken"] is False and summary["prefer_wheel"]["why"] == why
+    (tmp_path / "20261130-100000-1").mkdir()
+    (tmp_path / "20261130-100000-1" / "summary.json").write_text(json.dumps(summary))
+    report, history = _shown(tmp_path)
+    assert f"prefer-wheel: {name} (package index) not taken, built from source: {why}" in report
+    assert "(official wheel not taken)" in history
