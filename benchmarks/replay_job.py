@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,18 +33,25 @@ def _rss() -> int:
 
 
 class _RunningClock:
-    """Seconds this process ran by the wall clock, stops excluded: a SIGSTOP shows up as one long
-    gap between two reads, and a gap over `MAX_STEP` counts as `MAX_STEP` only."""
-
-    MAX_STEP = 0.05
+    """Seconds this process ran by the wall clock, stops excluded. A SIGSTOP shows up as one
+    long gap between two reads, ended by the SIGCONT that resumed it: that gap does not count.
+    A gap without a SIGCONT does (a busy machine delayed this process, as it delays a compiler
+    that waits for a CPU: the modelled machine has a core per job)."""
 
     def __init__(self) -> None:
         self._last = time.monotonic()
         self._ran = 0.0
+        self._continued = False
+        signal.signal(signal.SIGCONT, self._on_continue)
+
+    def _on_continue(self, signum: int, frame: object) -> None:
+        self._continued = True
 
     def __call__(self) -> float:
         now = time.monotonic()
-        self._ran += min(now - self._last, self.MAX_STEP)
+        if not self._continued:
+            self._ran += now - self._last
+        self._continued = False
         self._last = now
         return self._ran
 

@@ -37,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -142,7 +144,10 @@ def run_one(edges: list[Edge], order: str, strategy: str, jobs: int, per_job: in
                     peak = max(peak, sum(_rss(p) for p in _tree(proc.pid)))
                     time.sleep(0.2)
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None:  # interrupted: Ninja gives each job its own process group
+                for job in reversed(_tree(proc.pid)):
+                    with contextlib.suppress(psutil.Error):
+                        job.kill()
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     wall = time.perf_counter() - t0
