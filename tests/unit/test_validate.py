@@ -6,7 +6,7 @@ import pytest
 
 from spark_build.arch.compat import ComputeCapability
 from spark_build.wheel.archaudit import ArchReport
-from spark_build.wheel.proof import Proof, judge_imports, serve_decision, wheel_modules
+from spark_build.wheel.proof import Proof, judge_imports, render_proof, serve_decision, wheel_modules
 
 
 def test_every_compiled_extension_in_the_wheel_is_imported_not_just_the_known_ones():
@@ -107,3 +107,18 @@ def test_a_wheel_that_fails_only_its_gpu_code_audit_is_told_to_compile_for_this_
     assert proof.fix() == arch.fix() and "12.1a" in proof.fix()
     proof = Proof({}, [arch], [*proof.problems, "the installed wheel fails to import vllm: ImportError: x"])
     assert "tables in the log" in proof.fix()
+
+
+def test_the_imports_line_names_only_the_modules_this_host_proved() -> None:
+    # Without the NVIDIA driver an extension is unproven, not ok: the notes must not say both.
+    results = {
+        "imports": {"vllm": True, "vllm._C": False},
+        "imports_unproven": ["vllm._C"],
+        "import_notes": ["import vllm._C not proven: it needs the NVIDIA driver (libcuda.so.1), which this host lacks"],
+        "linkage": {"libraries": ["libc.so.6"]},
+        "verdicts": {},
+        "arch": [],
+    }
+    lines = render_proof(results)
+    assert lines[0] == "validate: imports ok: vllm"
+    assert f"validate: {results['import_notes'][0]}" in lines
