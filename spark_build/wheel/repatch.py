@@ -10,7 +10,9 @@ rewritten and RECORD recomputed — pip checks those hashes when it installs the
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -66,10 +68,18 @@ def labelled(version: Version, label: str) -> Version:
     return Version(f"{version}.{label}" if version.local else f"{version}+{label}")
 
 
-def _record_line(root: Path, path: Path) -> str:
+def _record_row(root: Path, path: Path) -> list[str]:
     data = path.read_bytes()
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"{path.relative_to(root).as_posix()},sha256={digest},{len(data)}"
+    return [path.relative_to(root).as_posix(), f"sha256={digest}", str(len(data))]
+
+
+def _record_text(rows: Iterable[Sequence[str]]) -> str:
+    """RECORD is CSV: vLLM ships files whose names hold commas (`E=128,N=384,….json` MoE configs),
+    which must be quoted or pip reads the row as six fields."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
 
 
 def patch_wheel(wheel: Path, changes: Sequence[tuple[str, Path]], label: str, out_dir: Path, run: Run) -> Path:
@@ -79,6 +89,10 @@ def patch_wheel(wheel: Path, changes: Sequence[tuple[str, Path]], label: str, ou
     with tempfile.TemporaryDirectory(prefix="spark-repatch-") as scratch, zipfile.ZipFile(wheel) as archive:
         root = Path(scratch)
         archive.extractall(root)  # zipfile drops absolute and '..' components of member names
+        for info in archive.infolist():  # extractall drops modes: vLLM's vllm-rs must stay executable
+            mode = info.external_attr >> 16 & 0o777
+            if mode and not info.is_dir():
+                (root / info.filename).chmod(mode)
         (old_info,) = [p for p in root.glob("*.dist-info") if canonicalize_name(p.name.split("-")[0]) == name]
         packages = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.endswith((".dist-info", ".data")))
         includes = [f"--include={package}/*" for package in packages]
@@ -95,7 +109,8 @@ def patch_wheel(wheel: Path, changes: Sequence[tuple[str, Path]], label: str, ou
         metadata.write_text(text, encoding="utf-8")
         record = new_info / "RECORD"
         files = sorted(p for p in root.rglob("*") if p.is_file() and p != record)
-        record.write_text("".join(f"{_record_line(root, p)}\n" for p in files) + f"{record.relative_to(root)},,\n")
+        rows = [*(_record_row(root, p) for p in files), [record.relative_to(root).as_posix(), "", ""]]
+        record.write_text(_record_text(rows), encoding="utf-8")
         rest = wheel.name.split("-", 2)[2]  # the tags: a wheel's name and version hold no '-'
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / f"{wheel.name.split('-')[0]}-{new_version}-{rest}"

@@ -4,6 +4,7 @@ it into a fresh venv (checking its RECORD), it imports, and it says its new vers
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import subprocess
 import sys
@@ -24,6 +25,8 @@ def official(tmp_path: Path) -> Path:
     files = {
         "vllm/__init__.py": b"from vllm.model import MODEL\n",
         "vllm/model.py": f"MODEL = {MODEL!r}\n".encode(),
+        # vLLM ships MoE configs whose names hold commas: RECORD must quote them
+        "vllm/configs/E=128,N=384,device_name=NVIDIA_GB10.json": b"{}\n",
         "vllm-0.15.0+cu130.dist-info/METADATA": b"Metadata-Version: 2.1\nName: vllm\nVersion: 0.15.0+cu130\n",
         "vllm-0.15.0+cu130.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: py3-none-any\n",
     }
@@ -31,6 +34,9 @@ def official(tmp_path: Path) -> Path:
     with zipfile.ZipFile(wheel, "w") as archive:
         for name, data in files.items():
             archive.writestr(name, data)
+        tool = zipfile.ZipInfo("vllm/vllm-rs")  # an executable, as vLLM 0.33 ships one
+        tool.external_attr = 0o755 << 16
+        archive.writestr(tool, b"#!/bin/sh\necho ok\n")
         archive.writestr("vllm-0.15.0+cu130.dist-info/RECORD", "")
     return wheel
 
@@ -46,8 +52,10 @@ def test_the_rewritten_wheel_installs_with_pip_imports_and_carries_a_new_local_v
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         assert "vllm-0.15.0+cu130.pr7.dist-info/METADATA" in names
-        for row in archive.read("vllm-0.15.0+cu130.pr7.dist-info/RECORD").decode().splitlines():
-            path, digest, size = row.split(",")
+        assert archive.getinfo("vllm/vllm-rs").external_attr >> 16 & 0o777 == 0o755
+        rows = list(csv.reader(archive.read("vllm-0.15.0+cu130.pr7.dist-info/RECORD").decode().splitlines()))
+        assert "vllm/configs/E=128,N=384,device_name=NVIDIA_GB10.json" in [row[0] for row in rows]
+        for path, digest, size in rows:
             if digest:
                 data = archive.read(path)
                 assert (
