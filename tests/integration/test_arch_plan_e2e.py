@@ -126,7 +126,7 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     build = build_vllm(settings, source, work, uv_cache, "--resume")
     assert build.returncode == 1, build.stdout + build.stderr
     assert "[compile] torch 2.14.1+cu130's headers need C++20, but vllm 0.13.0 compiles as C++17" in build.stderr
-    assert "--torch-packages 'torch==2.9.0 torchaudio==2.9.0 torchvision==0.24.0'" in build.stderr
+    assert "--torch-packages 'torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0'" in build.stderr
     summary = json.loads((work / "logs" / "latest" / "summary.json").read_text())
     steps = {s["name"]: s["status"] for s in summary["steps"]}
     assert steps["arch-plan"] == "skipped" and steps["compile"] == "failed"
