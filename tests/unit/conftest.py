@@ -8,8 +8,12 @@ import contextlib
 import sys
 from collections.abc import Generator, Iterator
 
+import git  # noqa: F401
 import pytest
 
+# gitpython runs `git version` when it is first imported. Importing it here, before any test is
+# guarded, keeps a module that imports it lazily (a step imported inside a test) from counting as
+# the test starting a process — which made test_config.py fail when run alone.
 _BLOCKED = {"subprocess.Popen", "os.posix_spawn", "os.fork", "os.system", "os.exec", "socket.bind", "socket.connect"}
 _guarding = False
 
