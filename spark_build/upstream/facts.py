@@ -26,6 +26,7 @@ from spark_build.upstream.versions import (
     build_requirement_files,
     cmake_files,
     parse_external_projects,
+    read_branches,
 )
 
 TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
@@ -155,7 +156,6 @@ _OPS = {
     "VERSION_LESS": lambda a, b: a < b,
     "VERSION_EQUAL": lambda a, b: a == b,
 }
-_IF_WORD = re.compile(r"\b(if|elseif|else|endif)\s*\(", re.IGNORECASE)
 
 
 def _condition_at(condition: str, cuda: Version) -> bool | None:
@@ -167,30 +167,7 @@ def _condition_at(condition: str, cuda: Version) -> bool | None:
 def text_for_cuda(text: str, cuda: Version) -> str:
     """The CMake text a CUDA `cuda` compiler reads: branches of `if(CMAKE_CUDA_COMPILER_VERSION …)`
     chains that are false at `cuda` are blanked; branches on anything else are all kept."""
-    out: list[str] = []
-    # per open if(): (this branch is read, an earlier branch of the chain was surely taken)
-    stack: list[tuple[bool, bool]] = []
-    pos = 0
-    for match in _IF_WORD.finditer(text):
-        word = match.group(1).lower()
-        depth, end = 1, match.end()
-        while depth and end < len(text):
-            depth += {"(": 1, ")": -1}.get(text[end], 0)
-            end += 1
-        reading = all(read for read, _ in stack)
-        out.append(text[pos : match.start()] if reading else "")
-        pos = end
-        value = _condition_at(text[match.end() : end - 1], cuda)
-        if word == "if":
-            stack.append((value is not False, value is True))
-        elif word in ("elseif", "else") and stack:
-            taken = stack[-1][1]
-            value = True if word == "else" else value
-            stack[-1] = (not taken and value is not False, taken or value is True)
-        elif word == "endif" and stack:
-            stack.pop()
-    out.append(text[pos:] if all(read for read, _ in stack) else "")
-    return "".join(out)
+    return read_branches(text, lambda condition: _condition_at(condition, cuda), keep_conditions=False)
 
 
 _INTERSECT = re.compile(r"cuda_archs_loose_intersection\s*\(\s*\w+\s+\"([^\"]*)\"", re.IGNORECASE)

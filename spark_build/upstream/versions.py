@@ -16,7 +16,7 @@ is read the same way; `docs/recipes.md` is what they read from every release's s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,12 +122,15 @@ _IF_WORD = re.compile(r"\b(if|elseif|else|endif)\s*\(", re.IGNORECASE)
 _ROCM_ONLY = re.compile(r"""STREQUAL\s+"?(rocm|hip)"?""", re.IGNORECASE)
 
 
-def _cuda_branches(text: str) -> str:
-    """The text with every branch that applies only to ROCm (`if (VLLM_TARGET_DEVICE STREQUAL
-    "rocm")`, `VLLM_GPU_LANG STREQUAL "HIP"`) blanked out: vLLM 0.33 pins triton_kernels to a
-    ROCm fork's commit in one branch and to a Triton tag in the other, and this is a CUDA build."""
+def read_branches(text: str, judge: Callable[[str], bool | None], *, keep_conditions: bool) -> str:
+    """CMake text with the branches of `if()`/`elseif()`/`else()` chains that are not read blanked.
+
+    `judge(condition)` is True or False where it can tell, None where it cannot: a branch is read
+    unless its condition is False or an earlier branch of its chain was surely taken, so an
+    unknown condition keeps its branch and the ones after it. `keep_conditions` leaves the
+    `if (…)` lines themselves in the text, for a reader that looks inside conditions."""
     out: list[str] = []
-    stack: list[bool] = []  # per open if(): whether its current branch is ROCm-only
+    stack: list[tuple[bool, bool]] = []  # per open if(): (this branch is read, an earlier one surely taken)
     pos = 0
     for match in _IF_WORD.finditer(text):
         word = match.group(1).lower()
@@ -135,21 +138,30 @@ def _cuda_branches(text: str) -> str:
         while depth and end < len(text):
             depth += {"(": 1, ")": -1}.get(text[end], 0)
             end += 1
-        condition = text[match.end() : end - 1]
-        dropping = any(stack)
-        out.append("" if dropping else text[pos : match.start()])
-        out.append(text[match.start() : end])
+        out.append(text[pos : match.start()] if all(read for read, _ in stack) else "")
+        if keep_conditions:
+            out.append(text[match.start() : end])
         pos = end
-        upper = condition.upper()
-        rocm_only = bool(_ROCM_ONLY.search(condition)) and "NOT" not in upper and "CUDA" not in upper
+        value = judge(text[match.end() : end - 1])
         if word == "if":
-            stack.append(rocm_only)
+            stack.append((value is not False, value is True))
         elif word in ("elseif", "else") and stack:
-            stack[-1] = word == "elseif" and rocm_only
+            taken = stack[-1][1]
+            value = True if word == "else" else value
+            stack[-1] = (not taken and value is not False, taken or value is True)
         elif word == "endif" and stack:
             stack.pop()
-    out.append("" if any(stack) else text[pos:])
+    out.append(text[pos:] if all(read for read, _ in stack) else "")
     return "".join(out)
+
+
+def _rocm_only(condition: str) -> bool | None:
+    """False for a branch that applies only to ROCm (`VLLM_TARGET_DEVICE STREQUAL "rocm"`,
+    `VLLM_GPU_LANG STREQUAL "HIP"`): vLLM 0.33 pins triton_kernels to a ROCm fork's commit in one
+    branch and to a Triton tag in the other, and this is a CUDA build. None for anything else."""
+    upper = condition.upper()
+    rocm = bool(_ROCM_ONLY.search(condition)) and "NOT" not in upper and "CUDA" not in upper
+    return False if rocm else None
 
 
 def parse_external_projects(files: Mapping[str, str]) -> list[ExternalProject]:
@@ -162,7 +174,7 @@ def parse_external_projects(files: Mapping[str, str]) -> list[ExternalProject]:
     """
     found: list[ExternalProject] = []
     for rel, raw in sorted(files.items()):
-        text = _cuda_branches(_COMMENT.sub("", raw))
+        text = read_branches(_COMMENT.sub("", raw), _rocm_only, keep_conditions=True)
         sets: dict[str, list[str]] = {}
         for name, value in _SET.findall(text):
             if value not in sets.setdefault(name, []):
