@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,15 +252,16 @@ def _rss(proc: psutil.Process) -> int:
 
 
 # -- one real run --------------------------------------------------------------------------
-def write_manifest(work: Path, jobs: list[Job]) -> None:
+def write_manifest(work: Path, edges: Iterable[tuple[str, float, int]], pace: str = "cpu") -> None:
+    """build.ninja with one `replay_job.py` edge per (output, CPU seconds, peak bytes), in order."""
     lines = [
         "rule cc",
-        f"  command = {sys.executable} {WORKER} --cpu-s $cpu --peak-mb $peak -o $out",
+        f"  command = {sys.executable} {WORKER} --pace {pace} --cpu-s $cpu --peak-mb $peak -o $out",
         "  description = CC $out",
         "",
     ]
-    for job in jobs:
-        lines += [f"build {job.object}: cc", f"  cpu = {job.cpu_s:.4f}", f"  peak = {job.peak / MIB:.2f}", ""]
+    for output, seconds, peak in edges:
+        lines += [f"build {output}: cc", f"  cpu = {seconds:.4f}", f"  peak = {peak / MIB:.2f}", ""]
     (work / "build.ninja").write_text("\n".join(lines))
 
 
@@ -269,7 +271,7 @@ def run_real(
     work = args.workdir / label.split()[0].strip("()")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    write_manifest(work, jobs)
+    write_manifest(work, [(job.object, job.cpu_s, job.peak) for job in jobs])
     enforcement, _ = choose_enforcement(budget, args.enforce)
     cmd = enforcement.wrap([args.ninja, "-j", str(ninja_jobs)])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from replay import WORKER, _rss, _tree, choose_enforcement  # noqa: E402
+from replay import _rss, _tree, choose_enforcement, write_manifest  # noqa: E402
 
 from spark_build.compile.governor import Governor  # noqa: E402
 from spark_build.compile.jobplan import DEFAULT_PROFILE, plan_jobs  # noqa: E402
@@ -97,15 +97,7 @@ def load_edges(profile: Path, drop_fa3: bool, scale: float, mem_scale: float, ji
 
 def write_build(work: Path, edges: list[Edge], pace: str, seeded: bool) -> None:
     """build.ninja in profile order; with `seeded`, a .ninja_log holding every edge's duration."""
-    lines = [
-        "rule cc",
-        f"  command = {sys.executable} {WORKER} --pace {pace} --cpu-s $cpu --peak-mb $peak -o $out",
-        "  description = CC $out",
-        "",
-    ]
-    for e in edges:
-        lines += [f"build {e.output}: cc", f"  cpu = {e.seconds:.4f}", f"  peak = {e.peak / MIB:.2f}", ""]
-    (work / "build.ninja").write_text("\n".join(lines))
+    write_manifest(work, [(e.output, e.seconds, e.peak) for e in edges], pace)
     if seeded:
         outputs = [e.output for e in edges]
         seeded_outputs = seed_ninja_log(
