@@ -116,7 +116,7 @@ def _durations_by_name(seconds: Mapping[str, float]) -> Callable[[str], float | 
 SEED_HEADER = "# ninja log v7\n"
 
 
-def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, float]) -> list[str]:
+def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, float]) -> dict[str, float]:
     """Add a line with a measured duration for each output Ninja has no record of yet.
 
     A duration-weighted Ninja (`ninjabuild`) orders the first build by these, so the longest
@@ -124,7 +124,7 @@ def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, flo
     hash there to decide what is up to date, and a made-up hash would rebuild a finished object.
     Seeded lines carry hash 0 and mtime 0, so they can never mark an object up to date. `outputs`
     are paths as Ninja spells them in this build tree; `seconds` are keyed by `normalize_object`.
-    Returns the outputs seeded.
+    Returns the outputs seeded with the seconds written for each (found by the fallbacks too).
     """
     try:
         text = path.read_text(errors="replace")
@@ -133,14 +133,14 @@ def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, flo
     if not text.startswith("# ninja log v"):
         text = SEED_HEADER
     known = {line.split("\t")[3] for line in text.splitlines() if not line.startswith("#") and line.count("\t") >= 4}
-    seeded: list[str] = []
+    seeded: dict[str, float] = {}
     lines: list[str] = []
     duration_of = _durations_by_name(seconds)
     for output in outputs:
         duration = duration_of(normalize_object(output))
         if output in known or duration is None or output in seeded:
             continue
-        seeded.append(output)
+        seeded[output] = duration
         lines.append(f"0\t{max(1, round(duration * 1000))}\t0\t{output}\t0\n")
     if lines:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from spark_build.compile.jobplan import (
     plan_jobs,
     write_jobs_json,
 )
-from spark_build.compile.ninjalog import normalize_object, parse_ninja_lines, parse_ninja_log, seed_ninja_log
+from spark_build.compile.ninjalog import parse_ninja_lines, parse_ninja_log, seed_ninja_log
 from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
@@ -117,10 +117,10 @@ def seed_durations(ctx: Context, step: str, estimates: Estimates) -> str:
     seeded = seed_ninja_log(build_temp / ".ninja_log", outputs, estimates.seconds)
     if not seeded:
         return "Ninja's log already holds every object's duration"
-    longest = max(seeded, key=lambda out: estimates.seconds[normalize_object(out)])
+    longest = max(seeded, key=seeded.__getitem__)
     return (
         f"seeded Ninja with {len(seeded)} durations ({estimates.origin}); the longest, "
-        f"{Path(longest).name} ({estimates.seconds[normalize_object(longest)]:.0f} s), starts first"
+        f"{Path(longest).name} ({seeded[longest]:.0f} s), starts first"
     )
 
 

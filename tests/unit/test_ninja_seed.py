@@ -16,7 +16,7 @@ def test_a_fresh_tree_gets_a_current_log_with_each_known_object_s_duration_in_mi
     log = tmp_path / "build" / ".ninja_log"
     seeded = seed_ninja_log(log, [*OUTPUTS, "CMakeFiles/_C.dir/csrc/new_kernel.cu.o"], SECONDS)
 
-    assert seeded == OUTPUTS  # an object never measured is left to Ninja's default weight
+    assert list(seeded) == OUTPUTS  # an object never measured is left to Ninja's default weight
     text = log.read_text()
     assert text.startswith(SEED_HEADER)
     assert "0\t953200\t0\tCMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o\t0\n" in text
@@ -31,7 +31,7 @@ def test_an_object_ninja_already_recorded_keeps_its_line_and_its_command_hash(tm
 
     seeded = seed_ninja_log(log, OUTPUTS, SECONDS)
 
-    assert seeded == ["CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o"]
+    assert seeded == {"CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953.2}
     lines = log.read_text().splitlines(keepends=True)
     assert lines[:2] == [SEED_HEADER, built]  # first and unchanged: Ninja still finds it up to date
     assert len(lines) == 3
@@ -41,20 +41,20 @@ def test_a_subproject_s_objects_match_the_profile_by_their_target_folder(tmp_pat
     # flash-attention builds inside _deps/; the profile names objects from their CMake target on.
     fa2 = "_deps/vllm-flash-attn-build/CMakeFiles/_vllm_fa2_C.dir/csrc/flash_fwd_split.cu.o"
     seeded = seed_ninja_log(tmp_path / ".ninja_log", [fa2], {"_vllm_fa2_C.dir/csrc/flash_fwd_split.cu.o": 600.0})
-    assert seeded == [fa2]
+    assert seeded == {fa2: 600.0}
 
 
 def test_seeding_twice_adds_nothing_and_writes_nothing(tmp_path: Path) -> None:
     log = tmp_path / ".ninja_log"
     seed_ninja_log(log, OUTPUTS, SECONDS)
     before = log.read_text()
-    assert seed_ninja_log(log, OUTPUTS, SECONDS) == []
+    assert seed_ninja_log(log, OUTPUTS, SECONDS) == {}
     assert log.read_text() == before
 
 
 def test_an_object_listed_twice_is_seeded_once(tmp_path: Path) -> None:
     log = tmp_path / ".ninja_log"
-    assert seed_ninja_log(log, [OUTPUTS[0], OUTPUTS[0]], SECONDS) == [OUTPUTS[0]]
+    assert list(seed_ninja_log(log, [OUTPUTS[0], OUTPUTS[0]], SECONDS)) == [OUTPUTS[0]]
     assert log.read_text().count(OUTPUTS[0]) == 1
 
 
@@ -65,7 +65,8 @@ def test_a_source_fetched_outside_the_tree_matches_its_measurement_by_target_and
     elsewhere = "CMakeFiles/_moe_C.dir/home/me/w/cache/sources/qutlass/830d2c45/qutlass/csrc/gemm.cu.o"
     log = tmp_path / ".ninja_log"
 
-    assert seed_ninja_log(log, [here, elsewhere], measured) == [here]  # another target is another object
+    # another target is another object; the seconds found by the fallback are the ones returned
+    assert seed_ninja_log(log, [here, elsewhere], measured) == {here: 420.0}
     assert {e.end_ms for e in parse_ninja_log(log)} == {420000}
 
 
