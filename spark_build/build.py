@@ -86,6 +86,12 @@ def build(
     `held` is the workdir lock when the caller took it already (the nightly does);
     `resume_command` is what the messages tell the user to run to continue this build;
     `prebuilt` is why `--prefer-wheel` did not take the official wheel, kept in summary.json."""
+    # The source decides the torch (its requirements/cuda.txt) and what --dry-run shows, and bad
+    # input it reveals (a torch whose headers the source cannot compile with) stops the build
+    # before the workdir is touched; the example upstream not generated yet is planned once made.
+    generated = config.layout.example_upstream
+    unmade = config.example and config.repo == str(generated) and not generated.exists()
+    source = None if unmade else plan_source(config)
     _usable_workdir(config.workdir, dry_run=config.dry_run)
     if config.resume and not config.state_file.exists():
         raise UsageError(
@@ -103,17 +109,13 @@ def build(
             if stopped:
                 console.print(f"stopped {stopped} leftover process(es) of an earlier, killed build")
         recorded = checkpoint.load(config.state_file) if config.resume else None
-        generated = config.layout.example_upstream
-        if config.example and config.repo == str(generated) and not generated.exists() and not config.dry_run:
+        if unmade and not config.dry_run:
             from spark_build.upstream.example import make_example_upstream
 
             make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")
+            source = plan_source(config)
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
-        # The source decides the torch (its requirements/cuda.txt) and what --dry-run shows; the
-        # example upstream a dry run has not generated yet has nothing to read.
-        unmade = config.example and config.repo == str(generated) and not generated.exists()
-        source = None if unmade else plan_source(config)
         if source is not None:
             config = with_source(config, source)
         return _run(config, console, clock, target, gpu_query, recorded, lock, steps, resume_command, source, prebuilt)

@@ -31,11 +31,11 @@ def header_floor(aten_h: str) -> int | None:
     return int(found.group(1)) % 100 if found else None
 
 
-def torch_floor(venv: Path) -> int | None:
-    """The floor of the torch installed in `venv`, or None when its headers state none."""
-    for header in sorted(venv.glob("lib/python*/site-packages/torch/include/ATen/ATen.h")):
-        return header_floor(header.read_text(errors="replace"))
-    return None
+def torch_floor(torch_dir: Path) -> int | None:
+    """The floor of the torch package at `torch_dir` (`…/site-packages/torch`: the build venv's,
+    or with `--torch existing` the interpreter's own), or None when its headers state none."""
+    header = torch_dir / "include" / "ATen" / "ATen.h"
+    return header_floor(header.read_text(errors="replace")) if header.is_file() else None
 
 
 def source_standard(cmakelists: str) -> int | None:
@@ -64,19 +64,22 @@ def conflict(
         hint = f"build against the torch {dist} pins: --torch-packages '{' '.join(pins)}', then --resume"
     else:
         hint = f"install a torch whose headers accept C++{standard} (--torch-packages 'torch==X.Y'), then --resume"
-    return StepFailed(
+    return StepFailed(conflict_line(torch_version, floor, standard, dist), hint=hint, step=step)
+
+
+def conflict_line(torch_version: str, floor: int, standard: int, dist: str) -> str:
+    """What is wrong, in the words of both checks (before the first step and at the compile)."""
+    return (
         f"torch {torch_version}'s headers need C++{floor}, but {dist} compiles as C++{standard} "
-        f"(CMakeLists.txt: CMAKE_CXX_STANDARD {standard}); every object that includes torch would fail",
-        hint=hint,
-        step=step,
+        f"(CMakeLists.txt: CMAKE_CXX_STANDARD {standard}); every object that includes torch would fail"
     )
 
 
-def check_source_against_torch(source: Path, venv: Path, torch_version: str, dist: str) -> None:
-    """Raise the conflict for this source tree and build venv, if there is one."""
+def check_source_against_torch(source: Path, torch_dir: Path, torch_version: str, dist: str) -> None:
+    """Raise the conflict for this source tree and the torch package at `torch_dir`, if any."""
     cmakelists = source / "CMakeLists.txt"
     standard = source_standard(cmakelists.read_text(errors="replace")) if cmakelists.is_file() else None
     pins = torch_pins(committed_text(source, CUDA_REQUIREMENTS))
-    error = conflict(torch_version, torch_floor(venv), standard, pins, dist)
+    error = conflict(torch_version, torch_floor(torch_dir), standard, pins, dist)
     if error is not None:
         raise error

@@ -155,7 +155,9 @@ class Compile(Step):
         source = f"{recipe.dist}@{commit} {ctx.target.arch_list}"
         # Seconds here instead of an #error at the first object that includes torch.
         label = f"{recipe.dist} {recipe.version}" if recipe.version else recipe.dist
-        check_source_against_torch(ctx.src, ctx.venv, ctx.result("torch")["version"], label)
+        torch = ctx.result("torch")  # its location: the build venv's, or the interpreter's own (existing)
+        if torch.get("location"):
+            check_source_against_torch(ctx.src, Path(str(torch["location"])), torch["version"], label)
         # The arch plan asked setup.py which targets it builds: plan for those objects only.
         built = ctx.optional_result("arch-plan").get("built_targets")
         targets = frozenset(built) if built is not None else None

@@ -10,11 +10,16 @@ torch and why, the patches whose release range covers it, the projects the sourc
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spark_build.compile.cxxstd import conflict_line, source_standard, torch_floor
 from spark_build.config import BuildConfig
+from spark_build.errors import UsageError
+from spark_build.host.query import run_command
 from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, exact_torch, read_facts, torch_index_for
 from spark_build.upstream.patches import PatchSeries, find_series
 from spark_build.upstream.recipe import project_name
@@ -67,6 +72,11 @@ def plan_source(config: BuildConfig) -> SourcePlan:
         read_recipe_files(config.repo, ref.name, tree)
         facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
         dist = project_name(tree)
+        if config.torch == "existing":
+            cmakelists = tree / "CMakeLists.txt"
+            standard = source_standard(cmakelists.read_text(errors="replace")) if cmakelists.is_file() else None
+            label = f"{dist} {ref.version}" if ref.version else dist
+            check_existing_torch(config.python, standard, facts.torch.packages if facts.torch else (), label)
     if dist == "vllm" and ref.version is not None:
         check_supported(ref.version)  # before torch is installed, not at the sources step
     packages, index, why = config.torch_packages, config.torch_index, "as given (--torch-packages)"
@@ -83,6 +93,39 @@ def plan_source(config: BuildConfig) -> SourcePlan:
             why = f"{why}; {index_why}"
     patches = find_series(config.patches_dir, dist, ref.version)
     return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why)
+
+
+# Where the interpreter's torch is and which version, without importing torch (seconds saved).
+_FIND_TORCH = """
+import importlib.metadata, importlib.util, json
+spec = importlib.util.find_spec("torch")
+print(json.dumps(spec and [spec.submodule_search_locations[0], importlib.metadata.version("torch")]))
+"""
+
+
+def check_existing_torch(python: str, standard: int | None, pins: Sequence[str], label: str) -> None:
+    """`--torch existing` with a torch whose headers need a newer C++ than the source compiles
+    as is bad input: refused here, before anything is written, not by an `#error` minutes into
+    the compile. An interpreter without torch is left to preflight's own message."""
+    if standard is None:
+        return
+    status, output = run_command([python, "-c", _FIND_TORCH])
+    try:
+        found = json.loads(output.strip().splitlines()[-1]) if status == 0 and output.strip() else None
+    except ValueError:
+        found = None
+    if not found:
+        return
+    torch_dir, version = found
+    floor = torch_floor(Path(torch_dir))
+    if floor is None or floor <= standard:
+        return
+    pinned = f" ({' '.join(pins)})" if pins else ""
+    raise UsageError(
+        f"--torch existing: {conflict_line(version, floor, standard, label)}",
+        hint=f"drop --torch existing to build against the torch {label} pins{pinned}, "
+        f"or give --python an interpreter whose torch accepts C++{standard}",
+    )
 
 
 def with_source(config: BuildConfig, plan: SourcePlan) -> BuildConfig:

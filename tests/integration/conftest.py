@@ -4,6 +4,7 @@ so every one is marked `integration`: `pytest -m "not integration"` leaves the f
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -46,3 +47,44 @@ def official_host() -> Iterator[OfficialHost]:
     """The stand-in for PyPI and GitHub where vLLM publishes its official wheels."""
     with official_server() as host:
         yield host
+
+
+# The CUDA 13 torch (5.5 GB) installs from this machine's disk in about a minute; the venv is
+# kept between runs at this path (override with SPARK_BUILD_TEST_CU130_VENV) so a rerun is instant.
+CU130_VENV = Path(os.environ.get("SPARK_BUILD_TEST_CU130_VENV", "/tmp/spark-build-cu130-venv"))
+
+# torch, and what vLLM 0.13.0's setup.py imports (the arch plan asks it which targets it builds).
+CU130_PACKAGES = [
+    "torch==2.14.1",
+    "cmake>=3.26.1",
+    "ninja",
+    "nvidia-cutlass==4.2.0",
+    "packaging>=24.2",
+    "setuptools>=77.0.3,<81.0.0",
+    "setuptools-scm>=8",
+    "wheel",
+    "jinja2>=3.1.6",
+    "regex",
+]
+
+
+@pytest.fixture(scope="session")
+def cu130_venv() -> Path:
+    """A venv with the CUDA 13.0 torch, cmake ≥ 3.26 and the nvidia-cutlass headers."""
+    ready = CU130_VENV / ".spark-build-test-ready"
+    wanted = "\n".join(CU130_PACKAGES)
+    if ready.is_file() and ready.read_text() == wanted and (CU130_VENV / "bin" / "python").exists():
+        return CU130_VENV
+    shutil.rmtree(CU130_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", CU130_VENV], check=True)
+    install = [CU130_VENV / "bin" / "python", "-m", "pip", "install", "-q", *CU130_PACKAGES]
+    subprocess.run(install, check=True)
+    probe = subprocess.run(
+        [CU130_VENV / "bin" / "python", "-c", "import torch; print(torch.version.cuda)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip().startswith("13."), f"torch is built for CUDA {probe.stdout.strip()}, not 13.x"
+    ready.write_text(wanted)
+    return CU130_VENV

@@ -131,3 +131,24 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     steps = {s["name"]: s["status"] for s in summary["steps"]}
     assert steps["arch-plan"] == "skipped" and steps["compile"] == "failed"
     assert not list((work / "src").glob("build/**/.ninja_log")), "nothing was compiled"
+
+
+def test_an_existing_torch_whose_headers_need_cxx20_is_refused_before_anything_is_written(
+    offline_setup, cu130_venv, tmp_path, uv_cache
+):
+    """`--torch existing` with torch 2.14 (C++20 headers) for vLLM 0.13.0 (C++17): refused in
+    seconds, by the plan and by the build, instead of an #error minutes into the compile."""
+    source, settings = offline_setup
+    work = tmp_path / "work"
+    existing = ("--torch", "existing", "--python", str(cu130_venv / "bin" / "python"))
+    for extra in (("--dry-run",), ()):
+        result = build_vllm(settings, source, work, uv_cache, *existing, *extra)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+        assert "--torch existing: torch 2.14.1's headers need C++20, but vllm 0.13.0 compiles as C++17" in line
+        assert (
+            "drop --torch existing to build against the torch vllm 0.13.0 pins "
+            "(torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0)" in result.stderr
+        )
+        assert not work.exists(), "nothing is written: not even the workdir"

@@ -45,24 +45,6 @@ MIRROR = ROOT.parent / "shared" / "mirror"
 
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 
-# The CUDA 13 torch (5.5 GB) installs from this machine's disk in about a minute; the venv is
-# kept between runs at this path (override with SPARK_BUILD_TEST_CU130_VENV) so a rerun is instant.
-CU130_VENV = Path(os.environ.get("SPARK_BUILD_TEST_CU130_VENV", "/tmp/spark-build-cu130-venv"))
-
-# torch, and what vLLM 0.13.0's setup.py imports (the arch plan asks it which targets it builds).
-CU130_PACKAGES = [
-    "torch==2.14.1",
-    "cmake>=3.26.1",
-    "ninja",
-    "nvidia-cutlass==4.2.0",
-    "packaging>=24.2",
-    "setuptools>=77.0.3,<81.0.0",
-    "setuptools-scm>=8",
-    "wheel",
-    "jinja2>=3.1.6",
-    "regex",
-]
-
 
 def _run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
@@ -71,22 +53,6 @@ def _run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedPr
             f"{' '.join(map(str, argv))} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
-
-
-@pytest.fixture(scope="session")
-def cu130_venv() -> Path:
-    """A venv with the CUDA 13.0 torch, cmake ≥ 3.26 and the nvidia-cutlass headers."""
-    ready = CU130_VENV / ".spark-build-test-ready"
-    wanted = "\n".join(CU130_PACKAGES)
-    if ready.is_file() and ready.read_text() == wanted and (CU130_VENV / "bin" / "python").exists():
-        return CU130_VENV
-    shutil.rmtree(CU130_VENV, ignore_errors=True)
-    _run([sys.executable, "-m", "venv", CU130_VENV])
-    _run([CU130_VENV / "bin" / "python", "-m", "pip", "install", "-q", *CU130_PACKAGES])
-    probe = _run([CU130_VENV / "bin" / "python", "-c", "import torch; print(torch.version.cuda)"])
-    assert probe.stdout.strip().startswith("13."), f"torch is built for CUDA {probe.stdout.strip()}, not 13.x"
-    ready.write_text(wanted)
-    return CU130_VENV
 
 
 @pytest.fixture(scope="session")

@@ -43,11 +43,12 @@ def _source(tmp_path: Path, cmakelists: str, cuda_txt: str | None) -> Path:
     return src
 
 
-def _venv(tmp_path: Path, header: str) -> Path:
-    aten = tmp_path / "venv" / "lib" / "python3.12" / "site-packages" / "torch" / "include" / "ATen"
-    aten.mkdir(parents=True)
-    (aten / "ATen.h").write_text(header)
-    return tmp_path / "venv"
+def _torch(tmp_path: Path, header: str) -> Path:
+    """A torch package folder with only the header the check reads."""
+    torch = tmp_path / "venv" / "lib" / "python3.12" / "site-packages" / "torch"
+    (torch / "include" / "ATen").mkdir(parents=True)
+    (torch / "include" / "ATen" / "ATen.h").write_text(header)
+    return torch
 
 
 def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp_path: Path) -> None:
@@ -55,7 +56,7 @@ def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp
     (src / "requirements" / "cuda.txt").write_text("numba == 0.61.2\n")  # what the script leaves
     assert torch_pins(committed_text(src, "requirements/cuda.txt")) == SOURCE_PINS
     with pytest.raises(StepFailed) as caught:
-        check_source_against_torch(src, _venv(tmp_path, ATEN_2_14), "2.14.1", "vllm 0.13.0")
+        check_source_against_torch(src, _torch(tmp_path, ATEN_2_14), "2.14.1", "vllm 0.13.0")
     assert caught.value.hint == (
         "build against the torch vllm 0.13.0 pins: --torch-packages "
         "'torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0', then --resume"
@@ -64,8 +65,9 @@ def test_the_pins_come_from_the_commit_after_use_existing_torch_removed_them(tmp
 
 def test_a_matching_torch_passes_and_a_tree_without_git_or_pins_still_gets_checked(tmp_path: Path) -> None:
     src = _source(tmp_path, VLLM_CMAKE, None)
-    assert torch_floor(_venv(tmp_path, ATEN_2_13)) == 17
-    check_source_against_torch(src, tmp_path / "venv", "2.13.0", "vllm")
+    torch = _torch(tmp_path, ATEN_2_13)
+    assert torch_floor(torch) == 17
+    check_source_against_torch(src, torch, "2.13.0", "vllm")
     assert committed_text(tmp_path, "requirements/cuda.txt") == ""  # not a git repo
 
 
@@ -74,4 +76,4 @@ def test_a_source_without_torch_headers_builds_with_any_torch(tmp_path: Path) ->
     src = _source(
         tmp_path, (ROOT / "spark_build" / "upstream" / "example_upstream" / "CMakeLists.txt").read_text(), None
     )
-    check_source_against_torch(src, _venv(tmp_path, ATEN_2_14), "2.14.1", "spark-example")
+    check_source_against_torch(src, _torch(tmp_path, ATEN_2_14), "2.14.1", "spark-example")
