@@ -42,6 +42,7 @@ from spark_build.pipeline.progress import forecast_line
 from spark_build.pipeline.step import Context, Step
 from spark_build.proc import log_tail
 from spark_build.upstream.fetched import FetchedSources
+from spark_build.venv import find_tool
 
 
 def ninja_log_entries(src: Path) -> int:
@@ -64,7 +65,18 @@ def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
         "TRITON_PTXAS_PATH": str(cuda_bin / "ptxas"),
         "VIRTUAL_ENV": str(ctx.venv),
         "PATH": os.pathsep.join([*map(str, tool_dirs(ctx)), str(cuda_bin), os.environ.get("PATH", "")]),
+        "CMAKE_ARGS": with_make_program(os.environ.get("CMAKE_ARGS", ""), find_tool("ninja", tool_dirs(ctx))),
     }
+
+
+def with_make_program(cmake_args: str, ninja: Path | None) -> str:
+    """The user's CMAKE_ARGS (vLLM's setup.py appends them to its configure) plus the Ninja the
+    compile runs, named to CMake. PATH alone is not enough: CMake caches CMAKE_MAKE_PROGRAM at a
+    tree's first configure, so a tree first configured by the stock Ninja (an earlier build, a
+    resume after the scheduling Ninja was built) would keep starting objects in manifest order."""
+    if ninja is None:
+        return cmake_args
+    return " ".join([*cmake_args.split(), f"-DCMAKE_MAKE_PROGRAM:FILEPATH={ninja}"])
 
 
 def scheduling_ninja(ctx: Context) -> Path | None:

@@ -5,6 +5,7 @@ seed before its first configure. Real pip download, real C++ bootstrap, real CMa
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,7 @@ import pytest
 from spark_build.compile import ninjabuild
 from spark_build.compile.ninjalog import seed_ninja_log
 from spark_build.errors import StepFailed
+from spark_build.steps.compile import with_make_program
 
 
 def run(argv: Sequence[str | os.PathLike[str]], cwd: Path) -> None:
@@ -84,6 +86,27 @@ def test_cmake_keeps_durations_seeded_before_its_first_configure(ninja: Path, tm
     )
     compiled = [line for line in shown.stdout.splitlines() if " -c " in line]
     assert "slow.c" in compiled[0] and "quick.c" in compiled[1]
+
+
+def test_a_tree_first_configured_by_another_ninja_is_switched_to_the_scheduling_one(
+    ninja: Path, tmp_path: Path
+) -> None:
+    # What the compile hands vLLM's setup.py (CMAKE_ARGS), on a tree the stock Ninja configured.
+    source, build = tmp_path / "src", tmp_path / "build"
+    source.mkdir()
+    (source / "a.c").write_text("int a(void) { return 1; }\n")
+    (source / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.20)\nproject(p C)\nadd_library(k a.c)\n")
+    stock = shutil.which("ninja")
+    assert stock is not None and Path(stock).resolve() != ninja.resolve()
+    subprocess.run(["cmake", "-G", "Ninja", "-S", source, "-B", build], check=True, capture_output=True)
+    assert f"CMAKE_MAKE_PROGRAM:FILEPATH={stock}" in (build / "CMakeCache.txt").read_text()
+
+    args = with_make_program("-DFOO=1", ninja)
+    assert args.split()[0] == "-DFOO=1", "the user's own CMAKE_ARGS stay"
+    subprocess.run(["cmake", "-S", source, "-B", build, *args.split()], check=True, capture_output=True)
+    assert f"CMAKE_MAKE_PROGRAM:FILEPATH={ninja}" in (build / "CMakeCache.txt").read_text()
+    assert "ninja_required_version" in (build / "build.ninja").read_text()  # regenerated, still Ninja
+    assert with_make_program("-DFOO=1", None) == "-DFOO=1"
 
 
 def test_a_source_archive_without_ninja_s_source_is_refused_and_leaves_no_binary(tmp_path: Path) -> None:

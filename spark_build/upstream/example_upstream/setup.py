@@ -129,6 +129,8 @@ class cmake_build_ext(build_ext):
             "-DCMAKE_JOB_POOL_COMPILE:STRING=compile",
             f"-DCMAKE_JOB_POOLS:STRING=compile={num_jobs}",
         ]
+        # As vLLM: extra CMake arguments from the environment, last, so they win.
+        cmake_args += os.environ.get("CMAKE_ARGS", "").split()
         subprocess.check_call(["cmake", ext.cmake_lists_dir, *cmake_args], cwd=self.build_temp)
 
     def build_extensions(self) -> None:
