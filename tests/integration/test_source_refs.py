@@ -92,7 +92,7 @@ def test_recipe_json_over_the_two_sdists_gives_one_object_per_release(tmp_path: 
     assert facts[1]["torch"]["index"] == "https://pypi.org/simple"
 
 
-def test_dry_run_of_v0_33_0_names_commit_torch_and_why_no_patch_and_its_ten_projects(
+def test_dry_run_of_v0_33_0_names_commit_torch_the_fa3_patch_its_range_covers_and_its_ten_projects(
     vllm_repo: Path, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
@@ -105,7 +105,9 @@ def test_dry_run_of_v0_33_0_names_commit_torch_and_why_no_patch_and_its_ten_proj
     assert f"ref: v0.33.0 (tag, commit {_git(vllm_repo, 'rev-parse', 'v0.33.0^{commit}')})" in out
     assert "torch: torch==2.14.0 torchvision==0.29.0 torchaudio==2.11.0 from https://pypi.org/simple" in out
     assert "pinned by requirements/cuda.txt of v0.33.0" in out
-    assert "patches: none cover vllm 0.33.0" in out
+    assert "patches (vllm/series, for vllm 0.33.0):" in out
+    assert "0006-build-fa3-only-for-9.x-archs-0.17.patch (releases >=0.17.0,<0.34.0): written against" in out
+    assert "qutlass-12.0f" not in out  # 0001 and 0003 end before 0.19.0
     assert "external projects the sources step fetches (10;" in out
     assert "deepgemm 0820030756945b2daec208e8e8255268360f337d from https://github.com/vllm-project/DeepGEMM.git" in out
     assert not work.exists() and not (tmp_path / "logs").exists()  # a plan writes nothing, not even a lock

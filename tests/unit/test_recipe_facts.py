@@ -118,16 +118,32 @@ def test_the_report_prints_every_fact_and_the_table_one_row_per_release(facts: d
     assert "| 5 | 0001, 0002 |" in table and "| 10 | — |" in table
 
 
+QUTLASS_0_14 = "0003-qutlass-12.0f-family-code-with-cuda13-0.14.patch"
+FA3_0_17 = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
+
+
 @pytest.mark.parametrize(
     ("version", "applies"),
     [
         ("0.13.0", ["0001-qutlass-12.0f-family-code-with-cuda13.patch", "0002-build-fa3-only-for-9.x-archs.patch"]),
-        ("0.14.0", ["0003-qutlass-12.0f-family-code-with-cuda13-0.14.patch"]),
-        ("0.18.1", ["0003-qutlass-12.0f-family-code-with-cuda13-0.14.patch"]),
-        ("0.19.0", []),
-        ("0.33.0", []),
+        ("0.14.0", [QUTLASS_0_14, "0004-build-fa3-only-for-9.x-archs-0.14.patch"]),
+        ("0.16.0", [QUTLASS_0_14, "0005-build-fa3-only-for-9.x-archs-0.16.patch"]),
+        ("0.17.0", [QUTLASS_0_14, FA3_0_17]),
+        ("0.18.1", [QUTLASS_0_14, FA3_0_17]),
+        ("0.19.0", [FA3_0_17]),
+        ("0.33.0", [FA3_0_17]),
+        ("0.34.0", []),
     ],
-    ids=["0.13 both", "0.14 the refreshed qutlass fix", "0.18.1 still", "0.19 has 12.0f upstream", "0.33 none"],
+    ids=[
+        "0.13 both",
+        "0.14 the refreshed qutlass and FA3 fixes",
+        "0.16 FA3 refreshed again",
+        "0.17 FA3 for 0.17 on",
+        "0.18.1 still both",
+        "0.19 has 12.0f upstream, FA3 gate still ours",
+        "0.33 the FA3 gate",
+        "0.34 untested, none",
+    ],
 )
 def test_each_release_gets_the_patches_whose_declared_range_covers_it(version: str, applies: list[str]) -> None:
     series = find_series(ROOT / "patches", "vllm", Version(version))
