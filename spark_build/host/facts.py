@@ -46,6 +46,7 @@ else:
     print(json.dumps({
         "version": importlib.metadata.version("torch"),
         "version_py": version_py.read_text() if version_py.is_file() else "",
+        "location": str(root),
     }))
 """
 
@@ -66,6 +67,7 @@ class TorchInfo:
     version: str
     cuda: str | None  # torch.version.cuda; None for a CPU-only build
     python: Path
+    location: Path | None = None  # the torch package folder (its headers are under include/)
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,8 @@ def query_torch(python: Path, run: Query) -> tuple[TorchInfo | None, str | None]
         return None, f"unexpected answer from {python}: {output.strip()[-200:]}"
     if found is None:
         return None, None
-    return TorchInfo(found["version"], parse_torch_version_py(found["version_py"]), python), None
+    location = Path(found["location"]) if found.get("location") else None
+    return TorchInfo(found["version"], parse_torch_version_py(found["version_py"]), python, location), None
 
 
 NVIDIA_SMI = ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]

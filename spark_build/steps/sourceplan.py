@@ -10,7 +10,6 @@ torch and why, the patches whose release range covers it, the projects the sourc
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from spark_build.compile.cxxstd import conflict_line, source_standard, torch_floor
 from spark_build.config import BuildConfig
 from spark_build.errors import UsageError
+from spark_build.host.facts import query_torch
 from spark_build.host.query import run_command
 from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, exact_torch, read_facts, torch_index_for
 from spark_build.upstream.patches import PatchSeries, find_series
@@ -95,34 +95,17 @@ def plan_source(config: BuildConfig) -> SourcePlan:
     return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why)
 
 
-# Where the interpreter's torch is and which version, without importing torch (seconds saved).
-_FIND_TORCH = """
-import importlib.metadata, importlib.util, json
-spec = importlib.util.find_spec("torch")
-print(json.dumps(spec and [spec.submodule_search_locations[0], importlib.metadata.version("torch")]))
-"""
-
-
 def check_existing_torch(python: str, standard: int | None, pins: Sequence[str], label: str) -> None:
     """`--torch existing` with a torch whose headers need a newer C++ than the source compiles
     as is bad input: refused here, before anything is written, not by an `#error` minutes into
     the compile. An interpreter without torch is left to preflight's own message."""
-    if standard is None:
-        return
-    status, output = run_command([python, "-c", _FIND_TORCH])
-    try:
-        found = json.loads(output.strip().splitlines()[-1]) if status == 0 and output.strip() else None
-    except ValueError:
-        found = None
-    if not found:
-        return
-    torch_dir, version = found
-    floor = torch_floor(Path(torch_dir))
-    if floor is None or floor <= standard:
+    torch, _ = query_torch(Path(python), run_command)
+    floor = torch_floor(torch.location) if torch is not None and torch.location is not None else None
+    if torch is None or standard is None or floor is None or floor <= standard:
         return
     pinned = f" ({' '.join(pins)})" if pins else ""
     raise UsageError(
-        f"--torch existing: {conflict_line(version, floor, standard, label)}",
+        f"--torch existing: {conflict_line(torch.version, floor, standard, label)}",
         hint=f"drop --torch existing to build against the torch {label} pins{pinned}, "
         f"or give --python an interpreter whose torch accepts C++{standard}",
     )
