@@ -211,6 +211,7 @@ class LinkedLibrary:
     resolved: str | None  # where the loader would find it; inside the wheel: a wheel path
     via: str | None  # rpath, LD_LIBRARY_PATH, runpath, venv, ld.so.cache, default dirs
     problem: str | None = None
+    other_cuda: int | None = None  # the CUDA major of a library built for another one than the build's
 
 
 @dataclass(frozen=True)
@@ -257,10 +258,15 @@ class LinkageReport(AuditReport):
         return f"linkage audit of {self.source} failed: {first_few(self.problems)}"
 
     def fix(self) -> str:
-        return (
-            f"rebuild against CUDA {self.cuda_major} only (CUDA_HOME, torch from the "
-            f"cu{self.cuda_major}0 index) and install what is missing into the venv"
-        )
+        cu = f"cu{self.cuda_major}0"
+        other = sorted({lib.other_cuda for lib in self.libraries if lib.other_cuda is not None})
+        if other:  # most often a wheel from `pip install vllm`, built for CUDA 12
+            return (
+                f"this wheel is built for CUDA {other[0]}: on this CUDA {self.cuda_major} machine take a wheel built "
+                f"for it (`invoke build-vllm` builds one; add --prefer-wheel to take vLLM's own {cu} wheel when it "
+                f"fits), or rebuild this one with CUDA_HOME at CUDA {self.cuda_major} and torch from the {cu} index"
+            )
+        return f"install what is missing into the venv, or rebuild against CUDA {self.cuda_major} only ({cu} torch)"
 
 
 class _Resolver:
@@ -333,9 +339,9 @@ def _link(
         except ELFError:
             soname = path.resolve().name
     major = cuda_major_of(name) or cuda_major_of(soname)
-    problem = None
+    problem, other_cuda = None, None
     if major is not None and major != cuda_major:
-        problem = f"{name} is a CUDA {major} library; this build is CUDA {cuda_major}"
+        problem, other_cuda = f"{name} is a CUDA {major} library; this build is CUDA {cuda_major}", major
     elif path is None and name in DRIVER_LIBRARIES:
         via = NO_DRIVER
     elif path is None:
@@ -344,7 +350,7 @@ def _link(
     if path is not None:
         real, top = path.resolve(), root.resolve()
         resolved = real.relative_to(top).as_posix() if real.is_relative_to(top) else str(path)
-    return LinkedLibrary(rel, name, resolved, via, problem)
+    return LinkedLibrary(rel, name, resolved, via, problem, other_cuda)
 
 
 def linkage_audit(wheel_or_dir: Path, search: LibrarySearch, cuda_major: int) -> LinkageReport:

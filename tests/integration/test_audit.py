@@ -253,6 +253,16 @@ def test_cuda12_runtime_is_rejected_in_a_cuda13_build_and_unresolved_libraries_a
     with pytest.raises(StepFailed) as err:
         report.raise_if_failed(step="validate")
     assert "libcudart.so.12" in err.value.message and err.value.step == "validate"
+    # The fix a Spark owner who ran `pip install vllm` needs: another wheel, not a rebuild of theirs.
+    assert err.value.hint is not None and err.value.hint.startswith("this wheel is built for CUDA 12")
+    assert "invoke build-vllm" in err.value.hint and "--prefer-wheel" in err.value.hint
+
+
+def test_a_library_missing_but_no_other_cuda_asks_to_install_it(built: Built) -> None:
+    report = linkage_audit(built.lib("needs_cuda12"), LibrarySearch(), cuda_major=12)
+    assert "pkg/needs_cuda12.so: libgone.so.3 not found" in report.problems
+    assert all(p.endswith("not found") for p in report.problems)
+    assert report.fix().startswith("install what is missing into the venv")
 
 
 def test_libraries_resolve_through_runpath_relative_to_origin(built: Built) -> None:
