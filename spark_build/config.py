@@ -482,6 +482,11 @@ class PullRequest:
     def label(self) -> str:
         return f"PR #{self.number}"
 
+    @property
+    def version_label(self) -> str:
+        """The local version part a wheel with this change carries: `0.13.0+pr12345…`."""
+        return f"pr{self.number}"
+
     def __str__(self) -> str:
         return f"{self.repo}#{self.number}" if self.repo else str(self.number)
 

@@ -106,14 +106,19 @@ def fetch_prs_for_wheel(folder: Path, repo: str, tag: str, prs: Sequence[PullReq
     ]
 
 
+def patch_version_label(patch: Path) -> str:
+    """The local version part a wheel with this `--patch` carries: `patch` + its sha256's first 8."""
+    return f"patch{sha256_of(patch)[:8]}"
+
+
 def changes_for_wheel(
     folder: Path, repo: str, tag: str, prs: Sequence[PullRequest], patch_files: Sequence[Path], run: Run
 ) -> tuple[Change, ...]:
     """`--pr` and `--patch` as `--prefer-wheel` carries them onto the official wheel: each diff,
     whether it is Python only, and the local version label it adds (pr12345, patch1a2b3c4d)."""
     fetched = fetch_prs_for_wheel(folder, repo, tag, prs, run) if prs else []
-    from_prs = [Change(f.pr.label, f.diff, python_only(f.files), f"pr{f.pr.number}") for f in fetched]
-    from_files = [Change(p.name, p, python_only(changed_files(p)), f"patch{sha256_of(p)[:8]}") for p in patch_files]
+    from_prs = [Change(f.pr.label, f.diff, python_only(f.files), f.pr.version_label) for f in fetched]
+    from_files = [Change(p.name, p, python_only(changed_files(p)), patch_version_label(p)) for p in patch_files]
     return (*from_prs, *from_files)
 
 
@@ -133,20 +138,37 @@ class Changes(Step):
         for pr in ctx.config.prs:
             out = ctx.workdir / "changes" / f"pr-{pr.number}.diff"
             fetched = fetch_pr(ctx.src, pr, pr.repo or ctx.config.repo, out, git)
-            applied.append(self._apply(ctx, pr.label, fetched.diff, fetched.files, git, head=fetched.head))
+            applied.append(
+                self._apply(ctx, pr.label, fetched.diff, fetched.files, git, pr.version_label, head=fetched.head)
+            )
         for patch in ctx.config.patch_files:
-            applied.append(self._apply(ctx, patch.name, patch, changed_files(patch), git))
+            applied.append(self._apply(ctx, patch.name, patch, changed_files(patch), git, patch_version_label(patch)))
         return {"changes": applied, "python_only": bool(applied) and all(c["python_only"] for c in applied)}
 
     def _apply(
-        self, ctx: Context, label: str, diff: Path, files: Sequence[str], git: Run, *, head: str | None = None
+        self,
+        ctx: Context,
+        label: str,
+        diff: Path,
+        files: Sequence[str],
+        git: Run,
+        version_label: str,
+        *,
+        head: str | None = None,
     ) -> dict[str, Any]:
         new = apply_change(ctx.src, diff, label, git)
         only_python = python_only(files)
         state = "applied" if new else "already in the ref, skipped"
         kind = "Python only" if only_python else "native code"
         ctx.notes.append(f"changes: {label}{f' (head {head[:12]})' if head else ''} {state}; {kind}")
-        return {"label": label, "head": head, "diff": str(diff), "applied": new, "python_only": only_python}
+        return {
+            "label": label,
+            "head": head,
+            "diff": str(diff),
+            "applied": new,
+            "python_only": only_python,
+            "version_label": version_label,
+        }
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         def git(argv: list[str | os.PathLike[str]]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from spark_build.pipeline.progress import forecast_line
 from spark_build.pipeline.step import Context, Step
 from spark_build.proc import log_tail
 from spark_build.upstream.fetched import FetchedSources
+from spark_build.upstream.versions import version_from_tag
 from spark_build.venv import find_tool
 
 
@@ -66,7 +67,31 @@ def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
         "VIRTUAL_ENV": str(ctx.venv),
         "PATH": os.pathsep.join([*map(str, tool_dirs(ctx)), str(cuda_bin), os.environ.get("PATH", "")]),
         "CMAKE_ARGS": with_make_program(os.environ.get("CMAKE_ARGS", ""), find_tool("ninja", tool_dirs(ctx))),
+        **version_env(ctx),
     }
+
+
+def version_env(ctx: Context) -> dict[str, str]:
+    """The version the wheel is named with, when the source is a vLLM release tag."""
+    clone = ctx.result("clone")
+    labels = [str(c["version_label"]) for c in ctx.optional_result("changes").get("changes", []) if c.get("applied")]
+    version = release_version(ctx.recipe().dist, str(clone.get("describe", "")), labels)
+    return {"SETUPTOOLS_SCM_PRETEND_VERSION": version} if version else {}
+
+
+def release_version(dist: str, describe: str, labels: Sequence[str]) -> str | None:
+    """`0.13.0` for vLLM built at its tag `v0.13.0`, `0.13.0+pr12345` with a pull request on top.
+
+    The patch series leaves the tree dirty, and setuptools_scm calls a dirty tree at a tag the
+    next release's development build (`0.13.1.dev0+g0edad7b71.d20261130`): a wheel pip would
+    rank above 0.13.0 and that `vllm==0.13.0` would refuse. vLLM's setup.py still appends its
+    CUDA label (`+cu130`, or `.cu130` after ours). A branch or a commit past a tag keeps
+    setuptools_scm's own development version: it is one.
+    """
+    version = version_from_tag(describe)
+    if dist != "vllm" or version is None or describe.removeprefix("v") != str(version):
+        return None
+    return f"{version}+{'.'.join(labels)}" if labels else str(version)
 
 
 def with_make_program(cmake_args: str, ninja: Path | None) -> str:
@@ -187,6 +212,9 @@ class Compile(Step):
         ctx.notes.append(f"compile: {plan.reason}; estimates: {estimates.origin}{stand_in}")
         if scheduling_ninja(ctx) is not None:
             ctx.notes.append(f"compile: {seed_durations(ctx, self.name, estimates)}")
+        if pinned := version_env(ctx):
+            version = pinned["SETUPTOOLS_SCM_PRETEND_VERSION"]
+            ctx.notes.append(f"compile: the wheel is version {version} (the release tag; vLLM adds its CUDA label)")
         ctx.layout.dist.mkdir(parents=True, exist_ok=True)
         for stale in ctx.layout.dist.glob("*.whl"):
             stale.unlink()

@@ -31,7 +31,7 @@ from spark_build.compile.jobplan import DEFAULT_PROFILE, load_estimates
 from spark_build.compile.ninjalog import parse_ninja_log, seed_ninja_log
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
-from spark_build.steps.compile import ninja_outputs
+from spark_build.steps.compile import ninja_outputs, release_version
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.sources import prepare_sources
@@ -236,3 +236,24 @@ def test_seeded_from_the_arch_plan_the_scheduling_ninja_starts_vllm_s_longest_ob
     order = started()
     assert "scaled_mm_c2x.cu.o" in order[0]  # 953 s measured: first
     assert len(order) == len(unseeded) == 165
+
+
+def test_the_patched_0_13_0_tree_is_named_0_13_0_not_the_next_release_s_dev_build(
+    vllm_source: Path, cu130_venv: Path, tmp_path: Path
+) -> None:
+    """setuptools_scm (what vLLM's setup.py names the wheel with) on the real tree, as the
+    compile step leaves it: at the tag, made dirty by the patch series."""
+    tree = tmp_path / "vllm"
+    _run(["git", "clone", "-q", vllm_source, tree])
+    for patch in find_series(ROOT / "patches", "vllm", Version("0.13.0")).patches:
+        _run(["git", "-C", tree, "apply", patch.path])
+    describe = _run(["git", "-C", tree, "describe", "--tags", "--always"]).stdout.strip()
+    scm = [cu130_venv / "bin" / "python", "-c", "from setuptools_scm import get_version; print(get_version())"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETUPTOOLS_SCM_PRETEND_VERSION")}
+
+    assert _run(scm, cwd=tree, env=env).stdout.strip().startswith("0.13.1.dev0+g"), "what it did before"
+    pinned = release_version("vllm", describe, [])
+    assert describe == "v0.13.0" and pinned == "0.13.0"
+    assert _run(scm, cwd=tree, env={**env, "SETUPTOOLS_SCM_PRETEND_VERSION": pinned}).stdout.strip() == "0.13.0"
+    with_pr = release_version("vllm", describe, ["pr12345"])
+    assert _run(scm, cwd=tree, env={**env, "SETUPTOOLS_SCM_PRETEND_VERSION": with_pr}).stdout.strip() == with_pr

@@ -16,6 +16,7 @@ import pytest
 from packaging.version import Version
 
 from spark_build.errors import UsageError
+from spark_build.steps.compile import release_version
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.versions import (
     build_requirement_files,
@@ -244,3 +245,21 @@ def test_use_existing_torch_is_found_where_the_tree_keeps_it_and_missed_where_it
     (tmp_path / place).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / place).write_text("")
     assert recipe_for(tmp_path, "v1.0.0").use_existing_torch == place
+
+
+@pytest.mark.parametrize(
+    ("dist", "describe", "labels", "version"),
+    [
+        ("vllm", "v0.13.0", [], "0.13.0"),  # the tag itself, however dirty the patches leave it
+        ("vllm", "v0.13.0", ["pr12345"], "0.13.0+pr12345"),
+        ("vllm", "v0.33.0", ["pr7", "patch1a2b3c4d"], "0.33.0+pr7.patch1a2b3c4d"),
+        ("vllm", "v0.14.0rc1", [], "0.14.0rc1"),
+        ("vllm", "v0.13.0-12-gabc1234", [], None),  # past the tag: setuptools_scm's dev version is true
+        ("vllm", "0edad7b71e46", [], None),  # a bare commit
+        ("spark-example", "v0.1.0", [], None),  # not vLLM: its setup.py names its own version
+    ],
+)
+def test_a_wheel_built_at_a_release_tag_is_named_with_that_release(
+    dist: str, describe: str, labels: list[str], version: str | None
+) -> None:
+    assert release_version(dist, describe, labels) == version
