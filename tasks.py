@@ -45,6 +45,8 @@ BUILD_HELP = {
     "torch": "'install' (default: --torch-packages from --torch-index) or 'existing': build against the torch "
     "--python already has (NVIDIA's PyTorch container, an air-gapped lab)",
     "wheels": "a folder of wheels every install reads instead of a package index (offline builds)",
+    "ninja": "'scheduling' (default: a Ninja built once per machine that starts vLLM's longest objects first) or "
+    "'stock' (the build venv's Ninja, objects in manifest order)",
     "cache": "compiler cache: auto (default: ccache, local), local, none, or redis://[:PASSWORD@]HOST:PORT/DB to "
     "share compiled objects between Sparks",
     "cache-size": "size limit of the local compiler cache, with a unit (default 20G)",
@@ -96,6 +98,7 @@ def build_vllm(
     torch_packages: str | None = None,
     torch_cuda: str | None = None,
     torch: str | None = None,
+    ninja: str | None = None,
     wheels: str | None = None,
     cuda_home: str | None = None,
     wheelhouse: str | None = None,

@@ -36,6 +36,8 @@ ENV_PREFIX = "SPARK_BUILD_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TorchSource = Literal["install", "existing"]
 TORCH_SOURCES: tuple[TorchSource, ...] = ("install", "existing")
+NinjaChoice = Literal["scheduling", "stock"]
+NINJA_CHOICES: tuple[NinjaChoice, ...] = ("scheduling", "stock")
 # The example upstream is built at this tag unless --ref says otherwise.
 EXAMPLE_DEFAULT_REF = "v0.2.0"
 
@@ -57,6 +59,7 @@ class BuildConfig:
     torch_packages: tuple[str, ...]
     torch_cuda: str
     torch: TorchSource  # "install": torch_packages from torch_index; "existing": --python's own torch
+    ninja: NinjaChoice  # "scheduling": ours, longest objects first (vLLM releases); "stock": the venv's
     wheels: Path | None  # a local folder every install reads instead of an index
     cuda_home: Path
     wheelhouse: Path
@@ -140,6 +143,7 @@ def defaults(env: Mapping[str, str]) -> dict[str, Any]:
         "torch_packages": None,  # the pins of the --ref source's requirements/cuda.txt (steps.sourceplan)
         "torch_cuda": "13",
         "torch": "install",
+        "ninja": "scheduling",
         "wheels": None,
         "cuda_home": env.get("CUDA_HOME") or "/usr/local/cuda",
         "wheelhouse": None,
@@ -227,6 +231,16 @@ def _torch_source(value: Any) -> TorchSource:
     raise UsageError(
         f"--torch must be 'install' or 'existing', got '{value}'",
         hint="--torch existing --python /opt/torch/.venv/bin/python builds against that interpreter's torch",
+    )
+
+
+def _ninja_choice(value: Any) -> NinjaChoice:
+    text = str(value).strip().lower()
+    if text in NINJA_CHOICES:
+        return cast(NinjaChoice, text)
+    raise UsageError(
+        f"--ninja must be 'scheduling' or 'stock', got '{value}'",
+        hint="--ninja stock compiles with the build venv's Ninja, objects in manifest order",
     )
 
 
@@ -324,6 +338,7 @@ def resolve(
         torch_packages=packages,
         torch_cuda=_torch_cuda(merged["torch_cuda"]),
         torch=_torch_source(merged["torch"]),
+        ninja=_ninja_choice(merged["ninja"]),
         wheels=_wheel_folder(paths["wheels"]),
         cuda_home=paths["cuda_home"] or Path("/usr/local/cuda"),
         wheelhouse=_folder("wheelhouse", paths["wheelhouse"] or Workdir(workdir).wheelhouse),

@@ -332,6 +332,11 @@ class _Toolkit:
     ptxas: Path | None
 
 
+def nvcc_version(env: Mapping[str, str], run: Query) -> Version | None:
+    """The version of the nvcc the build would find with `env` (CUDA_HOME, PATH), if any."""
+    return _toolkit(env, run, []).version
+
+
 def _toolkit(env: Mapping[str, str], run: Query, notes: list[str]) -> _Toolkit:
     """nvcc found the way the build finds it, its version as it reports it, and the ptxas
     beside it (what Triton should be pointed at)."""

@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 from spark_build.arch import archlist as archmap
 from spark_build.arch.compat import ComputeCapability, GpuCode, Verdict, best_on
 from spark_build.errors import UsageError
-from spark_build.host.facts import HostFacts, target_entries
+from spark_build.host.facts import HostFacts, TorchInfo, target_entries
 from spark_build.host.needs import VLLM_NEEDS, BuildNeeds
 from spark_build.sizes import GIB
 
@@ -327,12 +327,19 @@ def _check_torch(facts: HostFacts, wanted_cuda: str) -> Problem:
 def existing_torch(facts: HostFacts, wanted_cuda: str) -> Problem:
     """`--torch existing`: the interpreter must hold a torch built for the CUDA major the build
     targets (`--torch-cuda`) and nvcc compiles with — a CPU or CUDA 12 torch is bad input."""
-    python = facts.torch.python if facts.torch else "the interpreter"
+    return judge_existing_torch(facts.torch, facts.torch_query_error, facts.nvcc_version, wanted_cuda)
+
+
+def judge_existing_torch(
+    torch: TorchInfo | None, query_error: str | None, nvcc: Version | None, wanted_cuda: str, python: str = ""
+) -> Problem:
+    """`existing_torch` from the three facts it needs, so the build can judge them before its
+    workdir exists (`python`: the interpreter asked, for the message when it has no torch)."""
+    python = str(torch.python) if torch else python or "the interpreter"
     fix = "name the interpreter that holds CUDA torch with --python (e.g. /opt/torch/.venv/bin/python)"
-    if facts.torch is None:
-        why = facts.torch_query_error or f"{python} has no torch"
+    if torch is None:
+        why = query_error or f"{python} has no torch"
         return Problem("existing torch", why, "error", f"{fix}, or drop --torch existing")
-    torch = facts.torch
     value = f"torch {torch.version} (CUDA {torch.cuda or 'none'}) in {torch.python}"
     if wanted_cuda == "cpu":
         ok = torch.cuda is None
@@ -341,7 +348,6 @@ def existing_torch(facts: HostFacts, wanted_cuda: str) -> Problem:
     if not ok:
         wanted = "a CPU build" if wanted_cuda == "cpu" else f"CUDA {wanted_cuda}"
         return Problem("existing torch", f"{value}, not {wanted}", "error", fix)
-    nvcc = facts.nvcc_version
     if nvcc is not None and torch.cuda is not None and torch.cuda.split(".")[0] != str(nvcc.major):
         return Problem("existing torch", f"{value}, but nvcc is {_major_minor(nvcc)}", "error", fix)
     return Problem("existing torch", value, "ok")

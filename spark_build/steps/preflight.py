@@ -9,13 +9,14 @@ from typing import Any
 
 from rich.text import Text
 
+from spark_build.config import BuildConfig
 from spark_build.durable import atomic_write_text
 from spark_build.errors import UsageError
 from spark_build.host.doctor import to_json
-from spark_build.host.facts import gather_host
+from spark_build.host.facts import gather_host, nvcc_version, query_torch
 from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds
 from spark_build.host.query import run_command
-from spark_build.host.rules import evaluate, existing_torch
+from spark_build.host.rules import evaluate, existing_torch, judge_existing_torch
 from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.refs import ref_kind
 
@@ -42,6 +43,18 @@ def check_interpreter(python: str) -> None:
             f"--python {python} does not run as Python 3 ({answer})",
             hint="name a Python 3 interpreter, e.g. /usr/bin/python3",
         )
+
+
+def refuse_unfit_existing_torch(cfg: BuildConfig) -> None:
+    """`--torch existing` with an interpreter that has no torch, a CPU torch, or one for another
+    CUDA major than `--torch-cuda` and nvcc: bad input, refused before the workdir is made (the
+    preflight step judges the same facts again, for `--resume` and the doctor)."""
+    check_interpreter(cfg.python)
+    torch, error = query_torch(Path(cfg.python), run_command)
+    nvcc = nvcc_version({**os.environ, "CUDA_HOME": str(cfg.cuda_home)}, run_command)
+    problem = judge_existing_torch(torch, error, nvcc, cfg.torch_cuda, python=cfg.python)
+    if problem.severity == "error":
+        raise UsageError(f"{problem.check}: {problem.value}", hint=problem.fix)
 
 
 class Preflight(Step):

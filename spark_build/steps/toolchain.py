@@ -102,9 +102,12 @@ class Ninja(Step):
     summary = "build the Ninja that starts the slowest compile chains first (ninja 1.13.2 + our patch; once a machine)"
 
     def inputs(self, ctx: Context) -> Mapping[str, Any]:
-        return {"ninja": ninjabuild.build_key()}
+        return {"ninja": ninjabuild.build_key(), "choice": ctx.config.ninja}
 
     def run(self, ctx: Context) -> dict[str, Any]:
+        if ctx.config.ninja == "stock":
+            ctx.notes.append("ninja: the stock Ninja (--ninja stock), objects in manifest order")
+            return {"ninja": None}
         if not ctx.recipe().is_vllm_release:
             ctx.notes.append("ninja: the stock Ninja (scheduling by duration pays off on vLLM's long compile only)")
             return {"ninja": None}

@@ -132,6 +132,14 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     assert steps["arch-plan"] == "skipped" and steps["compile"] == "failed"
     assert not list((work / "src").glob("build/**/.ninja_log")), "nothing was compiled"
 
+    # --ninja stock: the escape hatch from the scheduling Ninja reruns the ninja step alone.
+    stock = build_vllm(settings, source, work, uv_cache, "--resume", "--ninja", "stock")
+    assert stock.returncode == 1, stock.stdout + stock.stderr
+    assert "ninja: the stock Ninja (--ninja stock), objects in manifest order" in stock.stdout + stock.stderr
+    summary = json.loads((work / "logs" / "latest" / "summary.json").read_text())
+    steps = {s["name"]: s["status"] for s in summary["steps"]}
+    assert steps["arch-plan"] == "skipped" and steps["ninja"] == "done" and steps["compile"] == "failed"
+
 
 def test_an_existing_torch_whose_headers_need_cxx20_is_refused_before_anything_is_written(
     offline_setup, cu130_venv, tmp_path, uv_cache

@@ -54,6 +54,7 @@ BAD_INPUTS: list[tuple[str, str | None, list[str], str]] = [
     ("dist-without-token", None, ["build-vllm", "--dist", "http://127.0.0.1:10600"], "--dist"),
     ("nvcc-threads-word", None, ["build-vllm", "--nvcc-threads", "many"], "--nvcc-threads"),
     ("torch-source-unknown", None, ["build-vllm", "--torch", "system"], "--torch"),
+    ("ninja-unknown", None, ["build-vllm", "--ninja", "fast"], "--ninja must be 'scheduling' or 'stock'"),
     ("arch-unknown", None, ["build-vllm", "--arch", "banana"], "banana"),
     ("cuda-home-without-nvcc", None, ["build-vllm", "--cuda-home", "{missing}"], "no nvcc"),
     ("yaml-torch-packages-number", "spark_build:\n  torch_packages: 5\n", ["build-vllm"], "torch_packages"),

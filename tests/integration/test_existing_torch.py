@@ -66,7 +66,7 @@ def test_an_existing_torch_is_built_against_and_validated_without_installing_tor
 
 
 def test_an_interpreter_without_torch_is_refused_before_anything_is_written(make_build, tmp_path: Path) -> None:
-    bare = tmp_path / "bare"
+    bare = tmp_path / "python-without-torch"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", bare], check=True)
     build: Build = make_build("bare")
     result = build.run("--torch", "existing", "--python", str(bare / "bin" / "python"))
@@ -74,7 +74,7 @@ def test_an_interpreter_without_torch_is_refused_before_anything_is_written(make
     line = one_error(result)
     assert "existing torch" in line and "has no torch" in line
     assert "--python" in result.stderr  # the fix names the option
-    assert not (build.workdir / "state.json").exists()
+    assert not build.workdir.exists(), "refused before the workdir is made"
 
 
 def test_a_cpu_torch_is_refused_for_a_cuda_13_build(make_build, torch_host: Path) -> None:
@@ -82,7 +82,7 @@ def test_a_cpu_torch_is_refused_for_a_cuda_13_build(make_build, torch_host: Path
     result = build.run("--torch", "existing", "--python", str(torch_host), "--torch-cuda", "13")
     assert result.returncode == 2
     assert "not CUDA 13" in one_error(result)
-    assert not (build.workdir / "state.json").exists()
+    assert not build.workdir.exists(), "refused before the workdir is made"
 
 
 def test_a_wheel_folder_missing_a_build_requirement_names_it(make_build, torch_host: Path, tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ REFUSED: list[tuple[str, dict[str, Any], Any, dict[str, str], str]] = [
     ("cache-unknown-mode", {"cache": "memcached://x"}, {}, {}, "memcached"),
     ("torch-cuda-word", {"torch_cuda": "twelve"}, {}, {}, "--torch-cuda"),
     ("torch-source-unknown", {"torch": "system"}, {}, {}, "--torch"),
+    ("ninja-unknown", {"ninja": "fast"}, {}, {}, "--ninja"),
     ("torch-packages-empty", {"torch_packages": " "}, {}, {}, "--torch-packages"),
     ("build-type-unknown", {}, {"build_type": "Fast"}, {}, "Fast"),
     ("ref-blank", {"ref": "  "}, {}, {}, "--ref"),
