@@ -39,7 +39,7 @@ from spark_build.pipeline.state import BuildState, StepRecord
 from spark_build.pipeline.step import RESUME_COMMAND, Context, Step
 from spark_build.proc import InterruptSignal, Runner, interrupt_signals
 from spark_build.steps import STEPS
-from spark_build.steps.preflight import refuse_unfit_existing_torch
+from spark_build.steps.preflight import refuse_bad_input
 from spark_build.steps.sourceplan import SourcePlan, plan_source, with_source
 from spark_build.venv import find_tool
 
@@ -90,8 +90,7 @@ def build(
     # The source decides the torch (its requirements/cuda.txt) and what --dry-run shows, and bad
     # input it reveals (a torch whose headers the source cannot compile with) stops the build
     # before the workdir is touched; the example upstream not generated yet is planned once made.
-    if config.torch == "existing":
-        refuse_unfit_existing_torch(config)
+    refuse_bad_input(config)
     generated = config.layout.example_upstream
     unmade = config.example and config.repo == str(generated) and not generated.exists()
     source = None if unmade else plan_source(config)

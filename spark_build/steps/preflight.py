@@ -45,11 +45,20 @@ def check_interpreter(python: str) -> None:
         )
 
 
-def refuse_unfit_existing_torch(cfg: BuildConfig) -> None:
-    """`--torch existing` with an interpreter that has no torch, a CPU torch, or one for another
-    CUDA major than `--torch-cuda` and nvcc: bad input, refused before the workdir is made (the
-    preflight step judges the same facts again, for `--resume` and the doctor)."""
+def refuse_bad_input(cfg: BuildConfig) -> None:
+    """What the options name but no path check can tell, refused before the workdir is made:
+    `--cuda-home` without nvcc, a `--python` that is no Python 3, and with `--torch existing` an
+    interpreter that has no torch, a CPU torch, or one for another CUDA major than `--torch-cuda`
+    and nvcc (the preflight step judges the torch again, for `--resume` and the doctor)."""
+    nvcc = cfg.cuda_home / "bin" / "nvcc"
+    if not nvcc.is_file():
+        raise UsageError(f"no nvcc at {nvcc}", hint="install CUDA 13.0, or point --cuda-home (or CUDA_HOME) at it")
     check_interpreter(cfg.python)
+    if cfg.torch == "existing":
+        _refuse_unfit_existing_torch(cfg)
+
+
+def _refuse_unfit_existing_torch(cfg: BuildConfig) -> None:
     torch, error = query_torch(Path(cfg.python), run_command)
     nvcc = nvcc_version({**os.environ, "CUDA_HOME": str(cfg.cuda_home)}, run_command)
     problem = judge_existing_torch(torch, error, nvcc, cfg.torch_cuda, python=cfg.python)
@@ -64,13 +73,6 @@ class Preflight(Step):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         cfg = ctx.config
-        nvcc = cfg.cuda_home / "bin" / "nvcc"
-        if not nvcc.is_file():
-            raise UsageError(
-                f"no nvcc at {nvcc}",
-                hint="install CUDA 13.0, or point --cuda-home (or CUDA_HOME) at it",
-            )
-        check_interpreter(cfg.python)
         facts = gather_host(
             ctx.workdir,
             ctx.layout.cache,

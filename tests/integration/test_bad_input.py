@@ -17,10 +17,12 @@ def snapshot(build: Build) -> tuple[str, bytes]:
 
 def finished_build(build: Build) -> tuple[object, ...]:
     """What a refused command must leave exactly as it was: the checkpoint, the published wheel
-    and the index beside it, the build venv (a `uv venv --clear` renews its pyvenv.cfg)."""
+    and the index beside it, the build venv (a `uv venv --clear` renews its pyvenv.cfg), and the
+    runs in the logs folder (a refusal is no run)."""
     venv_cfg = build.workdir / "venv" / "pyvenv.cfg"
     wheelhouse = build.workdir / "wheelhouse"
     return (
+        sorted(p.name for p in (build.workdir / "logs").iterdir()),
         (build.workdir / "state.json").read_bytes(),
         {str(f.relative_to(wheelhouse)): f.read_bytes() for f in sorted(wheelhouse.rglob("*")) if f.is_file()},
         venv_cfg.stat().st_mtime_ns,
