@@ -133,18 +133,11 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_
     shutil.rmtree(work, ignore_errors=True)
 
 
-# spark_build.proc.Runner leaves each command's stdout pipe for the garbage collector, which
-# reports it as an unraisable ResourceWarning; the runner's owner is told, and until it closes
-# the pipe these tests, the only ones that run it in-process, accept that one warning.
-runner_pipe_leak = pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
-
-
 def _row(plan: ArchPlan, name: str) -> PlanRow:
     (row,) = [r for r in plan.rows if r.name == name]
     return row
 
 
-@runner_pipe_leak
 def test_real_vllm_0_13_configure_builds_12_0_family_code_and_sm_120a_qutlass_for_12_1a(real_plans: RealPlans) -> None:
     before = real_plans.before
     assert before.parsed.families[COMMON_FAMILY] == ("12.0",)
@@ -168,7 +161,6 @@ def test_real_vllm_0_13_configure_builds_12_0_family_code_and_sm_120a_qutlass_fo
     assert len(before.parsed.objects) > 300  # _C, _moe_C, cumem_allocator, FA2, FA3
 
 
-@runner_pipe_leak
 def test_after_the_series_every_family_built_for_12_x_runs_natively_on_sm_121(real_plans: RealPlans) -> None:
     after = real_plans.after
     assert real_plans.applied == [
@@ -190,7 +182,6 @@ def test_after_the_series_every_family_built_for_12_x_runs_natively_on_sm_121(re
     assert [r for r in after.rows if not r.name.startswith(changed)] == untouched
 
 
-@runner_pipe_leak
 def test_a_real_vllm_object_compiled_with_its_12_1a_flags_carries_code_that_runs_on_sm_121(
     real_plans: RealPlans, tmp_path: Path
 ) -> None:

@@ -63,10 +63,6 @@ class build_rust(Command):
 """,
 }
 
-# spark_build.proc.Runner leaves each command's stdout pipe for the garbage collector (see
-# tests/integration/test_archplan.py); these tests run it in-process too.
-runner_pipe_leak = pytest.mark.filterwarnings("ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
-
 
 def _run(argv: Sequence[str | Path], cwd: Path) -> None:
     result = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True)
@@ -132,17 +128,14 @@ def fa3(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path) -> Iterator[
     shutil.rmtree(root, ignore_errors=True)  # ~300 MB with its git objects; pytest keeps tmp dirs
 
 
-@runner_pipe_leak
 def test_pristine_vllm_0_33_0_builds_fa3_for_12_1a_although_fa3_has_only_9_0a_kernels(fa3: Fa3Source) -> None:
     assert {"_vllm_fa2_C", "_vllm_fa3_C", "_C_stable_libtorch"} <= fa3.pristine
 
 
-@runner_pipe_leak
 def test_the_series_for_0_33_0_is_the_fa3_gate_and_it_applies_then_reverse_applies(fa3: Fa3Source) -> None:
     assert fa3.applied == [FA3_PATCH]
 
 
-@runner_pipe_leak
 def test_patched_vllm_0_33_0_builds_no_fa3_for_12_1a_says_why_and_builds_everything_else(fa3: Fa3Source) -> None:
     built, log = _extensions(fa3, "12.1a", "patched-12.1a")
     assert "_vllm_fa3_C" not in built and "_vllm_fa2_C" in built
@@ -150,7 +143,6 @@ def test_patched_vllm_0_33_0_builds_no_fa3_for_12_1a_says_why_and_builds_everyth
     assert "Not building _vllm_fa3_C: TORCH_CUDA_ARCH_LIST=12.1a has no 9.x arch." in log
 
 
-@runner_pipe_leak
 @pytest.mark.parametrize("arch", ["9.0a;12.1a", "Hopper"], ids=["a 9.x arch in the list", "a named entry"])
 def test_patched_vllm_0_33_0_still_builds_fa3_when_the_arch_list_may_ask_for_hopper(fa3: Fa3Source, arch: str) -> None:
     built, log = _extensions(fa3, arch, f"patched-{arch.replace(';', '_')}")
