@@ -98,8 +98,9 @@ def with_make_program(cmake_args: str, ninja: Path | None) -> str:
     """The user's CMAKE_ARGS (vLLM's setup.py appends them to its configure) plus the Ninja the
     compile runs, named to CMake. PATH alone is not enough: CMake caches CMAKE_MAKE_PROGRAM at a
     tree's first configure, so a tree first configured by the stock Ninja (an earlier build, a
-    resume after the scheduling Ninja was built) would keep starting objects in manifest order."""
-    if ninja is None:
+    resume after the scheduling Ninja was built) would keep starting objects in manifest order.
+    A path with a space is left to PATH: vLLM's setup.py splits CMAKE_ARGS on whitespace."""
+    if ninja is None or any(c.isspace() for c in str(ninja)):
         return cmake_args
     return " ".join([*cmake_args.split(), f"-DCMAKE_MAKE_PROGRAM:FILEPATH={ninja}"])
 

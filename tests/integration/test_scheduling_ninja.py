@@ -107,6 +107,7 @@ def test_a_tree_first_configured_by_another_ninja_is_switched_to_the_scheduling_
     assert f"CMAKE_MAKE_PROGRAM:FILEPATH={ninja}" in (build / "CMakeCache.txt").read_text()
     assert "ninja_required_version" in (build / "build.ninja").read_text()  # regenerated, still Ninja
     assert with_make_program("-DFOO=1", None) == "-DFOO=1"
+    assert with_make_program("-DFOO=1", Path("/home/my cache/ninja")) == "-DFOO=1", "split on whitespace"
 
 
 def test_a_source_archive_without_ninja_s_source_is_refused_and_leaves_no_binary(tmp_path: Path) -> None:
