@@ -215,7 +215,7 @@ def nightly(
     from pathlib import Path
 
     from spark_build.build import build
-    from spark_build.errors import BuildLocked
+    from spark_build.errors import BuildLocked, UsageError
     from spark_build.lock import WorkdirLock
     from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX, check_lookup_urls
     from spark_build.nightly.schedule import schedule_status
@@ -231,6 +231,12 @@ def nightly(
         if url:
             watched = PinnedUrl(url)
         else:
+            if cfg.offline:  # else every night fails on an unreachable host, saying nothing of why
+                raise UsageError(
+                    "nightly watches vLLM's published wheel, which an offline build (offline: true) cannot reach",
+                    hint="schedule `invoke build-vllm --resume` instead, or give --url the wheel's address on a "
+                    "mirror this machine reaches",
+                )
             check_lookup_urls(index or PACKAGE_INDEX, releases or GITHUB_RELEASES)  # bad input: before any write
             cuda = int(cfg.torch_cuda) if cfg.torch_cuda.isdigit() else None
             watched = OfficialRelease(

@@ -68,6 +68,7 @@ BAD_INPUTS: list[tuple[str, str | None, list[str], str]] = [
     ("validate-no-wheel", None, ["validate", "{missing}.whl", "--arch", "12.1a"], "no wheel"),
     ("validate-yaml-section-is-a-list", "spark_build: [1]\n", ["validate", "{notzip}"], "spark_build section"),
     ("nightly-workdir-is-a-file", None, ["nightly", "--workdir", "{file}"], "--workdir"),
+    ("nightly-offline", "spark_build:\n  offline: true\n", ["nightly", "--workdir", "{work}"], "offline build"),
     ("nightly-lock-wait-word", None, ["nightly", "--workdir", "{work}", "--lock-wait", "x"], "--lock-wait"),
     ("schedule-bad-time", None, ["schedule", "--at", "25:00", "--workdir", "{work}"], "25:00"),
     ("report-unknown-run", None, ["report", "--run", "nope", "--logs-dir", "{work}/logs"], "'nope'"),
