@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from replay import _rss, _tree, choose_enforcement, write_manifest  # noqa: E402
 
+from spark_build.compile.eta import FinishedObjects  # noqa: E402
 from spark_build.compile.governor import Governor  # noqa: E402
 from spark_build.compile.jobplan import DEFAULT_PROFILE, plan_jobs  # noqa: E402
 from spark_build.compile.ninjalog import normalize_object, seed_ninja_log  # noqa: E402
@@ -80,6 +81,14 @@ class Result:
     pauses: int
     built: int
     result: str
+    eta_error: float | None = None  # largest |forecast end − real end| / wall from half the wall on
+
+
+def eta_error_from_half(forecasts: list[tuple[float, float]], wall: float) -> float | None:
+    """The issue's ETA target, measured: over the governor's forecasts (seconds since the start,
+    predicted seconds left) made from half the wall on, the largest miss of the real end."""
+    late = [abs(t + left - wall) / wall for t, left in forecasts if t >= wall / 2]
+    return max(late) if late else None
 
 
 def load_edges(profile: Path, drop_fa3: bool, scale: float, mem_scale: float, jitter: float, seed: int) -> list[Edge]:
@@ -117,6 +126,7 @@ def run_one(edges: list[Edge], order: str, strategy: str, jobs: int, per_job: in
     enforcement, _ = choose_enforcement(free, args.enforce)
     cmd = enforcement.wrap([args.ninja, "-j", str(jobs)])
     peak = 0
+    forecasts: list[tuple[float, float]] = []
     t0 = time.perf_counter()
     with open(work / "ninja.out", "w") as log:
         proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, process_group=0)
@@ -129,6 +139,10 @@ def run_one(edges: list[Edge], order: str, strategy: str, jobs: int, per_job: in
             interval_s=args.interval,
             seconds={e.output: e.seconds for e in edges},
             slots=min(args.cores, jobs),
+            # As the compile step: finished objects from the tree's .ninja_log (seeded lines,
+            # with no mtime, are not progress), and each forecast heard as the status line is.
+            finished=FinishedObjects(work, search_every_s=1.0),
+            on_forecast=lambda f: forecasts.append((time.perf_counter() - t0, f.eta_s)),
         )
         try:
             with governor:
@@ -164,14 +178,15 @@ def run_one(edges: list[Edge], order: str, strategy: str, jobs: int, per_job: in
         governor.stops,
         built,
         "ok" if proc.returncode == 0 else f"FAILED {built}/{len(edges)} built",
+        eta_error_from_half(forecasts, wall),
     )
 
 
 def table(rows: list[Result]) -> str:
     out = [
         "| objects | order | strategy | -j | wall s | × ideal | × mem-time bound | peak / free | OOM kills "
-        "| pauses | result |",
-        "|" + "---|" * 11,
+        "| pauses | ETA error from ½ | result |",
+        "|" + "---|" * 12,
     ]
     for r in rows:
         ok = r.result == "ok"
@@ -179,7 +194,8 @@ def table(rows: list[Result]) -> str:
             f"| {r.objects} | {r.order} | {r.strategy} | {r.jobs} | {r.wall:.1f} | "
             f"{f'{r.wall / r.ideal:.2f}' if ok else 'n/a'} | "
             f"{f'{r.wall / max(r.ideal, r.memory_bound):.2f}' if ok else 'n/a'} | "
-            f"{format_bytes(r.peak)} / {format_bytes(r.free)} | {r.kills} | {r.pauses} | {r.result} |"
+            f"{format_bytes(r.peak)} / {format_bytes(r.free)} | {r.kills} | {r.pauses} | "
+            f"{f'±{r.eta_error:.1%}' if r.eta_error is not None else '—'} | {r.result} |"
         )
     return "\n".join(out)
 
