@@ -47,8 +47,10 @@ from spark_build.venv import find_tool
 
 
 def ninja_log_entries(src: Path) -> int:
-    """How many objects Ninja has recorded building in this tree, rebuilds counted again."""
-    return sum(len(parse_ninja_lines(log.read_text(errors="replace"))) for log in src.glob("build/**/.ninja_log"))
+    """How many objects Ninja has recorded building in this tree, rebuilds counted again; the
+    durations seeded before the first build (no mtime) are no builds."""
+    logs = src.glob("build/**/.ninja_log")
+    return sum(1 for log in logs for line in parse_ninja_lines(log.read_text(errors="replace")) if line.mtime_s)
 
 
 def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spark_build.compile.ninjalog import SEED_HEADER, parse_ninja_log, seed_ninja_log
-from spark_build.steps.compile import ninja_outputs
+from spark_build.steps.compile import ninja_log_entries, ninja_outputs
 
 SECONDS = {"_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953.2, "_C.dir/csrc/cache_kernels.cu.o": 41.0}
 OUTPUTS = ["CMakeFiles/_C.dir/csrc/cache_kernels.cu.o", "CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o"]
@@ -83,3 +83,12 @@ def test_objects_are_named_as_ninja_names_them_relative_to_the_top_build_folder(
         "vllm-flash-attn/CMakeFiles/_vllm_fa2_C.dir/f.cu.o",
     ]
     assert ninja_outputs({"not": "a list"}, root) == []
+
+
+def test_seeded_durations_do_not_count_as_objects_built(tmp_path: Path) -> None:
+    log = tmp_path / "src" / "build" / "temp.linux-x86_64-cpython-312" / ".ninja_log"
+    seed_ninja_log(log, OUTPUTS, SECONDS)
+    assert ninja_log_entries(tmp_path / "src") == 0
+    with log.open("a") as handle:
+        handle.write("12\t40012\t1764000000000000000\tCMakeFiles/_C.dir/csrc/cache_kernels.cu.o\t9f3a2c1b\n")
+    assert ninja_log_entries(tmp_path / "src") == 1
