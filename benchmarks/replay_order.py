@@ -44,17 +44,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from replay import _rss, _tree, choose_enforcement, write_manifest  # noqa: E402
+from schedule_sim import FA3, MIB, RESERVE, eta_error_from_half  # noqa: E402
 
 from spark_build.compile.eta import FinishedObjects  # noqa: E402
 from spark_build.compile.governor import Governor  # noqa: E402
 from spark_build.compile.jobplan import DEFAULT_PROFILE, plan_jobs  # noqa: E402
 from spark_build.compile.ninjalog import normalize_object, seed_ninja_log  # noqa: E402
 from spark_build.compile.oom import find_oom_kills  # noqa: E402
-from spark_build.sizes import GIB, format_bytes, parse_mem_size  # noqa: E402
-
-MIB = 2**20
-RESERVE = 4 * GIB  # the compile step's default --mem-reserve, in profile units
-FA3 = "_vllm_fa3_C"
+from spark_build.sizes import format_bytes, parse_mem_size  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -82,13 +79,6 @@ class Result:
     built: int
     result: str
     eta_error: float | None = None  # largest |forecast end − real end| / wall from half the wall on
-
-
-def eta_error_from_half(forecasts: list[tuple[float, float]], wall: float) -> float | None:
-    """The issue's ETA target, measured: over the governor's forecasts (seconds since the start,
-    predicted seconds left) made from half the wall on, the largest miss of the real end."""
-    late = [abs(t + left - wall) / wall for t, left in forecasts if t >= wall / 2]
-    return max(late) if late else None
 
 
 def load_edges(profile: Path, drop_fa3: bool, scale: float, mem_scale: float, jitter: float, seed: int) -> list[Edge]:

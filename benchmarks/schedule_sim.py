@@ -53,6 +53,13 @@ RESERVE = 4 * GIB  # the compile step's default --mem-reserve
 FA3 = "_vllm_fa3_C"
 
 
+def eta_error_from_half(forecasts: list[tuple[float, float]], wall: float) -> float | None:
+    """The issue's ETA target, measured: over the governor's forecasts (seconds since the start,
+    predicted seconds left) made from half the wall on, the largest miss of the real end."""
+    late = [abs(at + left - wall) / wall for at, left in forecasts if at >= wall / 2]
+    return max(late) if late else None
+
+
 @dataclass(frozen=True)
 class Obj:
     name: str
@@ -205,9 +212,7 @@ def simulate(
             obj, start = running.pop(pid)
             table.stopped.discard(pid)
             finished[obj.name] = t - start
-    error = None
-    if forecasts:
-        error = max((abs(at + eta - t) / t for at, eta in forecasts if at >= t / 2), default=None)
+    error = eta_error_from_half(forecasts, t)
     result = f"FAILED: {kills} OOM kill(s), {len(order) - len(finished)} objects not built" if failed else "ok"
     return t, peak, kills, None if gov is None else gov.stops, error, result
 
