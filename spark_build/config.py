@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 from spark_build.compile.cache_mode import DEFAULT_SIZE_LIMIT, CacheMode, parse_cache_mode, parse_size_limit
 from spark_build.compile.cache_plan import tool_for
@@ -224,24 +224,27 @@ def _torch_cuda(value: Any) -> str:
     )
 
 
-def _torch_source(value: Any) -> TorchSource:
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _one_of(option: str, value: Any, choices: tuple[_Choice, ...], hint: str) -> _Choice:
+    """An option whose value is one word of `choices`, case-insensitive; else bad input naming them."""
     text = str(value).strip().lower()
-    if text in TORCH_SOURCES:
-        return cast(TorchSource, text)
-    raise UsageError(
-        f"--torch must be 'install' or 'existing', got '{value}'",
-        hint="--torch existing --python /opt/torch/.venv/bin/python builds against that interpreter's torch",
-    )
+    for choice in choices:
+        if text == choice:
+            return choice
+    named = " or ".join(f"'{c}'" for c in choices)
+    raise UsageError(f"--{option} must be {named}, got '{value}'", hint=hint)
+
+
+def _torch_source(value: Any) -> TorchSource:
+    hint = "--torch existing --python /opt/torch/.venv/bin/python builds against that interpreter's torch"
+    return _one_of("torch", value, TORCH_SOURCES, hint)
 
 
 def _ninja_choice(value: Any) -> NinjaChoice:
-    text = str(value).strip().lower()
-    if text in NINJA_CHOICES:
-        return cast(NinjaChoice, text)
-    raise UsageError(
-        f"--ninja must be 'scheduling' or 'stock', got '{value}'",
-        hint="--ninja stock compiles with the build venv's Ninja, objects in manifest order",
-    )
+    hint = "--ninja stock compiles with the build venv's Ninja, objects in manifest order"
+    return _one_of("ninja", value, NINJA_CHOICES, hint)
 
 
 def _wheel_folder(path: Path | None) -> Path | None:
