@@ -165,6 +165,10 @@ class OfficialHost:
         self.files[wheel.name] = wheel
         return published_sha256 or sha256(wheel)
 
+    def publish_on_index(self, wheel: Path, *, published_sha256: str | None = None) -> None:
+        """Serve `wheel` and list it on the simple index (the page's sha256: its own, or the one given)."""
+        self.index.append((wheel.name, self.add(wheel, published_sha256=published_sha256)))
+
     @property
     def simple(self) -> str:
         return f"{self.url}/simple"

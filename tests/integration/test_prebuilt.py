@@ -207,7 +207,7 @@ def test_an_index_wheel_whose_gpu_code_cannot_run_on_the_spark_is_refused_and_th
     """From 0.20 the plain wheel on the index is the CUDA 13 one (manylinux_2_28 from 0.22)."""
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
     wheel = vllm_wheel(tmp_path / "upstream", name, extensions.rtx_c, extensions.fa3)
-    official_host.index.append((name, official_host.add(wheel)))
+    official_host.publish_on_index(wheel)
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0")
     assert (code, fallback.calls) == (0, 1)
     assert [p.name for p in proved] == [name]
@@ -221,7 +221,7 @@ def test_a_plain_pep503_mirror_is_read_too(official_host: OfficialHost, extensio
     official_host.json_api = False
     name = f"vllm-0.21.0-cp38-abi3-manylinux_2_24_{MACHINE}.whl"
     wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3)
-    official_host.index.append((name, official_host.add(wheel)))
+    official_host.publish_on_index(wheel)
     code, said, fallback, _ = run_prefer_wheel(official_host, tmp_path, "0.21.0")
     assert (code, fallback.calls) == (0, 0), said
     assert (tmp_path / "work" / "wheelhouse" / "vllm" / name).is_file()
@@ -232,7 +232,7 @@ def test_a_wheel_that_does_not_match_its_published_sha256_is_never_validated_nor
 ) -> None:
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
     wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3)
-    official_host.index.append((name, official_host.add(wheel, published_sha256="0" * 64)))
+    official_host.publish_on_index(wheel, published_sha256="0" * 64)
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0")
     assert (code, fallback.calls, proved) == (0, 1, [])
     assert any(f"{name} not taken: sha256 mismatch" in line for line in said)
@@ -262,7 +262,7 @@ def test_a_wheel_built_for_another_torch_than_the_one_asked_for_is_refused_befor
 ) -> None:
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
     wheel = vllm_wheel(tmp_path / "upstream", name, extensions.spark_c, extensions.fa3, ("torch==2.14.0",))
-    official_host.index.append((name, official_host.add(wheel)))
+    official_host.publish_on_index(wheel)
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", torch_asked=("torch==2.9.0",))
     assert (code, fallback.calls, proved) == (0, 1, [])
     assert f"prebuilt: {name} not taken: it needs torch==2.14.0; --torch-packages asks for torch==2.9.0" in said
@@ -303,9 +303,7 @@ def test_offline_without_a_wheel_folder_one_note_and_the_source_build(
     official_host: OfficialHost, extensions: Extensions, tmp_path: Path
 ) -> None:
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
-    official_host.index.append(
-        (name, official_host.add(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)))
-    )
+    official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3))
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", offline=True)
     assert (code, fallback.calls, proved) == (0, 1, [])
     assert said == [
@@ -337,9 +335,7 @@ def test_a_python_only_patch_is_carried_onto_the_official_wheel_which_is_then_va
     official_host: OfficialHost, extensions: Extensions, tmp_path: Path
 ) -> None:
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
-    official_host.index.append(
-        (name, official_host.add(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)))
-    )
+    official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3))
     patch = tmp_path / "fix.patch"
     patch.write_text(FIX)
     change = Change("fix.patch", patch, True, "patch1")
@@ -357,9 +353,7 @@ def test_a_native_change_means_a_source_build_without_downloading_the_official_w
     official_host: OfficialHost, extensions: Extensions, tmp_path: Path
 ) -> None:
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
-    official_host.index.append(
-        (name, official_host.add(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)))
-    )
+    official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3))
     change = Change("PR #8", tmp_path / "pr-8.diff", False, "pr8")
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", changes=(change,))
     assert (code, fallback.calls, proved) == (0, 1, [])

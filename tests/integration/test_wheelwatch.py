@@ -519,7 +519,7 @@ def test_an_index_wheel_that_does_not_match_its_published_sha256_fails_the_night
 ) -> None:
     name = "vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl"
     (tmp_path / name).write_bytes(b"not the published bytes")
-    official_host.index.append((name, official_host.add(tmp_path / name, published_sha256="0" * 64)))
+    official_host.publish_on_index(tmp_path / name, published_sha256="0" * 64)
     build = FakeBuild(tmp_path)
     result, _ = _official_night(official_host, tmp_path, build, ref="v0.22.0")
     assert result.outcome is Outcome.FAILED and "sha256 mismatch" in result.message
