@@ -90,10 +90,10 @@ def build(
     # The source decides the torch (its requirements/cuda.txt) and what --dry-run shows, and bad
     # input it reveals (a torch whose headers the source cannot compile with) stops the build
     # before the workdir is touched; the example upstream not generated yet is planned once made.
-    refuse_bad_input(config)
+    existing_torch = refuse_bad_input(config)
     generated = config.layout.example_upstream
     unmade = config.example and config.repo == str(generated) and not generated.exists()
-    source = None if unmade else plan_source(config)
+    source = None if unmade else plan_source(config, existing_torch)
     _usable_workdir(config.workdir, dry_run=config.dry_run)
     if config.resume and not config.state_file.exists():
         raise UsageError(
@@ -116,7 +116,7 @@ def build(
 
             make_example_upstream(generated)
             console.print(f"example upstream created at {config.repo}")
-            source = plan_source(config)
+            source = plan_source(config, existing_torch)
         steps = STEPS if stop_after is None else STEPS[: [s.name for s in STEPS].index(stop_after) + 1]
         if source is not None:
             config = with_source(config, source)

@@ -13,7 +13,7 @@ from spark_build.config import BuildConfig
 from spark_build.durable import atomic_write_text
 from spark_build.errors import UsageError
 from spark_build.host.doctor import to_json
-from spark_build.host.facts import gather_host, nvcc_version, query_torch
+from spark_build.host.facts import TorchInfo, gather_host, nvcc_version, query_torch
 from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS, BuildNeeds
 from spark_build.host.query import run_command
 from spark_build.host.rules import evaluate, existing_torch, judge_existing_torch
@@ -45,25 +45,26 @@ def check_interpreter(python: str) -> None:
         )
 
 
-def refuse_bad_input(cfg: BuildConfig) -> None:
+def refuse_bad_input(cfg: BuildConfig) -> TorchInfo | None:
     """What the options name but no path check can tell, refused before the workdir is made:
     `--cuda-home` without nvcc, a `--python` that is no Python 3, and with `--torch existing` an
     interpreter that has no torch, a CPU torch, or one for another CUDA major than `--torch-cuda`
-    and nvcc (the preflight step judges the torch again, for `--resume` and the doctor)."""
+    and nvcc (the preflight step judges the torch again, for `--resume` and the doctor). Returns
+    that existing torch, for the source plan to judge against the source's C++ standard."""
     nvcc = cfg.cuda_home / "bin" / "nvcc"
     if not nvcc.is_file():
         raise UsageError(f"no nvcc at {nvcc}", hint="install CUDA 13.0, or point --cuda-home (or CUDA_HOME) at it")
     check_interpreter(cfg.python)
-    if cfg.torch == "existing":
-        _refuse_unfit_existing_torch(cfg)
+    return _refuse_unfit_existing_torch(cfg) if cfg.torch == "existing" else None
 
 
-def _refuse_unfit_existing_torch(cfg: BuildConfig) -> None:
+def _refuse_unfit_existing_torch(cfg: BuildConfig) -> TorchInfo | None:
     torch, error = query_torch(Path(cfg.python), run_command)
     nvcc = nvcc_version({**os.environ, "CUDA_HOME": str(cfg.cuda_home)}, run_command)
     problem = judge_existing_torch(torch, error, nvcc, cfg.torch_cuda, python=cfg.python)
     if problem.severity == "error":
         raise UsageError(f"{problem.check}: {problem.value}", hint=problem.fix)
+    return torch
 
 
 class Preflight(Step):

@@ -18,8 +18,7 @@ from pathlib import Path
 from spark_build.compile.cxxstd import conflict_line, source_standard, torch_floor
 from spark_build.config import BuildConfig
 from spark_build.errors import UsageError
-from spark_build.host.facts import query_torch
-from spark_build.host.query import run_command
+from spark_build.host.facts import TorchInfo
 from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, exact_torch, read_facts, torch_index_for
 from spark_build.upstream.patches import PatchSeries, find_series
 from spark_build.upstream.recipe import project_name
@@ -64,19 +63,20 @@ class SourcePlan:
         return lines
 
 
-def plan_source(config: BuildConfig) -> SourcePlan:
-    """Resolve the ref and read its recipe files from a scratch fetch (nothing in the workdir)."""
+def plan_source(config: BuildConfig, existing_torch: TorchInfo | None = None) -> SourcePlan:
+    """Resolve the ref and read its recipe files from a scratch fetch (nothing in the workdir);
+    `existing_torch` is the torch `--torch existing` builds against, judged against the source."""
     ref = resolve_ref(config.repo, config.ref)
     with tempfile.TemporaryDirectory(prefix="spark-build-source-plan-") as scratch:
         tree = Path(scratch) / "tree"
         read_recipe_files(config.repo, ref.name, tree)
         facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
         dist = project_name(tree)
-        if config.torch == "existing":
+        if existing_torch is not None:
             cmakelists = tree / "CMakeLists.txt"
             standard = source_standard(cmakelists.read_text(errors="replace")) if cmakelists.is_file() else None
             label = f"{dist} {ref.version}" if ref.version else dist
-            check_existing_torch(config.python, standard, facts.torch.packages if facts.torch else (), label)
+            check_existing_torch(existing_torch, standard, facts.torch.packages if facts.torch else (), label)
     if dist == "vllm" and ref.version is not None:
         check_supported(ref.version)  # before torch is installed, not at the sources step
     packages, index, why = config.torch_packages, config.torch_index, "as given (--torch-packages)"
@@ -95,13 +95,12 @@ def plan_source(config: BuildConfig) -> SourcePlan:
     return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why)
 
 
-def check_existing_torch(python: str, standard: int | None, pins: Sequence[str], label: str) -> None:
+def check_existing_torch(torch: TorchInfo, standard: int | None, pins: Sequence[str], label: str) -> None:
     """`--torch existing` with a torch whose headers need a newer C++ than the source compiles
     as is bad input: refused here, before anything is written, not by an `#error` minutes into
-    the compile. An interpreter without torch is left to preflight's own message."""
-    torch, _ = query_torch(Path(python), run_command)
-    floor = torch_floor(torch.location) if torch is not None and torch.location is not None else None
-    if torch is None or standard is None or floor is None or floor <= standard:
+    the compile."""
+    floor = torch_floor(torch.location) if torch.location is not None else None
+    if standard is None or floor is None or floor <= standard:
         return
     pinned = f" ({' '.join(pins)})" if pins else ""
     raise UsageError(
