@@ -1,5 +1,5 @@
 """`invoke arch-plan` on the real vLLM 0.13.0 source, offline: sdist → local git repo tagged
-v0.13.0 → CUDA 13 torch → build-deps → sources from the mirror's bundles → vLLM's own CMake
+v0.13.0 → CUDA 13 torch → build-deps → sources from git bundles (tests/artifacts.py) → vLLM's own CMake
 configure → the table. Before the patch series qutlass is built as sm_120a, which a GB10
 cannot run; after it every 12.x family runs natively."""
 
@@ -14,16 +14,15 @@ from pathlib import Path
 import git
 import pytest
 
+from tests.artifacts import git_bundle, vllm_sdist
 from tests.conftest import ROOT
-
-MIRROR = ROOT.parent / "shared" / "mirror"
 
 
 @pytest.fixture(scope="module")
 def offline_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The sdist as the repo to clone, and an invoke.yaml naming every local stand-in."""
     root = tmp_path_factory.mktemp("vllm-upstream")
-    with tarfile.open(MIRROR / "vllm-0.13.0.tar.gz") as tar:
+    with tarfile.open(vllm_sdist("0.13.0")) as tar:
         tar.extractall(root, filter="data")
     source = root / "vllm-0.13.0"
     repo = git.Repo.init(source, initial_branch="main")
@@ -54,9 +53,9 @@ def offline_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
         "  offline: true\n"
         "  cutlass_from_package: true\n"
         "  source_mirrors:\n"
-        f"    vllm-flash-attn: {MIRROR / 'flash-attention.bundle'}\n"
-        f"    flashmla: {MIRROR / 'FlashMLA.bundle'}\n"
-        f"    qutlass: {MIRROR / 'qutlass.bundle'}\n"
+        f"    vllm-flash-attn: {git_bundle('flash-attention')}\n"
+        f"    flashmla: {git_bundle('FlashMLA')}\n"
+        f"    qutlass: {git_bundle('qutlass')}\n"
         f"    triton_kernels: {triton}\n"
         # The CUDA 13.0 torch this machine kind keeps on disk (see /work/.library/env).
         "  torch_index: file:///opt/pypi-more/simple\n"

@@ -36,12 +36,11 @@ from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.sources import prepare_sources
 from spark_build.wheel.archaudit import find_cuobjdump, parse_listing
+from tests.artifacts import git_bundle, vllm_sdist
 from tests.conftest import ROOT
 from tests.unit.test_archplan import SPARK, builds_for_major
 
 # --- the real thing: vLLM 0.13.0's CMake, before and after the patch series --------------------
-
-MIRROR = ROOT.parent / "shared" / "mirror"
 
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 
@@ -58,9 +57,7 @@ def _run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedPr
 @pytest.fixture(scope="session")
 def vllm_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """vLLM 0.13.0's sdist as a git repository tagged v0.13.0, as the clone step leaves it."""
-    sdist = MIRROR / "vllm-0.13.0.tar.gz"
-    if not sdist.is_file():
-        pytest.fail(f"{sdist} is missing: the shared mirror of vLLM 0.13.0's sources is needed")
+    sdist = vllm_sdist("0.13.0")
     root = tmp_path_factory.mktemp("vllm")
     with tarfile.open(sdist) as tar:
         tar.extractall(root, filter="data")
@@ -101,12 +98,12 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_
     """Two real configures of vLLM 0.13.0 for 12.1a: pristine, then with the patches/vllm/ patches for 0.13.0."""
     work = tmp_path_factory.mktemp("archplan")
     mirrors = {
-        "vllm-flash-attn": str(MIRROR / "flash-attention.bundle"),
-        "flashmla": str(MIRROR / "FlashMLA.bundle"),
-        "qutlass": str(MIRROR / "qutlass.bundle"),
+        "vllm-flash-attn": str(git_bundle("flash-attention")),
+        "flashmla": str(git_bundle("FlashMLA")),
+        "qutlass": str(git_bundle("qutlass")),
         "triton_kernels": str(_triton_stand_in(work / "triton")),
     }
-    # No submodules: the mirror has none, and a configure does not read them. CUTLASS comes
+    # No submodules: the bundles have none, and a configure does not read them. CUTLASS comes
     # from the nvidia-cutlass package (offline, nothing else has it).
     sources = prepare_sources(
         vllm_source, Version("0.13.0"), work / "sources", mirrors=mirrors, cutlass_venv=cu130_venv, submodules=False

@@ -20,9 +20,8 @@ from spark_build.arch.cmake_configure import setup_extensions
 from spark_build.proc import Runner
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for
+from tests.artifacts import vllm_sdist
 from tests.conftest import ROOT
-
-SDIST = ROOT.parent / "shared" / "mirror" / "vllm-0.33.0.tar.gz"
 
 CUDA_HOME = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 
@@ -97,14 +96,13 @@ def _extensions(fa3: Fa3Source, arch: str, name: str) -> tuple[frozenset[str], s
 @pytest.fixture(scope="module")
 def fa3(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path) -> Iterator[Fa3Source]:
     """vLLM 0.33.0's sdist as the clone step leaves it, asked once pristine, then patched."""
-    if not SDIST.is_file():
-        pytest.fail(f"{SDIST} is missing: the shared mirror of vLLM 0.33.0's sources is needed")
+    sdist = vllm_sdist("0.33.0")
     root = tmp_path_factory.mktemp("fa3")
     stand_in = root / "stand-in"
     (stand_in / "setuptools_rust").mkdir(parents=True)
     for name, text in _SETUPTOOLS_RUST_STAND_IN.items():
         (stand_in / "setuptools_rust" / name).write_text(text)
-    with tarfile.open(SDIST) as tar:
+    with tarfile.open(sdist) as tar:
         tar.extractall(root, filter="data")
     source = root / "vllm-0.33.0"
     git = ["git", "-c", "user.name=spark-build tests", "-c", "user.email=tests@spark-build.invalid"]

@@ -1,6 +1,6 @@
 """`--ref latest`, `--ref main`, `invoke recipe` and `--dry-run` against a real git repository
-whose history holds the recipe files of the real vLLM 0.13.0 and 0.33.0 sdists (the shared
-mirror), tagged as upstream tags them, with a release candidate and a development commit on top.
+whose history holds the recipe files of the real vLLM 0.13.0 and 0.33.0 sdists (from the package
+index, tests/artifacts.py), tagged as upstream tags them, with a release candidate and a development commit on top.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.refs import resolve_ref
 from spark_build.upstream.sdist import unpack_recipe_files
+from tests.artifacts import vllm_sdist
 
 ROOT = Path(__file__).resolve().parents[2]
-MIRROR = ROOT.parent / "shared" / "mirror"
 RELEASES = ("0.13.0", "0.33.0")
 
 
@@ -35,9 +35,7 @@ def vllm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "main")
     for version in RELEASES:
-        sdist = MIRROR / f"vllm-{version}.tar.gz"
-        if not sdist.is_file():
-            pytest.fail(f"{sdist} is missing: the shared mirror of vLLM {version}'s sources is needed")
+        sdist = vllm_sdist(version)
         for child in repo.iterdir():
             if child.name != ".git":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -83,7 +81,7 @@ def test_recipe_of_latest_prints_the_facts_of_v0_33_0_read_from_the_repository(v
 
 
 def test_recipe_json_over_the_two_sdists_gives_one_object_per_release(tmp_path: Path) -> None:
-    sources = [arg for v in RELEASES for arg in ("--source", str(MIRROR / f"vllm-{v}.tar.gz"))]
+    sources = [arg for v in RELEASES for arg in ("--source", str(vllm_sdist(v)))]
     result = _invoke("recipe", "--json", *sources, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)

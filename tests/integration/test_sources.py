@@ -1,8 +1,8 @@
 """Fetching what vLLM's CMake would download, at its pins, without touching GitHub.
 
-Real repositories come from the shared mirror's git bundles (flash-attention, FlashMLA, qutlass
-at vLLM 0.13.0's pins) and from a small Triton stand-in repository the test builds, tagged like
-the real one.
+Real repositories come as git bundles (flash-attention, FlashMLA, qutlass at vLLM 0.13.0's pins:
+tests/artifacts.py makes them from GitHub or takes them from the test mirror) and from a small
+Triton stand-in repository the test builds, tagged like the real one.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from spark_build.upstream.cutlass import cutlass_headers_version, cutlass_pin_wa
 from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.sources import checkout_intact, fetch_project, fetch_sources, sources_intact
 from spark_build.upstream.versions import ExternalProject
+from tests.artifacts import cutlass_headers, git_bundle, vllm_sdist
 from tests.unit.test_sources import CUTLASS, FLASHMLA, QUTLASS
-
-MIRROR = Path(__file__).resolve().parents[3] / "shared" / "mirror"
-
 
 FLASH_ATTN = ExternalProject(
     name="vllm-flash-attn",
@@ -43,10 +41,7 @@ TRITON = ExternalProject(
 
 
 def bundle(name: str) -> str:
-    path = MIRROR / f"{name}.bundle"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the shared mirror of vLLM 0.13.0's sources is needed")
-    return str(path)
+    return str(git_bundle(name))
 
 
 def make_triton_stand_in(root: Path, tag: str = "v3.5.0") -> tuple[Path, str]:
@@ -115,8 +110,8 @@ def test_a_mirror_without_the_pinned_commit_fails_naming_project_and_revision(tm
 
 
 def test_every_mirror_without_its_pin_is_named_in_one_error_and_the_good_ones_stay_cached(tmp_path: Path) -> None:
-    # vLLM 0.33.0 pins FlashMLA e2afa5fd and flash-attention b273a026, which the shared
-    # mirror's bundles (made for 0.13.0) lack: the user learns both at once, not one per run.
+    # vLLM 0.33.0 pins FlashMLA e2afa5fd and flash-attention b273a026, which the bundles
+    # (made for 0.13.0) lack: the user learns both at once, not one per run.
     wrong_qutlass = ExternalProject("qutlass", QUTLASS.repository, "0" * 40, "QUTLASS_SRC_DIR", "qutlass.cmake")
     wrong_flashmla = ExternalProject("flashmla", None, "1" * 40, "FLASH_MLA_SRC_DIR", "flashmla.cmake")
     mirrors = {"qutlass": bundle("qutlass"), "flashmla": bundle("FlashMLA")}
@@ -140,20 +135,16 @@ def test_a_tag_pin_is_checked_out_at_the_tags_commit_and_points_into_its_subfold
 
 # --- source archives: where no git repository can be mirrored ----------------------------------
 
-CUTLASS_ARCHIVE = MIRROR / "cutlass-v4.2.1-headers.tar.gz"
-FA_CUTLASS_ARCHIVE = MIRROR / "cutlass-62750a2b-headers.tar.gz"
+FA_CUTLASS = "62750a2b75c802660e4894434dc55e839f322277"  # flash-attention's csrc/cutlass submodule
 
 
 def archive_spec(path: Path, digest: str | None = None) -> str:
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the shared mirror's CUTLASS header archives are needed")
     return f"{path}#sha256={digest or sha256_of(path)}"
 
 
 def test_cutlass_from_a_checked_archive_is_the_pinned_release_with_the_cmake_vllm_needs(tmp_path: Path) -> None:
-    fetched = fetch_sources(
-        [CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(CUTLASS_ARCHIVE)}, offline=True
-    )
+    archive = cutlass_headers("v4.2.1")
+    fetched = fetch_sources([CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(archive)}, offline=True)
     (project,) = fetched.projects
     root = Path(fetched.env["VLLM_CUTLASS_SRC_DIR"])
     assert (root / "include" / "cutlass" / "cutlass.h").is_file()
@@ -161,19 +152,18 @@ def test_cutlass_from_a_checked_archive_is_the_pinned_release_with_the_cmake_vll
     cmake = (root / "CMakeLists.txt").read_text()
     assert f'set(CUTLASS_INCLUDE_DIR "{root.as_posix()}/include" CACHE PATH' in cmake
     assert cutlass_headers_version(root) == "4.2.1" and cutlass_pin_warning(fetched) is None
-    assert project.commit == f"sha256:{sha256_of(CUTLASS_ARCHIVE)}"
+    assert project.commit == f"sha256:{sha256_of(archive)}"
     assert sources_intact(fetched.to_dict())
-    again = fetch_sources(
-        [CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(CUTLASS_ARCHIVE)}, offline=True
-    )
+    again = fetch_sources([CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(archive)}, offline=True)
     assert again.projects[0].reused
 
 
 def test_an_archive_with_another_sha256_is_refused_and_nothing_is_left_in_the_cache(tmp_path: Path) -> None:
     wrong = "0" * 64
+    archive = cutlass_headers("v4.2.1")
     with pytest.raises(StepFailed) as caught:
-        fetch_sources([CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(CUTLASS_ARCHIVE, wrong)})
-    assert sha256_of(CUTLASS_ARCHIVE) in caught.value.message and wrong in caught.value.message
+        fetch_sources([CUTLASS], tmp_path / "cache", mirrors={"cutlass": archive_spec(archive, wrong)})
+    assert sha256_of(archive) in caught.value.message and wrong in caught.value.message
     assert not list((tmp_path / "cache").rglob("cutlass.h"))
 
 
@@ -186,7 +176,7 @@ def test_a_missing_archive_is_bad_input_naming_the_path(tmp_path: Path) -> None:
 def test_flash_attention_s_cutlass_submodule_comes_from_its_archive_offline(tmp_path: Path) -> None:
     mirrors = {
         "vllm-flash-attn": bundle("flash-attention"),
-        "vllm-flash-attn/csrc/cutlass": archive_spec(FA_CUTLASS_ARCHIVE),
+        "vllm-flash-attn/csrc/cutlass": archive_spec(cutlass_headers(FA_CUTLASS)),
     }
     fetched = fetch_sources([FLASH_ATTN], tmp_path / "cache", mirrors=mirrors, offline=True)
     (project,) = fetched.projects
@@ -195,7 +185,7 @@ def test_flash_attention_s_cutlass_submodule_comes_from_its_archive_offline(tmp_
     assert checkout_intact(project.checkout, project.revision, project.commit)
 
 
-def test_offline_0_33_0_with_the_shared_mirror_names_all_nine_missing_projects_in_one_error(tmp_path: Path) -> None:
+def test_offline_0_33_0_with_the_0_13_0_bundles_names_all_nine_missing_projects_in_one_error(tmp_path: Path) -> None:
     """The issue's case: only qutlass's bundle holds 0.33.0's pin; every other project is named
     at once with its exact revision, and qutlass is fetched and cached meanwhile."""
     from packaging.version import Version
@@ -203,7 +193,7 @@ def test_offline_0_33_0_with_the_shared_mirror_names_all_nine_missing_projects_i
     from spark_build.upstream.sdist import unpack_recipe_files
     from spark_build.upstream.sources import prepare_sources
 
-    tree = unpack_recipe_files(MIRROR / "vllm-0.33.0.tar.gz", tmp_path / "sdist")
+    tree = unpack_recipe_files(vllm_sdist("0.33.0"), tmp_path / "sdist")
     mirrors = {
         "qutlass": bundle("qutlass"),
         "flashmla": bundle("FlashMLA"),

@@ -11,6 +11,8 @@ from collections.abc import Generator, Iterator
 import git  # noqa: F401
 import pytest
 
+from tests import artifacts
+
 # gitpython runs `git version` when it is first imported. Importing it here, before any test is
 # guarded, keeps a module that imports it lazily (a step imported inside a test) from counting as
 # the test starting a process — which made test_config.py fail when run alone.
@@ -34,6 +36,15 @@ def _guarded() -> Iterator[None]:
         yield
     finally:
         _guarding = False
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fetch the real vLLM sdists the collected unit tests read (`@pytest.mark.vllm_sdists`)
+    before any test runs under the guard: the first run on a machine downloads them into the
+    per-user cache (tests/artifacts.py); the tests themselves only read a file, or skip."""
+    wanted = {version for item in session.items for mark in item.iter_markers("vllm_sdists") for version in mark.args}
+    for version in sorted(wanted):
+        artifacts.fetch_ahead(version)
 
 
 # Setup as well as the call: a session fixture (the git-made upstream, the loopback index) is

@@ -1,5 +1,6 @@
-"""Recipe facts read from the real vLLM 0.13.0 and 0.33.0 sdists of the shared mirror, by rules
-(no table per release), and the patch series scoped by release range."""
+"""Recipe facts read from the real vLLM 0.13.0 and 0.33.0 sdists (from the package index, fetched
+before the unit guard is on: tests/unit/conftest.py), by rules (no table per release), and the
+patch series scoped by release range."""
 
 from __future__ import annotations
 
@@ -22,19 +23,17 @@ from spark_build.upstream.facts import (
 from spark_build.upstream.facts_report import facts_lines, markdown_table
 from spark_build.upstream.patches import find_series, read_patch
 from spark_build.upstream.sdist import unpack_recipe_files
+from tests.artifacts import vllm_sdist
 
 ROOT = Path(__file__).resolve().parents[2]
-MIRROR = ROOT.parent / "shared" / "mirror"
+pytestmark = pytest.mark.vllm_sdists("0.13.0", "0.33.0")
 
 
 @pytest.fixture(scope="module")
 def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SourceFacts]:
     read = {}
     for version in ("0.13.0", "0.33.0"):
-        sdist = MIRROR / f"vllm-{version}.tar.gz"
-        if not sdist.is_file():
-            pytest.fail(f"{sdist} is missing: the shared mirror of vLLM {version}'s sources is needed")
-        read[version] = read_facts(unpack_recipe_files(sdist, tmp_path_factory.mktemp(version)))
+        read[version] = read_facts(unpack_recipe_files(vllm_sdist(version), tmp_path_factory.mktemp(version)))
     return read
 
 

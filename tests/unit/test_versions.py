@@ -24,8 +24,7 @@ from spark_build.upstream.versions import (
     external_projects,
     parse_external_projects,
 )
-
-MIRROR = Path(__file__).resolve().parents[3] / "shared" / "mirror"
+from tests.artifacts import vllm_sdist
 
 LAYOUT_0_13 = ["requirements/build.txt", "requirements/cuda.txt", "requirements/common.txt"]
 LAYOUT_0_20 = [f"requirements/build/{d}.txt" for d in ("cpu", "cuda", "rocm", "tpu")]
@@ -152,10 +151,9 @@ def test_a_project_without_a_local_copy_variable_is_refused_by_name(tmp_path: Pa
 
 
 def sdist_cmake(tmp_path_factory: pytest.TempPathFactory, version: str) -> Path:
-    """The CMake files of a real vLLM sdist from the shared mirror (read, not run)."""
-    sdist = MIRROR / f"vllm-{version}.tar.gz"
-    if not sdist.is_file():
-        pytest.fail(f"{sdist} is missing: the shared mirror of vLLM {version}'s sources is needed")
+    """The CMake files of a real vLLM sdist (read, not run; fetched before the unit guard is on:
+    tests/unit/conftest.py)."""
+    sdist = vllm_sdist(version)
     root = tmp_path_factory.mktemp("sdist")
     with tarfile.open(sdist) as tar:
         members = [
@@ -173,6 +171,7 @@ def vllm_0_13_cmake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sdist_cmake(tmp_path_factory, "0.13.0")
 
 
+@pytest.mark.vllm_sdists("0.33.0")
 def test_vllm_0_33_fetches_ten_projects_the_cuda_branch_pins(tmp_path_factory: pytest.TempPathFactory) -> None:
     projects = {p.name: p for p in external_projects(sdist_cmake(tmp_path_factory, "0.33.0"), Version("0.33.0"))}
     assert sorted(projects) == [
@@ -214,6 +213,7 @@ endif()
     assert project.revision == "v1.0" and project.candidates == ()
 
 
+@pytest.mark.vllm_sdists("0.13.0")
 def test_vllm_0_13_fetches_five_projects_at_the_pins_the_mirror_holds(vllm_0_13_cmake: Path) -> None:
     projects = {p.name: p for p in external_projects(vllm_0_13_cmake, Version("0.13.0"))}
     assert {name: (p.revision, p.src_dir_env) for name, p in projects.items()} == {
