@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -35,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from spark_build.durable import sha256_of
+from spark_build.errors import SparkBuildError
 from spark_build.nightly.transport import RETRY_POLICY, HTTPStatusError, open_url, with_retry
 
 MIRROR_VARIABLE = "SPARK_BUILD_TEST_MIRROR"
@@ -136,6 +138,23 @@ CUTLASS_ARCHIVES = {
 }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """Why an artifact cannot be had: absent (the test is skipped) or not the pinned one (the
+    test fails — a file that is not what it claims must never pass for missing)."""
+
+    reason: str
+    wrong: bool = False
+
+
+def _take(found: Path | Unavailable) -> Path:
+    if isinstance(found, Unavailable):
+        if found.wrong:
+            pytest.fail(found.reason)
+        pytest.skip(found.reason)
+    return found
+
+
 def cache_root() -> Path:
     """The per-user cache the tests download into, kept between runs and between checkouts."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -159,10 +178,7 @@ def _mirror_hint() -> str:
 def vllm_sdist(version: str) -> Path:
     """vLLM `version`'s source distribution, checked by sha256; skips the test when neither the
     package index nor the mirror folder has it."""
-    found = find_vllm_sdist(version)
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return _take(find_vllm_sdist(version))
 
 
 def fetch_ahead(version: str) -> None:
@@ -172,7 +188,7 @@ def fetch_ahead(version: str) -> None:
 
 
 @functools.cache
-def find_vllm_sdist(version: str) -> Path | str:
+def find_vllm_sdist(version: str) -> Path | Unavailable:
     """The checked sdist, or why it cannot be had."""
     filename = f"vllm-{version}.tar.gz"
     cached = cache_root() / "sdists" / filename
@@ -183,16 +199,20 @@ def find_vllm_sdist(version: str) -> Path | str:
     try:
         url, published = _index_file(index, "vllm", filename)
         if pinned and published != pinned:
-            return f"{index} publishes sha256 {published} for {filename}, not the pinned {pinned}"
+            return Unavailable(f"{index} publishes sha256 {published} for {filename}, not the pinned {pinned}", True)
         return _download(url, cached, published)
-    except (OSError, HTTPStatusError, LookupError, ValueError) as exc:
+    except NotPublished as exc:
+        return Unavailable(str(exc), True)
+    except SparkBuildError as exc:  # the transport's bounded retries are spent, or a final answer
+        unreachable = f"{filename} could not be had from the package index {index} ({exc.message})"
+    except (OSError, HTTPStatusError, LookupError, ValueError) as exc:  # ValueError: not PEP 691 JSON
         unreachable = f"{filename} could not be had from the package index {index} ({exc})"
     folder = mirror_folder()
     if pinned and folder and (folder / filename).is_file():
         if sha256_of(folder / filename) == pinned:
             return folder / filename
-        return f"{folder / filename} is not the pinned {filename} (sha256 {pinned})"
-    return f"{unreachable}; {_mirror_hint()}, or let pip reach the package index"
+        return Unavailable(f"{folder / filename} is not the pinned {filename} (sha256 {pinned})", True)
+    return Unavailable(f"{unreachable}; {_mirror_hint()}, or let pip reach the package index")
 
 
 def _index_file(index: str, project: str, filename: str) -> tuple[str, str]:
@@ -208,6 +228,10 @@ def _index_file(index: str, project: str, filename: str) -> tuple[str, str]:
         if entry.get("filename") == filename and (entry.get("hashes") or {}).get("sha256"):
             return urllib.parse.urljoin(page, entry["url"]), entry["hashes"]["sha256"].lower()
     raise LookupError(f"{page} lists no {filename} with a sha256")
+
+
+class NotPublished(Exception):
+    """A download whose sha256 is not the one its index publishes."""
 
 
 def _download(url: str, dest: Path, sha256: str) -> Path:
@@ -230,7 +254,7 @@ def _download(url: str, dest: Path, sha256: str) -> Path:
     got = sha256_of(Path(part.name))
     if got != sha256:
         Path(part.name).unlink(missing_ok=True)
-        raise ValueError(f"{url} has sha256 {got}, not the published {sha256}")
+        raise NotPublished(f"{url} has sha256 {got}, not the published {sha256}")
     dest.with_name(f"{dest.name}.sha256").write_text(f"{sha256}  {dest.name}\n")
     os.chmod(part.name, 0o644)  # a temporary file is private; a cached download need not be
     os.replace(part.name, dest)
@@ -249,14 +273,11 @@ def _recorded_sha256(cached: Path) -> str | None:
 def git_bundle(name: str) -> Path:
     """The git bundle of `GIT_BUNDLES[name]`: made from GitHub into the cache, else the mirror
     folder's; skips the test when neither can be had."""
-    found = find_git_bundle(name)
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return _take(find_git_bundle(name))
 
 
 @functools.cache
-def find_git_bundle(name: str) -> Path | str:
+def find_git_bundle(name: str) -> Path | Unavailable:
     """The bundle, or why it cannot be had."""
     from tests import make_mirror
 
@@ -274,7 +295,7 @@ def find_git_bundle(name: str) -> Path | str:
     if folder and (folder / bundle.filename).is_file():
         return folder / bundle.filename
     pins = ", ".join(f"{commit[:8]} ({branch})" for branch, commit in bundle.pins.items())
-    return (
+    return Unavailable(
         f"{bundle.filename} (git bundle of {bundle.upstream} holding {pins}) is not available: "
         f"GitHub could not be reached ({unreachable}) and {_mirror_hint()}, or let git reach github.com"
     )
@@ -283,14 +304,11 @@ def find_git_bundle(name: str) -> Path | str:
 def cutlass_headers(revision: str) -> Path:
     """CUTLASS's headers at `revision` (a key of `CUTLASS_ARCHIVES`): made from GitHub into the
     cache, else the mirror folder's, taken only when made from the pinned commit."""
-    found = find_cutlass_headers(revision)
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
+    return _take(find_cutlass_headers(revision))
 
 
 @functools.cache
-def find_cutlass_headers(revision: str) -> Path | str:
+def find_cutlass_headers(revision: str) -> Path | Unavailable:
     """The archive, or why it cannot be had."""
     from tests import make_mirror
 
@@ -309,8 +327,8 @@ def find_cutlass_headers(revision: str) -> Path | str:
         made_from = archive_commit(mirrored)
         if made_from == archive.commit:
             return mirrored
-        return f"{mirrored} was made from {made_from}, not {archive.revision} ({archive.commit})"
-    return (
+        return Unavailable(f"{mirrored} was made from {made_from}, not {archive.revision} ({archive.commit})", True)
+    return Unavailable(
         f"{archive.filename} (CUTLASS {archive.revision} headers from {archive.upstream}) is not available: "
         f"GitHub could not be reached ({unreachable}) and {_mirror_hint()}, or let git reach github.com"
     )
@@ -347,6 +365,7 @@ def _unreachable(upstream: str) -> str | None:
 
 
 def _git_failure(exc: subprocess.CalledProcessError) -> str:
-    """The last line git printed: `Could not resolve host: github.com` and the like."""
+    """The last line git printed, without the URL it names (one probe answers for its host):
+    `Could not resolve host: github.com` and the like."""
     lines = [line for line in str(exc.stderr or "").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"exit {exc.returncode}"
+    return re.sub(r"^fatal: unable to access '[^']*': ", "", lines[-1].strip()) if lines else f"exit {exc.returncode}"

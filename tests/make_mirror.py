@@ -29,6 +29,7 @@ from tests.artifacts import (
     VLLM_SDIST_SHA256,
     GitBundle,
     HeadersArchive,
+    Unavailable,
     find_vllm_sdist,
 )
 
@@ -100,8 +101,8 @@ def _make(filename: str, folder: Path, upstreams: dict[str, str]) -> Path:
         if archive.filename == filename:
             return make_headers_archive(archive, upstreams.get(archive.repository, archive.upstream), dest)
     found = find_vllm_sdist(filename.removeprefix("vllm-").removesuffix(".tar.gz"))
-    if isinstance(found, str):
-        raise SystemExit(found)
+    if isinstance(found, Unavailable):
+        raise SystemExit(found.reason)
     shutil.copyfile(found, dest)
     return dest
 

@@ -47,22 +47,36 @@ def offline_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     stand_in.index.add([str(package / "__init__.py")])
     stand_in.index.commit("triton_kernels stand-in")
     stand_in.create_tag("v3.5.0")
-    settings = root / "offline.yaml"
-    settings.write_text(
+    return source, _settings(root / "offline.yaml", {"triton_kernels": triton})
+
+
+@pytest.fixture(scope="module")
+def offline_with_bundles(offline_setup: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The same, with the git bundles of flash-attention, FlashMLA and qutlass (GitHub's, or
+    the test mirror's) that the sources step fetches for a configure."""
+    source, settings = offline_setup
+    mirrors = {
+        "vllm-flash-attn": git_bundle("flash-attention"),
+        "flashmla": git_bundle("FlashMLA"),
+        "qutlass": git_bundle("qutlass"),
+        "triton_kernels": settings.parent / "triton",
+    }
+    return source, _settings(settings.parent / "offline-bundles.yaml", mirrors)
+
+
+def _settings(path: Path, mirrors: dict[str, Path]) -> Path:
+    path.write_text(
         "spark_build:\n"
         "  offline: true\n"
         "  cutlass_from_package: true\n"
         "  source_mirrors:\n"
-        f"    vllm-flash-attn: {git_bundle('flash-attention')}\n"
-        f"    flashmla: {git_bundle('FlashMLA')}\n"
-        f"    qutlass: {git_bundle('qutlass')}\n"
-        f"    triton_kernels: {triton}\n"
+        + "".join(f"    {name}: {where}\n" for name, where in mirrors.items())
         # The CUDA 13.0 torch this machine kind keeps on disk (see /work/.library/env).
-        "  torch_index: file:///opt/pypi-more/simple\n"
+        + "  torch_index: file:///opt/pypi-more/simple\n"
         "  torch_packages: torch==2.14.1\n"
         "  torch_cuda: '13'\n"
     )
-    return source, settings
+    return path
 
 
 def arch_plan(settings: Path, source: Path, workdir: Path, uv_cache: Path, *extra: str):
@@ -88,9 +102,9 @@ def rows(workdir: Path) -> dict[str, list[dict]]:
 
 
 def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_torch_stops_the_compile(
-    offline_setup, tmp_path, uv_cache
+    offline_with_bundles, tmp_path, uv_cache
 ):
-    source, settings = offline_setup
+    source, settings = offline_with_bundles
     work = tmp_path / "work"
 
     pristine = arch_plan(settings, source, work, uv_cache, "--no-patches")
