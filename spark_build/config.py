@@ -33,6 +33,9 @@ VLLM_UPSTREAM = "https://github.com/vllm-project/vllm.git"
 # `--ref main` its development branch; docs/recipes.md says what each release needs.
 VLLM_DEFAULT_REF = "v0.13.0"
 ENV_PREFIX = "SPARK_BUILD_"
+# The test suite's own variables (SPARK_BUILD_TEST_MIRROR, README "Tests"): a developer who
+# exports one to run the tests is not giving the build an option with a typo.
+TEST_ENV_PREFIX = "SPARK_BUILD_TEST_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TorchSource = Literal["install", "existing"]
 TORCH_SOURCES: tuple[TorchSource, ...] = ("install", "existing")
@@ -185,7 +188,8 @@ def _reject_unknown(source: str, keys: Mapping[str, Any]) -> None:
 
 def from_env(env: Mapping[str, str]) -> dict[str, str]:
     """SPARK_BUILD_<KEY> variables; an unknown one is a typo worth stopping for."""
-    found = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    ours = (k for k in env if k.startswith(ENV_PREFIX) and not k.startswith(TEST_ENV_PREFIX))
+    found = {k[len(ENV_PREFIX) :].lower(): env[k] for k in ours}
     _reject_unknown(f"the environment ({ENV_PREFIX}*)", found)
     return found
 

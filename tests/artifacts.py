@@ -60,6 +60,7 @@ class GitBundle:
     (named for that release), so a fetch by commit finds it offline."""
 
     name: str  # the bundle's file stem, and the key `make_mirror --upstream` takes
+    project: str  # the name vLLM's CMake gives it (FetchContent), the key of `source_mirrors`
     upstream: str
     pins: dict[str, str] = field(hash=False)  # branch in the bundle → commit; where vLLM pins it
 
@@ -86,17 +87,20 @@ GIT_BUNDLES = {
     for bundle in (
         GitBundle(
             "flash-attention",
+            "vllm-flash-attn",
             "https://github.com/vllm-project/flash-attention.git",
             # cmake/external_projects/vllm_flash_attn.cmake of vLLM 0.13.0
             {"vllm-0.13.0": "86f8f157cf82aa2342743752b97788922dd7de43"},
         ),
         GitBundle(
             "FlashMLA",
+            "flashmla",
             "https://github.com/vllm-project/FlashMLA.git",
             # cmake/external_projects/flashmla.cmake of vLLM 0.13.0
             {"vllm-0.13.0": "46d64a8ebef03fa50b4ae74937276a5c940e3f95"},
         ),
         GitBundle(
+            "qutlass",
             "qutlass",
             "https://github.com/IST-DASLab/qutlass.git",
             # cmake/external_projects/qutlass.cmake of vLLM 0.13.0 and of 0.33.0

@@ -1,13 +1,13 @@
 """Make the folder `SPARK_BUILD_TEST_MIRROR` names, for a lab whose test machines reach neither
 GitHub nor the package index: run it where both are reachable, carry the folder over.
 
-    python -m tests.make_mirror DIR [--only NAME]... [--upstream NAME=URL]...
+    python -m tests.make_mirror DIR [--only FILE]... [--upstream NAME=URL]...
 
 It writes, at the pins `tests/artifacts.py` holds: one git bundle per repository (a branch per
 pinned commit), the CUTLASS header archives (`git archive` of the folders vLLM compiles
 against, at the pinned commit), the vLLM source distributions (checked by sha256), and
 `SHA256SUMS`. `--upstream qutlass=file:///srv/qutlass.git` takes a repository from elsewhere
-than GitHub (an internal mirror of it); `--only` makes just the named artifacts.
+than GitHub (an internal copy of it); `--only vllm-0.13.0.tar.gz` makes just the files named.
 The tests' fixtures call the same two functions to make a bundle or an archive from GitHub.
 """
 

@@ -80,6 +80,13 @@ def test_an_unknown_environment_variable_with_our_prefix_is_a_typo_worth_stoppin
     assert "jobz" in caught.value.message and "'jobs'" in (caught.value.hint or "")
 
 
+def test_the_test_suites_own_variables_are_not_taken_for_build_options():
+    """SPARK_BUILD_TEST_MIRROR, exported to run the tests, once stopped every build in that
+    shell (and every build the tests start) as an unknown option 'test_mirror'."""
+    env = {"SPARK_BUILD_TEST_MIRROR": "/srv/mirror", "SPARK_BUILD_JOBS": "3"}
+    assert config.from_env(env) == {"jobs": "3"}
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("torch_cuda", "twelve"), ("build_type", "Fast"), ("resume", "maybe"), ("ref", "  ")],

@@ -24,7 +24,7 @@ from spark_build.upstream.versions import (
     external_projects,
     parse_external_projects,
 )
-from tests.artifacts import vllm_sdist
+from tests.artifacts import CUTLASS_ARCHIVES, GIT_BUNDLES, vllm_sdist
 
 LAYOUT_0_13 = ["requirements/build.txt", "requirements/cuda.txt", "requirements/common.txt"]
 LAYOUT_0_20 = [f"requirements/build/{d}.txt" for d in ("cpu", "cuda", "rocm", "tpu")]
@@ -214,7 +214,7 @@ endif()
 
 
 @pytest.mark.vllm_sdists("0.13.0")
-def test_vllm_0_13_fetches_five_projects_at_the_pins_the_mirror_holds(vllm_0_13_cmake: Path) -> None:
+def test_vllm_0_13_fetches_five_projects_at_their_pins(vllm_0_13_cmake: Path) -> None:
     projects = {p.name: p for p in external_projects(vllm_0_13_cmake, Version("0.13.0"))}
     assert {name: (p.revision, p.src_dir_env) for name, p in projects.items()} == {
         "cutlass": ("v4.2.1", "VLLM_CUTLASS_SRC_DIR"),
@@ -225,6 +225,22 @@ def test_vllm_0_13_fetches_five_projects_at_the_pins_the_mirror_holds(vllm_0_13_
     }
     assert projects["triton_kernels"].source_subdir == "python/triton_kernels/triton_kernels"
     assert projects["qutlass"].repository == "https://github.com/IST-DASLab/qutlass.git"
+
+
+@pytest.mark.vllm_sdists("0.13.0", "0.33.0")
+def test_the_pins_tests_artifacts_carries_are_the_ones_the_vllm_sdists_name(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A bundle or archive at another commit than the release pins would test the fetch
+    against the wrong repository state: the catalogue is checked against the sdists it serves."""
+    named = {}
+    for version in ("0.13.0", "0.33.0"):
+        projects = external_projects(sdist_cmake(tmp_path_factory, version), Version(version))
+        named[version] = {p.name: p for p in projects}
+        carried = {b.project: b.pins[f"vllm-{version}"] for b in GIT_BUNDLES.values() if f"vllm-{version}" in b.pins}
+        assert carried == {project: named[version][project].revision for project in carried}
+    assert len(carried) == 1 and named["0.33.0"]["qutlass"].repository == GIT_BUNDLES["qutlass"].upstream
+    assert named["0.13.0"]["cutlass"].revision in CUTLASS_ARCHIVES
 
 
 @pytest.mark.parametrize(
