@@ -71,8 +71,7 @@ class GitBundle:
 
 @dataclass(frozen=True)
 class HeadersArchive:
-    """CUTLASS's headers at a pin, as `git archive` of the folders vLLM compiles against (a
-    GitHub archive of the whole repository is ten times the size)."""
+    """CUTLASS's headers at a pin, as `git archive` of the folders vLLM compiles against."""
 
     filename: str
     repository: str  # the key `make_mirror --upstream` takes
@@ -287,8 +286,8 @@ def find_git_bundle(name: str) -> Path | Unavailable:
 
     bundle = GIT_BUNDLES[name]
     cached = cache_root() / "github" / bundle.filename
-    if cached.is_file():
-        return cached
+    if cached.is_file() and bundle_heads(cached) == {f"refs/heads/{b}": c for b, c in bundle.pins.items()}:
+        return cached  # made here before, with every pin the catalogue now holds
     unreachable = _unreachable(bundle.upstream)
     if unreachable is None:
         try:
@@ -336,6 +335,12 @@ def find_cutlass_headers(revision: str) -> Path | Unavailable:
         f"{archive.filename} (CUTLASS {archive.revision} headers from {archive.upstream}) is not available: "
         f"GitHub could not be reached ({unreachable}) and {_mirror_hint()}, or let git reach github.com"
     )
+
+
+def bundle_heads(path: Path) -> dict[str, str]:
+    """{ref: commit} of a git bundle."""
+    listed = subprocess.run(["git", "bundle", "list-heads", str(path)], capture_output=True, text=True)
+    return {ref: commit for commit, ref in (line.split() for line in listed.stdout.splitlines() if " " in line)}
 
 
 def archive_commit(path: Path) -> str | None:
