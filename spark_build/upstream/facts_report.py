@@ -25,6 +25,7 @@ def facts_lines(label: str, facts: SourceFacts, patches: tuple[str, ...] = ()) -
         ("torch", f"{' '.join(torch.packages)} ({torch.read_from})" if torch else "no pin in requirements/cuda.txt"),
         ("torch index", f"{torch.index} ({torch.index_why})" if torch else "—"),
         ("C++ standard", facts.cxx_standard or "unset"),
+        ("host compiler", f"GCC >= {facts.gcc_minimum} (CMakeLists.txt's FATAL_ERROR)" if facts.gcc_minimum else "any"),
         ("Python", facts.requires_python or "unset"),
         ("CUTLASS", facts.cutlass_revision or "not fetched"),
         (f"{facts.arch} in CUDA_ARCHS", f"{facts.cmake_arch} (CUDA 13)"),

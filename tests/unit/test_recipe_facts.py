@@ -14,6 +14,7 @@ from spark_build.upstream.facts import (
     TORCH_CU130_INDEX,
     SourceFacts,
     build_for,
+    gcc_minimum,
     read_facts,
     requested_archs,
     text_for_cuda,
@@ -157,3 +158,35 @@ def test_a_patch_without_a_declared_range_is_refused_by_name(tmp_path: Path) -> 
     patch.write_text("fix something\n---\ndiff --git a/x b/x\n")
     with pytest.raises(StepFailed, match="0009-unscoped.patch declares no release range"):
         read_patch(patch)
+
+
+@pytest.mark.parametrize(
+    ("cmakelists", "minimum"),
+    [
+        pytest.param("project(x)\n", None, id="no-gate"),
+        pytest.param(
+            'if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "11.3")\n'
+            '  message(FATAL_ERROR "GCC >= 11.3 is required")\nendif()\n'
+            'if (VLLM_GPU_LANG STREQUAL "CUDA"\n    AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"\n'
+            '    AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "13")\n  message(FATAL_ERROR "GCC >= 13")\nendif()\n',
+            "13",
+            id="the-highest-gate-of-a-cuda-build",
+        ),
+        pytest.param(
+            'if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "13")\n'
+            '  message(WARNING "old GCC")\nendif()\n',
+            None,
+            id="a-warning-is-no-gate",
+        ),
+        pytest.param(
+            'if (VLLM_GPU_LANG STREQUAL "HIP" AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"'
+            ' AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "14")\n  message(FATAL_ERROR "x")\nendif()\n',
+            None,
+            id="a-rocm-only-gate-is-not-for-cuda",
+        ),
+    ],
+)
+def test_the_gcc_a_release_requires_is_the_highest_version_its_configure_stops_below(
+    cmakelists: str, minimum: str | None
+) -> None:
+    assert gcc_minimum(cmakelists) == minimum
