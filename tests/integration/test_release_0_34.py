@@ -3,11 +3,17 @@ sdist (package index, cached per user by `tests.artifacts`): the recipe reads wh
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from spark_build.upstream.facts import SourceFacts, read_facts
 from spark_build.upstream.sdist import unpack_recipe_files
 from tests.artifacts import vllm_sdist
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +37,43 @@ def test_0_34_fetches_triton_kernels_from_its_tag_archive_and_no_rocm_pin(facts_
 def test_0_34_asks_for_gcc_13_or_newer(facts_0_34: SourceFacts) -> None:
     assert facts_0_34.gcc_minimum == "13"
     assert (facts_0_34.version, facts_0_34.cxx_standard, facts_0_34.cutlass_revision) == ("0.34.0", "20", "v4.7.1")
+
+
+def _git(repo: Path, *args: str) -> str:
+    command = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t", *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def repo_0_34(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository whose one commit, tagged v0.34.0, holds the 0.34.0 sdist's recipe files."""
+    base = tmp_path_factory.mktemp("vllm-0.34-repo")
+    tree = unpack_recipe_files(vllm_sdist("0.34.0"), base / "unpacked")
+    repo = base / "vllm"
+    shutil.copytree(tree, repo)
+    (repo / "PKG-INFO").unlink()  # a git checkout has none; its tag says the version
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "vLLM 0.34.0")
+    _git(repo, "tag", "-a", "v0.34.0", "-m", "v0.34.0")
+    return repo
+
+
+def test_dry_run_of_v0_34_0_applies_the_fa3_patch_beyond_its_tested_range(repo_0_34: Path, tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-vllm", "--dry-run", "--ref", "v0.34.0",
+        "--repo", str(repo_0_34), "--arch", "12.1a", "--workdir", str(tmp_path / "work"),
+        "--logs-dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.replace("\n", " ")  # the console wraps long lines
+    assert "host compiler: GCC >= 13 (v0.34.0's CMakeLists.txt stops the configure below it)" in out
+    assert "patches (vllm/series, for vllm 0.34.0):" in out
+    assert (
+        "0006-build-fa3-only-for-9.x-archs-0.17.patch (releases >=0.17.0,<0.34.0): applied beyond its tested range "
+        "(tested up to 0.33.x) — applies cleanly to setup.py of v0.34.0"
+    ) in out
+    assert "0002-" not in out and "qutlass-12.0f" not in out  # ranges that end for good stay ended
+    assert "external projects the sources step fetches (9;" in out
+    assert "triton_kernels v3.5.1 from https://github.com/triton-lang/triton.git" in out

@@ -143,7 +143,7 @@ FA3_0_17 = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
         "0.18.1 still both",
         "0.19 has 12.0f upstream, FA3 gate still ours",
         "0.33 the FA3 gate",
-        "0.34 untested, none",
+        "0.34 none covers it",
     ],
 )
 def test_each_release_gets_the_patches_whose_declared_range_covers_it(version: str, applies: list[str]) -> None:
@@ -190,3 +190,38 @@ def test_the_gcc_a_release_requires_is_the_highest_version_its_configure_stops_b
     cmakelists: str, minimum: str | None
 ) -> None:
     assert gcc_minimum(cmakelists) == minimum
+
+
+@pytest.mark.parametrize(
+    ("version", "beyond"),
+    [
+        pytest.param("0.33.0", [], id="inside-0006s-range"),
+        pytest.param("0.34.0", [FA3_0_17], id="0.34-newer-than-tested-gets-the-fa3-gate-only"),
+        pytest.param("1.2.0", [FA3_0_17], id="any-newer-release"),
+        pytest.param("0.12.0", [], id="older-than-every-lower-bound"),
+    ],
+)
+def test_only_a_patch_whose_range_ends_where_testing_ended_is_tried_beyond_it(version: str, beyond: list[str]) -> None:
+    series = find_series(ROOT / "patches", "vllm", Version(version))
+    assert series is not None
+    assert [p.name for p in series.beyond] == beyond
+    assert all(p.tested_up_to() == "0.33.x" for p in series.beyond)
+
+
+def _patch(tmp_path: Path, headers: str) -> Path:
+    path = tmp_path / "0009-x.patch"
+    path.write_text(f"x\n\n{headers}---\ndiff --git a/x b/x\n")
+    return path
+
+
+def test_a_range_that_ends_for_good_is_never_tried_beyond_and_a_required_patch_says_so(tmp_path: Path) -> None:
+    final = read_patch(_patch(tmp_path, "Releases: >=0.1,<0.2\nReleases-why: w\nReleases-end: final (x)\n"))
+    assert not final.beyond(Version("0.3.0"))
+    required = read_patch(_patch(tmp_path, "Releases: >=0.1,<=0.2.1\nReleases-why: w\nRequired: yes\nWithout: slow\n"))
+    assert required.beyond(Version("0.3.0")) and required.required and required.without == "slow"
+    assert required.beyond_note() == "applied beyond its tested range (tested up to 0.2.1)"
+
+
+def test_an_unknown_range_end_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed, match="'Releases-end: maybe' is neither"):
+        read_patch(_patch(tmp_path, "Releases: >=0.1,<0.2\nReleases-why: w\nReleases-end: maybe\n"))
