@@ -184,13 +184,18 @@ def _existing_torch(python: str) -> Version:
 def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
     from spark_build.host.doctor import run_doctor
     from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS
+    from spark_build.upstream.facts import read_gcc_minimum
 
     def action() -> int:
         cfg = options.resolve(cli, file)
         layout = cfg.layout
         python = layout.python if layout.python.exists() else None
         needs = EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS
-        return run_doctor(cfg.workdir, layout.cache, cfg.arch, as_json, console(), python=python, needs=needs)
+        # The workdir's source, once cloned, says which GCC its configure accepts.
+        gcc = read_gcc_minimum(layout.src)
+        return run_doctor(
+            cfg.workdir, layout.cache, cfg.arch, as_json, console(), python=python, needs=needs, gcc_minimum=gcc
+        )
 
     return guarded(action, debug=False)
 

@@ -3,6 +3,7 @@ sdist (package index, cached per user by `tests.artifacts`): the recipe reads wh
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -77,3 +78,23 @@ def test_dry_run_of_v0_34_0_applies_the_fa3_patch_beyond_its_tested_range(repo_0
     assert "0002-" not in out and "qutlass-12.0f" not in out  # ranges that end for good stay ended
     assert "external projects the sources step fetches (9;" in out
     assert "triton_kernels v3.5.1 from https://github.com/triton-lang/triton.git" in out
+
+
+def test_doctor_judges_this_hosts_gcc_against_the_gcc_the_workdirs_0_34_source_requires(tmp_path: Path) -> None:
+    """This machine's `c++` is Debian 12's GCC 12; vLLM 0.34.0's configure stops below GCC 13."""
+    tree = unpack_recipe_files(vllm_sdist("0.34.0"), tmp_path / "unpacked")
+    shutil.copytree(tree, tmp_path / "work" / "src")  # where the clone step puts the source
+    command = [
+        sys.executable, "-m", "invoke", "--search-root", str(ROOT), "doctor", "--workdir", str(tmp_path / "work"),
+        "--arch", "12.1a", "--example", "--json",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    compiler = next(c for c in json.loads(result.stdout)["checks"] if c["check"] == "host compiler")
+    found = subprocess.run(["c++", "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
+    if int(found.split(".")[0]) >= 13:
+        assert compiler["severity"] == "ok", compiler
+        return
+    assert result.returncode == 1
+    assert compiler["severity"] == "error"
+    assert compiler["value"] == f"GNU {found} (c++); the source needs GCC >= 13 (the source's CMakeLists.txt)"
+    assert compiler["fix"].startswith("install g++-13 and build with CC=gcc-13 CXX=g++-13")
