@@ -180,3 +180,26 @@ def applies_cleanly(tree: Path, patch: ScopedPatch) -> bool | None:
     except git.GitCommandError:
         return False
     return True
+
+
+_EXTENSION = re.compile(r"\b(_\w+_C)\b")
+
+
+def removers(folder: Path, version: Version | None) -> dict[str, ScopedPatch]:
+    """Extension target → the patch of the series whose diff names it, the one for `version`
+    where there is one (0002 for 0.13.x … 0006 from 0.17.0 name `_vllm_fa3_C`), else the newest."""
+    if not (folder / "series").is_file():
+        return {}
+    found: dict[str, ScopedPatch] = {}
+    for patch in read_series(folder):
+        diff = patch.path.read_text(encoding="utf-8").split("\ndiff --git ", 1)[-1]
+        changed = "\n".join(line for line in diff.splitlines() if line.startswith(("+", "-")))
+        for target in _EXTENSION.findall(changed):
+            current = found.get(target)
+            if current is None or not _for(current, version):
+                found[target] = patch
+    return found
+
+
+def _for(patch: ScopedPatch, version: Version | None) -> bool:
+    return version is not None and (patch.covers(version) or patch.beyond(version))
