@@ -395,6 +395,74 @@ def report(
     return guarded(action, debug=False)
 
 
+def release_watch(
+    cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool, index: str | None, audit: bool
+) -> int:
+    """`invoke recipe --check-new`: every release newer than the patch series was tested on."""
+    import json
+    import os
+    import platform
+    import sys
+    from pathlib import Path
+
+    from spark_build.arch.target import Target
+    from spark_build.errors import UsageError
+    from spark_build.layout import user_cache
+    from spark_build.nightly.official import PACKAGE_INDEX, check_lookup_urls
+    from spark_build.nightly.release_watch import check_new
+    from spark_build.upstream.facts_report import facts_lines
+    from spark_build.wheel.archaudit import find_cuobjdump
+
+    cfg = options.resolve(cli, file)
+    arch = cfg.arch or "12.1a"
+    index = index or PACKAGE_INDEX
+    check_lookup_urls(index, "https://")
+    series = cfg.patches_dir / "vllm"
+    if not (series / "series").is_file():
+        raise UsageError(
+            f"no patch series in {series}", hint="point --patches-dir at the folder that holds vllm/series"
+        )
+    cuobjdump = find_cuobjdump(cfg.cuda_home, os.environ, venv=Path(sys.prefix)) if audit else None
+    out = console()
+
+    def say(line: str) -> None:
+        out.print(line, highlight=False, markup=False)
+
+    watch = check_new(
+        index,
+        series,
+        user_cache() / "releases",
+        arch=arch,
+        target=Target.from_option(arch).newest,
+        machine=platform.machine(),
+        cuobjdump=cuobjdump,
+        say=say if not as_json else lambda _line: None,
+    )
+    if as_json:
+        rows = [
+            {
+                "version": str(r.version),
+                "recipe": r.facts.to_dict(),
+                "patches": [{"patch": p.name, "outcome": p.outcome} for p in r.patches],
+                "wheel": {
+                    "filename": r.wheel.filename,
+                    "summary": r.wheel.summary,
+                    "audit": r.wheel.report.to_dict() if r.wheel.report else None,
+                },
+            }
+            for r in watch.releases
+        ]
+        print(json.dumps({"tested_below": str(watch.tested_below), "releases": rows}, indent=2))
+        return 0
+    say(watch.headline())
+    for release in watch.releases:
+        for line in release.lines():
+            say(line)
+        for line in facts_lines(f"  recipe of {release.version}", release.facts)[1:]:
+            say(f"  {line}")
+    return 0
+
+
 def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
     from spark_build.insight.report import history_main
 
@@ -402,9 +470,23 @@ def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: 
 
 
 def recipe(
-    cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, sources: list[str], as_json: bool, markdown: bool
+    cli: Mapping[str, Any],
+    file: Mapping[str, Any] | None,
+    *,
+    sources: list[str],
+    as_json: bool,
+    markdown: bool,
+    check_new: bool = False,
+    wheel_index: str | None = None,
+    wheel_audit: bool = True,
 ) -> int:
-    """`invoke recipe`: the recipe facts of `--ref` (or of source folders and sdists), read by rules."""
+    """`invoke recipe`: the recipe facts of `--ref` (or of source folders and sdists), read by rules;
+    with `check_new`, the release watch over the package index instead."""
+    if check_new:
+        return guarded(
+            lambda: release_watch(cli, file, as_json=as_json, index=wheel_index, audit=wheel_audit),
+            debug=bool(cli.get("debug")),
+        )
     import json
     import tempfile
     from pathlib import Path

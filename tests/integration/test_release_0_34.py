@@ -3,10 +3,17 @@ sdist (package index, cached per user by `tests.artifacts`): the recipe reads wh
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
+import os
+import platform
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +22,8 @@ from spark_build.upstream.facts import SourceFacts, read_facts
 from spark_build.upstream.sdist import unpack_recipe_files
 from tests.artifacts import vllm_sdist
 from tests.conftest import ROOT
+
+MIRROR = ROOT.parent / "shared" / "mirror"
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +107,48 @@ def test_doctor_judges_this_hosts_gcc_against_the_gcc_the_workdirs_0_34_source_r
     assert compiler["severity"] == "error"
     assert compiler["value"] == f"GNU {found} (c++); the source needs GCC >= 13 (the source's CMakeLists.txt)"
     assert compiler["fix"].startswith("install g++-13 and build with CC=gcc-13 CXX=g++-13")
+
+
+@pytest.fixture
+def sdist_index(tmp_path: Path) -> Iterator[str]:
+    """A PEP 503 page on 127.0.0.1 with the real 0.33.0 and 0.34.0 sdists and their sha256, no wheel."""
+    page = tmp_path / "index" / "simple" / "vllm"
+    page.mkdir(parents=True)
+    links = []
+    for sdist in (MIRROR / "vllm-0.33.0.tar.gz", vllm_sdist("0.34.0")):
+        (page / sdist.name).symlink_to(sdist)
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        links.append(f'<a href="{sdist.name}#sha256={digest}">{sdist.name}</a>')
+    (page / "index.html").write_text("<html><body>" + "\n".join(links) + "</body></html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "index"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_release_watch_lists_0_34_0_its_recipe_and_the_fa3_gate_beyond_its_range(
+    sdist_index: str, tmp_path: Path
+) -> None:
+    """`invoke recipe --check-new` over an index holding 0.33.0 (tested) and 0.34.0 (not): only
+    0.34.0 is listed, read from its sdist; the index has no wheel, so there is nothing to audit."""
+    command = [
+        sys.executable, "-m", "invoke", "--search-root", str(ROOT), "recipe", "--check-new", "--arch", "12.1a",
+        "--wheel-index", sdist_index,
+    ]  # fmt: skip
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.replace("\n", " ")
+    assert f"release watch: 1 release(s) on {sdist_index} newer than the series was tested on (0.34.0)" in out
+    assert (
+        "patch 0006-build-fa3-only-for-9.x-archs-0.17.patch: applied beyond its tested range (tested up to 0.33.x) "
+        "— applies cleanly"
+    ) in out
+    assert "patch 0001-" not in out and "0.33.0:" not in out
+    assert f"official wheel for 12.1a: -: no vllm-0.34.0-cp38-abi3-manylinux_2_28_{platform.machine()}.whl" in out
+    assert "triton_kernels" in out and "GCC >= 13" in out
+    assert (tmp_path / "cache" / "spark-build" / "releases" / "vllm-0.34.0.tar.gz.sha256").is_file()
