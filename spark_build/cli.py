@@ -458,7 +458,8 @@ def release_watch(
     for release in watch.releases:
         for line in release.lines():
             say(line)
-        for line in facts_lines(f"  recipe of {release.version}", release.facts)[1:]:
+        outlook = tuple(f"{p.name} ({p.outcome})" for p in release.patches)
+        for line in facts_lines(f"  recipe of {release.version}", release.facts, outlook)[1:]:
             say(f"  {line}")
     return 0
 
@@ -505,9 +506,12 @@ def recipe(
         arch = cfg.arch or "12.1a"
 
         def covering(facts: SourceFacts) -> tuple[str, ...]:
-            """Our patches whose release range covers this source (patches/vllm/)."""
+            """Our patches whose release range covers this source (patches/vllm/), then those the
+            patch step tries beyond their tested range."""
             series = find_series(cfg.patches_dir, "vllm", Version(facts.version)) if facts.version else None
-            return tuple(p.name for p in series.patches) if series else ()
+            if series is None:
+                return ()
+            return (*(p.name for p in series.patches), *(f"{p.name} ({p.beyond_note()})" for p in series.beyond))
 
         paths = [Path(s).expanduser().resolve() for s in sources]
         missing = [str(p) for p in paths if not p.is_dir() and not p.name.endswith((".tar.gz", ".tgz"))]

@@ -32,7 +32,7 @@ from spark_build.wheel.dispatch import VLLM_DISPATCH
 Say = Callable[[str], None]
 
 
-def tested_through(series: Sequence[ScopedPatch]) -> Version | None:
+def series_tested_below(series: Sequence[ScopedPatch]) -> Version | None:
     """The first release newer than the series was tested on: the highest `<X` bound among the
     ranges that end only where testing ended (0006's `<0.34.0`); None when no range is open."""
     bounds = [Version(s.version) for p in series if not p.final for s in p.releases if s.operator == "<"]
@@ -181,7 +181,7 @@ def check_new(
     """Every release on `index` at or above the series' tested bound, read from its sdist
     (downloaded once into `cache`, sha256-checked) and its official wheel."""
     series = read_series(patches)
-    bound = tested_through(series)
+    bound = series_tested_below(series)
     files = index_files(index, on_retry=say)
     releases = sdist_releases(files)
     found: list[NewRelease] = []
