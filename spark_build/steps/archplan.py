@@ -51,6 +51,30 @@ def _remedies(ctx: Context) -> dict[str, str]:
     return remedies
 
 
+def beyond_effects(applied: set[str], removed_by: Mapping[str, str], built: frozenset[str] | None) -> list[str]:
+    """The effect of each patch applied beyond its tested range (`applied`), as setup.py now lists
+    its extensions (`built`): the one check of such a patch the product can make before the
+    compile. `removed_by` maps an extension target to the patch that removes it."""
+    if built is None:
+        return []
+    lines = []
+    for target, patch in sorted(removed_by.items()):
+        if patch in applied:
+            gone = target not in built
+            effect = "does its job: setup.py no longer builds" if gone else "did NOT stop setup.py building"
+            lines.append(f"arch-plan: {patch} (applied beyond its tested range) {effect} {target}")
+    return lines
+
+
+def _beyond_checked(ctx: Context, built: frozenset[str] | None) -> list[str]:
+    applied = {b["patch"] for b in ctx.optional_result("patch").get("beyond", []) if "applied" in b["outcome"]}
+    if not applied:
+        return []
+    recipe = ctx.recipe()
+    removed_by = removers(ctx.config.patches_dir / recipe.dist, recipe.version)
+    return beyond_effects(applied, {target: patch.name for target, patch in removed_by.items()}, built)
+
+
 class ArchPlanStep(Step):
     name = "arch-plan"
     summary = "run vLLM's CMake configure only and judge every kernel family against the target GPU"
@@ -93,6 +117,7 @@ class ArchPlanStep(Step):
         atomic_write_text(ctx.run_folder.arch_plan_table, table.getvalue())
         atomic_write_text(ctx.run_folder.arch_plan_json, json.dumps(plan.to_dict(), indent=2))
         ctx.show(plan_table(plan))
+        ctx.notes.extend(_beyond_checked(ctx, plan.built))
         for row in plan.dead_weight():
             line = f"arch-plan dead weight (the build goes on): {dead_weight_line(row)}"
             ctx.show(Text(line))  # Text: target names and paths are not rich markup

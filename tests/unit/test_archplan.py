@@ -34,6 +34,7 @@ from spark_build.arch.plan import (
 from spark_build.arch.plan_table import plan_table
 from spark_build.arch.target import Target
 from spark_build.compile.jobplan import DEFAULT_PROFILE
+from spark_build.steps.archplan import beyond_effects
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -264,3 +265,22 @@ def test_a_toolkit_with_its_stub_libcuda_and_nvrtc_needs_no_stubs(tmp_path: Path
     cuda = _toolkit(tmp_path / "cuda", "lib64/stubs/libcuda.so", "targets/x86_64-linux/lib/libnvrtc.so")
     assert missing_link_libraries(cuda) == []
     assert cuda_major(cuda) == 13
+
+
+@pytest.mark.parametrize(
+    ("built", "effect"),
+    [
+        pytest.param(
+            frozenset({"_C", "_vllm_fa2_C"}), "does its job: setup.py no longer builds _vllm_fa3_C", id="gone"
+        ),
+        pytest.param(frozenset({"_C", "_vllm_fa3_C"}), "did NOT stop setup.py building _vllm_fa3_C", id="still-built"),
+    ],
+)
+def test_a_patch_applied_beyond_its_range_is_checked_against_what_setup_py_now_builds(
+    built: frozenset[str], effect: str
+) -> None:
+    patch = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
+    assert beyond_effects({patch}, {"_vllm_fa3_C": patch}, built) == [
+        f"arch-plan: {patch} (applied beyond its tested range) {effect}"
+    ]
+    assert beyond_effects(set(), {"_vllm_fa3_C": patch}, built) == []
