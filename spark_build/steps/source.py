@@ -108,6 +108,10 @@ class Patch(Step):
                 ctx.notes.append(f"patch: {patch.name} {patch.beyond_note()} on {release}")
         return {"series": series.folder.name, "applied": applied, "new": new, "beyond": beyond}
 
+    def skipped_notes(self, result: Mapping[str, Any]) -> list[str]:
+        """A resumed build still says which patches it carries beyond their tested range."""
+        return [f"patch: {b['patch']} {b['outcome']}" for b in result.get("beyond", [])]
+
     def _git_apply(self, ctx: Context, patch: Path, *flags: str, check: bool = False) -> int:
         return ctx.run(self.name, ["git", "-C", ctx.src, "apply", "--verbose", *flags, patch], check=check)
 
