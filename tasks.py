@@ -378,6 +378,10 @@ def history(c: Context, json: bool = False, logs_dir: str | None = None, workdir
         "arch": "target arch whose use of each external project is judged (default 12.1a)",
         "json": "print the facts as JSON",
         "markdown": "print one Markdown table of all sources (docs/recipes.md is this over the real sdists)",
+        "check-new": "the release watch: every release on the package index newer than the patch series was "
+        "tested on — its recipe, which patches apply, the official wheel's GPU-code audit for --arch",
+        "wheel-index": "package index --check-new reads (default PyPI's simple API)",
+        "no-wheel-audit": "with --check-new, skip downloading and auditing the official wheels",
         "debug": "show tracebacks",
     },
 )
@@ -389,6 +393,9 @@ def recipe(
     arch: str | None = None,
     json: bool = False,
     markdown: bool = False,
+    check_new: bool = False,
+    wheel_index: str | None = None,
+    no_wheel_audit: bool = False,
     debug: bool = False,
 ) -> None:
     """What building a vLLM release needs, read from its source: torch pins and index, C++ standard,
@@ -396,4 +403,15 @@ def recipe(
     cli = {"ref": ref, "repo": repo, "arch": arch, "debug": debug}
     from spark_build.cli import recipe as run
 
-    _exit(run(cli, _file_options(c), sources=list(source or []), as_json=json, markdown=markdown))
+    _exit(
+        run(
+            cli,
+            _file_options(c),
+            sources=list(source or []),
+            as_json=json,
+            markdown=markdown,
+            check_new=check_new,
+            wheel_index=wheel_index,
+            wheel_audit=not no_wheel_audit,
+        )
+    )

@@ -157,6 +157,7 @@ def _run(
         console=console,
         compiles=any(s.name == "compile" for s in steps),
         resume_command=resume_command,
+        gcc_minimum=source.facts.gcc_minimum if source is not None else None,
     )
     by_name = {s.name: s for s in steps}
     try:

@@ -184,13 +184,18 @@ def _existing_torch(python: str) -> Version:
 def doctor(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
     from spark_build.host.doctor import run_doctor
     from spark_build.host.needs import EXAMPLE_NEEDS, VLLM_NEEDS
+    from spark_build.upstream.facts import read_gcc_minimum
 
     def action() -> int:
         cfg = options.resolve(cli, file)
         layout = cfg.layout
         python = layout.python if layout.python.exists() else None
         needs = EXAMPLE_NEEDS if cfg.example else VLLM_NEEDS
-        return run_doctor(cfg.workdir, layout.cache, cfg.arch, as_json, console(), python=python, needs=needs)
+        # The workdir's source, once cloned, says which GCC its configure accepts.
+        gcc = read_gcc_minimum(layout.src)
+        return run_doctor(
+            cfg.workdir, layout.cache, cfg.arch, as_json, console(), python=python, needs=needs, gcc_minimum=gcc
+        )
 
     return guarded(action, debug=False)
 
@@ -390,6 +395,75 @@ def report(
     return guarded(action, debug=False)
 
 
+def release_watch(
+    cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool, index: str | None, audit: bool
+) -> int:
+    """`invoke recipe --check-new`: every release newer than the patch series was tested on."""
+    import json
+    import os
+    import platform
+    import sys
+    from pathlib import Path
+
+    from spark_build.arch.target import Target
+    from spark_build.errors import UsageError
+    from spark_build.layout import user_cache
+    from spark_build.nightly.official import PACKAGE_INDEX, check_lookup_urls
+    from spark_build.nightly.release_watch import check_new
+    from spark_build.upstream.facts_report import facts_lines
+    from spark_build.wheel.archaudit import find_cuobjdump
+
+    cfg = options.resolve(cli, file)
+    arch = cfg.arch or "12.1a"
+    index = index or PACKAGE_INDEX
+    check_lookup_urls(index, "https://")
+    series = cfg.patches_dir / "vllm"
+    if not (series / "series").is_file():
+        raise UsageError(
+            f"no patch series in {series}", hint="point --patches-dir at the folder that holds vllm/series"
+        )
+    cuobjdump = find_cuobjdump(cfg.cuda_home, os.environ, venv=Path(sys.prefix)) if audit else None
+    out = console()
+
+    def say(line: str) -> None:
+        out.print(line, highlight=False, markup=False)
+
+    watch = check_new(
+        index,
+        series,
+        user_cache() / "releases",
+        arch=arch,
+        target=Target.from_option(arch).newest,
+        machine=platform.machine(),
+        cuobjdump=cuobjdump,
+        say=say if not as_json else lambda _line: None,
+    )
+    if as_json:
+        rows = [
+            {
+                "version": str(r.version),
+                "recipe": r.facts.to_dict(),
+                "patches": [{"patch": p.name, "outcome": p.outcome} for p in r.patches],
+                "wheel": {
+                    "filename": r.wheel.filename,
+                    "summary": r.wheel.summary,
+                    "audit": r.wheel.report.to_dict() if r.wheel.report else None,
+                },
+            }
+            for r in watch.releases
+        ]
+        print(json.dumps({"tested_below": str(watch.tested_below), "releases": rows}, indent=2))
+        return 0
+    say(watch.headline())
+    for release in watch.releases:
+        for line in release.lines():
+            say(line)
+        outlook = tuple(f"{p.name} ({p.outcome})" for p in release.patches)
+        for line in facts_lines(f"  recipe of {release.version}", release.facts, outlook)[1:]:
+            say(f"  {line}")
+    return 0
+
+
 def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: bool) -> int:
     from spark_build.insight.report import history_main
 
@@ -397,9 +471,23 @@ def history(cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, as_json: 
 
 
 def recipe(
-    cli: Mapping[str, Any], file: Mapping[str, Any] | None, *, sources: list[str], as_json: bool, markdown: bool
+    cli: Mapping[str, Any],
+    file: Mapping[str, Any] | None,
+    *,
+    sources: list[str],
+    as_json: bool,
+    markdown: bool,
+    check_new: bool = False,
+    wheel_index: str | None = None,
+    wheel_audit: bool = True,
 ) -> int:
-    """`invoke recipe`: the recipe facts of `--ref` (or of source folders and sdists), read by rules."""
+    """`invoke recipe`: the recipe facts of `--ref` (or of source folders and sdists), read by rules;
+    with `check_new`, the release watch over the package index instead."""
+    if check_new:
+        return guarded(
+            lambda: release_watch(cli, file, as_json=as_json, index=wheel_index, audit=wheel_audit),
+            debug=bool(cli.get("debug")),
+        )
     import json
     import tempfile
     from pathlib import Path
@@ -418,9 +506,12 @@ def recipe(
         arch = cfg.arch or "12.1a"
 
         def covering(facts: SourceFacts) -> tuple[str, ...]:
-            """Our patches whose release range covers this source (patches/vllm/)."""
+            """Our patches whose release range covers this source (patches/vllm/), then those the
+            patch step tries beyond their tested range."""
             series = find_series(cfg.patches_dir, "vllm", Version(facts.version)) if facts.version else None
-            return tuple(p.name for p in series.patches) if series else ()
+            if series is None:
+                return ()
+            return (*(p.name for p in series.patches), *(f"{p.name} ({p.beyond_note()})" for p in series.beyond))
 
         paths = [Path(s).expanduser().resolve() for s in sources]
         missing = [str(p) for p in paths if not p.is_dir() and not p.name.endswith((".tar.gz", ".tgz"))]

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shlex
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +203,8 @@ class PlanRow:
     objects: int = 0
     note: str = ""
     dead: bool = False  # objects compiled with no code for any target GPU: a cost, no kernel
+    cpu_s: float | None = None  # dead weight's estimated compile CPU-s (None: no profile knows it)
+    remedy: str = ""  # dead weight: the patch or option that removes it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,7 +216,39 @@ class PlanRow:
             "verdict": self.verdict.value if self.verdict else None,
             "note": self.note,
             "dead": self.dead,
+            "cpu_s": self.cpu_s,
+            "remedy": self.remedy,
         }
+
+
+@dataclass(frozen=True)
+class CompileCosts:
+    """Compile CPU-s per object from a measured profile (the shipped vLLM 0.13.0 one): the price
+    of dead weight. An object the profile lacks is priced at its target's median, where the
+    profile has that target (a newer release renames some FA3 instantiations, not their cost)."""
+
+    by_object: Mapping[str, float]
+    by_target: Mapping[str, float]  # median CPU-s of one object of the target
+
+    @classmethod
+    def from_profile(cls, profile: Mapping[str, Any]) -> CompileCosts:
+        by_object: dict[str, float] = {}
+        per_target: dict[str, list[float]] = {}
+        for row in profile.get("objects", []):
+            if isinstance(row.get("cpu_s"), int | float) and row.get("output"):
+                by_object[str(row["output"])] = float(row["cpu_s"])
+                per_target.setdefault(str(row.get("target", "")), []).append(float(row["cpu_s"]))
+        medians = {t: sorted(v)[len(v) // 2] for t, v in per_target.items() if v}
+        return cls(by_object, medians)
+
+    def estimate(self, objects: Sequence[ObjectArchs]) -> float | None:
+        total = 0.0
+        for obj in objects:
+            cost = self.by_object.get(obj.object, self.by_target.get(obj.target))
+            if cost is None:
+                return None
+            total += cost
+        return total
 
 
 @dataclass(frozen=True)
@@ -229,13 +262,20 @@ def _verdict(sass: Iterable[str], ptx: Iterable[str], target: ComputeCapability)
     return best_on(codes, target)
 
 
-def judge(plan: ParsedPlan, target: ComputeCapability, built: frozenset[str] | None = None) -> tuple[PlanRow, ...]:
+def judge(
+    plan: ParsedPlan,
+    target: ComputeCapability,
+    built: frozenset[str] | None = None,
+    costs: CompileCosts | None = None,
+    remedies: Mapping[str, str] | None = None,
+) -> tuple[PlanRow, ...]:
     """Rows for every family and every (object group, codes) pair, each with its verdict.
 
     `built` is the set of CMake targets the source's setup.py builds (None: unknown, every
     configured target counts). Objects of a built target that get no `-gencode` compile nvcc's
-    default arch and run on nothing: that is a problem (FA3 on a 12.x target, 37 % of vLLM
-    0.13.0's compile); objects of a target setup.py skips cost nothing and say so."""
+    default arch and run on nothing: dead weight (FA3 on a 12.x target, 37 % of vLLM 0.13.0's
+    compile), priced from `costs` and named with what removes it (`remedies`, by CMake target);
+    objects of a target setup.py skips cost nothing and say so."""
     rows: list[PlanRow] = []
     for family, archs in plan.families.items():
         if not archs:
@@ -243,11 +283,12 @@ def judge(plan: ParsedPlan, target: ComputeCapability, built: frozenset[str] | N
             continue
         sass, ptx = codes_for_arch_list(archs)
         rows.append(PlanRow("family", family, sass, ptx, _verdict(sass, ptx, target), note=";".join(archs)))
-    groups: Counter[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = Counter()
+    groups: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], list[ObjectArchs]] = {}
     for obj in plan.objects:
         if obj.device_code:
-            groups[(obj.target, f"{obj.target} {obj.group}", obj.sass, obj.ptx)] += 1
-    for (cmake_target, name, sass, ptx), count in sorted(groups.items()):
+            groups.setdefault((obj.target, f"{obj.target} {obj.group}", obj.sass, obj.ptx), []).append(obj)
+    for (cmake_target, name, sass, ptx), members in sorted(groups.items()):
+        count = len(members)
         if sass or ptx:
             rows.append(PlanRow("objects", name, sass, ptx, _verdict(sass, ptx, target), objects=count))
         elif built is not None and cmake_target not in built:
@@ -256,15 +297,34 @@ def judge(plan: ParsedPlan, target: ComputeCapability, built: frozenset[str] | N
         else:
             # nvcc then builds for its default arch (sm_75 in CUDA 13): the family's gate chose
             # nothing for this target, yet the objects are still compiled.
-            note = "no -gencode: nvcc's default arch, runs on no target GPU"
-            rows.append(PlanRow("objects", name, (), (), None, objects=count, note=note, dead=True))
+            cpu_s = costs.estimate(members) if costs is not None else None
+            remedy = (remedies or {}).get(cmake_target, "")
+            note = "no -gencode: nvcc's default arch, runs on no target GPU" + (
+                f"; ≈ {cpu_s:,.0f} CPU-s" if cpu_s is not None else ""
+            )
+            note += f"; {remedy}" if remedy else ""
+            rows.append(
+                PlanRow("objects", name, (), (), None, objects=count, note=note, dead=True, cpu_s=cpu_s, remedy=remedy)
+            )
     return tuple(rows)
 
 
 def problems(rows: Iterable[PlanRow]) -> list[PlanRow]:
-    """Rows whose code the target cannot run (a kernel that fails at launch), and rows that
-    compile code for no target GPU at all (minutes of compile for nothing)."""
-    return [row for row in rows if row.verdict is Verdict.CANNOT_RUN or row.dead]
+    """Rows whose code the target cannot run but vLLM would dispatch: a kernel that fails at
+    launch. Code for no target GPU at all is dead weight (`dead_weight`), a cost, not a stop."""
+    return [row for row in rows if row.verdict is Verdict.CANNOT_RUN]
+
+
+def dead_weight(rows: Iterable[PlanRow]) -> list[PlanRow]:
+    """Rows that compile code for no target GPU: minutes of compile for nothing, reported with
+    their estimated CPU-s and what removes them while the build goes on."""
+    return [row for row in rows if row.dead]
+
+
+def dead_weight_line(row: PlanRow) -> str:
+    cost = f"≈ {row.cpu_s:,.0f} CPU-s (shipped 0.13.0 profile)" if row.cpu_s is not None else "CPU-s unknown"
+    removed = f"; {row.remedy}" if row.remedy else ""
+    return f"{row.name}: {row.objects} object(s) compiled for no target GPU, {cost}{removed}"
 
 
 @dataclass(frozen=True)
@@ -280,6 +340,9 @@ class ArchPlan:
     def problems(self) -> list[PlanRow]:
         return problems(self.rows)
 
+    def dead_weight(self) -> list[PlanRow]:
+        return dead_weight(self.rows)
+
     def to_dict(self) -> dict[str, Any]:
         objects = [o for o in self.parsed.objects if o.device_code]
         return {
@@ -290,6 +353,9 @@ class ArchPlan:
             "device_objects": len(objects),
             "host_objects": len(self.parsed.objects) - len(objects),
             "problems": [row.name for row in self.problems()],
+            "dead_weight": [
+                {"name": r.name, "objects": r.objects, "cpu_s": r.cpu_s, "remedy": r.remedy} for r in self.dead_weight()
+            ],
             "built_targets": sorted(self.built) if self.built is not None else None,
         }
 
@@ -301,10 +367,12 @@ def plan_from_outputs(
     arch_list: str,
     target: ComputeCapability,
     built: frozenset[str] | None = None,
+    costs: CompileCosts | None = None,
+    remedies: Mapping[str, str] | None = None,
 ) -> ArchPlan:
     """Pure: the plan from a configure log and compile_commands.json (text or parsed)."""
     parsed = ParsedPlan(parse_configure_messages(log), tuple(parse_compile_commands(compile_commands, roots)))
-    return ArchPlan(arch_list, target, parsed, judge(parsed, target, built), built)
+    return ArchPlan(arch_list, target, parsed, judge(parsed, target, built, costs, remedies), built)
 
 
 def read_plan(
@@ -313,6 +381,8 @@ def read_plan(
     arch_list: str,
     target: ComputeCapability,
     built: frozenset[str] | None = None,
+    costs: CompileCosts | None = None,
+    remedies: Mapping[str, str] | None = None,
 ) -> ArchPlan:
     """The plan from a finished `configure()`."""
     return plan_from_outputs(
@@ -322,6 +392,8 @@ def read_plan(
         arch_list,
         target,
         built,
+        costs,
+        remedies,
     )
 
 
@@ -338,6 +410,8 @@ def plan_source(
     target: ComputeCapability,
     step: str = "arch-plan",
     bin_dirs: Sequence[Path] = (),
+    costs: CompileCosts | None = None,
+    remedies: Mapping[str, str] | None = None,
 ) -> ArchPlan:
     """The arch-plan step in one call: configure with the fetched sources, read, judge."""
     configured = configure(
@@ -356,11 +430,12 @@ def plan_source(
     built = setup_extensions(
         source, venv, arch, cuda_home=cuda_home, runner=runner, log=log, step=step, bin_dirs=bin_dirs
     )
-    return read_plan(configured, roots, arch, target, built)
+    return read_plan(configured, roots, arch, target, built, costs, remedies)
 
 
 def raise_for_problems(plan: ArchPlan, step: str = "arch-plan", log: Path | None = None) -> None:
-    """Stop before a 30-minute compile whose kernels would not load on the target GPU."""
+    """Stop before a 30-minute compile whose kernels vLLM would dispatch but the target GPU cannot
+    load; dead weight is not a reason to stop (`dead_weight`)."""
     bad = plan.problems()
     if bad:
         rows = ", ".join(f"{row.name} ({' '.join(row.sass + row.ptx) or 'no -gencode'})" for row in bad)

@@ -63,16 +63,18 @@ def run_doctor(
     python: Path | None = None,
     needs: BuildNeeds = VLLM_NEEDS,
     gather: Callable[..., HostFacts] = gather_host,
+    gcc_minimum: str | None = None,
 ) -> int:
     """`invoke doctor`: gather, judge, print; 0 when a build can start, 1 when not.
 
     A malformed `--arch` raises `UsageError` (exit 2) before anything runs. `python` is the
-    interpreter whose torch the build will use (default: the one running spark-build).
+    interpreter whose torch the build will use (default: the one running spark-build);
+    `gcc_minimum` the oldest GCC the workdir's source accepts, when there is one.
     """
     if arch:
         archmap.parse_arch_list(arch)
     facts = gather(workdir, cache_dir, arch=arch, python=python)
-    problems = evaluate(facts, arch, needs)
+    problems = evaluate(facts, arch, needs, gcc_minimum=gcc_minimum)
     if as_json:
         console.out(to_json(problems, facts), highlight=False)
     else:

@@ -71,6 +71,30 @@ class TorchInfo:
 
 
 @dataclass(frozen=True)
+class CxxCompiler:
+    """The host C++ compiler: vLLM's configure stops below a GCC version its source names."""
+
+    command: str
+    family: str  # GNU, Clang, or the first word of its banner
+    version: str | None
+
+
+def parse_cxx_version(command: str, output: str) -> CxxCompiler:
+    """`g++ (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0` → GNU 11.4.0; `clang version 18.1.3` → Clang."""
+    banner = output.strip().splitlines()[0] if output.strip() else ""
+    family = "Clang" if "clang" in banner.lower() else "GNU" if re.search(r"g\+\+|gcc|c\+\+|GCC", banner) else ""
+    versions = re.findall(r"(?<![\w.~-])(\d+\.\d+(?:\.\d+)?)(?![\w.-])", banner)
+    return CxxCompiler(command, family or (banner.split()[0] if banner else "?"), versions[-1] if versions else None)
+
+
+def query_cxx(env: Mapping[str, str], run: Query) -> CxxCompiler | None:
+    """The compiler CMake's configure picks for C++ (`$CXX`, else `c++`); None when there is none."""
+    command = env.get("CXX") or "c++"
+    status, output = run([command, "--version"])
+    return parse_cxx_version(command, output) if status == 0 else None
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """Everything preflight judges about the machine, read once."""
 
@@ -105,6 +129,7 @@ class HostFacts:
     triton_ptxas_path_exists: bool
     target_arch_option: str | None = None
     notes: tuple[str, ...] = field(default=())
+    cxx: CxxCompiler | None = None  # the host C++ compiler CMake would pick (`$CXX`, else `c++`)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data for the host report and `doctor --json`."""
@@ -319,6 +344,7 @@ def gather_host(
         torch_query_error=torch_query_error,
         target_arch_option=arch,
         notes=tuple(notes),
+        cxx=query_cxx(env, run),
         **_environment_facts(env),
     )
 

@@ -56,10 +56,16 @@ def can_build(problems: Sequence[Problem]) -> bool:
 
 
 def evaluate(
-    facts: HostFacts, target_arch: str | None, needs: BuildNeeds = VLLM_NEEDS, *, torch_cuda: str = "13"
+    facts: HostFacts,
+    target_arch: str | None,
+    needs: BuildNeeds = VLLM_NEEDS,
+    *,
+    torch_cuda: str = "13",
+    gcc_minimum: str | None = None,
 ) -> list[Problem]:
     """Judge the host for a build targeting `target_arch` (`--arch`; None: this GPU's arch) with
-    the torch `--torch-cuda` asks for ('cpu': a CPU torch is what the build wants, no warning).
+    the torch `--torch-cuda` asks for ('cpu': a CPU torch is what the build wants, no warning),
+    of a source whose configure stops below GCC `gcc_minimum` (None: not known here).
 
     Pure: no process, no file, no clock. A malformed `target_arch` raises `UsageError`.
     """
@@ -79,6 +85,7 @@ def evaluate(
         _check_library_path(facts),
         _check_torch(facts, torch_cuda),
         _check_triton_ptxas(facts, targets),
+        _check_host_compiler(facts, gcc_minimum),
         Problem("python", facts.python_version, "ok"),
         _check_tool("uv", facts.uv_version, "pip install uv (or use spark-build's venv, which has it)"),
         _check_tool("git", facts.git_version, "install git: sudo apt install git"),
@@ -375,6 +382,28 @@ def _check_triton_ptxas(facts: HostFacts, targets: Sequence[archmap.ArchEntry]) 
         return Problem("triton ptxas", "bundled ptxas knows the target", "ok")
     sm = archmap.sm_name(archmap.ArchEntry(needs_new_ptxas[0].major, needs_new_ptxas[0].minor, "a"))
     return Problem("triton ptxas", f"TRITON_PTXAS_PATH unset; bundled ptxas lacks {sm}", "warning", fix)
+
+
+def _check_host_compiler(facts: HostFacts, gcc_minimum: str | None) -> Problem:
+    """vLLM 0.33 and later stop their configure below GCC 13 (DeepGEMM's and DeepSelect's C++20
+    `<format>`), minutes into a build, after torch is installed; Ubuntu 22.04 ships GCC 11."""
+    cxx = facts.cxx
+    needs = f"GCC >= {gcc_minimum} (the source's CMakeLists.txt)" if gcc_minimum else None
+    fix = (
+        f"install g++-{Version(gcc_minimum).major} and build with CC=gcc-{Version(gcc_minimum).major} "
+        f"CXX=g++-{Version(gcc_minimum).major} (Ubuntu 22.04: sudo add-apt-repository ppa:ubuntu-toolchain-r/test)"
+        if gcc_minimum
+        else ""
+    )
+    if cxx is None:
+        return Problem("host compiler", "no C++ compiler ($CXX, else c++)", "error", fix or "sudo apt install g++")
+    found = f"{cxx.family} {cxx.version or '?'} ({cxx.command})"
+    if needs is None:
+        return Problem("host compiler", f"{found}; the release's minimum is read from its source at preflight", "ok")
+    version = _version_or_none(cxx.version)
+    if cxx.family == "GNU" and version is not None and version < Version(gcc_minimum or "0"):
+        return Problem("host compiler", f"{found}; the source needs {needs}", "error", fix)
+    return Problem("host compiler", f"{found}; needs {needs}", "ok")
 
 
 def _check_tool(name: str, version: str | None, fix: str) -> Problem:

@@ -277,6 +277,25 @@ def mirror_wheel(
     across runs), checks the sha256 (argument, else `#sha256=` in the URL), writes `NAME.sha256`,
     then renames into place. pip and a PEP 503 server only ever see complete, verified wheels.
     """
+    name = wheel_filename(split_sha256_fragment(url)[0])
+    return mirror_file(
+        url, wheelhouse, name, expected_sha256, timeout=timeout, policy=policy, on_retry=on_retry, chunk_size=chunk_size
+    )
+
+
+def mirror_file(
+    url: str,
+    folder: Path,
+    name: str,
+    expected_sha256: str | None = None,
+    *,
+    timeout: float = 60.0,
+    policy: RetryPolicy = RETRY_POLICY,
+    on_retry: Say | None = None,
+    chunk_size: int = 1 << 20,
+) -> Path:
+    """`mirror_wheel` for any file (a source distribution the release watch reads) saved as `name`."""
+    wheelhouse = folder
     fetch_url, fragment_sha = split_sha256_fragment(url)
     if expected_sha256 and fragment_sha and expected_sha256.lower() != fragment_sha:
         raise UsageError(
@@ -284,7 +303,6 @@ def mirror_wheel(
             hint="drop one of them",
         )
     expected = (expected_sha256 or fragment_sha or "").lower() or None
-    name = wheel_filename(fetch_url)
     partial_dir = wheelhouse / PARTIAL_DIR
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / f"{name}.part"

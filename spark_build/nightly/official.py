@@ -166,8 +166,8 @@ def _get(url: str, accept: str, timeout: float, policy: RetryPolicy, on_retry: S
 
 
 def parse_index_page(page_url: str, content_type: str, body: str) -> list[OfficialWheel]:
-    """The wheels with a sha256 on one project page, JSON (PEP 691) or HTML (PEP 503); yanked
-    files are left out, as installers leave them out."""
+    """The wheels and source distributions with a sha256 on one project page, JSON (PEP 691) or
+    HTML (PEP 503); yanked files are left out, as installers leave them out."""
     found = []
     if "json" in content_type:
         for entry in json.loads(body).get("files", []):
@@ -181,7 +181,7 @@ def parse_index_page(page_url: str, content_type: str, body: str) -> list[Offici
     for href, yanked in parser.links:
         url, sha = split_sha256_fragment(urllib.parse.urljoin(page_url, href))
         name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
-        if sha and not yanked and name.endswith(".whl"):
+        if sha and not yanked and name.endswith((".whl", ".tar.gz")):
             found.append(OfficialWheel(name, url, sha, Place.INDEX))
     return found
 

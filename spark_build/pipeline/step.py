@@ -44,6 +44,7 @@ class Context:
     console: Console | None = None
     compiles: bool = True  # False for `invoke arch-plan`: no compile job will need memory
     resume_command: str = RESUME_COMMAND  # the user's own command line, with --resume
+    gcc_minimum: str | None = None  # the oldest GCC the source's configure accepts (its recipe)
 
     def show(self, renderable: Any) -> None:
         """Put a table in front of the user (the arch plan), not only in the logs."""

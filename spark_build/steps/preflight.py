@@ -90,7 +90,11 @@ class Preflight(Step):
         )
         ctx.host = facts
         problems = evaluate(
-            facts, ctx.target.arch_list, needs_for(cfg.example, ctx.compiles), torch_cuda=cfg.torch_cuda
+            facts,
+            ctx.target.arch_list,
+            needs_for(cfg.example, ctx.compiles),
+            torch_cuda=cfg.torch_cuda,
+            gcc_minimum=ctx.gcc_minimum,
         )
         atomic_write_text(ctx.run_folder.host, to_json(problems, facts))
         for problem in problems:

@@ -74,26 +74,43 @@ class Patch(Step):
     def run(self, ctx: Context) -> dict[str, Any]:
         recipe = ctx.recipe()
         series = None if ctx.config.no_patches else find_series(ctx.config.patches_dir, recipe.dist, recipe.version)
-        if series is None or not series.patches:
+        if series is None or not series.to_try():
             why = (
                 "--no-patches" if ctx.config.no_patches else f"none for {recipe.dist} {recipe.version or 'at this ref'}"
             )
             ctx.notes.append(f"patch: none applied ({why})")
             return {"series": None, "applied": []}
-        applied = []
-        for patch in series.patches:
-            if self._git_apply(ctx, patch.path, "--reverse", "--check") == 0:
-                continue  # already in the tree
-            if self._git_apply(ctx, patch.path, "--check") != 0:
-                raise StepFailed(
-                    f"{patch.name} declares releases {patch.declared} but no longer applies to "
-                    f"{recipe.dist} {recipe.version} (the log names file and hunk)",
-                    hint="refresh the patch for this release and narrow its 'Releases:' range, "
-                    "or build pristine source with --no-patches",
-                )
-            self._git_apply(ctx, patch.path, check=True)
+        release = f"{recipe.dist} {recipe.version}"
+        applied: list[str] = []
+        new: list[str] = []
+        beyond: list[dict[str, str]] = []
+        for patch in series.to_try():
+            past = patch in series.beyond
+            if self._git_apply(ctx, patch.path, "--reverse", "--check") != 0:
+                if self._git_apply(ctx, patch.path, "--check") != 0:
+                    if not past or patch.required:
+                        raise StepFailed(
+                            f"{patch.name} declares releases {patch.declared}"
+                            + (" (required)" if past else "")
+                            + f" but no longer applies to {release} (the log names file and hunk)",
+                            hint="refresh the patch for this release and narrow its 'Releases:' range, "
+                            "or build pristine source with --no-patches",
+                        )
+                    note = f"tested up to {patch.tested_up_to()}, no longer applies: skipped"
+                    beyond.append({"patch": patch.name, "outcome": note, "without": patch.without})
+                    ctx.notes.append(f"patch: {patch.name} {note} — {patch.without or 'its change is missing'}")
+                    continue
+                self._git_apply(ctx, patch.path, check=True)
+                new.append(patch.name)
             applied.append(patch.name)
-        return {"series": series.folder.name, "applied": [p.name for p in series.patches], "new": applied}
+            if past:
+                beyond.append({"patch": patch.name, "outcome": patch.beyond_note(), "without": patch.without})
+                ctx.notes.append(f"patch: {patch.name} {patch.beyond_note()} on {release}")
+        return {"series": series.folder.name, "applied": applied, "new": new, "beyond": beyond}
+
+    def skipped_notes(self, result: Mapping[str, Any]) -> list[str]:
+        """A resumed build still says which patches it carries beyond their tested range."""
+        return [f"patch: {b['patch']} {b['outcome']}" for b in result.get("beyond", [])]
 
     def _git_apply(self, ctx: Context, patch: Path, *flags: str, check: bool = False) -> int:
         return ctx.run(self.name, ["git", "-C", ctx.src, "apply", "--verbose", *flags, patch], check=check)

@@ -20,7 +20,7 @@ from spark_build.config import BuildConfig
 from spark_build.errors import UsageError
 from spark_build.host.facts import TorchInfo
 from spark_build.upstream.facts import CUDA_REQUIREMENTS, SourceFacts, exact_torch, read_facts, torch_index_for
-from spark_build.upstream.patches import PatchSeries, find_series
+from spark_build.upstream.patches import PatchSeries, ScopedPatch, applies_cleanly, find_series, touched_files
 from spark_build.upstream.recipe import project_name
 from spark_build.upstream.refs import ResolvedRef, read_recipe_files, resolve_ref
 from spark_build.upstream.versions import check_supported
@@ -35,6 +35,9 @@ class SourcePlan:
     torch_packages: tuple[str, ...]
     torch_index: str
     torch_why: str
+    # Per patch beyond its tested range: whether it applies cleanly to the ref's files (None: the
+    # plan's recipe files do not hold every file it edits; the patch step decides).
+    beyond: tuple[tuple[str, bool | None], ...] = ()
 
     def lines(self, config: BuildConfig) -> list[str]:
         """The plan of the source, as `--dry-run` prints it."""
@@ -44,13 +47,20 @@ class SourcePlan:
         else:
             where = f"the wheel folder {config.wheels}" if config.wheels else self.torch_index
             lines.append(f"torch: {' '.join(self.torch_packages)} from {where} — {self.torch_why}")
+        if self.facts.gcc_minimum:
+            gate = f"{self.ref.name}'s CMakeLists.txt stops the configure below it"
+            lines.append(f"host compiler: GCC >= {self.facts.gcc_minimum} ({gate})")
         if config.no_patches:
             lines.append("patches: none (--no-patches)")
-        elif self.patches is None or not self.patches.patches:
+        elif self.patches is None or not self.patches.to_try():
             lines.append(f"patches: none cover {self.dist} {self.ref.version or 'at this ref'}")
         else:
             lines.append(f"patches ({self.patches.folder.name}/series, for {self.dist} {self.ref.version}):")
             lines += [f"  {p.label()}: {p.why}" for p in self.patches.patches]
+            checked = dict(self.beyond)
+            for patch in self.patches.beyond:
+                check = _beyond_check(checked.get(patch.name), patch, self.ref.name)
+                lines.append(f"  {patch.label()}: {patch.beyond_note()}{check}")
         if self.dist != "vllm":
             return [*lines, f"external projects: none ({self.dist} is not a vLLM tree)"]
         lines.append(
@@ -63,6 +73,15 @@ class SourcePlan:
         return lines
 
 
+def _beyond_check(applies: bool | None, patch: ScopedPatch, ref: str) -> str:
+    if applies is None:
+        return " — if it applies cleanly (the patch step checks)"
+    if applies:
+        return f" — applies cleanly to {', '.join(touched_files(patch))} of {ref}"
+    consequence = "; required: the patch step stops" if patch.required else f"; without it: {patch.without or '?'}"
+    return f" — does not apply to {ref}: skipped{consequence}"
+
+
 def plan_source(config: BuildConfig, existing_torch: TorchInfo | None = None) -> SourcePlan:
     """Resolve the ref and read its recipe files from a scratch fetch (nothing in the workdir);
     `existing_torch` is the torch `--torch existing` builds against, judged against the source."""
@@ -72,6 +91,8 @@ def plan_source(config: BuildConfig, existing_torch: TorchInfo | None = None) ->
         read_recipe_files(config.repo, ref.name, tree)
         facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
         dist = project_name(tree)
+        patches = find_series(config.patches_dir, dist, ref.version)
+        beyond = tuple((p.name, applies_cleanly(tree, p)) for p in (patches.beyond if patches else ()))
         if existing_torch is not None:
             cmakelists = tree / "CMakeLists.txt"
             standard = source_standard(cmakelists.read_text(errors="replace")) if cmakelists.is_file() else None
@@ -91,8 +112,7 @@ def plan_source(config: BuildConfig, existing_torch: TorchInfo | None = None) ->
         if exact is not None:
             index, index_why = torch_index_for(exact)
             why = f"{why}; {index_why}"
-    patches = find_series(config.patches_dir, dist, ref.version)
-    return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why)
+    return SourcePlan(dist, ref, facts, patches, tuple(packages), index, why, beyond)
 
 
 def check_existing_torch(torch: TorchInfo, standard: int | None, pins: Sequence[str], label: str) -> None:

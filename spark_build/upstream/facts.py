@@ -27,7 +27,10 @@ from spark_build.upstream.versions import (
     cmake_files,
     parse_external_projects,
     read_branches,
+    rocm_only,
 )
+
+_COMMENT_LINE = re.compile(r"#[^\n]*")
 
 TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
 PYPI_INDEX = "https://pypi.org/simple"
@@ -114,6 +117,35 @@ def read_cxx_standard(source: Path) -> str | None:
     """`CMAKE_CXX_STANDARD` of the top CMakeLists.txt."""
     path = source / "CMakeLists.txt"
     return cxx_standard(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+_GNU_BELOW = re.compile(
+    r'CMAKE_CXX_COMPILER_ID\s+STREQUAL\s+"?GNU"?\s+AND\s+CMAKE_CXX_COMPILER_VERSION\s+VERSION_LESS\s+"?([\d.]+)"?',
+    re.IGNORECASE,
+)
+_FATAL = re.compile(r"message\s*\(\s*FATAL_ERROR", re.IGNORECASE)
+
+
+def gcc_minimum(cmakelists: str) -> str | None:
+    """The oldest GCC the CUDA build's configure accepts: the highest `X` of the
+    `if(… CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "X")`
+    blocks that stop with `message(FATAL_ERROR …)` in a branch a CUDA build reads. vLLM asks 11.3
+    for torch's C++20 headers and, from 0.33, 13 for DeepGEMM's and DeepSelect's `<format>`:
+    Ubuntu 22.04's GCC 11 fails the configure minutes into a build."""
+    text = read_branches(_COMMENT_LINE.sub("", cmakelists), rocm_only, keep_conditions=True)
+    floors = []
+    for found in _GNU_BELOW.finditer(text):
+        body = text[found.end() : found.end() + 400]
+        endif = re.search(r"\bendif\s*\(", body, re.IGNORECASE)
+        if _FATAL.search(body[: endif.start()] if endif else body):
+            floors.append(Version(found[1]))
+    return str(max(floors)) if floors else None
+
+
+def read_gcc_minimum(source: Path) -> str | None:
+    """`gcc_minimum` of the top CMakeLists.txt."""
+    path = source / "CMakeLists.txt"
+    return gcc_minimum(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def read_requires_python(source: Path) -> str | None:
@@ -265,6 +297,7 @@ class SourceFacts:
     arch: str  # the target, e.g. 12.1a
     cmake_arch: str  # what the target becomes in CUDA_ARCHS under CUDA 13
     projects: tuple[ProjectFacts, ...]
+    gcc_minimum: str | None = None  # the oldest GCC the configure accepts (its FATAL_ERROR)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -285,6 +318,7 @@ def read_facts(source: Path, version: Version | None = None, *, arch: str = "12.
         build_requirements=read_build_requirements(source),
         torch=read_torch_pin(source),
         cxx_standard=read_cxx_standard(source),
+        gcc_minimum=read_gcc_minimum(source),
         requires_python=read_requires_python(source),
         cutlass_revision=cutlass,
         arch=arch,

@@ -25,6 +25,7 @@ def facts_lines(label: str, facts: SourceFacts, patches: tuple[str, ...] = ()) -
         ("torch", f"{' '.join(torch.packages)} ({torch.read_from})" if torch else "no pin in requirements/cuda.txt"),
         ("torch index", f"{torch.index} ({torch.index_why})" if torch else "—"),
         ("C++ standard", facts.cxx_standard or "unset"),
+        ("host compiler", f"GCC >= {facts.gcc_minimum} (CMakeLists.txt's FATAL_ERROR)" if facts.gcc_minimum else "any"),
         ("Python", facts.requires_python or "unset"),
         ("CUTLASS", facts.cutlass_revision or "not fetched"),
         (f"{facts.arch} in CUDA_ARCHS", f"{facts.cmake_arch} (CUDA 13)"),
@@ -38,6 +39,12 @@ def facts_lines(label: str, facts: SourceFacts, patches: tuple[str, ...] = ()) -
             f"{p.repository or '?'}"
         )
     return lines
+
+
+def _patch_label(patch: str) -> str:
+    """`0006-build-….patch` → `0006`; one applied beyond its tested range says so."""
+    number = patch.split("-", 1)[0]
+    return f"{number} (beyond its tested range)" if "applied beyond its tested range" in patch else number
 
 
 def markdown_table(rows: Sequence[Read]) -> str:
@@ -55,7 +62,7 @@ def markdown_table(rows: Sequence[Read]) -> str:
         out.append(
             f"| {f.version} | `{f.use_existing_torch or '—'}` | `{', '.join(f.build_requirements) or '—'}` | {torch} "
             f"| {index} | {f.cxx_standard or '—'} | `{f.requires_python or '—'}` | {f.cutlass_revision or '—'} "
-            f"| {f.cmake_arch} | {len(f.projects)} | {', '.join(p.split('-', 1)[0] for p in patches) or '—'} |"
+            f"| {f.cmake_arch} | {len(f.projects)} | {', '.join(_patch_label(p) for p in patches) or '—'} |"
         )
     out += ["", f"External projects per release: revision, `*_SRC_DIR` variable, and what {arch} gets from it.", ""]
     for f in all_facts:

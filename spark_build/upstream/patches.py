@@ -4,11 +4,20 @@ each patch declares, in its header, the releases it applies to and why that rang
     Releases: >=0.13.0,<0.14.0
     Releases-why: written against 0.13's qutlass.cmake; 0.14.0 rewrote the lines it edits
 
-A patch stops applying where upstream made the same change (the range ends there) or where the
-lines it edits moved (a patch for the new text takes over). A series is applied idempotently
-with real `git apply`: a patch that reverse-applies cleanly is already in the tree and is
-skipped; one that neither applies nor reverse-applies has drifted, and the error names it and
-its range.
+A range ends for one of two reasons, and the header says which (`Releases-end:`):
+
+- `final (why)`: upstream made the same change, or the lines it edits moved and a patch for the
+  new text takes over — the patch is never tried past its bound;
+- `untested` (the default): the bound only says how far it was tested. A newer release is
+  *beyond* its range: the patch is applied when `git apply --check` says it applies cleanly and
+  reported as "applied beyond its tested range (tested up to 0.33.x)"; when it does not apply it
+  is skipped with that note and what its absence costs (`Without:`), and only a patch marked
+  `Required: yes` stops the build. A new release is built the day it appears, and the product
+  (the arch plan, setup.py's extension list) checks the patch's effect.
+
+A series is applied idempotently with real `git apply`: a patch that reverse-applies cleanly is
+already in the tree and is skipped; one inside its range that neither applies nor reverse-applies
+has drifted, and the error names it and its range.
 """
 
 from __future__ import annotations
@@ -18,12 +27,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import git
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from spark_build.errors import StepFailed
 
-_HEADER = re.compile(r"^(Releases|Releases-why):\s*(.+?)\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^(Releases|Releases-why|Releases-end|Without|Required):\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,9 @@ class ScopedPatch:
     releases: SpecifierSet
     why: str
     declared: str  # the range as the header writes it (SpecifierSet reorders its clauses)
+    final: bool = False  # `Releases-end: final`: never tried past the range
+    without: str = ""  # what a build without the patch costs (`Without:`)
+    required: bool = False  # `Required: yes`: a build without it is no build
 
     @property
     def name(self) -> str:
@@ -39,6 +52,30 @@ class ScopedPatch:
 
     def covers(self, version: Version) -> bool:
         return self.releases.contains(version, prereleases=True)
+
+    def beyond(self, version: Version) -> bool:
+        """Whether `version` is newer than the releases this patch was tested on while its lower
+        bounds still hold, and its range ends only where testing ended."""
+        if self.final or self.covers(version):
+            return False
+        lower = [s for s in self.releases if s.operator in (">=", ">", "==", "~=")]
+        upper = [s for s in self.releases if s.operator in ("<", "<=")]
+        return bool(upper) and all(s.contains(version, prereleases=True) for s in lower)
+
+    def tested_up_to(self) -> str:
+        """`<0.34.0` → "0.33.x", `<=0.33.0` → "0.33.0": the newest releases the range names."""
+        for spec in self.releases:
+            if spec.operator == "<=":
+                return spec.version
+            if spec.operator == "<":
+                bound = Version(spec.version)
+                if bound.micro == 0 and bound.minor > 0:
+                    return f"{bound.major}.{bound.minor - 1}.x"
+                return f"releases before {bound}"
+        return self.declared
+
+    def beyond_note(self) -> str:
+        return f"applied beyond its tested range (tested up to {self.tested_up_to()})"
 
     def label(self) -> str:
         """`0001-….patch (releases >=0.13.0,<0.14.0)` for messages and the plan."""
@@ -52,6 +89,12 @@ class PatchSeries:
     folder: Path
     patches: tuple[ScopedPatch, ...]
     skipped: tuple[ScopedPatch, ...] = ()
+    beyond: tuple[ScopedPatch, ...] = ()  # tried past their tested range (also in `skipped`)
+
+    def to_try(self) -> tuple[ScopedPatch, ...]:
+        """The patches whose range covers the version, then those beyond their range (each
+        family's newest patch is the last of the series, so order within the series holds)."""
+        return (*self.patches, *self.beyond)
 
 
 def read_patch(path: Path) -> ScopedPatch:
@@ -67,7 +110,22 @@ def read_patch(path: Path) -> ScopedPatch:
             f"{path} declares no release range (a 'Releases: >=X,<Y' and a 'Releases-why: …' header line)",
             hint="add both lines above the diff: the releases the patch is written for, and why that range",
         )
-    return ScopedPatch(path, releases, fields["Releases-why"], fields["Releases"])
+    end = fields.get("Releases-end", "untested")
+    if not end.startswith(("final", "untested")):
+        raise StepFailed(
+            f"{path}: 'Releases-end: {end}' is neither 'untested' nor 'final (why)'",
+            hint="write 'Releases-end: untested' when the bound only marks how far the patch was tested, "
+            "'Releases-end: final (why)' when upstream made the change or a newer patch takes over",
+        )
+    return ScopedPatch(
+        path,
+        releases,
+        fields["Releases-why"],
+        fields["Releases"],
+        final=end.startswith("final"),
+        without=fields.get("Without", ""),
+        required=fields.get("Required", "no").lower() in ("yes", "true"),
+    )
 
 
 def read_series(folder: Path) -> tuple[ScopedPatch, ...]:
@@ -91,7 +149,8 @@ def find_series(patches_root: Path, dist: str, version: Version | None) -> Patch
         return None
     scoped = read_series(folder)
     applies = tuple(p for p in scoped if version is not None and p.covers(version))
-    return PatchSeries(folder, applies, tuple(p for p in scoped if p not in applies))
+    beyond = tuple(p for p in scoped if version is not None and p.beyond(version))
+    return PatchSeries(folder, applies, tuple(p for p in scoped if p not in applies), beyond)
 
 
 def patches_digest(patches_root: Path) -> str:
@@ -102,3 +161,45 @@ def patches_digest(patches_root: Path) -> str:
             digest.update(str(path.relative_to(patches_root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+_DIFF_FILE = re.compile(r"^diff --git a/(\S+) b/", re.MULTILINE)
+
+
+def touched_files(patch: ScopedPatch) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_DIFF_FILE.findall(patch.path.read_text(encoding="utf-8"))))
+
+
+def applies_cleanly(tree: Path, patch: ScopedPatch) -> bool | None:
+    """`git apply --check` of the patch on a tree that may hold only some files (a plan's recipe
+    files); None when a file it edits is not there to ask."""
+    if not all((tree / rel).is_file() for rel in touched_files(patch)):
+        return None
+    try:
+        git.Git(str(tree)).apply("--check", str(patch.path))
+    except git.GitCommandError:
+        return False
+    return True
+
+
+_EXTENSION = re.compile(r"\b(_\w+_C)\b")
+
+
+def removers(folder: Path, version: Version | None) -> dict[str, ScopedPatch]:
+    """Extension target → the patch of the series whose diff names it, the one for `version`
+    where there is one (0002 for 0.13.x … 0006 from 0.17.0 name `_vllm_fa3_C`), else the newest."""
+    if not (folder / "series").is_file():
+        return {}
+    found: dict[str, ScopedPatch] = {}
+    for patch in read_series(folder):
+        diff = patch.path.read_text(encoding="utf-8").split("\ndiff --git ", 1)[-1]
+        changed = "\n".join(line for line in diff.splitlines() if line.startswith(("+", "-")))
+        for target in _EXTENSION.findall(changed):
+            current = found.get(target)
+            if current is None or not _for(current, version):
+                found[target] = patch
+    return found
+
+
+def _for(patch: ScopedPatch, version: Version | None) -> bool:
+    return version is not None and (patch.covers(version) or patch.beyond(version))

@@ -97,7 +97,30 @@ _SET = re.compile(r"\bset\s*\(\s*(\w+)\s+\"?([^\s\")]+)\"?[^)]*\)", re.IGNORECAS
 # Declare is the usual form; later releases also call Populate with the git details inline.
 _DECLARE = re.compile(r"\bFetchContent_(?:Declare|Populate)\s*\(", re.IGNORECASE)
 _ENV_SRC = re.compile(r"ENV\{(\w+_SRC_DIR)\}")
-_KEYWORDS = {"GIT_REPOSITORY", "GIT_TAG", "SOURCE_DIR", "SOURCE_SUBDIR", "BINARY_DIR", "GIT_PROGRESS", "GIT_SHALLOW"}
+_KEYWORDS = {
+    "GIT_REPOSITORY",
+    "GIT_TAG",
+    "URL",
+    "URL_HASH",
+    "DOWNLOAD_EXTRACT_TIMESTAMP",
+    "SOURCE_DIR",
+    "SOURCE_SUBDIR",
+    "BINARY_DIR",
+    "GIT_PROGRESS",
+    "GIT_SHALLOW",
+}
+# `string(REPLACE <match> <with> <out> <in>)` and `string(REGEX REPLACE …)`: vLLM 0.34 derives
+# triton_kernels' archive URL from its git URL this way (cmake/external_projects/triton_kernels.cmake).
+_STRING_REPLACE = re.compile(
+    r'\bstring\s*\(\s*(REGEX\s+REPLACE|REPLACE)\s+"([^"]*)"\s+"([^"]*)"\s+(\w+)\s+"?([^")\s]+)"?\s*\)',
+    re.IGNORECASE,
+)
+# A GitHub source archive of one revision: codeload.github.com/OWNER/REPO/tar.gz/REV or
+# github.com/OWNER/REPO/archive/REV.tar.gz — the same tree as the repository at REV.
+_GITHUB_ARCHIVE = re.compile(
+    r"https://(?:codeload\.github\.com/([^/]+)/([^/]+)/(?:tar\.gz|zip)/(.+)"
+    r"|github\.com/([^/]+)/([^/]+)/archive/(?:refs/tags/)?(.+?)\.(?:tar\.gz|zip))$"
+)
 
 
 def _declare_blocks(text: str) -> Iterable[tuple[int, list[str]]]:
@@ -155,7 +178,7 @@ def read_branches(text: str, judge: Callable[[str], bool | None], *, keep_condit
     return "".join(out)
 
 
-def _rocm_only(condition: str) -> bool | None:
+def rocm_only(condition: str) -> bool | None:
     """False for a branch that applies only to ROCm (`VLLM_TARGET_DEVICE STREQUAL "rocm"`,
     `VLLM_GPU_LANG STREQUAL "HIP"`): vLLM 0.33 pins triton_kernels to a ROCm fork's commit in one
     branch and to a Triton tag in the other, and this is a CUDA build. None for anything else."""
@@ -164,32 +187,96 @@ def _rocm_only(condition: str) -> bool | None:
     return False if rocm else None
 
 
-def parse_external_projects(files: Mapping[str, str]) -> list[ExternalProject]:
-    """Pure: the git-fetched projects in CMake files given as {relative path: text}.
+_VARIABLE = re.compile(r"\$\{(\w+)\}")
+_MOST_CANDIDATES = 8  # a pin with more alternatives than this is read as "depends on the build"
 
-    A `${VAR}` in GIT_REPOSITORY or GIT_TAG is resolved from `set(VAR value)` in the same file;
-    when the file sets it to several values (a pin that depends on the device, say), the value is
-    None and the alternatives are listed, so the caller must decide rather than guess.
-    The `*_SRC_DIR` variable is the nearest `ENV{…_SRC_DIR}` before the declaration.
+
+def _expand(value: str, env: Mapping[str, list[str]]) -> list[str]:
+    """Every value `value` may take with its `${VAR}`s replaced by what the file sets them to;
+    a variable the file does not set is left as written."""
+    values = [value]
+    for name in dict.fromkeys(_VARIABLE.findall(value)):
+        if name in env:
+            values = [v.replace(f"${{{name}}}", sub) for v in values for sub in env[name]][:_MOST_CANDIDATES]
+    return values
+
+
+def _variables(text: str) -> dict[str, list[str]]:
+    """The values each variable may take, in file order: `set(VAR value)` adds one (both arms of
+    an unknown `if` stay), `string([REGEX] REPLACE … OUT IN)` derives OUT from IN."""
+    env: dict[str, list[str]] = {}
+    commands = [*_SET.finditer(text), *_STRING_REPLACE.finditer(text)]
+    for match in sorted(commands, key=lambda m: m.start()):
+        if match.re is _SET:
+            for value in _expand(match[2], env):
+                if value not in env.setdefault(match[1], []):
+                    env[match[1]].append(value)
+            continue
+        kind, pattern, replacement, out, source = match.groups()
+        # CMake unescapes the quoted argument first ("\\.git$" is the regex \.git$).
+        pattern, replacement = pattern.replace("\\\\", "\\"), replacement.replace("\\\\", "\\")
+        regex = kind.upper().startswith("REGEX")
+        try:
+            env[out] = list(
+                dict.fromkeys(
+                    re.sub(pattern, replacement, value) if regex else value.replace(pattern, replacement)
+                    for value in _expand(source, env)
+                )
+            )
+        except re.error:
+            env.pop(out, None)  # a CMake regex Python reads otherwise: the value is unknown, not guessed
+    return env
+
+
+def _resolved(values: list[str]) -> tuple[str, ...]:
+    """The values with every variable resolved; one still naming a `${VAR}` is not a pin."""
+    return tuple(dict.fromkeys(v for v in values if "${" not in v))
+
+
+def _archive_pin(url: str) -> tuple[str, str] | None:
+    """(repository, revision) of a GitHub source-archive URL; None for any other URL."""
+    found = _GITHUB_ARCHIVE.fullmatch(url)
+    if found is None:
+        return None
+    owner, repo, revision = found[1] or found[4], found[2] or found[5], found[3] or found[6]
+    return f"https://github.com/{owner}/{repo.removesuffix('.git')}.git", revision
+
+
+def _pins(values: Mapping[str, str], env: Mapping[str, list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(repositories, revisions) a declaration may fetch: from GIT_REPOSITORY/GIT_TAG, or from a
+    GitHub archive URL (vLLM 0.34 fetches triton_kernels as codeload's tarball of its tag); None
+    for a declaration that fetches nothing (the local-copy branch, SOURCE_DIR only)."""
+    if "GIT_REPOSITORY" in values:
+        tags = _resolved(_expand(values.get("GIT_TAG", ""), env))
+        return _resolved(_expand(values["GIT_REPOSITORY"], env)), tuple(t for t in tags if t)
+    if "URL" in values:
+        pins = [_archive_pin(url) for url in _resolved(_expand(values["URL"], env))]
+        known = [pin for pin in pins if pin is not None]
+        if known:
+            return tuple(dict.fromkeys(r for r, _ in known)), tuple(dict.fromkeys(t for _, t in known))
+    return None
+
+
+def parse_external_projects(files: Mapping[str, str]) -> list[ExternalProject]:
+    """Pure: the projects in CMake files given as {relative path: text} that are fetched from git
+    or as a GitHub source archive (the same tree, so the sources step fetches both alike).
+
+    A `${VAR}` in GIT_REPOSITORY, GIT_TAG or URL is resolved from `set()`/`string(REPLACE)` in the
+    same file; when the file sets it to several values (a pin that depends on the device, say),
+    the value is None and the alternatives are listed, so the caller must decide rather than
+    guess. ROCm-only branches are not read: this is a CUDA build. The `*_SRC_DIR` variable is
+    the nearest `ENV{…_SRC_DIR}` before the declaration.
     """
     found: list[ExternalProject] = []
     for rel, raw in sorted(files.items()):
-        text = read_branches(_COMMENT.sub("", raw), _rocm_only, keep_conditions=True)
-        sets: dict[str, list[str]] = {}
-        for name, value in _SET.findall(text):
-            if value not in sets.setdefault(name, []):
-                sets[name].append(value)
-
-        def resolve(value: str, sets: dict[str, list[str]] = sets) -> tuple[str, ...]:
-            ref = re.fullmatch(r"\$\{(\w+)\}", value)
-            return tuple(sets.get(ref[1], [])) if ref else (value,)
-
+        text = read_branches(_COMMENT.sub("", raw), rocm_only, keep_conditions=True)
+        env = _variables(text)
         for offset, args in _declare_blocks(text):
             values = _keyword_values(args)
-            if "GIT_REPOSITORY" not in values or not args:
-                continue  # the local-copy branch (SOURCE_DIR only)
-            repos = resolve(values["GIT_REPOSITORY"])
-            tags = resolve(values.get("GIT_TAG", ""))
+            pins = _pins(values, env) if args else None
+            if pins is None:
+                continue
+            repos, tags = pins
             envs = _ENV_SRC.findall(text[:offset])
             found.append(
                 ExternalProject(

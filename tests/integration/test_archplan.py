@@ -23,6 +23,7 @@ from spark_build.arch.compat import Verdict, best_on
 from spark_build.arch.plan import (
     COMMON_FAMILY,
     ArchPlan,
+    CompileCosts,
     PlanRow,
     plan_source,
     raise_for_problems,
@@ -114,6 +115,8 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_
         plan = plan_source(
             vllm_source, work / name, "12.1a", venv=cu130_venv, cuda_home=CUDA_HOME,
             sources=sources, runner=runner, log=work / f"{name}.log", target=SPARK,
+            costs=CompileCosts.from_profile(json.loads(DEFAULT_PROFILE.read_text())),
+            remedies={"_vllm_fa3_C": "removed by patches/vllm/0002-build-fa3-only-for-9.x-archs.patch"},
         )  # fmt: skip
         return plan, work / name
 
@@ -146,14 +149,20 @@ def test_real_vllm_0_13_configure_builds_12_0_family_code_and_sm_120a_qutlass_fo
     assert _row(before, "FA2").verdict is Verdict.JIT
     qutlass = _row(before, "_C qutlass:qutlass/csrc")
     assert (qutlass.sass, qutlass.objects, qutlass.verdict) == (("sm_120a",), 6, Verdict.CANNOT_RUN)
-    assert [r.name for r in before.problems()] == [
-        "_C qutlass:qutlass/csrc",
-        # pristine setup.py builds FA3 for a 12.1a target: 222 objects of nvcc's default arch
+    # qutlass would be dispatched and cannot run: a stop. Pristine setup.py also builds FA3 for a
+    # 12.1a target, 222 objects of nvcc's default arch: dead weight, priced from the shipped
+    # profile of this very build and named with the patch that removes it; the build goes on.
+    assert [r.name for r in before.problems()] == ["_C qutlass:qutlass/csrc"]
+    with pytest.raises(StepFailed, match=r"1 kernel group\(s\) .* on 12\.1: _C qutlass:qutlass/csrc \(sm_120a\)"):
+        raise_for_problems(before)
+    dead = before.dead_weight()
+    assert [r.name for r in dead] == [
         "_vllm_fa3_C vllm-flash-attn:hopper",
         "_vllm_fa3_C vllm-flash-attn:hopper/instantiations",
     ]
-    with pytest.raises(StepFailed, match=r"3 kernel group\(s\) .* on 12\.1: _C qutlass:qutlass/csrc \(sm_120a\)"):
-        raise_for_problems(before)
+    assert sum(r.objects for r in dead) == 222
+    assert 14_000 < sum(r.cpu_s or 0 for r in dead) < 14_406  # the profile's FA3 CPU-s, less 2 host objects
+    assert all(r.remedy.startswith("removed by patches/vllm/0002") for r in dead)
     assert before.built is not None and "_vllm_fa3_C" in before.built  # asked of setup.py itself
     assert len(before.parsed.objects) > 300  # _C, _moe_C, cumem_allocator, FA2, FA3
 

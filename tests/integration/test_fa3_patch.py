@@ -1,5 +1,6 @@
-"""The FA3 gate on the real vLLM 0.33.0 sdist: the patches the product picks for 0.33.0
-(`find_series`), applied with `git apply` as the patch step applies them, then setup.py asked
+"""The FA3 gate on the real vLLM 0.33.0 and 0.34.0 sdists: the patches the product picks for
+the release (`find_series`: for 0.34.0, newer than the series was tested on, the FA3 gate beyond
+its tested range), applied with `git apply` as the patch step applies them, then setup.py asked
 which extensions it builds, through the arch plan's own probe (`setup_extensions`), for a 12.x
 arch list and for lists that may ask for Hopper.
 """
@@ -93,10 +94,13 @@ def _extensions(fa3: Fa3Source, arch: str, name: str) -> tuple[frozenset[str], s
     return built, text
 
 
-@pytest.fixture(scope="module")
-def fa3(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path) -> Iterator[Fa3Source]:
-    """vLLM 0.33.0's sdist as the clone step leaves it, asked once pristine, then patched."""
-    sdist = vllm_sdist("0.33.0")
+@pytest.fixture(scope="module", params=["0.33.0", "0.34.0"])
+def fa3(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path
+) -> Iterator[Fa3Source]:
+    """The release's sdist as the clone step leaves it, asked once pristine, then patched."""
+    version = str(request.param)
+    sdist = vllm_sdist(version)
     root = tmp_path_factory.mktemp("fa3")
     stand_in = root / "stand-in"
     (stand_in / "setuptools_rust").mkdir(parents=True)
@@ -104,20 +108,20 @@ def fa3(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path) -> Iterator[
         (stand_in / "setuptools_rust" / name).write_text(text)
     with tarfile.open(sdist) as tar:
         tar.extractall(root, filter="data")
-    source = root / "vllm-0.33.0"
+    source = root / f"vllm-{version}"
     git = ["git", "-c", "user.name=spark-build tests", "-c", "user.email=tests@spark-build.invalid"]
     _run([*git, "init", "-q", "-b", "main"], source)
     _run([*git, "add", "-A", "-f"], source)
-    _run([*git, "commit", "-q", "-m", "vLLM 0.33.0 sdist"], source)
+    _run([*git, "commit", "-q", "-m", f"vLLM {version} sdist"], source)
     logs = root / "logs"
     logs.mkdir()
     fa3 = Fa3Source(source, cu130_venv, stand_in, logs, [], frozenset(), logs / "pristine-12.1a.log")
     fa3.pristine, _ = _extensions(fa3, "12.1a", "pristine-12.1a")
 
-    recipe = recipe_for(source, "v0.33.0")
+    recipe = recipe_for(source, f"v{version}")
     series = find_series(ROOT / "patches", recipe.dist, recipe.version)
     assert series is not None, f"no patch series for {recipe.dist}"
-    for patch in series.patches:
+    for patch in series.to_try():
         _run(["git", "-C", source, "apply", "--check", patch.path], source)
         _run(["git", "-C", source, "apply", patch.path], source)
         _run(["git", "-C", source, "apply", "--reverse", "--check", patch.path], source)  # how the patch step sees it
@@ -126,15 +130,15 @@ def fa3(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path) -> Iterator[
     shutil.rmtree(root, ignore_errors=True)  # ~300 MB with its git objects; pytest keeps tmp dirs
 
 
-def test_pristine_vllm_0_33_0_builds_fa3_for_12_1a_although_fa3_has_only_9_0a_kernels(fa3: Fa3Source) -> None:
+def test_pristine_vllm_builds_fa3_for_12_1a_although_fa3_has_only_9_0a_kernels(fa3: Fa3Source) -> None:
     assert {"_vllm_fa2_C", "_vllm_fa3_C", "_C_stable_libtorch"} <= fa3.pristine
 
 
-def test_the_series_for_0_33_0_is_the_fa3_gate_and_it_applies_then_reverse_applies(fa3: Fa3Source) -> None:
+def test_the_series_for_0_33_and_0_34_is_the_fa3_gate_and_it_applies_then_reverse_applies(fa3: Fa3Source) -> None:
     assert fa3.applied == [FA3_PATCH]
 
 
-def test_patched_vllm_0_33_0_builds_no_fa3_for_12_1a_says_why_and_builds_everything_else(fa3: Fa3Source) -> None:
+def test_patched_vllm_builds_no_fa3_for_12_1a_says_why_and_builds_everything_else(fa3: Fa3Source) -> None:
     built, log = _extensions(fa3, "12.1a", "patched-12.1a")
     assert "_vllm_fa3_C" not in built and "_vllm_fa2_C" in built
     assert built == fa3.pristine - {"_vllm_fa3_C"}
@@ -142,7 +146,7 @@ def test_patched_vllm_0_33_0_builds_no_fa3_for_12_1a_says_why_and_builds_everyth
 
 
 @pytest.mark.parametrize("arch", ["9.0a;12.1a", "Hopper"], ids=["a 9.x arch in the list", "a named entry"])
-def test_patched_vllm_0_33_0_still_builds_fa3_when_the_arch_list_may_ask_for_hopper(fa3: Fa3Source, arch: str) -> None:
+def test_patched_vllm_still_builds_fa3_when_the_arch_list_may_ask_for_hopper(fa3: Fa3Source, arch: str) -> None:
     built, log = _extensions(fa3, arch, f"patched-{arch.replace(';', '_')}")
     assert {"_vllm_fa2_C", "_vllm_fa3_C"} <= built
     assert built == fa3.pristine

@@ -196,3 +196,39 @@ def test_a_short_commit_id_is_read_from_the_history_and_an_unknown_one_is_bad_in
     missing = _invoke("recipe", "--ref", "deadbeef12", "--repo", str(vllm_repo), cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.splitlines()[0] == f"error: --ref 'deadbeef12' is not a commit of {vllm_repo}"
+
+
+def test_patches_beyond_their_tested_range_apply_when_clean_and_are_skipped_with_their_cost_when_not(
+    make_build, tmp_path: Path
+) -> None:
+    """The example upstream at v0.2.0 is newer than two patches were tested on (<0.2.0, untested
+    end): the one that applies is applied and reported so, the drifted one is skipped with what
+    its absence costs, and the build goes on — here to a --patch that conflicts on purpose, so it
+    stops at the changes step with the patch step's result recorded in summary.json."""
+    series = tmp_path / "patches" / "spark-example"
+    series.mkdir(parents=True)
+    clean = (
+        "diff --git a/setup.py b/setup.py\n--- a/setup.py\n+++ b/setup.py\n@@ -1,2 +1,3 @@\n"
+        ' """Build script for spark_example, shaped like vLLM 0.13.0\'s setup.py.\n+# patched beyond its range\n \n'
+    )
+    drifted = "diff --git a/setup.py b/setup.py\n--- a/setup.py\n+++ b/setup.py\n@@ -1,1 +1,1 @@\n-no such line\n+x\n"
+    headers = "Releases: >=0.1.0,<0.2.0\nReleases-why: a test\nReleases-end: untested\n"
+    (series / "0001-clean.patch").write_text(f"clean\n\n{headers}---\n{clean}")
+    (series / "0002-drifted.patch").write_text(f"drifted\n\n{headers}Without: the widget stays slow\n---\n{drifted}")
+    (series / "series").write_text("0001-clean.patch\n0002-drifted.patch\n")
+    conflict = tmp_path / "conflict.diff"
+    conflict.write_text(drifted.replace("setup.py", "pyproject.toml"))
+    build = make_build()
+    env = {**build.env(), "SPARK_BUILD_PATCHES_DIR": str(tmp_path / "patches")}
+    result = subprocess.run(build.argv("--patch", str(conflict)), capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 1 and "[changes]" in result.stderr, result.stdout + result.stderr
+    out = (result.stdout + result.stderr).replace("\n", " ")
+    assert "patch: 0001-clean.patch applied beyond its tested range (tested up to 0.1.x) on spark-example 0.2.0" in out
+    assert "patch: 0002-drifted.patch tested up to 0.1.x, no longer applies: skipped — the widget stays slow" in out
+    summary = json.loads((build.workdir / "logs" / "latest" / "summary.json").read_text())
+    patch = summary["results"]["patch"]
+    assert patch["applied"] == ["0001-clean.patch"]
+    assert [(b["patch"], b["outcome"]) for b in patch["beyond"]] == [
+        ("0001-clean.patch", "applied beyond its tested range (tested up to 0.1.x)"),
+        ("0002-drifted.patch", "tested up to 0.1.x, no longer applies: skipped"),
+    ]

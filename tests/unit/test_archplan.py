@@ -8,6 +8,7 @@ tests/integration/test_archplan.py produces them again from the real sdist.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,16 +19,22 @@ from spark_build.arch.cmake_configure import cmake_args, cuda_major, missing_lin
 from spark_build.arch.compat import ComputeCapability, GpuCode, Verdict
 from spark_build.arch.plan import (
     COMMON_FAMILY,
+    CompileCosts,
+    ObjectArchs,
     ParsedPlan,
     PlanRow,
+    dead_weight_line,
     gencode_codes,
     judge,
     parse_compile_commands,
     parse_configure_messages,
     plan_from_outputs,
+    raise_for_problems,
 )
 from spark_build.arch.plan_table import plan_table
 from spark_build.arch.target import Target
+from spark_build.compile.jobplan import DEFAULT_PROFILE
+from spark_build.steps.archplan import beyond_effects
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -119,10 +126,9 @@ def test_before_the_patches_qutlass_is_built_as_sm_120a_which_cannot_run_on_the_
     plan = plan_from_outputs(_log(), _commands("before"), ROOTS, "12.1a", SPARK)
     (qutlass,) = _rows_by_name(plan.rows)["_C qutlass:qutlass/csrc"]
     assert (qutlass.sass, qutlass.verdict) == (("sm_120a",), Verdict.CANNOT_RUN)
-    assert [row.name for row in plan.problems()] == [
-        "_C qutlass:qutlass/csrc",
-        "_vllm_fa3_C vllm-flash-attn:hopper/instantiations",  # pristine setup.py builds FA3 for nothing
-    ]
+    assert [row.name for row in plan.problems()] == ["_C qutlass:qutlass/csrc"]
+    # pristine setup.py builds FA3 for nothing: dead weight, a cost and no stop
+    assert [row.name for row in plan.dead_weight()] == ["_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
 
 
 # What the patched setup.py lists for 12.1a (its ext_modules, read by `setup_extensions`).
@@ -166,12 +172,28 @@ def test_the_plan_table_names_each_row_and_its_verdict() -> None:
     assert "sm_120a" in line and "cannot run" in line
 
 
-def test_objects_of_a_target_setup_py_builds_without_any_gencode_are_a_problem_not_a_footnote() -> None:
+def test_objects_of_a_target_setup_py_builds_without_any_gencode_are_dead_weight_priced_and_no_stop() -> None:
     built_with_fa3 = BUILT_AFTER | {"_vllm_fa3_C"}
-    plan = plan_from_outputs(_log(), _commands("after"), ROOTS, "12.1a", SPARK, built_with_fa3)
+    costs = CompileCosts.from_profile(json.loads(DEFAULT_PROFILE.read_text()))
+    remedies = {"_vllm_fa3_C": "removed by patches/vllm/0006-x.patch (not applied: --no-patches)"}
+    plan = plan_from_outputs(_log(), _commands("after"), ROOTS, "12.1a", SPARK, built_with_fa3, costs, remedies)
     (fa3,) = _rows_by_name(plan.rows)["_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
     assert fa3.dead and "runs on no target GPU" in fa3.note
-    assert [row.name for row in plan.problems()] == [fa3.name]
+    assert plan.problems() == [] and plan.dead_weight() == [fa3]
+    raise_for_problems(plan)  # the build goes on
+    # the one FA3 object of this trimmed compile_commands.json, priced as the shipped profile measured them
+    assert fa3.cpu_s is not None and round(fa3.cpu_s) == 65
+    assert dead_weight_line(fa3) == (
+        "_vllm_fa3_C vllm-flash-attn:hopper/instantiations: 1 object(s) compiled for no target GPU, "
+        "≈ 65 CPU-s (shipped 0.13.0 profile); removed by patches/vllm/0006-x.patch (not applied: --no-patches)"
+    )
+
+
+def test_an_object_the_profile_lacks_is_priced_at_its_targets_median_and_an_unknown_target_not_at_all() -> None:
+    costs = CompileCosts({"a.o": 10.0}, {"_fa3": 4.0})
+    obj = ObjectArchs("new.o", "new.cu", "_fa3", "g", (), (), True)
+    assert costs.estimate([obj, dataclasses.replace(obj, object="a.o")]) == 14.0
+    assert costs.estimate([dataclasses.replace(obj, target="_other")]) is None
 
 
 def test_objects_of_a_target_setup_py_skips_cost_nothing_and_say_so() -> None:
@@ -184,7 +206,8 @@ def test_objects_of_a_target_setup_py_skips_cost_nothing_and_say_so() -> None:
 def test_the_plan_as_json_lists_rows_verdicts_and_problems() -> None:
     data = json.loads(json.dumps(plan_from_outputs(_log(), _commands("before"), ROOTS, "12.1a", SPARK).to_dict()))
     assert data["target"] == "12.1"
-    assert data["problems"] == ["_C qutlass:qutlass/csrc", "_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
+    assert data["problems"] == ["_C qutlass:qutlass/csrc"]
+    assert [d["name"] for d in data["dead_weight"]] == ["_vllm_fa3_C vllm-flash-attn:hopper/instantiations"]
     assert data["families"]["scaled_mm_c3x_sm120"] == ["12.0f"]
     assert {"kind", "name", "objects", "sass", "ptx", "verdict", "note"} <= set(data["rows"][0])
     assert data["host_objects"] == 3
@@ -242,3 +265,22 @@ def test_a_toolkit_with_its_stub_libcuda_and_nvrtc_needs_no_stubs(tmp_path: Path
     cuda = _toolkit(tmp_path / "cuda", "lib64/stubs/libcuda.so", "targets/x86_64-linux/lib/libnvrtc.so")
     assert missing_link_libraries(cuda) == []
     assert cuda_major(cuda) == 13
+
+
+@pytest.mark.parametrize(
+    ("built", "effect"),
+    [
+        pytest.param(
+            frozenset({"_C", "_vllm_fa2_C"}), "does its job: setup.py no longer builds _vllm_fa3_C", id="gone"
+        ),
+        pytest.param(frozenset({"_C", "_vllm_fa3_C"}), "did NOT stop setup.py building _vllm_fa3_C", id="still-built"),
+    ],
+)
+def test_a_patch_applied_beyond_its_range_is_checked_against_what_setup_py_now_builds(
+    built: frozenset[str], effect: str
+) -> None:
+    patch = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
+    assert beyond_effects({patch}, {"_vllm_fa3_C": patch}, built) == [
+        f"arch-plan: {patch} (applied beyond its tested range) {effect}"
+    ]
+    assert beyond_effects(set(), {"_vllm_fa3_C": patch}, built) == []

@@ -20,7 +20,15 @@ from rich.console import Console
 from spark_build.errors import UsageError
 from spark_build.host.archprobe import PROBE_CACHE_NAME, ArchProbe, probe_nvcc
 from spark_build.host.doctor import render_table, run_doctor, to_json
-from spark_build.host.facts import Gpu, HostFacts, TorchInfo, gather_host, parse_nvidia_smi
+from spark_build.host.facts import (
+    CxxCompiler,
+    Gpu,
+    HostFacts,
+    TorchInfo,
+    gather_host,
+    parse_cxx_version,
+    parse_nvidia_smi,
+)
 from spark_build.host.needs import BUILD_DISK_NEED_BYTES, CACHE_DISK_NEED_BYTES, ONE_JOB_MIN_AVAILABLE_BYTES
 from spark_build.host.rules import Problem, can_build, evaluate, existing_torch
 from spark_build.sizes import GIB
@@ -64,6 +72,7 @@ SPARK = HostFacts(
     triton_ptxas_path=str(CUDA13 / "bin" / "ptxas"),
     triton_ptxas_blackwell_path=str(CUDA13 / "bin" / "ptxas"),
     triton_ptxas_path_exists=True,
+    cxx=CxxCompiler("c++", "GNU", "13.3.0"),  # DGX OS is Ubuntu 24.04
 )
 
 
@@ -392,6 +401,7 @@ def _spark_answers() -> dict[str, tuple[int, str]]:
         "nvcc -cubin": (0, ""),
         "uv": (0, "uv 0.9.2\n"),
         "git": (0, "git version 2.43.0\n"),
+        "c++": (0, "c++ (Ubuntu 13.3.0-6ubuntu2~24.04) 13.3.0\n"),
         "python3": (0, TORCH_ANSWER + "\n"),
     }
 
@@ -540,3 +550,37 @@ def test_without_a_target_the_bundled_ptxas_is_not_said_to_know_it() -> None:
     no_gpu = dataclasses.replace(SPARK, gpus=(), triton_ptxas_path=None, triton_ptxas_path_exists=False)
     ptxas = next(p for p in evaluate(no_gpu, None) if p.check == "triton ptxas")
     assert "knows the target" not in ptxas.value and "no target" in ptxas.value
+
+
+@pytest.mark.parametrize(
+    ("banner", "expected"),
+    [
+        pytest.param("g++ (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0\nCopyright", ("GNU", "11.4.0"), id="ubuntu-22.04"),
+        pytest.param("g++ (Debian 12.2.0-14+deb12u1) 12.2.0\n", ("GNU", "12.2.0"), id="debian-12"),
+        pytest.param("c++ (GCC) 13.3.1 20240611\n", ("GNU", "13.3.1"), id="plain-gcc"),
+        pytest.param("Ubuntu clang version 18.1.3 (1ubuntu1)\nTarget: aarch64", ("Clang", "18.1.3"), id="clang"),
+    ],
+)
+def test_the_host_compiler_is_read_from_its_version_banner(banner: str, expected: tuple[str, str]) -> None:
+    cxx = parse_cxx_version("c++", banner)
+    assert (cxx.family, cxx.version) == expected
+
+
+@pytest.mark.parametrize(
+    ("cxx", "minimum", "severity"),
+    [
+        pytest.param(CxxCompiler("c++", "GNU", "11.4.0"), "13", "error", id="ubuntu-22.04-gcc-11-for-vllm-0.34"),
+        pytest.param(CxxCompiler("g++-13", "GNU", "13.1.0"), "13", "ok", id="gcc-13"),
+        pytest.param(CxxCompiler("c++", "GNU", "11.4.0"), None, "ok", id="no-source-to-ask"),
+        pytest.param(CxxCompiler("clang++", "Clang", "18.1.3"), "13", "ok", id="the-gate-is-for-gcc-only"),
+        pytest.param(None, "13", "error", id="no-compiler"),
+    ],
+)
+def test_a_gcc_older_than_the_source_requires_stops_the_build_with_the_fix(
+    cxx: CxxCompiler | None, minimum: str | None, severity: str
+) -> None:
+    problem = row(evaluate(dataclasses.replace(SPARK, cxx=cxx), "12.1a", gcc_minimum=minimum), "host compiler")
+    assert problem.severity == severity
+    if severity == "error" and cxx is not None:
+        assert problem.value == "GNU 11.4.0 (c++); the source needs GCC >= 13 (the source's CMakeLists.txt)"
+        assert problem.fix.startswith("install g++-13 and build with CC=gcc-13 CXX=g++-13")

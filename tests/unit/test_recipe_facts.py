@@ -15,6 +15,7 @@ from spark_build.upstream.facts import (
     TORCH_CU130_INDEX,
     SourceFacts,
     build_for,
+    gcc_minimum,
     read_facts,
     requested_archs,
     text_for_cuda,
@@ -141,7 +142,7 @@ FA3_0_17 = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
         "0.18.1 still both",
         "0.19 has 12.0f upstream, FA3 gate still ours",
         "0.33 the FA3 gate",
-        "0.34 untested, none",
+        "0.34 none covers it",
     ],
 )
 def test_each_release_gets_the_patches_whose_declared_range_covers_it(version: str, applies: list[str]) -> None:
@@ -156,3 +157,70 @@ def test_a_patch_without_a_declared_range_is_refused_by_name(tmp_path: Path) -> 
     patch.write_text("fix something\n---\ndiff --git a/x b/x\n")
     with pytest.raises(StepFailed, match="0009-unscoped.patch declares no release range"):
         read_patch(patch)
+
+
+@pytest.mark.parametrize(
+    ("cmakelists", "minimum"),
+    [
+        pytest.param("project(x)\n", None, id="no-gate"),
+        pytest.param(
+            'if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "11.3")\n'
+            '  message(FATAL_ERROR "GCC >= 11.3 is required")\nendif()\n'
+            'if (VLLM_GPU_LANG STREQUAL "CUDA"\n    AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"\n'
+            '    AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "13")\n  message(FATAL_ERROR "GCC >= 13")\nendif()\n',
+            "13",
+            id="the-highest-gate-of-a-cuda-build",
+        ),
+        pytest.param(
+            'if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "13")\n'
+            '  message(WARNING "old GCC")\nendif()\n',
+            None,
+            id="a-warning-is-no-gate",
+        ),
+        pytest.param(
+            'if (VLLM_GPU_LANG STREQUAL "HIP" AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"'
+            ' AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS "14")\n  message(FATAL_ERROR "x")\nendif()\n',
+            None,
+            id="a-rocm-only-gate-is-not-for-cuda",
+        ),
+    ],
+)
+def test_the_gcc_a_release_requires_is_the_highest_version_its_configure_stops_below(
+    cmakelists: str, minimum: str | None
+) -> None:
+    assert gcc_minimum(cmakelists) == minimum
+
+
+@pytest.mark.parametrize(
+    ("version", "beyond"),
+    [
+        pytest.param("0.33.0", [], id="inside-0006s-range"),
+        pytest.param("0.34.0", [FA3_0_17], id="0.34-newer-than-tested-gets-the-fa3-gate-only"),
+        pytest.param("1.2.0", [FA3_0_17], id="any-newer-release"),
+        pytest.param("0.12.0", [], id="older-than-every-lower-bound"),
+    ],
+)
+def test_only_a_patch_whose_range_ends_where_testing_ended_is_tried_beyond_it(version: str, beyond: list[str]) -> None:
+    series = find_series(ROOT / "patches", "vllm", Version(version))
+    assert series is not None
+    assert [p.name for p in series.beyond] == beyond
+    assert all(p.tested_up_to() == "0.33.x" for p in series.beyond)
+
+
+def _patch(tmp_path: Path, headers: str) -> Path:
+    path = tmp_path / "0009-x.patch"
+    path.write_text(f"x\n\n{headers}---\ndiff --git a/x b/x\n")
+    return path
+
+
+def test_a_range_that_ends_for_good_is_never_tried_beyond_and_a_required_patch_says_so(tmp_path: Path) -> None:
+    final = read_patch(_patch(tmp_path, "Releases: >=0.1,<0.2\nReleases-why: w\nReleases-end: final (x)\n"))
+    assert not final.beyond(Version("0.3.0"))
+    required = read_patch(_patch(tmp_path, "Releases: >=0.1,<=0.2.1\nReleases-why: w\nRequired: yes\nWithout: slow\n"))
+    assert required.beyond(Version("0.3.0")) and required.required and required.without == "slow"
+    assert required.beyond_note() == "applied beyond its tested range (tested up to 0.2.1)"
+
+
+def test_an_unknown_range_end_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed, match="'Releases-end: maybe' is neither"):
+        read_patch(_patch(tmp_path, "Releases: >=0.1,<0.2\nReleases-why: w\nReleases-end: maybe\n"))

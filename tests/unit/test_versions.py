@@ -279,3 +279,40 @@ def test_a_wheel_built_at_a_release_tag_is_named_with_that_release(
     dist: str, describe: str, labels: list[str], version: str | None
 ) -> None:
     assert release_version(dist, describe, labels) == version
+
+
+# vLLM 0.34.0's cmake/external_projects/triton_kernels.cmake, in short: the pin is a GitHub source
+# archive whose URL is derived from the git URL with string(REPLACE), with a ROCm fork in one arm.
+_ARCHIVE_PIN = r"""
+if (DEFINED ENV{KERNELS_SRC_DIR})
+  FetchContent_Declare(kernels SOURCE_DIR $ENV{KERNELS_SRC_DIR})
+else()
+  if (VLLM_TARGET_DEVICE STREQUAL "rocm")
+    set(KERNELS_GIT "https://github.com/ROCm/fork.git")
+    set(KERNELS_TAG "669b31acc1dd1b3fd93286afd5db67f65d9f7557")
+  else()
+    set(KERNELS_GIT "https://github.com/acme/kernels.git")
+    set(KERNELS_TAG "v3.5.1")
+  endif()
+  string(REGEX REPLACE "\\.git$" "" KERNELS_REPO_URL "${KERNELS_GIT}")
+  string(REPLACE "https://github.com/" "https://codeload.github.com/" KERNELS_REPO_URL "${KERNELS_REPO_URL}")
+  set(KERNELS_URL "${KERNELS_REPO_URL}/tar.gz/${KERNELS_TAG}")
+  FetchContent_Declare(kernels URL ${KERNELS_URL} DOWNLOAD_EXTRACT_TIMESTAMP TRUE SOURCE_SUBDIR python/kernels)
+endif()
+"""
+
+
+def test_a_project_fetched_as_a_github_source_archive_is_read_as_its_repository_at_that_revision() -> None:
+    (project,) = parse_external_projects({"cmake/external_projects/kernels.cmake": _ARCHIVE_PIN})
+    assert (project.name, project.repository, project.revision) == (
+        "kernels",
+        "https://github.com/acme/kernels.git",
+        "v3.5.1",
+    )
+    assert project.src_dir_env == "KERNELS_SRC_DIR" and project.source_subdir == "python/kernels"
+    assert project.candidates == () and project.repository_candidates == ()
+
+
+def test_an_archive_url_that_is_not_a_github_archive_is_no_pin() -> None:
+    text = "FetchContent_Declare(blob URL https://example.invalid/blob.zip)\n"
+    assert parse_external_projects({"CMakeLists.txt": text}) == []
