@@ -24,7 +24,6 @@ from tests.artifacts import vllm_sdist
 from tests.conftest import ROOT
 
 
-
 @pytest.fixture(scope="module")
 def facts_0_34(tmp_path_factory: pytest.TempPathFactory) -> SourceFacts:
     tree = unpack_recipe_files(vllm_sdist("0.34.0"), tmp_path_factory.mktemp("vllm-0.34.0"))
