@@ -34,7 +34,7 @@ from spark_build.compile.jobplan import (
     plan_jobs,
     write_jobs_json,
 )
-from spark_build.compile.ninjalog import parse_ninja_lines, parse_ninja_log, seed_ninja_log
+from spark_build.compile.ninjalog import is_build_object, parse_ninja_lines, parse_ninja_log, seed_ninja_log
 from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
@@ -47,10 +47,12 @@ from spark_build.venv import find_tool
 
 
 def ninja_log_entries(src: Path) -> int:
-    """How many objects Ninja has recorded building in this tree, rebuilds counted again; the
-    durations seeded before the first build (no mtime) are no builds."""
+    """How many objects (`is_build_object`: links are not) Ninja has recorded building in this
+    tree, rebuilds counted again; the durations seeded before the first build (no mtime) are no
+    builds."""
     logs = src.glob("build/**/.ninja_log")
-    return sum(1 for log in logs for line in parse_ninja_lines(log.read_text(errors="replace")) if line.mtime_s)
+    lines = (line for log in logs for line in parse_ninja_lines(log.read_text(errors="replace")))
+    return sum(1 for line in lines if line.mtime_s and is_build_object(line.object))
 
 
 def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:

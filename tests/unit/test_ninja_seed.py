@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spark_build.compile.ninjalog import SEED_HEADER, parse_ninja_log, seed_ninja_log
+import pytest
+
+from spark_build.compile.ninjalog import SEED_HEADER, is_build_object, parse_ninja_log, seed_ninja_log
 from spark_build.steps.compile import ninja_log_entries, ninja_outputs
 
 SECONDS = {"_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953.2, "_C.dir/csrc/cache_kernels.cu.o": 41.0}
@@ -92,3 +94,28 @@ def test_seeded_durations_do_not_count_as_objects_built(tmp_path: Path) -> None:
     with log.open("a") as handle:
         handle.write("12\t40012\t1764000000000000000\tCMakeFiles/_C.dir/csrc/cache_kernels.cu.o\t9f3a2c1b\n")
     assert ninja_log_entries(tmp_path / "src") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "counted"),
+    [
+        ("_C.dir/csrc/cache_kernels.cu.o", True),
+        ("_C.dir/tmp/w/work/cache/sources/qutlass/830d2c45/qutlass/csrc/bindings.cpp.o", True),
+        ("_vllm_fa2_C.dir/csrc/flash_attn/src/flash_fwd_split_hdim128_bf16_sm80.cu.o", True),
+        ("_C.abi3.so", False),
+        ("vllm-flash-attn/_vllm_fa2_C.abi3.so", False),
+        ("cmTC_efe49.dir/CMakeCUDACompilerABI.cu.o", False),
+        ("cmTC_efe49", False),
+    ],
+    ids=[
+        "object",
+        "object-outside-the-tree",
+        "subproject-object",
+        "link",
+        "subproject-link",
+        "cmake-check",
+        "cmake-check-link",
+    ],
+)
+def test_objects_are_the_targets_translation_units_not_links_or_cmake_checks(name: str, counted: bool) -> None:
+    assert is_build_object(name) is counted
