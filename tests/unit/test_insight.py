@@ -142,6 +142,23 @@ def test_report_prints_timing_objects_path_cache_and_validation(tmp_path: Path) 
         assert expected in text, expected
 
 
+def test_report_says_imports_not_proven_where_the_validating_host_had_no_driver(tmp_path: Path) -> None:
+    folder = add_run(tmp_path / "logs", "example", FULL_RUN, traced=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["results"]["validate"]["imports"] = {"spark_example": True, "spark_example._C": False}
+    summary["results"]["validate"]["imports_unproven"] = ["spark_example._C"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    out_console, out = console()
+    report_main(tmp_path / "logs", None, False, out_console)
+    assert "imports 1 ok, 1 not proven on the validating host (spark_example._C);" in out.getvalue()
+    assert "FAILED" not in out.getvalue()
+    summary["results"]["validate"]["imports_unproven"] = []  # a real failure stays one
+    (folder / "summary.json").write_text(json.dumps(summary))
+    out_console, out = console()
+    report_main(tmp_path / "logs", None, False, out_console)
+    assert "imports FAILED;" in out.getvalue()
+
+
 def test_report_of_an_unknown_run_exits_2_and_lists_the_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
