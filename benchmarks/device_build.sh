@@ -59,11 +59,12 @@ WHEELS=$STAGE/wheels
 MIRROR=$STAGE/mirror
 
 # spark-build in its own venv that also sees the interpreter's packages (rich, psutil, packaging)
-# and the staged checkout (a .pth line: no build backend needed).
+# and the staged checkout (a .pth line, rewritten every time so that a venv made by an older
+# script never reads the call's checkout: no build backend needed).
+[ -x "$WORK/sb/bin/python" ] || "$TORCH_PYTHON" -m venv "$WORK/sb"
+{ echo "$CHECKOUT"; "$TORCH_PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))'; } \
+  > "$(echo "$WORK"/sb/lib/python3*/site-packages)/spark_build_inherit.pth"
 if [ ! -x "$WORK/sb/bin/invoke" ]; then
-  "$TORCH_PYTHON" -m venv "$WORK/sb"
-  { echo "$CHECKOUT"; "$TORCH_PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))'; } \
-    > "$(echo "$WORK"/sb/lib/python3*/site-packages)/spark_build_inherit.pth"
   "$WORK/sb/bin/pip" install -q --no-index --find-links "$WHEELS" \
     invoke gitpython tenacity pyelftools python-crontab uv nvidia-cuda-cuobjdump
 fi

@@ -9,10 +9,13 @@ its staging is (`device_build.sh WORK stage`).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +145,64 @@ def test_the_build_refuses_to_restage_under_a_build_still_running(tmp_path: Path
     assert result.returncode == 2
     assert f"is still running (pid {build.pid})" in result.stderr and "device_poll.sh" in result.stderr
     assert not (work / "stage").exists()
+
+
+def fake_spark_build_venv(work: Path) -> Path:
+    """WORK/sb as a first start leaves it, with an `invoke` that writes what it was asked and
+    the timing table's last line, as the real one ends: the venv's own install needs the wheels
+    of the GPU machine's carry, which CI does not have."""
+    site = work / "sb" / "lib" / "python3.12" / "site-packages"
+    site.mkdir(parents=True)
+    bin_dir = work / "sb" / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    invoke = bin_dir / "invoke"
+    invoke.write_text('#!/bin/sh\necho "invoke $*"\necho "logs: $PWD/logs/latest  summary: summary.json"\n')
+    invoke.chmod(0o755)
+    return site
+
+
+def sdist(path: Path) -> None:
+    """A source archive laid out as vLLM's sdist: one top folder."""
+    with tarfile.open(path, "w:gz") as archive:
+        data = b"from setuptools import setup\nsetup()\n"
+        info = tarfile.TarInfo("vllm-0.13.0/setup.py")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+
+
+def test_the_started_build_reads_only_the_staged_copies_and_the_poll_finds_it(tmp_path: Path) -> None:
+    root, work, out = checkout(tmp_path / "checkout"), tmp_path / "w", tmp_path / "out"
+    mirror = root / ".device" / "mirror"
+    sdist(mirror / "vllm-0.13.0.tar.gz")
+    for name in ("cutlass-v4.2.1-headers.tar.gz", "cutlass-62750a2b-headers.tar.gz", "triton-kernels-standin.tar.gz"):
+        (mirror / name).write_bytes(name.encode())
+    site = fake_spark_build_venv(work)
+
+    result = script(BUILD, str(work), "build-vllm", "--jobs", "16", cwd=root, TORCH_PYTHON=sys.executable)
+    assert result.returncode == 0, result.stderr
+    shutil.rmtree(root)  # the poll's call carries nothing and runs in a new checkout
+    for _ in range(100):
+        if "logs: " in (work / "build.out").read_text():
+            break
+        time.sleep(0.1)
+
+    stage = work / "stage"
+    argv = (work / "build.out").read_text().splitlines()[0]
+    assert f"-r {stage / 'checkout'} " in argv and f"--wheels {stage / 'wheels'} " in argv
+    assert argv.endswith("--jobs 16") and str(root) not in argv
+    assert (site / "spark_build_inherit.pth").read_text().splitlines()[0] == str(stage / "checkout")
+    yaml = (work / "invoke.yaml").read_text()
+    assert f"qutlass: {stage / 'mirror'}/qutlass.bundle" in yaml and str(root) not in yaml
+    assert (
+        subprocess.run(["git", "-C", str(work / "vllm"), "tag"], capture_output=True, text=True).stdout == "v0.13.0\n"
+    )
+    assert (work / "build.pid").read_text().strip().isdigit()
+
+    polled = script(POLL, str(work), "30", OUT=str(out), POLL_EVERY="1")
+    assert "build ended (timing table printed)" in polled.stdout
+    with tarfile.open(out / "run-logs.tgz") as archive:
+        assert "./build.out" in archive.getnames()
 
 
 @pytest.mark.parametrize("missing", [".whl", ".device"])
