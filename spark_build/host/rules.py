@@ -31,14 +31,14 @@ Severity = Literal["ok", "warning", "error"]
 MIN_DRIVER_FOR_CUDA_MAJOR = {13: 580, 12: 525, 11: 450}
 
 # --- Triton -------------------------------------------------------------------------------
-# The CUDA release of the ptxas a Triton wheel bundles, per its oldest release here: (for GPUs
-# before compute capability 10, for 10 and later). Triton 3.5 (torch 2.9) has one ptxas, CUDA
-# 12.8's: a GPU that needs a newer CUDA (12.1, 11.0, 10.3) fails in Triton with "Value 'sm_121a'
-# is not defined for option 'gpu-name'" until TRITON_PTXAS_PATH points at CUDA 13's ptxas
-# (triton-lang/triton#8539). From 3.6 Triton runs a second one, `ptxas-blackwell`, for compute
-# capability 10 and later. Read from the PyPI wheels (`ptxas --version` of
-# triton/backends/nvidia/bin/, x86_64): 3.5.0 12.8; 3.6.0 12.8 + 12.9; 3.8.0 12.9 + 13.3. Each
-# was also asked to compile an sm_121a kernel: only 3.5.0's refused.
+# The CUDA release of the ptxas a Triton wheel bundles, one row per change: (the first Triton
+# of the row, its ptxas for GPUs before compute capability 10, its ptxas for 10 and later).
+# Triton 3.5 (torch 2.9) has one ptxas, CUDA 12.8's: a GPU that needs a newer CUDA (12.1, 11.0,
+# 10.3) fails in Triton with "Value 'sm_121a' is not defined for option 'gpu-name'" until
+# TRITON_PTXAS_PATH points at CUDA 13's ptxas (triton-lang/triton#8539). From 3.6 Triton runs a
+# second one, `ptxas-blackwell`, for compute capability 10 and later. Read from the PyPI wheels
+# (`ptxas --version` of triton/backends/nvidia/bin/, x86_64): 3.5.0 12.8; 3.6.0 12.8 + 12.9;
+# 3.8.0 12.9 + 13.3. Each was also asked to compile an sm_121a kernel: only 3.5.0's refused.
 TRITON_BUNDLED_PTXAS: tuple[tuple[Version, Version, Version], ...] = (
     (Version("3.8"), Version("12.9"), Version("13.3")),
     (Version("3.6"), Version("12.8"), Version("12.9")),

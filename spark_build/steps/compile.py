@@ -356,7 +356,11 @@ class GovernedBuild:
         # profiled objects would otherwise be forecast for a build that skips them.
         built = ctx.optional_result("arch-plan").get("built_targets")
         targets = frozenset(built) if built is not None else None
-        objects = planned_objects(arch_plan_commands(ctx), ctx.layout.arch_plan, self.estimates, targets)
+        objects = (
+            planned_objects(arch_plan_commands(ctx), ctx.layout.arch_plan, self.estimates, targets)
+            if targets is not None
+            else None
+        )
         sink = ctx.runner.sink
 
         def govern(pid: int) -> None:
@@ -370,7 +374,7 @@ class GovernedBuild:
                 estimates=self.estimates.peaks,
                 reserve_bytes=ctx.config.mem_reserve,
                 journal=self.journal.write,
-                seconds=objects if targets is not None else None,
+                seconds=objects,
                 slots=min(cpu_count(), plan.concurrent_jobs),
                 finished=FinishedObjects(ctx.layout.build_tree),
                 on_forecast=lambda outlook: sink.progress(forecast_line(outlook)),
