@@ -228,9 +228,9 @@ def nightly(
     wheel_index: str | None = None,
     wheel_releases: str | None = None,
 ) -> None:
-    """Mirror vLLM's official wheel of the --ref release while it exists (looked up as --prefer-wheel
-    does; --url for one fixed wheel URL); rebuild from source when it is gone.
+    """Keep vLLM's official wheel of the --ref release mirrored; rebuild from source when it is gone.
 
+    The wheel is looked up as --prefer-wheel does; --url watches one fixed wheel URL instead.
     Build options (--ref, --arch, --torch-index …) come from invoke.yaml's spark_build section
     or SPARK_BUILD_* variables. Exit 0 present, 10 mirrored, 11 rebuilt, 1 failed, 75 skipped (another build ran)."""
     from spark_build.cli import nightly as run
@@ -398,8 +398,10 @@ def recipe(
     no_wheel_audit: bool = False,
     debug: bool = False,
 ) -> None:
-    """What building a vLLM release needs, read from its source: torch pins and index, C++ standard,
-    Python, requirement files, use_existing_torch.py, CUTLASS and every external project CMake fetches."""
+    """What building a vLLM release needs, read from its source.
+
+    Torch pins and index, C++ standard, Python, requirement files, use_existing_torch.py, CUTLASS
+    and every external project CMake fetches."""
     cli = {"ref": ref, "repo": repo, "arch": arch, "debug": debug}
     from spark_build.cli import recipe as run
 

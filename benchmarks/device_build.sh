@@ -7,25 +7,65 @@
 #                    ninja-1.13.2.tar.gz (the ninja step builds the scheduling Ninja from it)
 #   .device/mirror/  vLLM's sdist, the git bundles and header archives of ../shared/mirror, and
 #                    a triton_kernels stand-in archive (Triton v3.5.0 is not mirrored here)
-# Usage: benchmarks/device_build.sh WORK [build-vllm|arch-plan] [extra options…]
-# Starts the build detached (setsid) and returns; WORK/build.out and WORK/logs/latest follow it,
-# benchmarks/device_poll.sh WORK [SECONDS] waits for it (returning early when it ends) and copies them.
+# Usage: benchmarks/device_build.sh WORK [build-vllm|arch-plan|stage] [extra options…]
+#
+# It first copies everything the run reads onto WORK, the machine's own disk: the checkout
+# (WORK/stage/checkout: spark-build and its patches), the wheels (WORK/stage/wheels) and the
+# mirrors (WORK/stage/mirror). A device call replaces the checkout it runs in and deletes the
+# carried folders a later call does not name, so a build still running during a later call (a
+# poll) must read nothing from the checkout it was started from. `stage` stops after the copy.
+# Then it starts the build detached (setsid) and returns; WORK/build.out and WORK/logs/latest
+# follow it, and benchmarks/device_poll.sh WORK [SECONDS] waits for it and returns its logs.
 set -euo pipefail
 ROOT=$(pwd)
-WORK=${1:?usage: device_build.sh WORK [build-vllm|arch-plan] [options]}
+WORK=${1:?usage: device_build.sh WORK [build-vllm|arch-plan|stage] [options]}
 TASK=${2:-build-vllm}
 shift 2 || shift $#
 TORCH_PYTHON=${TORCH_PYTHON:-/opt/torch/.venv/bin/python}
-MIRROR=$ROOT/.device/mirror
 mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+STAGE=$WORK/stage
+
+if [ -f "$WORK/build.pid" ] && kill -0 "$(cat "$WORK/build.pid")" 2>/dev/null; then
+  echo "error: the build started in $WORK is still running (pid $(cat "$WORK/build.pid"))" >&2
+  echo "  fix: follow it with benchmarks/device_poll.sh $WORK, or use another WORK" >&2
+  exit 2
+fi
+for carried in .whl .device/mirror; do
+  if [ ! -d "$ROOT/$carried" ]; then
+    echo "error: $ROOT/$carried is missing" >&2
+    echo "  fix: run from the repository root and name .whl and .device in the call's carry" >&2
+    exit 2
+  fi
+done
+
+# The copy goes to a new folder that replaces the old one only when whole.
+rm -rf "$STAGE.new"
+mkdir -p "$STAGE.new/checkout"
+excludes=(--exclude=./.git --exclude=./.venv --exclude=./.whl --exclude=./.device --exclude=__pycache__)
+case "$WORK/" in "$ROOT/"*) excludes+=("--exclude=./${WORK#"$ROOT"/}") ;; esac
+tar -C "$ROOT" "${excludes[@]}" -cf - . | tar -C "$STAGE.new/checkout" -xf -
+cp -a "$ROOT/.whl" "$STAGE.new/wheels"
+cp -a "$ROOT/.device/mirror" "$STAGE.new/mirror"
+rm -rf "$STAGE"
+mv "$STAGE.new" "$STAGE"
+echo "staged on $STAGE: checkout $(du -sh "$STAGE/checkout" | cut -f1), wheels $(du -sh "$STAGE/wheels" | cut -f1), mirror $(du -sh "$STAGE/mirror" | cut -f1)"
+if [ "$TASK" = stage ]; then
+  exit 0
+fi
+
+CHECKOUT=$STAGE/checkout
+WHEELS=$STAGE/wheels
+MIRROR=$STAGE/mirror
 
 # spark-build in its own venv that also sees the interpreter's packages (rich, psutil, packaging)
-# and this checkout (a .pth line: no build backend needed).
+# and the staged checkout (a .pth line, rewritten every time so that a venv made by an older
+# script never reads the call's checkout: no build backend needed).
+[ -x "$WORK/sb/bin/python" ] || "$TORCH_PYTHON" -m venv "$WORK/sb"
+{ echo "$CHECKOUT"; "$TORCH_PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))'; } \
+  > "$(echo "$WORK"/sb/lib/python3*/site-packages)/spark_build_inherit.pth"
 if [ ! -x "$WORK/sb/bin/invoke" ]; then
-  "$TORCH_PYTHON" -m venv "$WORK/sb"
-  { echo "$ROOT"; "$TORCH_PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))'; } \
-    > "$(echo "$WORK"/sb/lib/python3*/site-packages)/spark_build_inherit.pth"
-  "$WORK/sb/bin/pip" install -q --no-index --find-links "$ROOT/.whl" \
+  "$WORK/sb/bin/pip" install -q --no-index --find-links "$WHEELS" \
     invoke gitpython tenacity pyelftools python-crontab uv nvidia-cuda-cuobjdump
 fi
 
@@ -53,8 +93,10 @@ spark_build:
 EOF
 
 cd "$WORK"
-setsid nohup "$WORK/sb/bin/invoke" -r "$ROOT" -f "$WORK/invoke.yaml" "$TASK" \
+rm -f "$WORK/build.out"
+setsid nohup "$WORK/sb/bin/invoke" -r "$CHECKOUT" -f "$WORK/invoke.yaml" "$TASK" \
   --repo "$WORK/vllm" --ref v0.13.0 --arch 12.1a \
-  --torch existing --python "$TORCH_PYTHON" --wheels "$ROOT/.whl" \
+  --torch existing --python "$TORCH_PYTHON" --wheels "$WHEELS" \
   --workdir "$WORK/work" --logs-dir "$WORK/logs" "$@" > "$WORK/build.out" 2>&1 < /dev/null &
+echo $! > "$WORK/build.pid"
 echo "started $TASK (pid $!): $WORK/build.out"

@@ -168,8 +168,10 @@ def table_cell(record: Mapping[str, object] | None) -> str:
     if not record:
         return ""
     stats = record.get("stats")
-    where = "off" if record.get("storage") == "none" else str(record.get("redis") or record.get("storage"))
-    head = f"{record.get('tool') or 'no cache'} {where}"
+    if record.get("storage") == "none":
+        head = "compiler cache off"
+    else:
+        head = f"{record.get('tool') or 'compiler cache'} {record.get('redis') or record.get('storage')}"
     if not isinstance(stats, Mapping):
         return head
     rate = stats.get("hit_rate")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_build.compile.ninjalog import NinjaLine, parse_ninja_lines
+from spark_build.compile.ninjalog import NinjaLine, is_build_object, object_matcher, parse_ninja_lines
 
 # A finished object that took less than this share of its estimate was a compiler-cache hit:
 # it says nothing about how fast this machine compiles, so it does not calibrate the speed.
@@ -118,33 +118,42 @@ def forecast(
     """Predict the rest of the compile from per-object durations, `slots` jobs at a time (the
     lesser of the CPUs and Ninja's `-j`: a memory-planned `-j` below the CPUs sets the pace).
 
-    The objects are those with a duration estimate (the targets setup.py builds); `.ninja_log`
-    lines for anything else (links, CMake's own outputs) are not objects to count. Queued
-    objects are placed longest first — the order a critical-path Ninja starts them — and, with
-    peaks and a budget, only as many run at once as fit: where memory binds, CPUs idle while
-    the governor holds jobs back.
+    The objects are the build objects (`ninjalog.is_build_object`) with a duration estimate:
+    the targets setup.py builds, a fixed total. Finished and running ones are matched to them by
+    `ninjalog.object_matcher`, so an object named after another machine's checkout still counts;
+    a job that is none of them (a link, a CMake compiler check, an object without an estimate)
+    takes time at the median duration but is no object to count. Queued objects are placed
+    longest first — the order a critical-path Ninja starts them — and, with peaks and a budget,
+    only as many run at once as fit: where memory binds, CPUs idle while the governor holds jobs
+    back. With every object built and nothing running the ETA is 0.
     """
-    speed = calibrated_speed(finished, seconds)
-    default = _median(list(seconds.values())) if seconds else 0.0
-    own = {job.object: seconds.get(job.object, default) for job in jobs}
-    universe = {**seconds, **own}
-    done = [obj for obj in universe if obj in finished and obj not in own]
+    objects = {obj: s for obj, s in seconds.items() if is_build_object(obj)}
+    match = object_matcher(objects)
+    built = {known: took for obj, took in finished.items() if (known := match(obj)) is not None}
+    speed = calibrated_speed(built, objects)
+    default = _median(list(objects.values())) if objects else 0.0
+    running = {job.object: match(job.object) for job in jobs}
+    own = {job.object: objects.get(running[job.object] or "", default) for job in jobs}
+    started = {known for known in running.values() if known is not None}
+    done = [obj for obj in objects if obj in built and obj not in started]
     remaining = {job.object: max(0.0, own[job.object] * speed - job.ran_s) for job in jobs}
     peak_of = (peaks or {}).get
     queued = sorted(
-        ((universe[obj] * speed, peak_of(obj, 0)) for obj in universe if obj not in finished and obj not in own),
+        ((objects[obj] * speed, peak_of(obj, 0)) for obj in objects if obj not in built and obj not in started),
         key=lambda job: -job[0],
     )
-    live = [(remaining[j.object], peak_of(j.object, 0)) for j in jobs if not j.held]
-    waiting = [(remaining[j.object], peak_of(j.object, 0)) for j in jobs if j.held]
+    live = [(remaining[j.object], peak_of(running[j.object] or j.object, 0)) for j in jobs if not j.held]
+    waiting = [(remaining[j.object], peak_of(running[j.object] or j.object, 0)) for j in jobs if j.held]
     eta = schedule_end(live, [*waiting, *queued], slots, budget_bytes if peaks else None)
-    total_work = sum(universe.values()) or 1.0
-    work = sum(universe[obj] for obj in done) + sum(min(j.ran_s / speed, own[j.object]) for j in jobs)
+    total_work = sum(objects.values()) or 1.0
+    work = sum(objects[obj] for obj in done) + sum(
+        min(j.ran_s / speed, own[j.object]) for j in jobs if running[j.object] is not None
+    )
     held = sum(1 for j in jobs if j.held)
     return Forecast(
         len(done),
-        len(universe),
-        work / total_work,
+        len(objects),
+        min(1.0, work / total_work),
         eta,
         speed,
         remaining,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spark_build.compile.ninjalog import NinjaLogEntry, normalize_object
+from spark_build.compile.ninjalog import CMAKE_PROBE_PREFIX, NinjaLogEntry, normalize_object
 from spark_build.errors import SparkBuildError, UsageError
 from spark_build.layout import RunFolder
 from spark_build.sizes import KIB, format_bytes
@@ -183,9 +183,10 @@ def estimates_from(
     for doc in records:
         for row in doc.get("objects", []):
             peak = row.get("peak_rss_bytes")
-            if not isinstance(peak, int) or peak <= 0:
-                continue
             name = normalize_object(row["object"])
+            # jobs.json written before CMake's compiler checks were left out holds them as unfinished
+            if not isinstance(peak, int) or peak <= 0 or name.startswith(CMAKE_PROBE_PREFIX):
+                continue
             if row.get("finished", True):
                 peaks[name] = max(peak, peaks[name]) if name in learned else peak
                 learned.add(name)
@@ -336,6 +337,8 @@ def write_jobs_json(
     rows: dict[str, dict[str, Any]] = {}
     for rec in records:
         name = normalize_object(rec.object)
+        if name.startswith(CMAKE_PROBE_PREFIX):
+            continue  # a compiler check of CMake's configure: never in .ninja_log, so never "finished"
         rows[name] = {
             "object": name,
             "peak_rss_bytes": rec.peak_rss_bytes,

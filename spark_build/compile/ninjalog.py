@@ -28,6 +28,25 @@ def normalize_object(path: str) -> str:
     return path[2:] if path.startswith("./") else path
 
 
+# CMake's compiler checks (`try_compile` during configure) build targets named `cmTC_<hash>`
+# with their own Ninja; the governor sees their jobs like any other, but they are no part of
+# the wheel.
+CMAKE_PROBE_PREFIX = "cmTC_"
+
+
+def is_build_object(name: str) -> bool:
+    """Whether a normalized output is one of the build's objects: a translation unit compiled
+    for a target (`_C.dir/csrc/x.cu.o`).
+
+    The one definition every count uses (the live status, the timing table, the trace, the
+    report, `jobs.json`), so they never disagree: a link (`_C.abi3.so`) is an edge but not an
+    object, and CMake's compiler checks (`cmTC_*`) are neither. The real 0.13.0 build's status
+    flipped between 165, 168 and 169 "objects" when these were counted in some places only.
+    """
+    target, sep, rest = name.partition(".dir/")
+    return bool(sep and rest) and name.endswith((".o", ".obj")) and not target.startswith(CMAKE_PROBE_PREFIX)
+
+
 class NinjaLogEntry(NamedTuple):
     object: str
     start_ms: int
@@ -95,21 +114,24 @@ def _tail(name: str) -> tuple[str, str]:
     return target, "/".join(rest.split("/")[-3:])
 
 
-def _durations_by_name(seconds: Mapping[str, float]) -> Callable[[str], float | None]:
-    """Look an object up by its normalized name, else by target and path tail when that is
-    unique: a source fetched outside the tree (qutlass) is named after its absolute checkout
-    path, which differs between the machine that measured it and this one."""
-    tails: dict[tuple[str, str], list[float]] = {}
-    for name, value in seconds.items():
-        tails.setdefault(_tail(name), []).append(value)
+def object_matcher(known: Iterable[str]) -> Callable[[str], str | None]:
+    """Which of the `known` objects (normalized names) an object is: the same name, else the one
+    with the same target and path tail when that is unique. A source fetched outside the tree
+    (qutlass) is named after its absolute checkout path, which differs between the machine that
+    measured it and this one (`_C.dir/tmp/fb/src/qutlass/…` in the profile, `_C.dir/tmp/w/work/
+    cache/sources/qutlass/…` on the GPU machine): by name alone its 7 objects were never done."""
+    names = set(known)
+    tails: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        tails.setdefault(_tail(name), []).append(name)
 
-    def lookup(name: str) -> float | None:
-        if name in seconds:
-            return seconds[name]
+    def match(name: str) -> str | None:
+        if name in names:
+            return name
         found = tails.get(_tail(name), [])
         return found[0] if len(found) == 1 else None
 
-    return lookup
+    return match
 
 
 # The log format Ninja 1.13 reads and writes; an older header makes it discard the whole log.
@@ -135,12 +157,12 @@ def seed_ninja_log(path: Path, outputs: Iterable[str], seconds: Mapping[str, flo
     known = {line.split("\t")[3] for line in text.splitlines() if not line.startswith("#") and line.count("\t") >= 4}
     seeded: dict[str, float] = {}
     lines: list[str] = []
-    duration_of = _durations_by_name(seconds)
+    match = object_matcher(seconds)
     for output in outputs:
-        duration = duration_of(normalize_object(output))
-        if output in known or duration is None or output in seeded:
+        name = match(normalize_object(output))
+        if output in known or name is None or output in seeded:
             continue
-        seeded[output] = duration
+        seeded[output] = duration = seconds[name]
         lines.append(f"0\t{max(1, round(duration * 1000))}\t0\t{output}\t0\n")
     if lines:
         path.parent.mkdir(parents=True, exist_ok=True)

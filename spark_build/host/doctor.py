@@ -19,7 +19,7 @@ from rich.text import Text
 from spark_build.arch import archlist as archmap
 from spark_build.host.facts import HostFacts, gather_host
 from spark_build.host.needs import VLLM_NEEDS, BuildNeeds
-from spark_build.host.rules import Problem, can_build, evaluate
+from spark_build.host.rules import Problem, can_build, evaluate, only_the_compiler_is_missing
 
 _VERDICT_STYLE = {"ok": ("✓ ok", "green"), "warning": ("! warning", "yellow"), "error": ("✕ error", "red")}
 
@@ -36,7 +36,16 @@ def render_table(problems: Sequence[Problem], console: Console) -> None:
     console.print(table)
     errors = sum(problem.severity == "error" for problem in problems)
     warnings = sum(problem.severity == "warning" for problem in problems)
-    if errors:
+    if errors and only_the_compiler_is_missing(problems):
+        console.print(
+            Text(
+                f"✕ {errors} error(s), {warnings} warning(s): a build from source cannot start; "
+                "`invoke build-vllm --prefer-wheel` needs no nvcc "
+                "(it takes vLLM's official wheel when one proves itself here)",
+                style="red",
+            )
+        )
+    elif errors:
         console.print(Text(f"✕ {errors} error(s), {warnings} warning(s): a build cannot start", style="red"))
     else:
         console.print(Text(f"✓ a build can start ({warnings} warning(s))", style="green"))

@@ -33,10 +33,18 @@ from spark_build.host.query import Query, run_command
 # "CUDA 13" for the LD_LIBRARY_PATH rule.
 _CUDA_SONAME_STEMS = ("libcudart.so", "libcublas.so", "libcublasLt.so", "libnvrtc.so")
 
-# Printed by a child interpreter: torch's version and the text of torch/version.py, found
-# without importing torch (an import takes seconds and may itself fail on a CUDA mismatch).
+# Printed by a child interpreter: torch's version, the text of torch/version.py and the Triton
+# beside it (PyTorch's nightlies call its distribution pytorch-triton), found without importing
+# either (an import takes seconds and may itself fail on a CUDA mismatch).
 _TORCH_QUERY = """\
 import importlib.metadata, importlib.util, json, pathlib
+def version(*names):
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
 spec = importlib.util.find_spec("torch")
 if spec is None or not spec.submodule_search_locations:
     print(json.dumps(None))
@@ -47,6 +55,7 @@ else:
         "version": importlib.metadata.version("torch"),
         "version_py": version_py.read_text() if version_py.is_file() else "",
         "location": str(root),
+        "triton": version("triton", "pytorch-triton") if importlib.util.find_spec("triton") else None,
     }))
 """
 
@@ -68,6 +77,7 @@ class TorchInfo:
     cuda: str | None  # torch.version.cuda; None for a CPU-only build
     python: Path
     location: Path | None = None  # the torch package folder (its headers are under include/)
+    triton: str | None = None  # the Triton installed beside it, whose bundled ptxas Triton uses
 
 
 @dataclass(frozen=True)
@@ -269,7 +279,8 @@ def query_torch(python: Path, run: Query) -> tuple[TorchInfo | None, str | None]
     if found is None:
         return None, None
     location = Path(found["location"]) if found.get("location") else None
-    return TorchInfo(found["version"], parse_torch_version_py(found["version_py"]), python, location), None
+    cuda = parse_torch_version_py(found["version_py"])
+    return TorchInfo(found["version"], cuda, python, location, found.get("triton")), None
 
 
 NVIDIA_SMI = ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]

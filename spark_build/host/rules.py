@@ -31,10 +31,19 @@ Severity = Literal["ok", "warning", "error"]
 MIN_DRIVER_FOR_CUDA_MAJOR = {13: 580, 12: 525, 11: 450}
 
 # --- Triton -------------------------------------------------------------------------------
-# The ptxas bundled with Triton 3.5 (torch 2.9) is CUDA 12.8's; any GPU that needs a newer
-# CUDA (12.1, 11.0, 10.3) fails in Triton with "Value 'sm_121a' is not defined for option
-# 'gpu-name'" until TRITON_PTXAS_PATH points at CUDA 13's ptxas (triton-lang/triton#8539).
-TRITON_BUNDLED_PTXAS_CUDA = Version("12.8")
+# The CUDA release of the ptxas a Triton wheel bundles, one row per change: (the first Triton
+# of the row, its ptxas for GPUs before compute capability 10, its ptxas for 10 and later).
+# Triton 3.5 (torch 2.9) has one ptxas, CUDA 12.8's: a GPU that needs a newer CUDA (12.1, 11.0,
+# 10.3) fails in Triton with "Value 'sm_121a' is not defined for option 'gpu-name'" until
+# TRITON_PTXAS_PATH points at CUDA 13's ptxas (triton-lang/triton#8539). From 3.6 Triton runs a
+# second one, `ptxas-blackwell`, for compute capability 10 and later. Read from the PyPI wheels
+# (`ptxas --version` of triton/backends/nvidia/bin/, x86_64): 3.5.0 12.8; 3.6.0 12.8 + 12.9;
+# 3.8.0 12.9 + 13.3. Each was also asked to compile an sm_121a kernel: only 3.5.0's refused.
+TRITON_BUNDLED_PTXAS: tuple[tuple[Version, Version, Version], ...] = (
+    (Version("3.8"), Version("12.9"), Version("13.3")),
+    (Version("3.6"), Version("12.8"), Version("12.9")),
+    (Version("0"), Version("12.8"), Version("12.8")),
+)
 
 SPARK_CUDA_HOME = "/usr/local/cuda-13.0"
 CU130_INDEX = "https://download.pytorch.org/whl/cu130"
@@ -53,6 +62,14 @@ class Problem:
 def can_build(problems: Sequence[Problem]) -> bool:
     """A build can start when no check is an error; warnings do not stop it."""
     return not any(problem.severity == "error" for problem in problems)
+
+
+def only_the_compiler_is_missing(problems: Sequence[Problem]) -> bool:
+    """Every error is about the CUDA compiler (nvcc, its probes, CUDA_HOME): `--prefer-wheel`
+    may still take vLLM's official wheel, which it validates without compiling anything. An
+    aarch64 system without nvcc read "a build cannot start", then took the 0.33.0 wheel."""
+    errors = [problem.check for problem in problems if problem.severity == "error"]
+    return bool(errors) and all(check in ("nvcc", "CUDA_HOME") or check.startswith("nvcc probe") for check in errors)
 
 
 def evaluate(
@@ -360,28 +377,39 @@ def judge_existing_torch(
     return Problem("existing torch", value, "ok")
 
 
+def bundled_ptxas_cuda(triton: Version, entry: archmap.ArchEntry) -> Version:
+    """The CUDA release of the ptxas this Triton runs for `entry` when TRITON_PTXAS_PATH is unset."""
+    _, older_gpus, newer_gpus = next(row for row in TRITON_BUNDLED_PTXAS if triton >= row[0])
+    return newer_gpus if entry.major >= 10 else older_gpus
+
+
 def _check_triton_ptxas(facts: HostFacts, targets: Sequence[archmap.ArchEntry]) -> Problem:
+    """Whether Triton, as installed beside the torch, can compile for the target. Without torch
+    or Triton there is nothing to judge: the build's torch brings its own, and the compile sets
+    TRITON_PTXAS_PATH itself."""
     ptxas = str(facts.ptxas or Path(SPARK_CUDA_HOME) / "bin" / "ptxas")
     fix = f"export TRITON_PTXAS_PATH={ptxas} TRITON_PTXAS_BLACKWELL_PATH={ptxas}"
-    needs_new_ptxas = [
-        entry
-        for entry in targets
-        if archmap.is_known(entry)
-        and archmap.min_cuda_for(archmap.ArchEntry(entry.major, entry.minor)) > TRITON_BUNDLED_PTXAS_CUDA
-    ]
     configured = facts.triton_ptxas_path
     if configured:
         if not facts.triton_ptxas_path_exists:
             return Problem("triton ptxas", f"TRITON_PTXAS_PATH={configured} does not exist", "warning", fix)
         return Problem("triton ptxas", f"TRITON_PTXAS_PATH={configured}", "ok")
+    triton = _version_or_none(facts.torch.triton) if facts.torch is not None else None
+    if triton is None:
+        return Problem("triton ptxas", "no Triton installed: nothing runs its bundled ptxas", "ok")
     if not targets:
         # No GPU and no --arch: nothing to judge the bundled ptxas against; saying it "knows
         # the target" here was the opposite of what `--arch 12.1a` then reported.
-        return Problem("triton ptxas", "TRITON_PTXAS_PATH unset; no target to judge the bundled ptxas by", "ok")
-    if not needs_new_ptxas:
-        return Problem("triton ptxas", "bundled ptxas knows the target", "ok")
-    sm = archmap.sm_name(archmap.ArchEntry(needs_new_ptxas[0].major, needs_new_ptxas[0].minor, "a"))
-    return Problem("triton ptxas", f"TRITON_PTXAS_PATH unset; bundled ptxas lacks {sm}", "warning", fix)
+        return Problem("triton ptxas", f"Triton {triton}; no target to judge its bundled ptxas by", "ok")
+    for entry in targets:
+        if not archmap.is_known(entry):
+            continue
+        bundled = bundled_ptxas_cuda(triton, entry)
+        if archmap.min_cuda_for(archmap.ArchEntry(entry.major, entry.minor)) > bundled:
+            sm = archmap.sm_name(archmap.ArchEntry(entry.major, entry.minor, "a"))
+            value = f"TRITON_PTXAS_PATH unset; Triton {triton}'s bundled ptxas (CUDA {bundled}) lacks {sm}"
+            return Problem("triton ptxas", value, "warning", fix)
+    return Problem("triton ptxas", f"Triton {triton}'s bundled ptxas knows the target", "ok")
 
 
 def _check_host_compiler(facts: HostFacts, gcc_minimum: str | None) -> Problem:

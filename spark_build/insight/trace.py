@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spark_build.compile.ninjalog import parse_ninja_lines
+from spark_build.compile.ninjalog import is_build_object, parse_ninja_lines
 from spark_build.durable import atomic_write_text
 from spark_build.insight.buildlog import (
     BuiltObject,
@@ -227,8 +227,9 @@ def write_trace(log_dir: Path, *, state_file: Path, build_root: Path, ninja: Pat
         "run_id": run_id,
         "generator": "spark-build",
         "t0_epoch": _timeline(summary, objects, samples, happenings, times)[1],
-        "objects_built": len({o.object for o in objects}),
-        "objects_total": len({line.object for line in lines}),
+        # Objects as every count names them (`is_build_object`): the links are drawn, not counted.
+        "objects_built": len({o.object for o in objects if is_build_object(o.object)}),
+        "objects_total": len({line.object for line in lines if is_build_object(line.object)}),
         "build_dirs": [str(log.parent) for log in logs],
         "ninja": str(ninja) if ninja else None,
         "peak_memory_bytes": max((s.used_bytes for s in samples if s.used_bytes is not None), default=None),

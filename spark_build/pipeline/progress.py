@@ -113,6 +113,7 @@ class Progress(StatusSink):
         if self._status is not None:
             self._status.stop()
             self._status = None
+        self._step = ""
         mark = "✓" if status == "done" else "✕"
         self.console.print(f"{mark} {step} {status} in {fmt_seconds(seconds)}", highlight=False)
 
@@ -146,6 +147,11 @@ class Progress(StatusSink):
         return f"{head}  {self._last_line[:width]}"
 
     def _refresh(self) -> None:
+        # Outside a step there is no step to time: commands run before the first (the source plan
+        # checks the patches) printed `…  24m03s  + git … apply` on `--resume`, timed from the
+        # clock's zero, before the build's own first line.
+        if not self._step:
+            return
         if self._status is not None:
             self._status.update(self._status_text())
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,12 +30,20 @@ from spark_build.compile.jobplan import (
     Estimates,
     JobPlan,
     JobRecord,
+    cmake_target_of,
     cpu_count,
     load_estimates,
     plan_jobs,
     write_jobs_json,
 )
-from spark_build.compile.ninjalog import parse_ninja_lines, parse_ninja_log, seed_ninja_log
+from spark_build.compile.ninjalog import (
+    is_build_object,
+    normalize_object,
+    object_matcher,
+    parse_ninja_lines,
+    parse_ninja_log,
+    seed_ninja_log,
+)
 from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
@@ -47,10 +56,12 @@ from spark_build.venv import find_tool
 
 
 def ninja_log_entries(src: Path) -> int:
-    """How many objects Ninja has recorded building in this tree, rebuilds counted again; the
-    durations seeded before the first build (no mtime) are no builds."""
+    """How many objects (`is_build_object`: links are not) Ninja has recorded building in this
+    tree, rebuilds counted again; the durations seeded before the first build (no mtime) are no
+    builds."""
     logs = src.glob("build/**/.ninja_log")
-    return sum(1 for log in logs for line in parse_ninja_lines(log.read_text(errors="replace")) if line.mtime_s)
+    lines = (line for log in logs for line in parse_ninja_lines(log.read_text(errors="replace")))
+    return sum(1 for line in lines if line.mtime_s and is_build_object(line.object))
 
 
 def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
@@ -143,14 +154,41 @@ _BUILD_TEMP_PROBE = (
 )
 
 
+def arch_plan_commands(ctx: Context) -> object | None:
+    """The arch plan's compile_commands.json: every object of the same CMakeLists, configured
+    for the same arch list; None when the arch plan left none."""
+    try:
+        return json.loads(ctx.layout.arch_plan_compile_commands.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def planned_objects(
+    commands: object, root: Path, estimates: Estimates, targets: frozenset[str] | None
+) -> dict[str, float]:
+    """The objects this build compiles (`is_build_object`, of the targets setup.py builds), named
+    as `.ninja_log` names them, each with its expected seconds — the fixed total the progress
+    line counts to. An object the estimates do not know takes their median: the shipped profile
+    is 0.13.0's, and a later release's new objects still count. Without the arch plan's list,
+    the estimates' own objects."""
+    names = {normalize_object(out) for out in ninja_outputs(commands, root)}
+    objects = sorted(
+        name for name in names if is_build_object(name) and (targets is None or cmake_target_of(name) in targets)
+    )
+    if not objects:
+        return dict(estimates.seconds)
+    match = object_matcher(estimates.seconds)
+    default = statistics.median(estimates.seconds.values()) if estimates.seconds else 0.0
+    return {name: estimates.seconds[known] if (known := match(name)) else default for name in objects}
+
+
 def seed_durations(ctx: Context, step: str, estimates: Estimates) -> str:
     """Write the estimates' durations into setup.py's build tree before Ninja first reads it,
     so the scheduling Ninja starts the longest objects first. The objects' paths come from the
     arch plan's configure of the same CMakeLists; setup.py's build folder is setuptools'
     `build/temp.<platform>-<cache tag>`, asked of the build's interpreter."""
-    try:
-        commands = json.loads(ctx.layout.arch_plan_compile_commands.read_text())
-    except (OSError, ValueError):
+    commands = arch_plan_commands(ctx)
+    if commands is None:
         return "no arch-plan object list to seed Ninja's durations from"
     outputs = ninja_outputs(commands, ctx.layout.arch_plan)
     build_temp = ctx.layout.build_tree / str(ctx.probe_json(step, ctx.python, _BUILD_TEMP_PROBE)["build_temp"])
@@ -316,7 +354,13 @@ class GovernedBuild:
 
         # Durations count only when the arch plan said which targets setup.py builds: FA3's 224
         # profiled objects would otherwise be forecast for a build that skips them.
-        known_targets = ctx.optional_result("arch-plan").get("built_targets") is not None
+        built = ctx.optional_result("arch-plan").get("built_targets")
+        targets = frozenset(built) if built is not None else None
+        objects = (
+            planned_objects(arch_plan_commands(ctx), ctx.layout.arch_plan, self.estimates, targets)
+            if targets is not None
+            else None
+        )
         sink = ctx.runner.sink
 
         def govern(pid: int) -> None:
@@ -330,7 +374,7 @@ class GovernedBuild:
                 estimates=self.estimates.peaks,
                 reserve_bytes=ctx.config.mem_reserve,
                 journal=self.journal.write,
-                seconds=self.estimates.seconds if known_targets else None,
+                seconds=objects,
                 slots=min(cpu_count(), plan.concurrent_jobs),
                 finished=FinishedObjects(ctx.layout.build_tree),
                 on_forecast=lambda outlook: sink.progress(forecast_line(outlook)),

@@ -135,6 +135,7 @@ class UseExistingTorch(Step):
                 hint="this ref predates use_existing_torch.py; build a newer vLLM release",
             )
         script = ctx.src / rel
+        before = worktree_edits(ctx.src)
         ctx.run(self.name, [ctx.python, rel], cwd=ctx.src)
         left = torch_pins(ctx.src)
         if left:
@@ -143,11 +144,26 @@ class UseExistingTorch(Step):
                 + (f" (+{len(left) - 1} more)" if len(left) > 1 else ""),
                 hint="the script's rules changed; add a patch that drops these pins",
             )
-        changed = git.Repo(ctx.src).git.diff("--name-only").splitlines()
-        return {"changed": changed}
+        return {"changed": edited_since(before, worktree_edits(ctx.src))}
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         return ctx.src.is_dir() and not torch_pins(ctx.src)
+
+
+def worktree_edits(src: Path) -> dict[str, str]:
+    """Every tracked file that differs from the commit, with its content's blob id ("" when
+    deleted): what the tree holds before and after a step edits it."""
+    repo = git.Repo(src)
+    paths = repo.git.diff("--name-only", "--no-renames").splitlines()
+    present = [path for path in paths if (src / path).is_file()]
+    blobs = repo.git.hash_object("--", *present).splitlines() if present else []
+    return {path: dict(zip(present, blobs, strict=True)).get(path, "") for path in paths}
+
+
+def edited_since(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """The files one step changed: edited now and not as they were before it ran. `git diff`
+    alone names the patch step's files too (setup.py, qutlass.cmake in the real 0.13.0 build)."""
+    return sorted(path for path, blob in after.items() if before.get(path) != blob)
 
 
 class BuildDeps(Step):

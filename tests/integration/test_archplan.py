@@ -32,7 +32,7 @@ from spark_build.compile.jobplan import DEFAULT_PROFILE, load_estimates
 from spark_build.compile.ninjalog import parse_ninja_log, seed_ninja_log
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
-from spark_build.steps.compile import ninja_outputs, release_version
+from spark_build.steps.compile import ninja_outputs, planned_objects, release_version
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.sources import prepare_sources
@@ -224,6 +224,15 @@ def test_seeded_from_the_arch_plan_the_scheduling_ninja_starts_vllm_s_longest_ob
     assert manifest_rank > 30  # without durations every object of _C weighs the same
     seeded = seed_ninja_log(build / ".ninja_log", outputs, estimates.seconds)
     assert len(seeded) == len(estimates.seconds) == 165  # every object setup.py builds, FA3's none
+    # the progress line's total: the same 165, read from the arch plan's own list
+    assert (
+        len(
+            planned_objects(
+                json.loads((build / "compile_commands.json").read_text()), build, estimates, frozenset(targets)
+            )
+        )
+        == 165
+    )
     manifest = (build / "build.ninja").read_text()
     assert all(f"build {out}:" in manifest for out in seeded)
 

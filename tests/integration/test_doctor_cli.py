@@ -22,6 +22,8 @@ def test_with_a_named_arch_the_example_can_start_here_and_the_json_says_why(tmp_
     assert report["can_build"] is True
     assert checks["nvcc probe sm_121a"]["severity"] == "ok"
     assert checks["gpu"]["severity"] == "warning", "no GPU here: the serve check must run on the Spark"
+    # spark-build's own venv has no torch, so no Triton whose bundled ptxas could lack sm_121a
+    assert checks["triton ptxas"]["severity"] == "ok" and "lacks" not in checks["triton ptxas"]["value"]
 
 
 def test_without_a_gpu_or_an_arch_no_build_can_start_and_the_fix_names_arch(tmp_path):

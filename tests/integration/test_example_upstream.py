@@ -22,6 +22,7 @@ import uv
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from spark_build.steps.source import edited_since, worktree_edits
 from spark_build.upstream.example import make_example_upstream
 from tests.conftest import CUDA_HOME, needs_nvcc
 
@@ -123,6 +124,23 @@ def test_use_existing_torch_drops_every_torch_pin_and_keeps_the_rest(upstream: P
         "jinja2",
     ]
     assert "-r common.txt" in (tree / "requirements" / "cuda.txt").read_text()
+
+
+def test_the_use_existing_torch_step_lists_only_the_files_the_script_changed(upstream: Path, tmp_path: Path) -> None:
+    # The real 0.13.0 build listed setup.py and cmake/external_projects/qutlass.cmake, which the
+    # patch step had changed (tests/data/gpu-run-2026-12-07/summary.json).
+    tree = clone(upstream, tmp_path / "clone")
+    (tree / "setup.py").write_text((tree / "setup.py").read_text() + "# patched\n")
+    pyproject = tree / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "# patched too\n")  # then edited by the script as well
+    before = worktree_edits(tree)
+
+    run([sys.executable, "use_existing_torch.py"], cwd=tree)
+
+    changed = edited_since(before, worktree_edits(tree))
+    assert "setup.py" not in changed
+    assert "pyproject.toml" in changed and "requirements/build.txt" in changed
+    assert all(path.startswith("requirements/") for path in changed if path != "pyproject.toml")
 
 
 def test_use_existing_torch_with_prefix_drops_only_the_pins(upstream: Path, tmp_path: Path) -> None:

@@ -326,7 +326,7 @@ def test_the_timing_table_shows_the_compiles_cache_in_one_cell() -> None:
     dist = cp.plan_cache(cm.CacheMode("redis", REDIS), dist="http://spark-a:10600")
     cell = cs.table_cell(cp.summary_record(dist, cs.CacheStats(misses=4, dist_compiles=9)))
     assert cell == "sccache redis://spark-a:6379/0: 0 hits, 4 misses, 0 uncacheable (0.0%), 9 remote"
-    assert cs.table_cell(cp.summary_record(cp.plan_cache(cm.CacheMode("none")), None)) == "no cache off"
+    assert cs.table_cell(cp.summary_record(cp.plan_cache(cm.CacheMode("none")), None)) == "compiler cache off"
     assert cs.table_cell(None) == ""
 
 

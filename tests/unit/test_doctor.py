@@ -67,7 +67,7 @@ SPARK = HostFacts(
     ld_library_path=(),
     cuda12_lib_dirs=(),
     cuda13_lib_dirs=(),
-    torch=TorchInfo("2.9.0+cu130", "13.0", Path("/home/me/spark/work/venv/bin/python")),
+    torch=TorchInfo("2.9.0+cu130", "13.0", Path("/home/me/spark/work/venv/bin/python"), triton="3.5.0"),
     torch_query_error=None,
     triton_ptxas_path=str(CUDA13 / "bin" / "ptxas"),
     triton_ptxas_blackwell_path=str(CUDA13 / "bin" / "ptxas"),
@@ -352,6 +352,17 @@ def test_table_cells_are_not_read_as_rich_markup() -> None:
     assert "[bold]x[/bold]" in out.getvalue() and "fix [it]" in out.getvalue()
 
 
+def test_without_nvcc_the_verdict_says_prefer_wheel_needs_none() -> None:
+    no_nvcc = dataclasses.replace(SPARK, nvcc=None, nvcc_version=None, probes=())
+    console, out = _console()
+    render_table(evaluate(no_nvcc, "12.1a"), console)
+    verdict = " ".join(out.getvalue().splitlines()[-3:])
+    assert "a build from source cannot start" in verdict and "--prefer-wheel` needs no nvcc" in verdict
+    console, out = _console()
+    render_table([*evaluate(no_nvcc, "12.1a"), Problem("uv", "not found", "error", "pip install uv")], console)
+    assert "a build cannot start" in out.getvalue() and "--prefer-wheel" not in out.getvalue()
+
+
 def test_to_json_without_host_lists_only_checks() -> None:
     document = json.loads(to_json([Problem("git", "not found", "error", "install git")]))
     assert document == {
@@ -390,6 +401,7 @@ TORCH_ANSWER = json.dumps(
     {
         "version": "2.9.0+cu130",
         "version_py": "__version__ = '2.9.0+cu130'\ndebug = False\ncuda: Optional[str] = '13.0'\n",
+        "triton": "3.5.0",
     }
 )
 
@@ -445,7 +457,7 @@ def test_gather_host_reads_a_spark_from_its_commands(tmp_path: Path, toolkit: Pa
     assert facts.nvcc_build == NVCC13_BUILD
     assert facts.cuda_home == toolkit and facts.ptxas == toolkit / "bin" / "ptxas"
     assert facts.probes == (ArchProbe("12.1a", "sm_121a", True, ""),)
-    assert facts.torch == TorchInfo("2.9.0+cu130", "13.0", Path("/usr/bin/python3"))
+    assert facts.torch == TorchInfo("2.9.0+cu130", "13.0", Path("/usr/bin/python3"), triton="3.5.0")
     assert facts.uv_version is None or facts.uv_version == "0.9.2"  # uv may sit beside sys.executable
     assert facts.git_version == "2.43.0"
     assert facts.cuda12_lib_dirs == (str(tmp_path / "cuda-12.8" / "lib64"),)
@@ -584,3 +596,36 @@ def test_a_gcc_older_than_the_source_requires_stops_the_build_with_the_fix(
     if severity == "error" and cxx is not None:
         assert problem.value == "GNU 11.4.0 (c++); the source needs GCC >= 13 (the source's CMakeLists.txt)"
         assert problem.fix.startswith("install g++-13 and build with CC=gcc-13 CXX=g++-13")
+
+
+@pytest.mark.parametrize(
+    ("torch", "severity", "value"),
+    [
+        (
+            TorchInfo("2.9.0+cu130", "13.0", CONTAINER_PYTHON, triton="3.5.0"),
+            "warning",
+            "Triton 3.5.0's bundled ptxas (CUDA 12.8) lacks sm_121a",
+        ),
+        (
+            TorchInfo("2.10.0+cu130", "13.0", CONTAINER_PYTHON, triton="3.6.0"),
+            "ok",
+            "Triton 3.6.0's bundled ptxas knows the target",
+        ),
+        (
+            TorchInfo("2.12.0+cu130", "13.0", CONTAINER_PYTHON, triton="3.8.0"),
+            "ok",
+            "Triton 3.8.0's bundled ptxas knows the target",
+        ),
+        (TorchInfo("2.13.0+cpu", None, CONTAINER_PYTHON), "ok", "no Triton installed"),
+        (None, "ok", "no Triton installed"),
+    ],
+    ids=["triton-3.5", "triton-3.6", "triton-3.8", "torch-without-triton", "no-torch"],
+)
+def test_the_bundled_ptxas_warning_follows_the_triton_installed(
+    torch: TorchInfo | None, severity: str, value: str
+) -> None:
+    # Measured on the PyPI wheels: 3.5.0's only ptxas (CUDA 12.8) refuses sm_121a; 3.6.0's and
+    # 3.8.0's ptxas-blackwell (12.9, 13.3), which Triton runs for compute capability 10 and later, compile it.
+    host = dataclasses.replace(SPARK, torch=torch, triton_ptxas_path=None, triton_ptxas_path_exists=False)
+    ptxas = next(p for p in evaluate(host, "12.1a") if p.check == "triton ptxas")
+    assert (ptxas.severity, value in ptxas.value) == (severity, True)

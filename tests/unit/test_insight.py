@@ -114,8 +114,8 @@ def test_report_of_the_resumed_build_counts_reused_objects_and_ranks_the_hungrie
     data = report_data(load_run(folder))
     # One definition of the hit rate, the compiler cache's own; Ninja's reuse is said beside it.
     assert data["cache"]["hit_rate"] == 0.25
-    assert data["cache"]["note"] == "ccache: 1 hits, 3 misses; Ninja reused 8 of 12 objects"
-    assert data["objects_built"] == 4
+    assert data["cache"]["note"] == "ccache: 1 hits, 3 misses; Ninja reused 8 of 11 objects"
+    assert data["objects_built"] == 3  # and the link
     assert [h["object"] for h in data["hungriest"]] == [
         "_C.dir/csrc/topk.cu.o",
         "_C.dir/csrc/elementwise_float.cu.o",
@@ -136,10 +136,27 @@ def test_report_prints_timing_objects_path_cache_and_validation(tmp_path: Path) 
         "407 MiB",  # topk's peak
         "CPU utilisation:",
         "critical path: 9.7s — elementwise_half.cu.o [longest single object",
-        "cache hit rate: 25% — ccache: 1 hits, 3 misses; Ninja reused 8 of 12 objects",
+        "cache hit rate: 25% — ccache: 1 hits, 3 misses; Ninja reused 8 of 11 objects",
         "validation (done): GPU code 12.1: native; imports ok; linkage ok",
     ):
         assert expected in text, expected
+
+
+def test_report_says_imports_not_proven_where_the_validating_host_had_no_driver(tmp_path: Path) -> None:
+    folder = add_run(tmp_path / "logs", "example", FULL_RUN, traced=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["results"]["validate"]["imports"] = {"spark_example": True, "spark_example._C": False}
+    summary["results"]["validate"]["imports_unproven"] = ["spark_example._C"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    out_console, out = console()
+    report_main(tmp_path / "logs", None, False, out_console)
+    assert "imports 1 ok, 1 not proven on the validating host (spark_example._C);" in out.getvalue()
+    assert "FAILED" not in out.getvalue()
+    summary["results"]["validate"]["imports_unproven"] = []  # a real failure stays one
+    (folder / "summary.json").write_text(json.dumps(summary))
+    out_console, out = console()
+    report_main(tmp_path / "logs", None, False, out_console)
+    assert "imports FAILED;" in out.getvalue()
 
 
 def test_report_of_an_unknown_run_exits_2_and_lists_the_runs(

@@ -3,10 +3,17 @@ duration-weighted Ninja starts the longest first — without ever touching what 
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
-from spark_build.compile.ninjalog import SEED_HEADER, parse_ninja_log, seed_ninja_log
-from spark_build.steps.compile import ninja_log_entries, ninja_outputs
+import pytest
+
+from spark_build.compile.jobplan import DEFAULT_PROFILE, Estimates, load_estimates
+from spark_build.compile.ninjalog import SEED_HEADER, is_build_object, parse_ninja_log, seed_ninja_log
+from spark_build.steps.compile import ninja_log_entries, ninja_outputs, planned_objects
+
+DATA = Path(__file__).parents[1] / "data"
 
 SECONDS = {"_C.dir/csrc/quantization/scaled_mm_c2x.cu.o": 953.2, "_C.dir/csrc/cache_kernels.cu.o": 41.0}
 OUTPUTS = ["CMakeFiles/_C.dir/csrc/cache_kernels.cu.o", "CMakeFiles/_C.dir/csrc/quantization/scaled_mm_c2x.cu.o"]
@@ -92,3 +99,48 @@ def test_seeded_durations_do_not_count_as_objects_built(tmp_path: Path) -> None:
     with log.open("a") as handle:
         handle.write("12\t40012\t1764000000000000000\tCMakeFiles/_C.dir/csrc/cache_kernels.cu.o\t9f3a2c1b\n")
     assert ninja_log_entries(tmp_path / "src") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "counted"),
+    [
+        ("_C.dir/csrc/cache_kernels.cu.o", True),
+        ("_C.dir/tmp/w/work/cache/sources/qutlass/830d2c45/qutlass/csrc/bindings.cpp.o", True),
+        ("_vllm_fa2_C.dir/csrc/flash_attn/src/flash_fwd_split_hdim128_bf16_sm80.cu.o", True),
+        ("_C.abi3.so", False),
+        ("vllm-flash-attn/_vllm_fa2_C.abi3.so", False),
+        ("cmTC_efe49.dir/CMakeCUDACompilerABI.cu.o", False),
+        ("cmTC_efe49", False),
+    ],
+    ids=[
+        "object",
+        "object-outside-the-tree",
+        "subproject-object",
+        "link",
+        "subproject-link",
+        "cmake-check",
+        "cmake-check-link",
+    ],
+)
+def test_objects_are_the_targets_translation_units_not_links_or_cmake_checks(name: str, counted: bool) -> None:
+    assert is_build_object(name) is counted
+
+
+def test_the_builds_objects_are_the_arch_plans_for_the_targets_setup_py_builds() -> None:
+    # vLLM 0.13.0's configure for 12.1a (16 of its entries): FA3 is configured but setup.py skips it.
+    commands = json.loads((DATA / "vllm-0.13.0-cuda13.0-12.1a-after.compile_commands.json").read_text())
+    commands.append({"directory": "/BUILD", "output": "CMakeFiles/_C.dir/csrc/new_in_a_later_release.cu.o"})
+    targets = frozenset({"_C", "_moe_C", "_vllm_fa2_C", "cumem_allocator"})
+    estimates = load_estimates([], DEFAULT_PROFILE, targets=targets)
+
+    objects = planned_objects(commands, Path("/BUILD"), estimates, targets)
+
+    assert len(objects) == 15 and not any(name.startswith("_vllm_fa3_C") for name in objects)
+    assert objects["_C.dir/csrc/quantization/w8a8/cutlass/scaled_mm_c2x.cu.o"] == pytest.approx(953, abs=1)
+    assert objects["_C.dir/SRC/qutlass/qutlass/csrc/gemm.cu.o"] > 0  # the profile's other checkout path
+    assert objects["_C.dir/csrc/new_in_a_later_release.cu.o"] == statistics.median(estimates.seconds.values())
+
+
+def test_without_the_arch_plans_list_the_builds_objects_are_the_estimates() -> None:
+    estimates = Estimates({"_C.dir/a.cu.o": 1}, {"_C.dir/a.cu.o": 10.0}, "test")
+    assert planned_objects(None, Path("/BUILD"), estimates, None) == {"_C.dir/a.cu.o": 10.0}

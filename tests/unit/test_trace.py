@@ -17,8 +17,8 @@ from spark_build.insight.buildlog import BuiltObject, GovernorEvent, MemorySampl
 from spark_build.insight.trace import PID_BUILD, PID_COMPILE, PID_MEMORY, assign_slots, trace_events, write_trace
 
 DATA = Path(__file__).parents[1] / "data"
-FULL_RUN = "20261125-181130-767"  # the example built from scratch, 12 objects on 2 jobs
-RESUMED_RUN = "20261125-181638-9077"  # Ctrl-C after 8 objects, then --resume built the last 4
+FULL_RUN = "20261125-181130-767"  # the example built from scratch, 11 objects and a link on 2 jobs
+RESUMED_RUN = "20261125-181638-9077"  # Ctrl-C after 8 objects, then --resume built the last 3 and the link
 META_NAMES = {"process_name", "thread_name", "process_sort_index", "thread_sort_index"}
 
 
@@ -132,7 +132,7 @@ def test_every_object_ninja_built_is_a_slice_with_its_real_duration_on_one_of_tw
     assert slices["_C.dir/csrc/scan.cu.o"]["name"] == "scan.cu.o"
     assert thread_names(doc, PID_COMPILE) == {1: "slot 1", 2: "slot 2"}  # --jobs 2
     assert max(e["args"]["jobs"] for e in of(doc, "C", PID_COMPILE) if e["name"] == "jobs running") == 2
-    assert doc["otherData"]["objects_built"] == doc["otherData"]["objects_total"] == 12
+    assert doc["otherData"]["objects_built"] == doc["otherData"]["objects_total"] == 11  # the link is no object
 
 
 def test_steps_sit_at_their_recorded_times_with_the_compile_around_its_objects(tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_resumed_build_traces_only_the_objects_its_own_ninja_run_compiled(tmp_pa
     }
     assert built["_C.dir/csrc/topk.cu.o"]["peak_rss_bytes"] == 426713088  # the governor's jobs.json
     assert "peak_rss_bytes" not in built["_C.abi3.so"]  # too short to be sampled
-    assert (doc["otherData"]["objects_built"], doc["otherData"]["objects_total"]) == (4, 12)
+    assert (doc["otherData"]["objects_built"], doc["otherData"]["objects_total"]) == (3, 11)  # links drawn, not counted
     skipped = {e["name"] for e in of(doc, "i", PID_BUILD)}
     assert "clone skipped" in skipped and "torch skipped" in skipped
     assert of(doc, "C", PID_MEMORY)[0]["name"] == "budget"  # the plan's budget from summary.json
