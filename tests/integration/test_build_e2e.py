@@ -65,7 +65,7 @@ def objects_finished(workdir: Path) -> int:
     return ninja_log_entries(workdir / "src")
 
 
-def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, tmp_path, uv_cache):
+def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline):
     wheel = published_wheel(baseline)
     summary = baseline.first_summary
     assert [s["name"] for s in summary["steps"]] == STEPS
@@ -79,16 +79,13 @@ def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline, 
     kinds = {(e["ph"], e.get("name") if e["ph"] == "C" else e.get("cat")) for e in trace["traceEvents"]}
     assert {("X", "step"), ("X", "compile"), ("C", "available memory"), ("C", "jobs running")} <= kinds
     install = next(line for line in baseline.output.splitlines() if "install with:" in line)
-    argv = shlex.split(install.split("install with: ", 1)[1])
-    assert Path(argv[0]).is_absolute() and argv[1:4] == ["pip", "install", "--extra-index-url"]
-    assert "'torch==2.13.0+cpu'" in install  # the torch the wheel was validated with
+    line = install.split("install with: ", 1)[1]
+    assert "torch==2.13.0+cpu" in line  # the torch the wheel was validated with
 
-    # A user's own fresh venv, in a new shell (no spark-build venv on PATH), installing with the
-    # printed line as it stands, only told which venv to install into.
-    venv = tmp_path / "user-venv"
-    env = {**_env(), "UV_CACHE_DIR": str(uv_cache), "PATH": "/usr/bin:/bin"}
-    subprocess.run([argv[0], "venv", "-q", str(venv)], check=True, env=env)
-    subprocess.run([*argv[:3], "-q", "--python", str(venv / "bin/python"), *argv[3:]], check=True, env=env)
+    # Typed as printed in a new shell: no venv active, no spark-build venv (nor uv) on PATH.
+    env = {k: v for k, v in _env().items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", "-c", line], check=True, env=env, capture_output=True, timeout=600)
+    venv = baseline.workdir / "vllm-venv"
     probe = subprocess.run(
         [str(venv / "bin/python"), "-c", "import spark_example._C as c; print(c.compiled_archs(), c.device_count())"],
         capture_output=True,

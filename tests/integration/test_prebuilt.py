@@ -14,11 +14,12 @@ import base64
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from packaging.version import Version
 from spark_build import config
 from spark_build.nightly.official import Wanted
 from spark_build.nightly.prebuilt import DOWNLOADS, Decision, PreferWheel, prefer_wheel
+from spark_build.nightly.transport import RetryPolicy
 from spark_build.proc import Runner
 from spark_build.steps.validate import wheel_proof
 from spark_build.wheel.proof import Proof, prove_wheel
@@ -37,6 +39,7 @@ from tests.servers import OfficialHost, sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINE = "x86_64"  # the wheels must install on this test machine; the naming rules are the Spark's
+QUICK = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.01, jitter=0.0)  # an unreachable host, in a second
 
 MODULE = """
 #include <Python.h>
@@ -79,12 +82,15 @@ def extensions(tmp_path_factory: pytest.TempPathFactory) -> Extensions:
     return Extensions(work / "spark_C.so", work / "rtx_C.so", work / "fa3.so")
 
 
-def vllm_wheel(folder: Path, filename: str, c_extension: Path, fa3: Path, requires: tuple[str, ...] = ()) -> Path:
-    """A wheel laid out like vLLM's: `vllm/_C`, `vllm/vllm_flash_attn/_vllm_fa3_C`, a RECORD."""
+def vllm_wheel(
+    folder: Path, filename: str, c_extension: Path, fa3: Path, requires: tuple[str, ...] = (), init: bytes = b""
+) -> Path:
+    """A wheel laid out like vLLM's: `vllm/_C`, `vllm/vllm_flash_attn/_vllm_fa3_C`, a RECORD;
+    `init` is its `vllm/__init__.py`."""
     version = filename.split("-")[1]
     dist_info = f"vllm-{version}.dist-info"
     files = {
-        "vllm/__init__.py": b"",
+        "vllm/__init__.py": init,
         "vllm/_C.abi3.so": c_extension.read_bytes(),
         "vllm/vllm_flash_attn/__init__.py": b"",
         "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so": fa3.read_bytes(),
@@ -118,13 +124,14 @@ class Fallback:
     """Stands for the source build: counts the calls and keeps the decision each was given for
     its summary.json (the build itself is tested elsewhere)."""
 
+    build: Callable[[Decision], int] | None = None
     calls: int = 0
     decisions: list[Decision] = field(default_factory=list)
 
     def __call__(self, decision: Decision) -> int:
         self.calls += 1
         self.decisions.append(decision)
-        return 0
+        return self.build(decision) if self.build else 0
 
 
 def run_prefer_wheel(
@@ -136,37 +143,48 @@ def run_prefer_wheel(
     changes: tuple[Change, ...] = (),
     wheels: Path | None = None,
     offline: bool = False,
+    index: str | None = None,
+    prove: Callable[[Path], Proof] | None = None,
+    build: Callable[[Decision], int] | None = None,
 ) -> tuple[int, list[str], Fallback, list[Path]]:
-    """`prefer_wheel` as the command runs it, for 12.1a, with the real proof; returns the exit
-    code, what it said, the fallback, and the wheels it asked the proof about."""
+    """`prefer_wheel` as the command runs it, for 12.1a, with the real proof (or `prove`); returns
+    the exit code, what it said, the fallback (or `build` inside it), and the wheels it asked the
+    proof about."""
     cfg = config.resolve(
         {"workdir": str(tmp_path / "work"), "logs_dir": str(tmp_path / "logs"), "arch": "12.1a", "no_serve": True}
     )
     proved: list[Path] = []
 
-    def prove(wheel: Path) -> Proof:
-        proved.append(wheel)
+    def real_proof(wheel: Path) -> Proof:
         (tmp_path / "logs").mkdir(exist_ok=True)
         return prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=False), Runner(), tmp_path / "logs" / "v.log")
 
+    def asked(wheel: Path) -> Proof:
+        proved.append(wheel)
+        return (prove or real_proof)(wheel)
+
     options = PreferWheel(
         ref=f"v{version}",
+        arch="12.1a",
         cuda_major=13,
         wheelhouse=cfg.wheelhouse,
+        logs_dir=cfg.logs_dir,
         torch_index=cfg.torch_index,
         torch_asked=torch_asked,
         torch_existing=None,
-        index=host.simple,
+        install_venv=cfg.layout.install_venv,
+        index=index or host.simple,
         releases=host.release_api,
         machine=MACHINE,
         changes=changes,
         wheels=wheels,
         offline=offline,
+        retry=QUICK,
     )
     said: list[str] = []
-    fallback = Fallback()
+    fallback = Fallback(build)
     wanted = Wanted(Version(version), 13, MACHINE)
-    code = prefer_wheel(options, wanted, prove=prove, build=fallback, say=said.append, run=git_runner)
+    code = prefer_wheel(options, wanted, prove=asked, build=fallback, say=said.append, run=git_runner)
     return code, said, fallback, proved
 
 
@@ -191,7 +209,9 @@ def test_a_release_asset_that_runs_on_the_spark_is_validated_published_and_insta
     assert sha256(published) == sha256(wheel)
     assert f"{name}#sha256={sha256(wheel)}" in (work / "wheelhouse" / "vllm" / "index.html").read_text()
     assert "not used on 12.1 (vLLM never dispatches there): vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so" in done.stdout
-    assert f"install with: uv pip install --extra-index-url {(work / 'wheelhouse').as_uri()}/" in done.stdout
+    line = next(x for x in done.stdout.splitlines() if x.startswith("install with: ")).removeprefix("install with: ")
+    venv = work / "vllm-venv"
+    assert line.startswith(f"{shlex.quote(sys.executable)} -m venv {venv} && {venv}/bin/python -m pip install ")
     assert not (work / "state.json").exists(), "no source build was started"
     decision = json.loads((tmp_path / "logs" / "latest" / "summary.json").read_text())["prefer_wheel"]
     assert (decision["taken"], decision["found"], decision["found_in"]) == (True, name, "GitHub release assets")
@@ -199,6 +219,17 @@ def test_a_release_asset_that_runs_on_the_spark_is_validated_published_and_insta
         [*argv[:5], "report", "--logs-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120
     )
     assert f"prefer-wheel: took {name} (GitHub release assets): validated here" in shown.stdout, shown.stderr
+
+    # The install line, typed as printed into a new shell: no venv active, no uv on PATH; pip's
+    # index is the stand-in for PyPI, so nothing comes from the real one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "VIRTUAL_ENV"))}
+    env |= {"PATH": "/usr/bin:/bin", "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": official_host.simple}
+    typed = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=300)
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    imported = subprocess.run(
+        [venv / "bin" / "python", "-c", "import vllm._C, vllm; print(vllm.__file__)"], capture_output=True, text=True
+    )
+    assert imported.stdout.startswith(str(venv)), imported.stderr
 
 
 def test_an_index_wheel_whose_gpu_code_cannot_run_on_the_spark_is_refused_and_the_source_build_runs(
@@ -408,4 +439,4 @@ def test_a_python_only_pr_on_the_official_wheel_from_the_command_line(
     with zipfile.ZipFile(patched) as archive:
         assert archive.read("vllm/__init__.py").decode() == 'FIXED = "by PR 7"\n'
     assert "prebuilt: PR #7 (Python only) carried onto it" in done.stdout
-    assert "'vllm==0.15.0+cu130.pr7'" in done.stdout, "the install line names the patched version"
+    assert " vllm==0.15.0+cu130.pr7" in done.stdout, "the install line names the patched version"

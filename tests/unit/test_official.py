@@ -190,7 +190,8 @@ def test_a_wheel_is_taken_only_when_its_torch_is_the_one_the_user_has_or_asked_f
     ids=["branch", "index-not-a-url"],
 )
 def test_prefer_wheel_refuses_bad_input_before_looking_anything_up(ref: str, index: str, message: str) -> None:
-    options = PreferWheel(ref, 13, Path("/nonexistent"), PACKAGE_INDEX, (), None, index=index)
+    nowhere = Path("/nonexistent")
+    options = PreferWheel(ref, "12.1a", 13, nowhere, nowhere / "logs", PACKAGE_INDEX, (), None, index=index)
     with pytest.raises(UsageError, match=re.escape(message)) as err:
         wanted_for(options)
     assert err.value.exit_code == 2
