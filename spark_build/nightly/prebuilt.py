@@ -220,6 +220,8 @@ def _from_source(options: PreferWheel, decision: Decision, build: Callable[[Deci
     try:
         return build(decision)
     except SparkBuildError as err:
+        err.details.append(f"--prefer-wheel did not take the official wheel: {decision.why}")
+        err.details.append("the source build that replaced it stopped as above")
         after = _latest_summary(options.logs_dir)
         if after is None or after == before:
             outcomes = [
@@ -227,8 +229,6 @@ def _from_source(options: PreferWheel, decision: Decision, build: Callable[[Deci
                 StepOutcome("source build", "failed", 0.0, "it stopped before its first step", err.exit_code),
             ]
             _write_run(options, decision, outcomes, {}, err)
-        err.details.append(f"--prefer-wheel did not take the official wheel: {decision.why}")
-        err.details.append("the source build that replaced it stopped as above")
         raise
 
 
