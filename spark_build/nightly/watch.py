@@ -380,7 +380,10 @@ def nightly(
         why = f"a host problem, no verdict on the wheel and nothing rebuilt: {err.message}"
         return finish(Outcome.FAILED, why + (f" (fix: {err.hint})" if err.hint else ""))
     except SparkBuildError as err:
-        return finish(Outcome.FAILED, err.message + (f" (fix: {err.hint})" if err.hint else ""))
+        message = err.message + (f" (fix: {err.hint})" if err.hint else "")
+        if "refused" in extra:  # the last line says why a build ran at all
+            message += f"; the source build ran because the official {name} was not mirrored: {extra['refused']}"
+        return finish(Outcome.FAILED, message)
     except Exception as err:  # a bug: still record the night and tell the user, then show the traceback
         finish(Outcome.FAILED, f"unexpected {type(err).__name__}: {err}")
         raise
