@@ -82,10 +82,21 @@ def test_a_fresh_build_publishes_a_wheel_that_imports_in_a_fresh_venv(baseline):
     line = install.split("install with: ", 1)[1]
     assert "torch==2.13.0+cpu" in line  # the torch the wheel was validated with
 
-    # Typed as printed in a new shell: no venv active, no spark-build venv (nor uv) on PATH.
+    # Typed as printed in a new shell: no venv active, no spark-build venv (nor uv) on PATH. pip is
+    # told (by its own environment variables, not by the line) to resolve without installing: a
+    # 700 MB torch install costs CI minutes; test_prebuilt.py runs a line to a finished install.
     env = {k: v for k, v in _env().items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
-    subprocess.run(["bash", "-c", line], check=True, env=env, capture_output=True, timeout=600)
+    env |= {"PIP_DRY_RUN": "1", "PIP_NO_DEPS": "1"}
+    typed = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=600)
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    would = next(x for x in typed.stdout.splitlines() if x.startswith("Would install "))
+    got = {name.replace("_", "-").lower() for name in would.split()[2:]}
+    assert got == {f"spark-example-{wheel.name.split('-')[1]}", "torch-2.13.0+cpu"}, would
     venv = baseline.workdir / "vllm-venv"
+    assert (venv / "bin" / "python").exists(), "the line made its venv"
+    # The published wheel itself (its _C needs no torch) imports in that venv.
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", wheel]
+    subprocess.run(pip, check=True, env={k: v for k, v in env.items() if k != "PIP_DRY_RUN"})
     probe = subprocess.run(
         [str(venv / "bin/python"), "-c", "import spark_example._C as c; print(c.compiled_archs(), c.device_count())"],
         capture_output=True,

@@ -53,6 +53,16 @@ def nightly_of(build: Build, *options: str, env: dict[str, str] | None = None) -
     return subprocess.run(argv, capture_output=True, text=True, env={**build.env(), **(env or {})}, timeout=900)
 
 
+def judged_night(
+    build: Build, host: OfficialHost, *options: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A night of vLLM's official wheel (not the example's), judged with the stand-in for PyPI as
+    the torch index (the wheels require no torch) and no serve check."""
+    places = ["--wheel-releases", host.release_api, "--wheel-index", host.simple, "--torch-index", host.simple]
+    vllm = {"SPARK_BUILD_EXAMPLE": "false", "SPARK_BUILD_NO_SERVE": "true", **(env or {})}
+    return nightly_of(build, *places, "--torch-cuda", "13", *options, env=vllm)
+
+
 def history(build: Build) -> list[dict]:
     lines = (build.workdir / "logs" / "nightly-history.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
@@ -98,19 +108,17 @@ def test_the_nightly_skips_with_exit_75_while_another_build_holds_the_workdir(ma
 
 
 def test_without_url_the_official_wheel_of_the_configured_release_is_mirrored_then_reported_present(
-    make_build, official_host: OfficialHost, tmp_path
+    make_build, official_host: OfficialHost, extensions: Extensions, tmp_path
 ):
-    """--ref v0.13.0 for CUDA 13: a `+cu130` GitHub release asset; its digest is the sha256 checked."""
+    """--ref v0.13.0 for CUDA 13: a `+cu130` GitHub release asset; its digest is the sha256 checked,
+    and it is proven for the configured arch (from invoke.yaml or SPARK_BUILD_ARCH) before it is mirrored."""
     name = f"vllm-0.13.0+cu130-cp38-abi3-manylinux_2_35_{platform.machine()}.whl"
-    wheel = tmp_path / name
-    wheel.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # only its name and bytes matter to the nightly
+    wheel = vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3)
     official_host.releases["v0.13.0"] = [(name, official_host.add(wheel))]
     build = make_build()
-    # vLLM's own release, not the example (which would take its own tag for the default ref)
-    release = {"SPARK_BUILD_EXAMPLE": "false", "SPARK_BUILD_REF": "v0.13.0", "SPARK_BUILD_TORCH_CUDA": "13"}
-    places = ["--wheel-releases", official_host.release_api, "--wheel-index", official_host.simple]
-    first = nightly_of(build, *places, env=release)
-    second = nightly_of(build, *places, env=release)
+    release = {"SPARK_BUILD_REF": "v0.13.0", "SPARK_BUILD_ARCH": "12.1a"}
+    first = judged_night(build, official_host, env=release)
+    second = judged_night(build, official_host, env=release)
     assert first.returncode == 10, first.stdout + first.stderr
     assert second.returncode == 0 and "nightly: present" in second.stdout, second.stdout + second.stderr
     assert (build.workdir / "wheelhouse" / "vllm" / name).read_bytes() == wheel.read_bytes()
@@ -138,12 +146,6 @@ def test_a_wheel_index_that_is_no_url_is_refused_before_the_nightly_writes_anyth
 
 # --------------------------------------------------------------------------------------------
 # --ref and --arch on the command line: the official wheel is proven for --arch before it is mirrored
-
-
-def judged_night(build: Build, host: OfficialHost, *options: str) -> subprocess.CompletedProcess[str]:
-    places = ["--wheel-releases", host.release_api, "--wheel-index", host.simple, "--torch-index", host.simple]
-    vllm = {"SPARK_BUILD_EXAMPLE": "false", "SPARK_BUILD_NO_SERVE": "true"}
-    return nightly_of(build, *places, "--torch-cuda", "13", *options, env=vllm)
 
 
 def test_the_nightly_takes_ref_and_arch_and_mirrors_an_official_wheel_that_proves_itself_for_that_arch(
