@@ -323,6 +323,8 @@ def nightly(
     FAILED outcome, not raised, so the night is always recorded; a `HostProblem` (the host, its
     tools or its network) fails the night without a rebuild, for it says nothing about the wheel.
     """
+    if judge is not None and staging is None:
+        raise ValueError("nightly() judges a wheel only in a staging folder that no index lists")
     started = clock()
     name, url = watched.name, watched.url  # the host's answer may name the wheel and its URL
     extra: dict[str, Any] = {}
@@ -361,9 +363,12 @@ def nightly(
             sha = read_sidecar(wheel) or sha256_of(wheel)  # always record it, even for a hand-placed wheel
             return finish(Outcome.PRESENT, f"{name} is hosted and mirrored", wheel, sha)
         if action is Action.MIRROR:
-            into = staging if judge is not None and staging is not None else wheelhouse
+            into = staging if staging is not None and judge is not None else wheelhouse
             try:
-                wheel = mirror_wheel(url, into, expected, timeout=timeout, policy=policy, on_retry=say)
+                if into is staging and wheel_in_wheelhouse(into, name, expected):  # refused last night
+                    wheel = into / name
+                else:
+                    wheel = mirror_wheel(url, into, expected, timeout=timeout, policy=policy, on_retry=say)
             except WheelGone as gone:
                 return rebuild(gone.message)
             sha = read_sidecar(wheel) or sha256_of(wheel)

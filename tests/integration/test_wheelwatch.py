@@ -580,6 +580,11 @@ def test_an_official_wheel_the_proof_refuses_is_not_mirrored_and_the_night_rebui
     assert f"nightly: rebuilding from source (the official {OFFICIAL} is not mirrored: failed validation" in lines[-1]
     assert read_history(tmp_path / "history.jsonl")[-1]["refused"] == judge.refusal
 
+    staged = (staging / OFFICIAL).stat().st_mtime_ns
+    again, _ = _official_night(official_host, tmp_path, build, "v0.22.0", judge=judge, staging=staging)
+    assert again.outcome is Outcome.REBUILT and len(judge.judged) == 2
+    assert (staging / OFFICIAL).stat().st_mtime_ns == staged, "the next night judges the copy it has"
+
 
 def test_an_official_wheel_the_proof_takes_is_mirrored_with_its_sha256(
     official_host: OfficialHost, tmp_path: Path
