@@ -252,8 +252,6 @@ def nightly(
         out = console()
         watched: Watched
         official = not url and cfg.torch_cuda.isdigit()  # vLLM publishes no CPU wheel to judge
-        if official:  # bad input: before any write (the proof is for --arch, else this host's GPU)
-            resolve_target(cfg.arch, query_gpus().gpus)
         if url:
             watched = PinnedUrl(url)
         else:
@@ -264,6 +262,8 @@ def nightly(
                     "mirror this machine reaches",
                 )
             check_lookup_urls(index or PACKAGE_INDEX, releases or GITHUB_RELEASES)  # bad input: before any write
+            if official:  # the proof is for --arch, else for this host's GPU
+                resolve_target(cfg.arch, query_gpus().gpus)
             cuda = int(cfg.torch_cuda) if cfg.torch_cuda.isdigit() else None
             watched = OfficialRelease(
                 cfg.ref, cuda, platform.machine(), index or PACKAGE_INDEX, releases or GITHUB_RELEASES
