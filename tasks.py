@@ -68,6 +68,8 @@ BUILD_HELP = {
     "debug": "show tracebacks",
 }
 PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases")
+# What the nightly needs of the build's options: the release, and what its official wheel is judged by
+NIGHTLY_BUILD_OPTIONS = ("ref", "arch", "python", "torch", "torch-index", "torch-packages", "torch-cuda", "cuda-home")
 CHANGES_HELP = {
     "pr": "an upstream pull request to apply on top of --ref: its number or GitHub URL (repeatable); "
     "its change against its merge base with the ref, git apply --3way, skipped when already in the ref",
@@ -215,6 +217,7 @@ def doctor(
         "lock-wait": "seconds to wait for a running build in the workdir before skipping (default 600)",
         "workdir": "the build's workdir (default ./work)",
         "logs-dir": "where logs and the nightly history go (default WORKDIR/logs)",
+        **{k: BUILD_HELP[k] for k in NIGHTLY_BUILD_OPTIONS},
     },
 )
 def nightly(
@@ -227,17 +230,27 @@ def nightly(
     logs_dir: str | None = None,
     wheel_index: str | None = None,
     wheel_releases: str | None = None,
+    ref: str | None = None,
+    arch: str | None = None,
+    python: str | None = None,
+    torch: str | None = None,
+    torch_index: str | None = None,
+    torch_packages: str | None = None,
+    torch_cuda: str | None = None,
+    cuda_home: str | None = None,
 ) -> None:
-    """Keep vLLM's official wheel of the --ref release mirrored; rebuild from source when it is gone.
+    """Mirror vLLM's official wheel of --ref while it proves itself for --arch; rebuild when gone or refused.
 
-    The wheel is looked up as --prefer-wheel does; --url watches one fixed wheel URL instead.
-    Build options (--ref, --arch, --torch-index …) come from invoke.yaml's spark_build section
-    or SPARK_BUILD_* variables. Exit 0 present, 10 mirrored, 11 rebuilt, 1 failed, 75 skipped (another build ran)."""
+    The wheel is looked up and judged as --prefer-wheel does; --url watches one fixed wheel URL instead.
+    The build's options (--ref, --arch, --torch …) here, or from invoke.yaml's spark_build section or
+    SPARK_BUILD_* variables. Exit 0 present, 10 mirrored, 11 rebuilt (gone or refused), 1 failed,
+    75 skipped (another build ran)."""
     from spark_build.cli import nightly as run
 
     if not lock_wait.isdigit():
         raise Exit(f"error: --lock-wait must be whole seconds, got '{lock_wait}'\n  fix: --lock-wait 600", code=2)
-    cli = {"workdir": workdir, "logs_dir": logs_dir}
+    cli = {"workdir": workdir, "logs_dir": logs_dir, "ref": ref, "arch": arch, "python": python, "torch": torch}
+    cli.update(torch_index=torch_index, torch_packages=torch_packages, torch_cuda=torch_cuda, cuda_home=cuda_home)
     _exit(
         run(
             cli,

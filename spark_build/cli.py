@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
 
     from packaging.version import Version
 
+    from spark_build.nightly.prebuilt import PreferWheel
+    from spark_build.wheel.proof import Proof
+
 
 def console() -> Console:
     # Logs and cron mail are read later on wider screens than rich's 80-column default.
@@ -90,12 +93,9 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     from spark_build.build import build
     from spark_build.errors import UsageError
     from spark_build.lock import WorkdirLock
-    from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX
-    from spark_build.nightly.prebuilt import Decision, PreferWheel, prefer_wheel, wanted_for, write_taken_run
-    from spark_build.proc import Runner, interrupt_signals
+    from spark_build.nightly.prebuilt import Decision, prefer_wheel, wanted_for
+    from spark_build.proc import Runner
     from spark_build.steps.changes import changes_for_wheel
-    from spark_build.steps.validate import wheel_proof
-    from spark_build.wheel.proof import Proof, prove_wheel
 
     if cfg.example or cfg.dry_run or not cfg.torch_cuda.isdigit():
         raise UsageError(
@@ -103,38 +103,15 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             hint="drop --prefer-wheel, or those options",
         )
     out = console()
-    wanted = PreferWheel(
-        ref=cfg.ref,
-        cuda_major=int(cfg.torch_cuda),
-        wheelhouse=cfg.wheelhouse,
-        torch_index=cfg.torch_index,
-        torch_asked=cfg.torch_packages if cfg.torch == "install" else (),
-        torch_existing=_existing_torch(cfg.python) if cfg.torch == "existing" else None,
-        index=prefer.get("index") or PACKAGE_INDEX,
-        releases=prefer.get("releases") or GITHUB_RELEASES,
-        wheels=cfg.wheels,
-        offline=cfg.offline,
-    )
+    wanted = _prefer_options(cfg, prefer)
     release = wanted_for(wanted)  # bad input stops here, before the workdir is touched
     log = cfg.logs_dir / f"prefer-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
     def say(line: str) -> None:  # the decision and its reasons, on the terminal and in the log
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False, soft_wrap=True)  # never wrapped: the install line
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as handle:
             handle.write(f"# {line}\n")
-
-    started = time.monotonic()
-    proofs: list[tuple[Proof, float]] = []  # the proof of the wheel taken, and how long it took
-
-    def prove(wheel: Path) -> Proof:
-        say(f"prebuilt: validating {wheel.name} in a fresh venv; log: {log}")
-        began = time.monotonic()
-        with interrupt_signals():
-            proof = prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=None), Runner(), log)
-        proof.render(out)
-        proofs.append((proof, time.monotonic() - began))
-        return proof
 
     lock = WorkdirLock(cfg.workdir)
     lock.acquire()
@@ -153,15 +130,57 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        def record(decision: Decision) -> None:
-            proof, validate_s = proofs[-1]
-            arch = cfg.arch or "?"
-            seconds = time.monotonic() - started
-            write_taken_run(cfg.logs_dir, cfg.ref, arch, decision, proof, seconds=seconds, validate_seconds=validate_s)
-
-        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git, record=record)
+        return prefer_wheel(wanted, release, prove=_prover(cfg, log, say), build=from_source, say=say, run=git)
     finally:
         lock.release()
+
+
+def _prefer_options(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> PreferWheel:
+    """`--prefer-wheel`'s options, resolved from the build's (the nightly judges a wheel by them too)."""
+    from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX
+    from spark_build.nightly.prebuilt import PreferWheel
+
+    existing = cfg.torch == "existing"
+    return PreferWheel(
+        ref=cfg.ref,
+        arch=cfg.arch or "?",
+        cuda_major=int(cfg.torch_cuda),
+        wheelhouse=cfg.wheelhouse,
+        logs_dir=cfg.logs_dir,
+        torch_index=cfg.torch_index,
+        torch_asked=cfg.torch_packages if not existing else (),
+        torch_existing=_existing_torch(cfg.python) if existing else None,
+        python=cfg.python,
+        install_venv=None if existing else cfg.layout.install_venv,
+        index=prefer.get("index") or PACKAGE_INDEX,
+        releases=prefer.get("releases") or GITHUB_RELEASES,
+        wheels=cfg.wheels,
+        offline=cfg.offline,
+    )
+
+
+def _prover(cfg: options.BuildConfig, log: Path, say: Callable[[str], None]) -> Callable[[Path], Proof]:
+    """The validate step's proof of a downloaded wheel, for `--prefer-wheel` and the nightly. A
+    command of it that fails keeps its cause: the log's decisive line goes into the error."""
+    from spark_build.errors import StepFailed
+    from spark_build.insight.diagnose import explain
+    from spark_build.proc import Runner, interrupt_signals
+    from spark_build.steps.validate import wheel_proof
+    from spark_build.wheel.proof import prove_wheel
+
+    def prove(wheel: Path) -> Proof:
+        say(f"prebuilt: validating {wheel.name} in a fresh venv; log: {log}")
+        try:
+            with interrupt_signals():
+                proof = prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=None), Runner(), log)
+        except StepFailed as err:
+            err.log = err.log or log
+            explain(err)
+            raise
+        proof.render(console())
+        return proof
+
+    return prove
 
 
 def _existing_torch(python: str) -> Version:
@@ -213,7 +232,8 @@ def nightly(
 ) -> int:
     """`invoke nightly`: keep the wheel mirrored while it exists, rebuild when it is gone. The wheel
     is vLLM's official one of the configured `--ref` (CUDA major, this CPU), looked up as
-    `--prefer-wheel` does, in `index` and `releases`; `url` watches that one URL instead."""
+    `--prefer-wheel` does, in `index` and `releases`, and judged as it does (the proof for `--arch`,
+    the user's torch) before the wheelhouse's index lists it; `url` watches that one URL instead."""
     import dataclasses
     import platform
     import time
@@ -221,8 +241,11 @@ def nightly(
 
     from spark_build.build import build
     from spark_build.errors import BuildLocked, UsageError
+    from spark_build.host.facts import query_gpus
+    from spark_build.host.target import resolve_target
     from spark_build.lock import WorkdirLock
     from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX, check_lookup_urls
+    from spark_build.nightly.prebuilt import DOWNLOADS, judge
     from spark_build.nightly.schedule import schedule_status
     from spark_build.nightly.watch import OfficialRelease, Outcome, PinnedUrl, Watched, skipped_locked
     from spark_build.nightly.watch import nightly as watch
@@ -233,6 +256,7 @@ def nightly(
         cfg = options.resolve(cli, file)
         out = console()
         watched: Watched
+        official = not url and cfg.torch_cuda.isdigit()  # vLLM publishes no CPU wheel to judge
         if url:
             watched = PinnedUrl(url)
         else:
@@ -243,6 +267,8 @@ def nightly(
                     "mirror this machine reaches",
                 )
             check_lookup_urls(index or PACKAGE_INDEX, releases or GITHUB_RELEASES)  # bad input: before any write
+            if official:  # the proof is for --arch, else for this host's GPU
+                resolve_target(cfg.arch, query_gpus().gpus)
             cuda = int(cfg.torch_cuda) if cfg.torch_cuda.isdigit() else None
             watched = OfficialRelease(
                 cfg.ref, cuda, platform.machine(), index or PACKAGE_INDEX, releases or GITHUB_RELEASES
@@ -252,7 +278,7 @@ def nightly(
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
         def say(line: str) -> None:
-            out.print(line, highlight=False)
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
             with log_path.open("a") as handle:
                 handle.write(line + "\n")
 
@@ -272,6 +298,12 @@ def nightly(
             assert recorded is not None
             return Path(recorded.steps["publish"].result["path"])
 
+        def refusal(wheel: Path) -> str | None:
+            """Why the official wheel is not mirrored (None: proven), judged as --prefer-wheel judges it."""
+            prefer = _prefer_options(cfg, {"index": index, "releases": releases})
+            verdict = judge(wheel, prefer, _prover(cfg, log_path, say))
+            return verdict if isinstance(verdict, str) else None
+
         try:
             outcome = watch(
                 watched,
@@ -282,6 +314,8 @@ def nightly(
                 notify=notify or None,
                 log_path=log_path,
                 say=say,
+                judge=refusal if official else None,
+                staging=cfg.wheelhouse / DOWNLOADS,
             )
             write_indexes(cfg.wheelhouse)
         finally:

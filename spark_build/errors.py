@@ -61,6 +61,10 @@ class StepFailed(SparkBuildError):
     """A step ran and failed; what it finished before stays on disk for `--resume`."""
 
 
+class HostProblem(SparkBuildError):
+    """A failure of this host, its tools or its network: it says nothing about the wheel."""
+
+
 class Interrupted(SparkBuildError):
     """Ctrl-C or SIGTERM stopped the build; `--resume` continues from here."""
 

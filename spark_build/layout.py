@@ -88,6 +88,12 @@ class Workdir:
         return self.root / f"validate-{wheel.stem}"
 
     @property
+    def install_venv(self) -> Path:
+        """The venv the printed install line makes for the published wheel: the user's next shell
+        has no venv active and may have no uv, so the line names one of its own."""
+        return self.root / "vllm-venv"
+
+    @property
     def example_upstream(self) -> Path:
         return self.root / "example-upstream"
 

@@ -118,6 +118,8 @@ def prebuilt_note(summary: Mapping[str, Any]) -> str:
     decision = summary.get("prefer_wheel")
     if not isinstance(decision, Mapping):
         return ""
+    if decision.get("stopped_by"):
+        return " (official wheel not judged: host problem)"
     return " (official wheel)" if decision.get("taken") else " (official wheel not taken)"
 
 

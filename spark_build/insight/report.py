@@ -270,6 +270,9 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
         found = f"{decision.get('found')} ({decision.get('found_in')})" if decision.get("found") else ""
         if decision.get("taken"):
             lines.append(f"prefer-wheel: took {found}: {decision.get('why')}")
+        elif decision.get("stopped_by"):
+            about = f" on {found}" if found else ""
+            lines.append(f"prefer-wheel: stopped by a host problem, no verdict{about}: {decision.get('stopped_by')}")
         else:
             refused = f"{found} not taken, " if found else ""
             lines.append(f"prefer-wheel: {refused}built from source: {decision.get('why')}")

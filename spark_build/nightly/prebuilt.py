@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from spark_build.durable import atomic_copy, sha256_of
-from spark_build.errors import SparkBuildError, StepFailed, UsageError
+from spark_build.errors import HostProblem, Interrupted, SparkBuildError, StepFailed, UsageError
+from spark_build.layout import LATEST, SUMMARY
 from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
@@ -36,7 +39,7 @@ from spark_build.nightly.official import (
     find_official,
     release_version,
 )
-from spark_build.nightly.transport import Say
+from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
 from spark_build.pipeline.progress import StepOutcome, new_run_id, point_latest, summary_payload, write_summary
 from spark_build.wheel.audit import first_and_more
 from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
@@ -51,17 +54,30 @@ class PreferWheel:
     """What `--prefer-wheel` needs to know, resolved from the build's options."""
 
     ref: str
+    arch: str  # the target as summary.json names it ("?" when read from the GPU later)
     cuda_major: int
     wheelhouse: Path
+    logs_dir: Path  # the decision's run folder goes here, whether the wheel was taken or not
     torch_index: str  # the index the validation took torch from; the install line pins it
     torch_asked: tuple[str, ...]  # --torch-packages; empty with --torch existing
     torch_existing: Version | None  # the torch --python has, with --torch existing
+    python: str = sys.executable  # the interpreter the proof's venv was made from, for the install line
+    install_venv: Path | None = None  # the venv the install line makes; None: into `python` (--torch existing)
     index: str = PACKAGE_INDEX
     releases: str = GITHUB_RELEASES
     machine: str = platform.machine()
     changes: tuple[Change, ...] = ()
     wheels: Path | None = None  # --wheels: the official wheel is looked up there, never online
     offline: bool = False  # offline without --wheels: not looked up at all
+    retry: RetryPolicy = RETRY_POLICY
+
+
+# A host problem stops the run: a wheel that could not be judged is neither taken nor refused, and
+# a 40-minute source build would not cure an unreachable index (it needs that index too).
+HOST_HINT = (
+    "a failure of this host, its tools or its network, not a verdict on the official wheel: fix it and run the "
+    "same command again (nothing was built)"
+)
 
 
 def torch_conflict(wheel_requires: Sequence[str], asked: Sequence[str], existing: Version | None) -> str | None:
@@ -110,7 +126,8 @@ def wanted_for(options: PreferWheel) -> Wanted:
 @dataclass(frozen=True)
 class Decision:
     """What `--prefer-wheel` decided and why, as summary.json keeps it for `invoke report` and
-    `history`: in the run that took the official wheel, and in the source build that replaced it."""
+    `history`: in the run that took the official wheel, in the source build that replaced it, and
+    in the run a host problem stopped before any verdict."""
 
     taken: bool
     why: str  # why it was not taken; for a taken wheel, what proved it
@@ -119,6 +136,7 @@ class Decision:
     published: str | None = None  # the wheel published into the wheelhouse
     sha256: str | None = None
     install: str | None = None
+    stopped_by: str | None = None  # the host problem that left the wheel unjudged (no source build ran)
 
     def to_dict(self) -> dict[str, str | bool | None]:
         return asdict(self)
@@ -132,74 +150,146 @@ def prefer_wheel(
     build: Callable[[Decision], int],
     say: Say,
     run: Run,
-    record: Callable[[Decision], None] = lambda decision: None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Publish the official wheel when it proves itself, else build from source; the exit code.
     `wanted` is `wanted_for(options)`, checked before the workdir is touched; `run` runs the
-    `git apply` that carries Python-only changes onto the wheel. `build` is given the decision
-    for its summary; `record` is given it for a taken wheel, for which no build runs."""
+    `git apply` that carries Python-only changes onto the wheel; `build` is the source build,
+    given the decision for its summary.
+
+    Only a verdict on the wheel (not found, gone, another torch, a sha256 that does not match, the
+    proof's findings) sends the user to the source build. A `HostProblem` — the index unreachable,
+    a tool that cannot start, a probe that crashed — stops the run with exit 1 and its own name.
+    Every ending leaves a run folder whose summary.json holds the decision."""
+    started = clock()
     native = [c.label for c in options.changes if not c.python_only]
     if native:
         why = f"{', '.join(native)} changes native code, which a prebuilt wheel cannot take"
-        say(f"prebuilt: {why}")
-        say(f"prebuilt: building {options.ref} from source instead")
-        return build(Decision(taken=False, why=why))
-    found, taken = _official(options, wanted, prove, say, run)
+        return _from_source(options, Decision(taken=False, why=why), build, say)
+    found: OfficialWheel | None = None
+    try:
+        looked = _lookup(options, wanted, say)
+        if isinstance(looked, str):
+            return _from_source(options, Decision(taken=False, why=looked), build, say)
+        found = looked
+        say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
+        taken = _take(found, options, prove, say, run, clock)
+    except HostProblem as err:
+        _stopped(options, err, found, clock() - started)
+        raise
     if isinstance(taken, str):
-        say(f"prebuilt: {taken}")
-        say(f"prebuilt: building {options.ref} from source instead")
-        where = found.place.value if found else None
-        return build(Decision(taken=False, why=taken, found=found.filename if found else None, found_in=where))
-    assert found is not None
-    wheel, proof = taken
+        decision = Decision(taken=False, why=taken, found=found.filename, found_in=found.place.value)
+        return _from_source(options, decision, build, say)
+    wheel, proof, validate_seconds = taken
     for line in render_proof(proof.results):
         say(line)
     target, sha = publish(wheel, options.wheelhouse)
     say(f"prebuilt: published {target.name} (sha256 {sha[:12]}…) into {options.wheelhouse}")
     torch = _torch_in(proof)
-    pins = [f"torch=={torch}"] if torch else []
-    line = install_line(target, options.wheelhouse, index=options.torch_index, pins=pins)
+    pins = [f"torch=={torch}"] if torch and options.torch_existing is None else []
+    line = install_line(
+        target,
+        options.wheelhouse,
+        python=options.python,
+        venv=options.install_venv,
+        index=options.torch_index,
+        pins=pins,
+    )
     say(f"install with: {line}")
     proven = f"validated here{f' with torch {torch}' if torch else ''}"
-    record(Decision(True, proven, found.filename, found.place.value, str(target), sha, line))
+    decision = Decision(True, proven, found.filename, found.place.value, str(target), sha, line)
+    write_taken_run(
+        options.logs_dir,
+        options.ref,
+        options.arch,
+        decision,
+        proof,
+        seconds=clock() - started,
+        validate_seconds=validate_seconds,
+    )
     return 0
 
 
-def _official(
-    options: PreferWheel, wanted: Wanted, prove: Callable[[Path], Proof], say: Say, run: Run
-) -> tuple[OfficialWheel | None, tuple[Path, Proof] | str]:
-    """The official wheel found (None when none was), and the proven wheel or why there is none to take (a str)."""
+def _from_source(options: PreferWheel, decision: Decision, build: Callable[[Decision], int], say: Say) -> int:
+    """The source build in place of a refused wheel. When it fails, its error also names why the
+    wheel was refused — the user reads the last message, and it must not be an nvcc error alone —
+    and a build that stopped before its own run folder (preflight, bad input) still leaves one."""
+    say(f"prebuilt: {decision.why}")
+    say(f"prebuilt: building {options.ref} from source instead")
+    before = _latest_summary(options.logs_dir)
+    try:
+        return build(decision)
+    except SparkBuildError as err:
+        err.details.append(f"--prefer-wheel did not take the official wheel: {decision.why}")
+        err.details.append("the source build that replaced it stopped as above")
+        after = _latest_summary(options.logs_dir)
+        if after is None or after == before:
+            outcomes = [
+                StepOutcome("prefer-wheel", "done", 0.0, "the official wheel was not taken", detail=decision.why),
+                StepOutcome("source build", "failed", 0.0, "it stopped before its first step", err.exit_code),
+            ]
+            _write_run(options, decision, outcomes, {}, err)
+        raise
+
+
+def _latest_summary(logs_dir: Path) -> Path | None:
+    """The newest run's summary.json (`logs/latest`), None when it has none (yet)."""
+    summary = (logs_dir / LATEST).resolve() / SUMMARY
+    return summary if summary.is_file() else None
+
+
+def _stopped(options: PreferWheel, err: HostProblem, found: OfficialWheel | None, seconds: float) -> None:
+    """A host problem ends the run before any verdict: kept in a run folder for `report` and
+    `history`, and said as such in the error the user reads last."""
+    err.step = err.step or "prefer-wheel"
+    err.hint = HOST_HINT
+    why = f"no verdict on the official wheel: {err.message}"
+    decision = Decision(
+        taken=False,
+        why=why,
+        found=found.filename if found else None,
+        found_in=found.place.value if found else None,
+        stopped_by=err.message,
+    )
+    outcome = StepOutcome("prefer-wheel", "failed", round(seconds, 3), "a host problem", err.exit_code, err.message)
+    _write_run(options, decision, [outcome], {}, err)
+
+
+def _lookup(options: PreferWheel, wanted: Wanted, say: Say) -> OfficialWheel | str:
+    """The official wheel found, or why there is none (a str); a host that cannot be asked is a
+    `HostProblem`, not "no wheel"."""
     if options.wheels is not None:
         found = find_in_folder(wanted, options.wheels)
     elif options.offline:
-        return (
-            None,
-            "offline without --wheels, the official wheel is not looked up (--wheels DIR: it and its NAME.sha256)",
-        )
+        return "offline without --wheels, the official wheel is not looked up (--wheels DIR: it and its NAME.sha256)"
     else:
         try:
-            found = find_official(wanted, index=options.index, releases=options.releases, on_retry=say)
-        except UsageError:
-            raise
-        except SparkBuildError as err:  # the index or GitHub unreachable after the retries
-            return None, f"cannot look up the official wheel: {err.message}"
+            found = find_official(
+                wanted, index=options.index, releases=options.releases, policy=options.retry, on_retry=say
+            )
+        except HostProblem as err:  # the index or GitHub unreachable after the retries, or a 5xx
+            raise HostProblem(f"cannot look up the official wheel: {err.message}") from err
     if isinstance(found, str):
-        return None, f"no official wheel for {options.ref}: {found}"
-    say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
-    return found, _take(found, options, prove, say, run)
+        return f"no official wheel for {options.ref}: {found}"
+    return found
 
 
 def _take(
-    found: OfficialWheel, options: PreferWheel, prove: Callable[[Path], Proof], say: Say, run: Run
-) -> tuple[Path, Proof] | str:
-    """The found wheel downloaded, fitting the user's torch, carrying the changes and proven; or why not."""
+    found: OfficialWheel,
+    options: PreferWheel,
+    prove: Callable[[Path], Proof],
+    say: Say,
+    run: Run,
+    clock: Callable[[], float],
+) -> tuple[Path, Proof, float] | str:
+    """The found wheel downloaded, fitting the user's torch, carrying the changes and proven (with
+    the seconds its proof took); or why it is not taken (a str)."""
     try:
-        wheel = _download(found, options.wheelhouse / DOWNLOADS, say)
-    except SparkBuildError as err:
+        wheel = _download(found, options.wheelhouse / DOWNLOADS, options.retry, say)
+    except HostProblem as err:
+        raise HostProblem(f"cannot download {found.filename}: {err.message}") from err
+    except SparkBuildError as err:  # gone (404/410), or not the bytes its host published
         return f"{found.filename} not taken: {err.message}"
-    conflict = torch_conflict(wheel_requirements(wheel), options.torch_asked, options.torch_existing)
-    if conflict:
-        return f"{found.filename} not taken: {conflict}"
     if options.changes:
         label = ".".join(c.version_label for c in options.changes)
         try:
@@ -209,16 +299,42 @@ def _take(
         except StepFailed as err:
             return f"{found.filename} not taken: {err.message}"
         say(f"prebuilt: {', '.join(c.label for c in options.changes)} (Python only) carried onto it: {wheel.name}")
+    began = clock()
+    verdict = judge(wheel, options, prove)
+    if isinstance(verdict, str):
+        return f"{found.filename} {verdict}"
+    return wheel, verdict, clock() - began
+
+
+def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:
+    """The proof of a downloaded official wheel, or why it is refused (a str): another torch than
+    the user's, or the proof's findings. What `--prefer-wheel` takes and what the nightly mirrors
+    are judged by this one function. A proof that could not finish is no verdict: `HostProblem`."""
+    conflict = torch_conflict(wheel_requirements(wheel), options.torch_asked, options.torch_existing)
+    if conflict:
+        return f"not taken: {conflict}"
     try:
         proof = prove(wheel)
-    except StepFailed as err:  # it did not even install (a requirement nowhere to be had): not taken
-        return f"{found.filename} failed validation: {err.message}"
+    except (HostProblem, Interrupted):
+        raise
+    except SparkBuildError as err:  # a tool that failed (an install, a probe): the wheel was not judged
+        raise HostProblem(f"validating {wheel.name} could not finish: {cause_of(err)}", log=err.log) from err
     if proof.problems:
-        return f"{found.filename} failed validation: {first_and_more(proof.problems)}"
-    return wheel, proof
+        return f"failed validation: {first_and_more(proof.problems)}"
+    return proof
 
 
-def _download(found: OfficialWheel, folder: Path, say: Say) -> Path:
+def cause_of(err: SparkBuildError) -> str:
+    """What went wrong, not which command: the diagnosis or the log's decisive line when the
+    error carries one (`insight.diagnose.explain` puts them into `details`), else its message."""
+    for detail in err.details:
+        for prefix in ("cause: ", "log says: "):
+            if detail.startswith(prefix):
+                return detail.removeprefix(prefix)
+    return err.message
+
+
+def _download(found: OfficialWheel, folder: Path, retry: RetryPolicy, say: Say) -> Path:
     """Whole and checked against the published sha256, or not at all (`mirror_wheel`); a copy
     already there with that hash is reused, so a rerun does not fetch 300 MB again."""
     if wheel_in_wheelhouse(folder, found.filename, found.sha256):
@@ -235,7 +351,7 @@ def _download(found: OfficialWheel, folder: Path, say: Say) -> Path:
         atomic_copy(source, folder / found.filename)
         write_sidecar(folder / found.filename, actual)
         return folder / found.filename
-    return mirror_wheel(found.url, folder, found.sha256, on_retry=say)
+    return mirror_wheel(found.url, folder, found.sha256, policy=retry, on_retry=say)
 
 
 def _torch_in(proof: Proof) -> str | None:
@@ -252,23 +368,48 @@ def write_taken_run(
 ) -> Path:
     """A run folder for a taken official wheel, as a build leaves one (summary.json, `logs/latest`):
     no build ran, yet `invoke report` and `history` must show what was published and why."""
-    run_id = new_run_id(time.time(), os.getpid())
-    folder = logs_dir / run_id
-    folder.mkdir(parents=True, exist_ok=True)
     outcomes = [
         StepOutcome("prefer-wheel", "done", round(seconds - validate_seconds, 3), f"the official {decision.found}"),
         StepOutcome("validate", "done", round(validate_seconds, 3), "the official wheel, in a fresh venv"),
         StepOutcome("publish", "done", 0.0, "by the prefer-wheel step"),
     ]
     results = {"validate": dict(proof.results), "publish": {"path": decision.published, "install": decision.install}}
+    return write_decision_run(logs_dir, ref, arch, decision, outcomes, results, None)
+
+
+def _write_run(
+    options: PreferWheel,
+    decision: Decision,
+    outcomes: Sequence[StepOutcome],
+    results: dict[str, dict[str, Any]],
+    error: SparkBuildError,
+) -> None:
+    path = write_decision_run(options.logs_dir, options.ref, options.arch, decision, outcomes, results, error)
+    error.details.append(f"summary: {path}")
+
+
+def write_decision_run(
+    logs_dir: Path,
+    ref: str,
+    arch: str,
+    decision: Decision,
+    outcomes: Sequence[StepOutcome],
+    results: dict[str, dict[str, Any]],
+    error: SparkBuildError | None,
+) -> Path:
+    """A run folder of `--prefer-wheel`'s own (summary.json, `logs/latest` pointing at it): for the
+    wheel taken, and for the runs that ended before a source build wrote one."""
+    run_id = new_run_id(time.time(), os.getpid())
+    folder = logs_dir / run_id
+    folder.mkdir(parents=True, exist_ok=True)
     summary = summary_payload(
         run_id=run_id,
-        exit_code=0,
+        exit_code=error.exit_code if error else 0,
         ref=ref,
         arch=arch,
-        outcomes=outcomes,
+        outcomes=list(outcomes),
         results=results,
-        error=None,
+        error=error.message if error else None,
         prebuilt=decision.to_dict(),
     )
     path = write_summary(folder, summary)

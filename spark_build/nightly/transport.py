@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from spark_build.errors import SparkBuildError, UsageError
+from spark_build.errors import HostProblem, UsageError
 
 USER_AGENT = "spark-build-wheelwatch/0.1"
 
@@ -118,14 +118,16 @@ def transient_retry(policy: RetryPolicy = RETRY_POLICY, *, on_retry: Say | None 
     )
 
 
-def status_failure(what: str, url: str, err: HTTPStatusError, policy: RetryPolicy, hint: str) -> SparkBuildError:
-    """A final non-success answer as one error, saying whether the policy's attempts were spent on it."""
+def status_failure(what: str, url: str, err: HTTPStatusError, policy: RetryPolicy, hint: str) -> HostProblem:
+    """A final non-success answer as one error, saying whether the policy's attempts were spent on it.
+    A host problem: a 403 or a 500 says nothing about the wheel (404/410, "gone", the callers judge)."""
     tries = f" (after {policy.attempts} attempts)" if is_transient(err) else ""
-    return SparkBuildError(f"{what} {url}: {err.status_line}{tries}", hint=hint)
+    return HostProblem(f"{what} {url}: {err.status_line}{tries}", hint=hint)
 
 
 def with_retry(policy: RetryPolicy, on_retry: Say | None, what: str, url: str, fn: Callable[[], T]) -> T:
-    """Run `fn` under the policy; a failure left after it becomes one actionable error."""
+    """Run `fn` under the policy; a failure left after it becomes one actionable error: a host
+    problem (the network, the host, this disk), never a verdict on the wheel."""
     try:
         return transient_retry(policy, on_retry=on_retry)(fn)
     except HTTPStatusError:
@@ -135,7 +137,7 @@ def with_retry(policy: RetryPolicy, on_retry: Say | None, what: str, url: str, f
     except (urllib.error.URLError, OSError, http.client.HTTPException, TruncatedDownload, StaleRange) as err:
         reason = err.reason if isinstance(err, urllib.error.URLError) else err
         tries = f" after {policy.attempts} attempts" if is_transient(err) else ""
-        raise SparkBuildError(
+        raise HostProblem(
             f"{what} {url} failed{tries}: {reason}",
             hint="check the network",
         ) from err

@@ -22,8 +22,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-from spark_build.durable import atomic_write_text, sha256_of
-from spark_build.errors import SparkBuildError
+from spark_build.durable import atomic_copy, atomic_write_text, sha256_of
+from spark_build.errors import HostProblem, SparkBuildError
 from spark_build.nightly.fetch import (
     Availability,
     WheelGone,
@@ -35,6 +35,7 @@ from spark_build.nightly.fetch import (
     split_sha256_fragment,
     wheel_filename,
     wheel_in_wheelhouse,
+    write_sidecar,
 )
 from spark_build.nightly.official import GITHUB_RELEASES, PACKAGE_INDEX, Wanted, find_official, release_version
 from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
@@ -286,6 +287,15 @@ def _notify(argv: Sequence[str] | None, outcome: NightlyOutcome, runner: NotifyR
         say(f"notify: {argv[0]} exited {code}")
 
 
+def _mirror_proven(wheel: Path, wheelhouse: Path, sha: str) -> Path:
+    """The proven wheel into the wheelhouse, its sha256 beside it first (as `mirror_wheel` does)."""
+    target = wheelhouse / wheel.name
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    write_sidecar(target, sha)
+    atomic_copy(wheel, target)
+    return target
+
+
 def nightly(
     watched: Watched,
     wheelhouse: Path,
@@ -300,13 +310,21 @@ def nightly(
     policy: RetryPolicy = RETRY_POLICY,
     say: Say = _print,
     notify_runner: NotifyRunner = run_notify_command,
+    judge: Callable[[Path], str | None] | None = None,
+    staging: Path | None = None,
 ) -> NightlyOutcome:
     """Check → decide → keep / mirror / rebuild; record one history line; notify on rebuild or failure.
 
     `build` builds, validates and publishes (build-vllm, resuming an unfinished build of the same
     inputs) and returns the published wheel; the caller holds the build lock around this call.
-    A failure is returned as the FAILED outcome, not raised, so the night is always recorded.
+    `judge` proves a downloaded wheel as `--prefer-wheel` does (None, or why it is refused): the
+    wheel is then downloaded into `staging`, which no index lists, and mirrored only once proven;
+    a refused wheel is rebuilt from source, as `--prefer-wheel` would. A failure is returned as the
+    FAILED outcome, not raised, so the night is always recorded; a `HostProblem` (the host, its
+    tools or its network) fails the night without a rebuild, for it says nothing about the wheel.
     """
+    if judge is not None and staging is None:
+        raise ValueError("nightly() judges a wheel only in a staging folder that no index lists")
     started = clock()
     name, url = watched.name, watched.url  # the host's answer may name the wheel and its URL
     extra: dict[str, Any] = {}
@@ -345,15 +363,32 @@ def nightly(
             sha = read_sidecar(wheel) or sha256_of(wheel)  # always record it, even for a hand-placed wheel
             return finish(Outcome.PRESENT, f"{name} is hosted and mirrored", wheel, sha)
         if action is Action.MIRROR:
+            into = staging if staging is not None and judge is not None else wheelhouse
             try:
-                wheel = mirror_wheel(url, wheelhouse, expected, timeout=timeout, policy=policy, on_retry=say)
+                if into is staging and wheel_in_wheelhouse(into, name, expected):  # refused last night
+                    wheel = into / name
+                else:
+                    wheel = mirror_wheel(url, into, expected, timeout=timeout, policy=policy, on_retry=say)
             except WheelGone as gone:
                 return rebuild(gone.message)
             sha = read_sidecar(wheel) or sha256_of(wheel)
-            return finish(Outcome.MIRRORED, f"mirrored {name} into {wheelhouse} (sha256 {sha})", wheel, sha)
+            proven = ""
+            if judge is not None:
+                refused = judge(wheel)
+                if refused is not None:
+                    extra["refused"] = refused
+                    return rebuild(f"the official {name} is not mirrored: {refused}")
+                wheel, proven = _mirror_proven(wheel, wheelhouse, sha), ", validated here"
+            return finish(Outcome.MIRRORED, f"mirrored {name} into {wheelhouse} (sha256 {sha}{proven})", wheel, sha)
         return rebuild("--force" if force else f"{name} is gone: {status.status_line if status else ''}")
+    except HostProblem as err:
+        why = f"a host problem, no verdict on the wheel and nothing rebuilt: {err.message}"
+        return finish(Outcome.FAILED, why + (f" (fix: {err.hint})" if err.hint else ""))
     except SparkBuildError as err:
-        return finish(Outcome.FAILED, err.message + (f" (fix: {err.hint})" if err.hint else ""))
+        message = err.message + (f" (fix: {err.hint})" if err.hint else "")
+        if "refused" in extra:  # the last line says why a build ran at all
+            message += f"; the source build ran because the official {name} was not mirrored: {extra['refused']}"
+        return finish(Outcome.FAILED, message)
     except Exception as err:  # a bug: still record the night and tell the user, then show the traceback
         finish(Outcome.FAILED, f"unexpected {type(err).__name__}: {err}")
         raise

@@ -8,7 +8,6 @@ from typing import Any
 
 from spark_build.durable import sha256_of
 from spark_build.pipeline.step import Context, Step
-from spark_build.venv import uv_bin
 from spark_build.wheel.wheelhouse import install_line, publish
 
 
@@ -22,13 +21,14 @@ class Publish(Step):
     def run(self, ctx: Context) -> dict[str, Any]:
         wheel = Path(ctx.result("compile")["wheel"])
         target, sha = publish(wheel, ctx.config.wheelhouse)
-        # The torch validate installed beside the wheel, from where it came; an existing torch is
-        # the interpreter's own. uv by its path: the user's next shell has no spark-build venv.
+        # The torch validate installed beside the wheel, from where it came, into a venv of its
+        # own; an existing torch is the interpreter's own, so the wheel goes into that interpreter.
         torch = ctx.result("torch")
         cfg = ctx.config
         index = None if torch["existing"] else str(cfg.wheels) if cfg.wheels else cfg.torch_index
         pins = () if torch["existing"] else (f"torch=={torch['version']}",)
-        line = install_line(target, cfg.wheelhouse, index=index, pins=pins, uv=uv_bin())
+        venv = None if torch["existing"] else ctx.layout.install_venv
+        line = install_line(target, cfg.wheelhouse, python=cfg.python, venv=venv, index=index, pins=pins)
         ctx.notes.append(f"install with: {line}")
         return {"path": str(target), "sha256": sha, "install": line}
 

@@ -9,6 +9,7 @@ publish never leaves a half-copied wheel where an installer would find it.
 from __future__ import annotations
 
 import html
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,12 +53,24 @@ def _page(title: str, lines: list[str]) -> str:
 
 
 def install_line(
-    wheel_in_house: Path, wheelhouse: Path, *, index: str | None = None, pins: Sequence[str] = (), uv: str = "uv"
+    wheel_in_house: Path,
+    wheelhouse: Path,
+    *,
+    python: str,
+    venv: Path | None = None,
+    index: str | None = None,
+    pins: Sequence[str] = (),
 ) -> str:
-    """What the user types next: install from the wheelhouse, other packages from the index.
-    `index` and `pins` name the torch index and the torch the wheel was validated with, so the
-    install does not quietly resolve another torch; `uv` may be a path, for a shell without uv."""
+    """What the user types next, in a new shell: no venv active, maybe no uv on PATH (`uv pip
+    install` failed there twice: "command not found", then "No virtual environment found"). So
+    the line names its interpreter: `python`'s pip (the interpreter whose torch was proven, with
+    --torch existing), or a `venv` made from `python` first. The wheel comes from the wheelhouse,
+    other packages from the index; `index` and `pins` name the torch index and the torch the wheel
+    was validated with, so the install does not quietly resolve another torch."""
     name, version, _build, _tags = parse_wheel_filename(wheel_in_house.name)
-    extra = f" --extra-index-url {index}" if index and "://" in index else f" --find-links {index}" if index else ""
-    wanted = " ".join(f"'{p}'" for p in (f"{name}=={version}", *pins))  # a requirement holds no quote
-    return f"{uv} pip install --extra-index-url {wheelhouse.as_uri()}/{extra} {wanted}"
+    sources = ["--extra-index-url", f"{wheelhouse.as_uri()}/"]
+    if index:
+        sources += ["--extra-index-url", index] if "://" in index else ["--find-links", index]
+    pip = [str(venv / "bin" / "python") if venv else python, "-m", "pip", "install", *sources]
+    install = shlex.join([*pip, f"{name}=={version}", *pins])
+    return f"{shlex.join([python, '-m', 'venv', str(venv)])} && {install}" if venv else install

@@ -70,6 +70,9 @@ BAD_INPUTS: list[tuple[str, str | None, list[str], str]] = [
     ("nightly-workdir-is-a-file", None, ["nightly", "--workdir", "{file}"], "--workdir"),
     ("nightly-offline", "spark_build:\n  offline: true\n", ["nightly", "--workdir", "{work}"], "offline build"),
     ("nightly-lock-wait-word", None, ["nightly", "--workdir", "{work}", "--lock-wait", "x"], "--lock-wait"),
+    # the official wheel is proven for --arch before it is mirrored; no GPU here to read it from
+    ("nightly-no-arch-no-gpu", None, ["nightly", "--workdir", "{work}", "--ref", "v0.22.0"], "no --arch given"),
+    ("nightly-arch-unknown", None, ["nightly", "--workdir", "{work}", "--arch", "banana"], "banana"),
     ("schedule-bad-time", None, ["schedule", "--at", "25:00", "--workdir", "{work}"], "25:00"),
     ("report-unknown-run", None, ["report", "--run", "nope", "--logs-dir", "{work}/logs"], "'nope'"),
     ("report-logs-dir-is-a-file", None, ["report", "--logs-dir", "{file}"], "--logs-dir"),

@@ -14,22 +14,29 @@ import base64
 import hashlib
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 import sysconfig
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.version import Version
 
 from spark_build import config
+from spark_build.arch.compat import ComputeCapability
+from spark_build.errors import HostProblem
 from spark_build.nightly.official import Wanted
 from spark_build.nightly.prebuilt import DOWNLOADS, Decision, PreferWheel, prefer_wheel
+from spark_build.nightly.transport import RetryPolicy
 from spark_build.proc import Runner
 from spark_build.steps.validate import wheel_proof
+from spark_build.wheel.archaudit import arch_audit
 from spark_build.wheel.proof import Proof, prove_wheel
 from spark_build.wheel.repatch import Change
 from tests.integration.test_audit import NVCC, _run_all
@@ -37,6 +44,9 @@ from tests.servers import OfficialHost, sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINE = "x86_64"  # the wheels must install on this test machine; the naming rules are the Spark's
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+GIT_ENV["GIT_COMMITTER_EMAIL"] = "t@t"
+QUICK = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.01, jitter=0.0)  # an unreachable host, in a second
 
 MODULE = """
 #include <Python.h>
@@ -79,12 +89,15 @@ def extensions(tmp_path_factory: pytest.TempPathFactory) -> Extensions:
     return Extensions(work / "spark_C.so", work / "rtx_C.so", work / "fa3.so")
 
 
-def vllm_wheel(folder: Path, filename: str, c_extension: Path, fa3: Path, requires: tuple[str, ...] = ()) -> Path:
-    """A wheel laid out like vLLM's: `vllm/_C`, `vllm/vllm_flash_attn/_vllm_fa3_C`, a RECORD."""
+def vllm_wheel(
+    folder: Path, filename: str, c_extension: Path, fa3: Path, requires: tuple[str, ...] = (), init: bytes = b""
+) -> Path:
+    """A wheel laid out like vLLM's: `vllm/_C`, `vllm/vllm_flash_attn/_vllm_fa3_C`, a RECORD;
+    `init` is its `vllm/__init__.py`."""
     version = filename.split("-")[1]
     dist_info = f"vllm-{version}.dist-info"
     files = {
-        "vllm/__init__.py": b"",
+        "vllm/__init__.py": init,
         "vllm/_C.abi3.so": c_extension.read_bytes(),
         "vllm/vllm_flash_attn/__init__.py": b"",
         "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so": fa3.read_bytes(),
@@ -118,13 +131,14 @@ class Fallback:
     """Stands for the source build: counts the calls and keeps the decision each was given for
     its summary.json (the build itself is tested elsewhere)."""
 
+    build: Callable[[Decision], int] | None = None
     calls: int = 0
     decisions: list[Decision] = field(default_factory=list)
 
     def __call__(self, decision: Decision) -> int:
         self.calls += 1
         self.decisions.append(decision)
-        return 0
+        return self.build(decision) if self.build else 0
 
 
 def run_prefer_wheel(
@@ -136,37 +150,48 @@ def run_prefer_wheel(
     changes: tuple[Change, ...] = (),
     wheels: Path | None = None,
     offline: bool = False,
+    index: str | None = None,
+    prove: Callable[[Path], Proof] | None = None,
+    build: Callable[[Decision], int] | None = None,
 ) -> tuple[int, list[str], Fallback, list[Path]]:
-    """`prefer_wheel` as the command runs it, for 12.1a, with the real proof; returns the exit
-    code, what it said, the fallback, and the wheels it asked the proof about."""
+    """`prefer_wheel` as the command runs it, for 12.1a, with the real proof (or `prove`); returns
+    the exit code, what it said, the fallback (or `build` inside it), and the wheels it asked the
+    proof about."""
     cfg = config.resolve(
         {"workdir": str(tmp_path / "work"), "logs_dir": str(tmp_path / "logs"), "arch": "12.1a", "no_serve": True}
     )
     proved: list[Path] = []
 
-    def prove(wheel: Path) -> Proof:
-        proved.append(wheel)
+    def real_proof(wheel: Path) -> Proof:
         (tmp_path / "logs").mkdir(exist_ok=True)
         return prove_wheel(wheel_proof(cfg, wheel, requirements=(), serve=False), Runner(), tmp_path / "logs" / "v.log")
 
+    def asked(wheel: Path) -> Proof:
+        proved.append(wheel)
+        return (prove or real_proof)(wheel)
+
     options = PreferWheel(
         ref=f"v{version}",
+        arch="12.1a",
         cuda_major=13,
         wheelhouse=cfg.wheelhouse,
+        logs_dir=cfg.logs_dir,
         torch_index=cfg.torch_index,
         torch_asked=torch_asked,
         torch_existing=None,
-        index=host.simple,
+        install_venv=cfg.layout.install_venv,
+        index=index or host.simple,
         releases=host.release_api,
         machine=MACHINE,
         changes=changes,
         wheels=wheels,
         offline=offline,
+        retry=QUICK,
     )
     said: list[str] = []
-    fallback = Fallback()
+    fallback = Fallback(build)
     wanted = Wanted(Version(version), 13, MACHINE)
-    code = prefer_wheel(options, wanted, prove=prove, build=fallback, say=said.append, run=git_runner)
+    code = prefer_wheel(options, wanted, prove=asked, build=fallback, say=said.append, run=git_runner)
     return code, said, fallback, proved
 
 
@@ -191,7 +216,9 @@ def test_a_release_asset_that_runs_on_the_spark_is_validated_published_and_insta
     assert sha256(published) == sha256(wheel)
     assert f"{name}#sha256={sha256(wheel)}" in (work / "wheelhouse" / "vllm" / "index.html").read_text()
     assert "not used on 12.1 (vLLM never dispatches there): vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so" in done.stdout
-    assert f"install with: uv pip install --extra-index-url {(work / 'wheelhouse').as_uri()}/" in done.stdout
+    line = next(x for x in done.stdout.splitlines() if x.startswith("install with: ")).removeprefix("install with: ")
+    venv = work / "vllm-venv"
+    assert line.startswith(f"{shlex.quote(sys.executable)} -m venv {venv} && {venv}/bin/python -m pip install ")
     assert not (work / "state.json").exists(), "no source build was started"
     decision = json.loads((tmp_path / "logs" / "latest" / "summary.json").read_text())["prefer_wheel"]
     assert (decision["taken"], decision["found"], decision["found_in"]) == (True, name, "GitHub release assets")
@@ -199,6 +226,17 @@ def test_a_release_asset_that_runs_on_the_spark_is_validated_published_and_insta
         [*argv[:5], "report", "--logs-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120
     )
     assert f"prefer-wheel: took {name} (GitHub release assets): validated here" in shown.stdout, shown.stderr
+
+    # The install line, typed as printed into a new shell: no venv active, no uv on PATH; pip's
+    # index is the stand-in for PyPI, so nothing comes from the real one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "VIRTUAL_ENV"))}
+    env |= {"PATH": "/usr/bin:/bin", "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": official_host.simple}
+    typed = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=300)
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    imported = subprocess.run(
+        [venv / "bin" / "python", "-c", "import vllm._C, vllm; print(vllm.__file__)"], capture_output=True, text=True
+    )
+    assert imported.stdout.startswith(str(venv)), imported.stderr
 
 
 def test_an_index_wheel_whose_gpu_code_cannot_run_on_the_spark_is_refused_and_the_source_build_runs(
@@ -408,4 +446,154 @@ def test_a_python_only_pr_on_the_official_wheel_from_the_command_line(
     with zipfile.ZipFile(patched) as archive:
         assert archive.read("vllm/__init__.py").decode() == 'FIXED = "by PR 7"\n'
     assert "prebuilt: PR #7 (Python only) carried onto it" in done.stdout
-    assert "'vllm==0.15.0+cu130.pr7'" in done.stdout, "the install line names the patched version"
+    assert " vllm==0.15.0+cu130.pr7" in done.stdout, "the install line names the patched version"
+
+
+# --------------------------------------------------------------------------------------------
+# A host problem is no verdict on the wheel: it stops the run (exit 1), never the source build
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused, as an unreachable host's is."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def latest_summary(tmp_path: Path) -> dict[str, Any]:
+    return dict(json.loads((tmp_path / "logs" / "latest" / "summary.json").read_text()))
+
+
+def test_an_unreachable_index_stops_with_exit_1_naming_it_and_never_builds_from_source(
+    official_host: OfficialHost, tmp_path: Path
+) -> None:
+    port = closed_port()
+    with pytest.raises(HostProblem) as stopped:
+        run_prefer_wheel(official_host, tmp_path, "0.22.0", index=f"http://127.0.0.1:{port}/simple", build=refuse)
+    error = stopped.value
+    assert error.exit_code == 1
+    assert error.message.startswith(f"cannot look up the official wheel: reading http://127.0.0.1:{port}/simple/vllm/")
+    assert "Connection refused" in error.message
+    assert error.hint is not None and "not a verdict on the official wheel" in error.hint
+    summary = latest_summary(tmp_path)
+    assert (summary["exit_code"], summary["error"]) == (1, error.message)
+    assert summary["prefer_wheel"]["taken"] is False and summary["prefer_wheel"]["stopped_by"] == error.message
+
+
+def refuse(decision: Decision) -> int:
+    raise AssertionError(f"the source build ran after a host problem: {decision.why}")
+
+
+def test_a_cuobjdump_that_cannot_start_stops_with_exit_1_naming_it_not_as_a_failed_validation(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """The prover runs the real arch audit with a cuobjdump whose loader is missing (as a binary
+    needing a newer glibc fails to start); how `prove_wheel` finds its cuobjdump is its own affair."""
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3))
+    cuobjdump = tmp_path / "cuda" / "bin" / "cuobjdump"
+    cuobjdump.parent.mkdir(parents=True)
+    cuobjdump.write_text("#!/lib/ld-linux-that-is-not-there.so.1\n")
+    cuobjdump.chmod(0o755)
+
+    def audit_with_it(wheel: Path) -> Proof:
+        report = arch_audit(wheel, ComputeCapability.parse("12.1"), cuobjdump)
+        return Proof({}, [report], list(report.problems))
+
+    with pytest.raises(HostProblem) as stopped:
+        run_prefer_wheel(official_host, tmp_path, "0.22.0", prove=audit_with_it, build=refuse)
+    assert stopped.value.exit_code == 1
+    assert stopped.value.message.startswith(f"validating {name} could not finish: ")
+    assert str(cuobjdump) in stopped.value.message and "failed validation" not in stopped.value.message
+    assert latest_summary(tmp_path)["prefer_wheel"]["found"] == name
+    assert not (tmp_path / "work" / "wheelhouse" / "vllm").exists(), "an unjudged wheel is not published"
+
+
+def test_an_import_probe_that_crashes_stops_with_exit_1_instead_of_refusing_the_wheel(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """The real proof, on a wheel whose `import vllm` kills the interpreter with SIGSEGV."""
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    crash = b"import ctypes\nctypes.string_at(0)\n"
+    official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3, init=crash))
+    with pytest.raises(HostProblem) as stopped:
+        run_prefer_wheel(official_host, tmp_path, "0.22.0", build=refuse)
+    assert stopped.value.exit_code == 1
+    assert stopped.value.message.startswith(f"validating {name} could not finish: ")
+    assert "SIGSEGV" in stopped.value.message
+    summary = latest_summary(tmp_path)
+    assert summary["exit_code"] == 1 and summary["prefer_wheel"]["stopped_by"] == stopped.value.message
+
+
+def prefer_wheel_command(host: OfficialHost, tmp_path: Path, *options: str) -> list[str]:
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build-vllm", "--prefer-wheel"]
+    argv += ["--arch", "12.1a", "--no-serve", "--workdir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs")]
+    return [*argv, "--wheel-releases", host.release_api, "--wheel-index", host.simple, *options]
+
+
+def invoke_logs(tmp_path: Path, command: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), command, "--logs-dir", str(tmp_path / "logs")]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def history_outcomes(tmp_path: Path) -> list[str]:
+    shown = invoke_logs(tmp_path, "history")
+    argv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "history", "--json"]
+    listed = subprocess.run([*argv, "--logs-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == listed.returncode == 0 and "no builds" not in shown.stderr, shown.stderr
+    return [row["outcome"] for row in json.loads(listed.stdout)]
+
+
+def test_an_unreachable_torch_index_during_validation_stops_the_command_with_the_cause_and_a_run_to_report(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """What the user met: the validation's install could not reach the torch index. The message
+    names the installer's own error line, not the command, and no source build starts."""
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3, requires=("torch",))
+    official_host.publish_on_index(wheel)
+    port = closed_port()
+    argv = prefer_wheel_command(official_host, tmp_path, "--ref", "v0.22.0")
+    done = subprocess.run(
+        [*argv, "--torch-index", f"http://127.0.0.1:{port}/simple"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "from source" not in done.stdout + done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"error: [prefer-wheel] validating {name} could not finish: "), done.stderr
+    assert f"127.0.0.1:{port}" in first and "exited with" not in first
+    assert "fix: a failure of this host, its tools or its network" in done.stderr
+    assert history_outcomes(tmp_path) == ["failed at prefer-wheel (official wheel not judged: host problem)"]
+    report = invoke_logs(tmp_path, "report")
+    assert report.returncode == 0, report.stderr
+    shown = " ".join(report.stdout.split())  # rich wraps long lines at 150 columns
+    assert f"prefer-wheel: stopped by a host problem, no verdict on {name} (package index): validating" in shown
+
+
+def test_a_refused_wheel_whose_source_build_stops_early_names_both_causes_and_leaves_a_run(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    """The wheel is refused for its GPU code; the source build then stops before its first step
+    (a repository without the release's tag). The last message says why the wheel was refused and why the
+    build stopped, and `history` and `report` show the run."""
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.rtx_c, extensions.fa3))
+    repo = tmp_path / "repo-without-the-tag"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True, env=GIT_ENV)
+    argv = prefer_wheel_command(official_host, tmp_path, "--ref", "v0.22.0", "--repo", str(repo))
+    done = subprocess.run([*argv, "--torch-index", official_host.simple], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "prebuilt: building v0.22.0 from source instead" in done.stdout
+    refused = f"--prefer-wheel did not take the official wheel: {name} failed validation: "
+    assert refused in done.stderr and "kernel family _C cannot run on 12.1" in done.stderr, done.stderr
+    assert done.stderr.startswith("error: "), "the source build's own error comes first"
+    summary = latest_summary(tmp_path)
+    assert summary["exit_code"] == done.returncode and summary["error"]
+    assert summary["prefer_wheel"]["taken"] is False and summary["prefer_wheel"]["found"] == name
+    [outcome] = history_outcomes(tmp_path)
+    assert outcome.endswith("(official wheel not taken)"), outcome
+    report = invoke_logs(tmp_path, "report")
+    assert report.returncode == 0, report.stderr
+    shown = " ".join(report.stdout.split())  # rich wraps long lines at 150 columns
+    assert f"prefer-wheel: {name} (package index) not taken, built from source: {name} failed validation" in shown

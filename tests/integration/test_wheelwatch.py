@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from spark_build.errors import SparkBuildError, StepFailed
+from spark_build.errors import HostProblem, SparkBuildError, StepFailed
 from spark_build.nightly.fetch import (
     Availability,
     WheelGone,
     check_wheel,
     mirror_wheel,
+    read_sidecar,
     sha256_from_index,
 )
 from spark_build.nightly.transport import RetryPolicy
@@ -487,7 +488,7 @@ def test_notify_runs_only_after_a_rebuild_or_a_failure(
 # The official wheel of a release (no --url): looked up on the stand-in for PyPI and GitHub
 
 
-def _official_night(host: OfficialHost, tmp_path: Path, build: FakeBuild, ref: str = "v0.15.0") -> tuple:
+def _official_night(host: OfficialHost, tmp_path: Path, build: FakeBuild, ref: str = "v0.15.0", **kw: object) -> tuple:
     lines: list[str] = []
     watched = OfficialRelease(ref, 13, "aarch64", index=host.simple, releases=host.release_api)
     result = nightly(
@@ -499,6 +500,7 @@ def _official_night(host: OfficialHost, tmp_path: Path, build: FakeBuild, ref: s
         timeout=5,
         policy=FAST,
         say=lines.append,
+        **kw,  # type: ignore[arg-type]
     )
     return result, lines
 
@@ -534,3 +536,78 @@ def test_an_unreachable_official_host_fails_the_night_without_a_rebuild(tmp_path
     result, _ = _official_night(closed, tmp_path, build)
     assert (result.outcome, build.calls) == (Outcome.FAILED, 0)
     assert "failed after 3 attempts" in result.message, result.message
+
+
+# --------------------------------------------------------------------------------------------
+# The official wheel is judged before the wheelhouse's index lists it. `Judge` stands in for the
+# proof `--prefer-wheel` runs (the real one, on real wheels, in test_nightly_e2e.py).
+
+
+@dataclass
+class Judge:
+    refusal: str | None = None
+    error: Exception | None = None
+    judged: list[Path] = field(default_factory=list)
+
+    def __call__(self, wheel: Path) -> str | None:
+        self.judged.append(wheel)
+        if self.error is not None:
+            raise self.error
+        return self.refusal
+
+
+OFFICIAL = "vllm-0.22.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+
+
+def _publish_official(host: OfficialHost, tmp_path: Path) -> Path:
+    wheel = tmp_path / "upstream" / OFFICIAL
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"the official wheel")
+    host.publish_on_index(wheel)
+    return wheel
+
+
+def test_an_official_wheel_the_proof_refuses_is_not_mirrored_and_the_night_rebuilds_saying_why(
+    official_host: OfficialHost, tmp_path: Path
+) -> None:
+    _publish_official(official_host, tmp_path)
+    build, judge = FakeBuild(tmp_path), Judge("failed validation: vllm/_C.abi3.so cannot run on 12.1")
+    staging = tmp_path / "wheelhouse" / ".official"
+    result, lines = _official_night(official_host, tmp_path, build, "v0.22.0", judge=judge, staging=staging)
+    assert (result.outcome, result.exit_code, build.calls) == (Outcome.REBUILT, 11, 1)
+    assert judge.judged == [staging / OFFICIAL], "judged where no index lists it"
+    assert not (tmp_path / "wheelhouse" / OFFICIAL).exists()
+    assert f"nightly: rebuilding from source (the official {OFFICIAL} is not mirrored: failed validation" in lines[-1]
+    assert read_history(tmp_path / "history.jsonl")[-1]["refused"] == judge.refusal
+
+    staged = (staging / OFFICIAL).stat().st_mtime_ns
+    again, _ = _official_night(official_host, tmp_path, build, "v0.22.0", judge=judge, staging=staging)
+    assert again.outcome is Outcome.REBUILT and len(judge.judged) == 2
+    assert (staging / OFFICIAL).stat().st_mtime_ns == staged, "the next night judges the copy it has"
+
+
+def test_an_official_wheel_the_proof_takes_is_mirrored_with_its_sha256(
+    official_host: OfficialHost, tmp_path: Path
+) -> None:
+    wheel = _publish_official(official_host, tmp_path)
+    build, judge = FakeBuild(tmp_path), Judge()
+    staging = tmp_path / "wheelhouse" / ".official"
+    result, _ = _official_night(official_host, tmp_path, build, "v0.22.0", judge=judge, staging=staging)
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert (result.outcome, result.exit_code, build.calls, result.sha256) == (Outcome.MIRRORED, 10, 0, sha)
+    assert result.message.endswith(", validated here)")
+    mirrored = tmp_path / "wheelhouse" / OFFICIAL
+    assert mirrored.read_bytes() == wheel.read_bytes() and read_sidecar(mirrored) == sha
+
+
+def test_a_host_problem_while_judging_fails_the_night_without_a_rebuild_or_a_mirror(
+    official_host: OfficialHost, tmp_path: Path
+) -> None:
+    _publish_official(official_host, tmp_path)
+    build = FakeBuild(tmp_path)
+    judge = Judge(error=HostProblem("validating the wheel could not finish: cannot run cuobjdump"))
+    staging = tmp_path / "wheelhouse" / ".official"
+    result, _ = _official_night(official_host, tmp_path, build, "v0.22.0", judge=judge, staging=staging)
+    assert (result.outcome, result.exit_code, build.calls) == (Outcome.FAILED, 1, 0)
+    assert result.message.startswith("a host problem, no verdict on the wheel and nothing rebuilt: validating")
+    assert not (tmp_path / "wheelhouse" / OFFICIAL).exists()

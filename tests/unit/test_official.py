@@ -14,7 +14,7 @@ import pytest
 from packaging.version import Version
 from rich.console import Console
 
-from spark_build.errors import UsageError
+from spark_build.errors import HostProblem, StepFailed, UsageError
 from spark_build.insight.report import history_main, report_main
 from spark_build.nightly.official import (
     PACKAGE_INDEX,
@@ -29,8 +29,16 @@ from spark_build.nightly.official import (
     pick,
     release_version,
 )
-from spark_build.nightly.prebuilt import Decision, PreferWheel, torch_conflict, wanted_for, write_taken_run
-from spark_build.pipeline.progress import summary_payload
+from spark_build.nightly.prebuilt import (
+    Decision,
+    PreferWheel,
+    cause_of,
+    torch_conflict,
+    wanted_for,
+    write_decision_run,
+    write_taken_run,
+)
+from spark_build.pipeline.progress import StepOutcome, summary_payload
 from spark_build.wheel.proof import Proof
 
 SHA = "ab" * 32
@@ -190,7 +198,8 @@ def test_a_wheel_is_taken_only_when_its_torch_is_the_one_the_user_has_or_asked_f
     ids=["branch", "index-not-a-url"],
 )
 def test_prefer_wheel_refuses_bad_input_before_looking_anything_up(ref: str, index: str, message: str) -> None:
-    options = PreferWheel(ref, 13, Path("/nonexistent"), PACKAGE_INDEX, (), None, index=index)
+    nowhere = Path("/nonexistent")
+    options = PreferWheel(ref, "12.1a", 13, nowhere, nowhere / "logs", PACKAGE_INDEX, (), None, index=index)
     with pytest.raises(UsageError, match=re.escape(message)) as err:
         wanted_for(options)
     assert err.value.exit_code == 2
@@ -280,3 +289,23 @@ def test_a_source_build_after_a_refused_official_wheel_keeps_why_in_its_summary(
     report, history = _shown(tmp_path)
     assert f"prefer-wheel: {name} (package index) not taken, built from source: {why}" in report
     assert "(official wheel not taken)" in history
+
+
+def test_a_run_a_host_problem_stopped_is_reported_as_no_verdict_not_as_a_refusal(tmp_path: Path) -> None:
+    name = "vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl"
+    stopped = "validating it could not finish: cannot run cuobjdump at /usr/local/cuda/bin/cuobjdump"
+    why = f"no verdict on the official wheel: {stopped}"
+    decision = Decision(False, why, name, "package index", stopped_by=stopped)
+    outcome = StepOutcome("prefer-wheel", "failed", 12.0, "a host problem", 1, stopped)
+    write_decision_run(tmp_path, "v0.33.0", "12.1a", decision, [outcome], {}, HostProblem(stopped))
+    report, history = _shown(tmp_path)
+    assert f"prefer-wheel: stopped by a host problem, no verdict on {name} (package index): {stopped}" in report
+    assert "built from source" not in report
+    assert "failed at prefer-wheel (official wheel not judged: host problem)" in history
+
+
+def test_a_failed_command_is_named_by_its_cause_not_by_its_argv() -> None:
+    failed = StepFailed("`uv pip install --python` … exited with status 2", step="validate")
+    assert cause_of(failed) == failed.message
+    failed.details = ["log says: error: Failed to fetch: http://127.0.0.1:9/simple/torch/"]
+    assert cause_of(failed) == "error: Failed to fetch: http://127.0.0.1:9/simple/torch/"
