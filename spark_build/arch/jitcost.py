@@ -41,17 +41,22 @@ class JitRate:
 
 
 # Measured 2026-12-07 (benchmarks/RESULTS.md, "JIT bill and compile cost"): `ptxas -arch=sm_120
-# -O3` of CUDA 13.0.88 on the compute_80 PTX that nvcc keeps for FA2's
-# flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (flash-attention 86f8f157, vLLM 0.13.0's pin).
+# -O3` of CUDA 13.0 on the compute_80 PTX nvcc embeds for FA2's
+# flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (flash-attention 86f8f157, vLLM 0.13.0's pin):
+# 6.88 CPU-s for 1.67 MB of PTX as cuobjdump prints it (the size the validate step reads).
+# The GPU machine's driver, JIT cache off, took 148 s for 38 MB of the official 0.26.0 wheel's
+# FA2 PTX (3.9 s per MB): the same order, so ptxas stands for the driver's JIT here.
 PTXAS_RATE = JitRate(
-    seconds_per_mb=0.0,
-    source="",
+    seconds_per_mb=4.1,
+    source="ptxas 13.0 -arch=sm_120 on vLLM 0.13.0's FA2 PTX, 6.88 CPU-s for 1.67 MB; benchmarks/RESULTS.md",
 )
 
 # PTX per object, in MB, of one real object of each family vLLM 0.13.0 builds PTX-only for
 # 12.x (nvcc 13.0 `-ptx` for the virtual arch the build embeds; benchmarks/RESULTS.md). A
 # family without a measurement is estimated with the median of these.
-PTX_MB_PER_OBJECT: Mapping[str, float] = {}
+PTX_MB_PER_OBJECT: Mapping[str, float] = {
+    "FA2": 1.67,
+}
 
 # Object group of the arch plan (`<target> <folder>`) → the kernel family vLLM calls it; the
 # first match wins.

@@ -60,17 +60,19 @@ def read_modules(lines: Iterable[str]) -> Iterator[FatbinModule]:
     code: GpuCode | None = None
     kernels: list[str] = []
     size = 0
+    text = False  # in a PTX image, past cuobjdump's header: the PTX itself starts at `.version`
     for line in lines:
         if line.startswith(("Fatbin elf code:", "Fatbin ptx code:")):
             if code is not None:
                 yield FatbinModule(code, tuple(kernels), size)
             kind = CodeKind.SASS if "elf" in line else CodeKind.PTX
-            code, kernels, size = None, [], 0
+            code, kernels, size, text = None, [], 0, False
         elif code is None and kind is not None and line.startswith("arch = "):
             arch = GpuCode.parse(line.removeprefix("arch = ").strip())
             code = arch if kind is CodeKind.SASS else arch.as_ptx()
         elif code is not None:
-            if kind is CodeKind.PTX:
+            text = text or (kind is CodeKind.PTX and line.startswith(".version"))
+            if text:
                 size += len(line) + 1
             match = (_ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY).match(line)
             if match:
