@@ -58,15 +58,16 @@ PTX_MB_PER_OBJECT: Mapping[str, float] = {
     "FA2": 1.67,
 }
 
-# Object group of the arch plan (`<target> <folder>`) → the kernel family vLLM calls it; the
-# first match wins.
+# Object group of the arch plan (`<target> <folder>`, three folders deep) → the kernel family
+# vLLM calls it; the first match wins. Only PTX-only groups are billed, and the one of
+# csrc/quantization/w8a8 that is (sm_89 + compute_89, in 0.13.0) is scaled_mm_c2x.cu.
 PLAN_FAMILIES: tuple[tuple[str, str], ...] = (
     ("_vllm_fa2_C *", "FA2"),
     ("* csrc/moe/marlin_moe_wna16*", "Marlin MoE"),
     ("* csrc/quantization/gptq_marlin*", "GPTQ Marlin"),
     ("* csrc/quantization/marlin*", "Marlin"),
     ("* csrc/quantization/hadamard*", "Hadamard"),
-    ("* csrc/quantization/w8a8/cutlass*", "scaled_mm_c2x"),
+    ("* csrc/quantization/w8a8*", "scaled_mm_c2x"),
 )
 
 # Why a family stays on PTX JIT for 12.x although the patch series makes the others native.

@@ -32,8 +32,8 @@ def _row(name: str, objects: int, verdict: Verdict) -> PlanRow:
         ("_C csrc/quantization/gptq_marlin", "GPTQ Marlin"),
         ("_C csrc/quantization/marlin", "Marlin"),
         ("_C csrc/quantization/hadamard", "Hadamard"),
-        ("_C csrc/quantization/w8a8", "_C csrc/quantization/w8a8"),
-        ("_C csrc/quantization/w8a8/cutlass", "scaled_mm_c2x"),
+        ("_C csrc/quantization/w8a8", "scaled_mm_c2x"),
+        ("_C csrc/attention", "_C csrc/attention"),
     ],
 )
 def test_plan_groups_are_named_by_the_kernel_family_vllm_calls_them(group: str, family: str) -> None:
@@ -61,7 +61,7 @@ def test_a_family_without_a_measurement_is_estimated_from_the_median_and_says_so
 
 
 def test_a_family_that_stays_jit_carries_its_reason_into_the_table() -> None:
-    rows = [_row("_C csrc/quantization/w8a8/cutlass", 1, Verdict.JIT)]
+    rows = [_row("_C csrc/quantization/w8a8", 1, Verdict.JIT)]
     bill = plan_bill(rows, RATE, {"scaled_mm_c2x": 1.0}, {"scaled_mm_c2x": "kernel bodies guarded below 900"})
     assert bill.lines[0].note == "kernel bodies guarded below 900"
     assert bill.to_dict()["lines"][0] == {
