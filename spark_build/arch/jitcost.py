@@ -6,10 +6,10 @@ compiles its PTX, module by module, when a kernel of the module is first launche
 (`~/.nv/ComputeCache`, 256 MiB by default) is cleared or too small. The arch plan and the
 validate step put that cost in numbers: objects (or PTX modules), PTX size, and seconds.
 
-The rate is measured, not guessed (`PTXAS_RATE`): ptxas of CUDA 13.0, the compiler inside the
-driver's JIT, compiling real vLLM 0.13.0 PTX for `sm_120`. Before the compile the plan has no
-PTX yet, so it multiplies objects by the PTX one measured object of the family carries
-(`PTX_MB_PER_OBJECT`); the validate step reads the wheel's own PTX instead (`wheel.jitbill`).
+The seconds are measured, not guessed (`MEASURED`): ptxas of CUDA 13.0, the compiler inside
+the driver's JIT, compiling real vLLM 0.13.0 PTX for `sm_120`, one object per family. Before
+the compile the plan has no PTX yet, so it prices each object as the measured one of its family;
+the validate step reads the wheel's own PTX and bills it at the family's rate (`wheel.jitbill`).
 Both numbers are for every module of a family; a first load touches only the modules of the
 kernels it launches (four FA2 head-dim-128 modules took 148 s on the GPU machine with the real
 driver).
@@ -40,23 +40,34 @@ class JitRate:
         return ptx_bytes / MB * self.seconds_per_mb
 
 
-# Measured 2026-12-07 (benchmarks/RESULTS.md, "JIT bill and compile cost"): `ptxas -arch=sm_120
-# -O3` of CUDA 13.0 on the compute_80 PTX nvcc embeds for FA2's
-# flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (flash-attention 86f8f157, vLLM 0.13.0's pin):
-# 6.88 CPU-s for 1.67 MB of PTX as cuobjdump prints it (the size the validate step reads).
-# The GPU machine's driver, JIT cache off, took 148 s for 38 MB of the official 0.26.0 wheel's
-# FA2 PTX (3.9 s per MB): the same order, so ptxas stands for the driver's JIT here.
-PTXAS_RATE = JitRate(
-    seconds_per_mb=4.1,
-    source="ptxas 13.0 -arch=sm_120 on vLLM 0.13.0's FA2 PTX, 6.88 CPU-s for 1.67 MB; benchmarks/RESULTS.md",
-)
+@dataclass(frozen=True)
+class PtxMeasure:
+    """One real object of a family: the PTX nvcc embeds for it (MB as cuobjdump prints it, the
+    size the validate step reads from a wheel) and the CPU seconds of `ptxas -arch=sm_120 -O3`
+    on that PTX — the work the driver's JIT does for it at the first launch."""
 
-# PTX per object, in MB, of one real object of each family vLLM 0.13.0 builds PTX-only for
-# 12.x (nvcc 13.0 `-ptx` for the virtual arch the build embeds; benchmarks/RESULTS.md). A
-# family without a measurement is estimated with the median of these.
-PTX_MB_PER_OBJECT: Mapping[str, float] = {
-    "FA2": 1.67,
+    object: str
+    ptx_mb: float
+    ptxas_s: float
+
+    @property
+    def rate(self) -> JitRate:
+        return JitRate(round(self.ptxas_s / self.ptx_mb, 2), f"ptxas 13.0 -arch=sm_120 on {self.object}")
+
+
+# Measured 2026-12-07 on this project's CPU machine with CUDA 13.0 (benchmarks/RESULTS.md, "JIT
+# bill and compile cost"), one object per family of vLLM 0.13.0 (flash-attention 86f8f157 for
+# FA2) that a 12.x GPU runs only through PTX. The rate differs by family (FA2's large kernels
+# cost about three times Hadamard's per MB), so each family is billed at its own. The GPU
+# machine's driver, JIT cache off, took 148 s for 38 MB of the official 0.26.0 wheel's FA2 PTX
+# (3.9 s per MB), the same as ptxas here: ptxas stands for the driver's JIT.
+MEASURED: Mapping[str, PtxMeasure] = {
+    "FA2": PtxMeasure("flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (compute_80)", 1.67, 6.88),
+    "Hadamard": PtxMeasure("hadamard_transform_cuda.cu (compute_90)", 0.83, 1.25),
 }
+
+# Families nobody measured are billed at FA2's rate, the slowest measured: an upper bound.
+PTXAS_RATE = MEASURED["FA2"].rate
 
 # Object group of the arch plan (`<target> <folder>`, three folders deep) → the kernel family
 # vLLM calls it; the first match wins. Only PTX-only groups are billed, and the one of
@@ -131,20 +142,26 @@ class JitBill:
 
 def plan_bill(
     rows: Iterable[PlanRow],
-    rate: JitRate = PTXAS_RATE,
-    per_object_mb: Mapping[str, float] = PTX_MB_PER_OBJECT,
+    measured: Mapping[str, PtxMeasure] = MEASURED,
     stays_jit: Mapping[str, str] = STAYS_JIT,
+    fallback: JitRate = PTXAS_RATE,
 ) -> JitBill:
-    """The bill of a plan: every object group the target runs only by PTX JIT, by family."""
+    """The bill of a plan: every object group the target runs only by PTX JIT, by family, each
+    object priced as the family's measured one (a family nobody measured: the median PTX size,
+    at the fallback rate, and the line says it is estimated)."""
     objects: dict[str, int] = {}
     for row in rows:
         if row.kind == "objects" and row.verdict is Verdict.JIT:
             family = family_of(row.name)
             objects[family] = objects.get(family, 0) + row.objects
-    fallback = statistics.median(per_object_mb.values()) if per_object_mb else 0.0
+    median_mb = statistics.median(m.ptx_mb for m in measured.values()) if measured else 0.0
     lines = []
     for family, count in sorted(objects.items()):
-        measured = family in per_object_mb
-        ptx = count * (per_object_mb[family] if measured else fallback) * MB
-        lines.append(JitLine(family, count, ptx, rate.seconds(ptx), measured, stays_jit.get(family, "")))
-    return JitBill(tuple(lines), rate)
+        one = measured.get(family)
+        if one is not None:
+            line = JitLine(family, count, count * one.ptx_mb * MB, count * one.ptxas_s, True, stays_jit.get(family, ""))
+        else:
+            ptx = count * median_mb * MB
+            line = JitLine(family, count, ptx, fallback.seconds(ptx), False, stays_jit.get(family, ""))
+        lines.append(line)
+    return JitBill(tuple(lines), fallback)

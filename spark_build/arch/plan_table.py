@@ -67,5 +67,8 @@ def jit_bill_table(plan: ArchPlan, bill: JitBill) -> Table:
         table.add_row("none", "0", "0", "0", "every family built for this target runs natively")
     else:
         table.add_row("total", "", f"{bill.ptx_bytes / MB:.0f}", f"{bill.seconds:.0f}", style="bold")
-    table.caption = f"rate: {bill.rate.seconds_per_mb:g} s per MB of PTX ({bill.rate.source})"
+    table.caption = (
+        "JIT s: ptxas -arch=sm_120 on one measured object per family (arch/jitcost.py); "
+        f"a family not measured: {bill.rate.seconds_per_mb:g} s per MB of PTX"
+    )
     return table

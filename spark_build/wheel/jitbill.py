@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, runs_on
-from spark_build.arch.jitcost import MB, PTXAS_RATE, JitBill, JitLine, JitRate
+from spark_build.arch.jitcost import MB, MEASURED, PTXAS_RATE, JitBill, JitLine, JitRate
 from spark_build.wheel.archaudit import ArchReport, _cuobjdump_lines
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.linkage import unpacked
@@ -101,21 +101,31 @@ def jit_modules(modules: Iterable[FatbinModule], target: ComputeCapability) -> l
 
 
 def bill_lines(
-    modules: Mapping[str, list[FatbinModule]], rate: JitRate, table: Iterable[tuple[str, str]] = KERNEL_FAMILIES
+    modules: Mapping[str, list[FatbinModule]],
+    fallback: JitRate,
+    rates: Mapping[str, JitRate] | None = None,
+    table: Iterable[tuple[str, str]] = KERNEL_FAMILIES,
 ) -> tuple[JitLine, ...]:
-    """Modules per extension → one line per (extension, family): a module counts for the family
-    of its first kernel (nvcc puts one source file, one family, in a module)."""
-    totals: dict[str, tuple[int, int]] = {}
+    """Modules per extension → one line per (extension, family), at the family's measured rate
+    (`fallback` for a family nobody measured). A module counts for the family of its first
+    kernel: nvcc puts one source file, one family, in a module."""
+    rates = family_rates() if rates is None else rates
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
     for extension, found in modules.items():
         module_name = Path(extension).name.split(".", 1)[0]
         for module in found:
             family = kernel_family(module.kernels[0], module_name, table) if module.kernels else module_name
-            key = f"{extension}: {family}"
-            count, size = totals.get(key, (0, 0))
-            totals[key] = (count + 1, size + module.size)
-    return tuple(
-        JitLine(key, count, size, rate.seconds(size), measured=True) for key, (count, size) in sorted(totals.items())
-    )
+            count, size = totals.get((extension, family), (0, 0))
+            totals[(extension, family)] = (count + 1, size + module.size)
+    lines = []
+    for (extension, family), (count, size) in sorted(totals.items()):
+        rate = rates.get(family, fallback)
+        lines.append(JitLine(f"{extension}: {family}", count, size, rate.seconds(size), family in rates))
+    return tuple(lines)
+
+
+def family_rates() -> dict[str, JitRate]:
+    return {family: measure.rate for family, measure in MEASURED.items()}
 
 
 @dataclass(frozen=True)
@@ -146,10 +156,24 @@ def render_bill(console: Console, bill: JitBill, title: str) -> None:
         table.add_row(line.family, str(line.objects), f"{line.ptx_bytes / MB:.1f}", f"{line.seconds:.0f}")
     table.add_row("total", "", f"{bill.ptx_bytes / MB:.1f}", f"{bill.seconds:.0f}", style="bold")
     console.print(table)
-    console.print(f"rate: {bill.rate.seconds_per_mb:g} s per MB of PTX ({bill.rate.source})", markup=False)
+    console.print(rate_note(bill), markup=False)
 
 
-def wheel_jit_bill(wheel_or_dir: Path, report: ArchReport, cuobjdump: Path, rate: JitRate = PTXAS_RATE) -> WheelJitBill:
+def rate_note(bill: JitBill) -> str:
+    measured = ", ".join(f"{family} {rate.seconds_per_mb:g}" for family, rate in sorted(family_rates().items()))
+    return (
+        f"seconds per MB of PTX, measured with ptxas -arch=sm_120 (arch/jitcost.py): {measured}; "
+        f"other families {bill.rate.seconds_per_mb:g} ({bill.rate.source})"
+    )
+
+
+def wheel_jit_bill(
+    wheel_or_dir: Path,
+    report: ArchReport,
+    cuobjdump: Path,
+    rate: JitRate = PTXAS_RATE,
+    rates: Mapping[str, JitRate] | None = None,
+) -> WheelJitBill:
     """The bill of every extension the arch audit found PTX in and vLLM dispatches on its target."""
     dispatched = {f.extension for f in report.families if f.used}
     modules: dict[str, list[FatbinModule]] = {}
@@ -160,4 +184,4 @@ def wheel_jit_bill(wheel_or_dir: Path, report: ArchReport, cuobjdump: Path, rate
                 found = jit_modules(read_modules(dump), report.target)
                 if found:
                     modules[ext.path] = found
-    return WheelJitBill(wheel_or_dir.name, report.target, JitBill(bill_lines(modules, rate), rate))
+    return WheelJitBill(wheel_or_dir.name, report.target, JitBill(bill_lines(modules, rate, rates), rate))

@@ -78,7 +78,7 @@ def test_validate_bills_the_ptx_only_modules_by_family_at_the_measured_rate(whee
         "vllm/_C.abi3.so": Verdict.NATIVE,  # judged by its best code: the Marlin kernel's JIT hides here
         "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": Verdict.JIT,
     }
-    bill = wheel_jit_bill(path, report, cuobjdump, RATE).bill
+    bill = wheel_jit_bill(path, report, cuobjdump, RATE, {}).bill
     lines = {line.family: line for line in bill.lines}
     assert set(lines) == {"vllm/_C.abi3.so: GPTQ Marlin", "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2"}
     fa2 = lines["vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2"]
@@ -97,12 +97,12 @@ def test_validate_prints_the_bill_beside_the_gpu_code_table(wheel: tuple[Path, P
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None)
     report.render(console)
-    wheel_jit_bill(path, report, cuobjdump, RATE).render(console)
+    wheel_jit_bill(path, report, cuobjdump, RATE, {}).render(console)
     text = out.getvalue()
     assert "PTX JIT only" in text and "native SASS" in text
     assert f"PTX JIT at first load on 12.1: {path.name}" in text
     assert "vllm/_C.abi3.so: GPTQ Marlin" in text and "_vllm_fa2_C.abi3.so: FA2" in text
-    assert "rate: 4 s per MB of PTX (test rate)" in text
+    assert "other families 4 (test rate)" in text
 
 
 def test_a_wheel_with_native_code_only_owes_no_jit(tmp_path: Path) -> None:
@@ -115,4 +115,4 @@ def test_a_wheel_with_native_code_only_owes_no_jit(tmp_path: Path) -> None:
     shutil.move(tmp_path / "_C.abi3.so", tmp_path / "vllm" / "_C.abi3.so")
     cuobjdump = find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
     report = arch_audit(tmp_path / "vllm", SPARK, cuobjdump, dispatch=VLLM_DISPATCH)
-    assert wheel_jit_bill(tmp_path / "vllm", report, cuobjdump, RATE).bill.lines == ()
+    assert wheel_jit_bill(tmp_path / "vllm", report, cuobjdump, RATE, {}).bill.lines == ()

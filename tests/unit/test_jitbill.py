@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability, Verdict
-from spark_build.arch.jitcost import MB, PTXAS_RATE, JitBill, JitRate, family_of, plan_bill
+from spark_build.arch.jitcost import MB, MEASURED, PTXAS_RATE, JitBill, JitRate, PtxMeasure, family_of, plan_bill
 from spark_build.arch.plan import ArchPlan, ParsedPlan, PlanRow
 from spark_build.arch.plan_table import jit_bill_table
 from spark_build.wheel.jitbill import bill_lines, jit_modules, kernel_family, read_modules, render_bill
@@ -47,23 +47,25 @@ def test_plan_bill_prices_jit_objects_by_family_and_leaves_native_ones_out() -> 
         _row("_C csrc/quantization/gptq_marlin", 18, Verdict.NATIVE),
         PlanRow("family", "FA2", ("sm_80",), ("compute_80",), Verdict.JIT),  # families are not objects
     ]
-    bill = plan_bill(rows, RATE, {"FA2": 2.0, "Marlin MoE": 0.5}, {})
+    measured = {"FA2": PtxMeasure("fa2.cu", 2.0, 8.0), "Marlin MoE": PtxMeasure("moe.cu", 0.5, 1.0)}
+    bill = plan_bill(rows, measured, {}, RATE)
     fa2, moe = bill.lines
     assert (fa2.family, fa2.objects, fa2.ptx_bytes, fa2.seconds) == ("FA2", 60, 120 * MB, 480.0)
-    assert (moe.family, moe.objects, moe.ptx_bytes, moe.seconds) == ("Marlin MoE", 15, 7.5 * MB, 30.0)
-    assert bill.seconds == 510.0 and all(line.measured for line in bill.lines)
+    assert (moe.family, moe.objects, moe.ptx_bytes, moe.seconds) == ("Marlin MoE", 15, 7.5 * MB, 15.0)
+    assert bill.seconds == 495.0 and all(line.measured for line in bill.lines)
 
 
-def test_a_family_without_a_measurement_is_estimated_from_the_median_and_says_so() -> None:
-    bill = plan_bill([_row("_C csrc/quantization/hadamard", 2, Verdict.JIT)], RATE, {"A": 1.0, "B": 3.0, "C": 5.0}, {})
+def test_a_family_without_a_measurement_is_estimated_from_the_median_at_the_fallback_rate_and_says_so() -> None:
+    measured = {name: PtxMeasure(name, mb, 1.0) for name, mb in (("A", 1.0), ("B", 3.0), ("C", 5.0))}
+    bill = plan_bill([_row("_C csrc/quantization/hadamard", 2, Verdict.JIT)], measured, {}, RATE)
     (line,) = bill.lines
-    assert line.ptx_bytes == 6 * MB and not line.measured
+    assert (line.ptx_bytes, line.seconds, line.measured) == (6 * MB, 24.0, False)
 
 
-def test_a_family_that_stays_jit_carries_its_reason_into_the_table() -> None:
+def test_a_family_that_stays_jit_carries_its_reason_into_the_bill() -> None:
     rows = [_row("_C csrc/quantization/w8a8", 1, Verdict.JIT)]
-    bill = plan_bill(rows, RATE, {"scaled_mm_c2x": 1.0}, {"scaled_mm_c2x": "kernel bodies guarded below 900"})
-    assert bill.lines[0].note == "kernel bodies guarded below 900"
+    measured = {"scaled_mm_c2x": PtxMeasure("c2x.cu", 1.0, 4.0)}
+    bill = plan_bill(rows, measured, {"scaled_mm_c2x": "kernel bodies guarded below 900"}, RATE)
     assert bill.to_dict()["lines"][0] == {
         "family": "scaled_mm_c2x",
         "objects": 1,
@@ -74,8 +76,10 @@ def test_a_family_that_stays_jit_carries_its_reason_into_the_table() -> None:
     }
 
 
-def test_the_shipped_rate_and_per_object_sizes_are_measured_and_name_their_source() -> None:
-    assert PTXAS_RATE.seconds_per_mb > 0 and "ptxas" in PTXAS_RATE.source
+def test_the_shipped_measurements_name_their_object_and_price_fa2_above_hadamard_per_mb() -> None:
+    assert {"FA2", "Hadamard"} <= set(MEASURED) and MEASURED["FA2"].rate == PTXAS_RATE
+    assert all(m.ptx_mb > 0 and m.ptxas_s > 0 and m.object.endswith(")") for m in MEASURED.values())
+    assert MEASURED["FA2"].rate.seconds_per_mb > MEASURED["Hadamard"].rate.seconds_per_mb
     fa2 = plan_bill([_row("_vllm_fa2_C vllm-flash-attn:csrc/flash_attn/src", 60, Verdict.JIT)])
     assert fa2.lines[0].measured and fa2.seconds > 60, "60 FA2 modules take minutes to JIT"
 
@@ -85,12 +89,12 @@ def test_the_arch_plan_prints_the_bill_and_none_when_nothing_is_left_on_jit() ->
     rows = [_row("_vllm_fa2_C vllm-flash-attn:csrc/flash_attn/src", 60, Verdict.JIT)]
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None)
-    console.print(jit_bill_table(plan, plan_bill(rows, RATE, {"FA2": 2.0}, {})))
+    console.print(jit_bill_table(plan, plan_bill(rows, {"FA2": PtxMeasure("fa2.cu", 2.0, 8.0)}, {}, RATE)))
     console.print(jit_bill_table(plan, JitBill((), RATE)))
     text = out.getvalue()
     assert "│ FA2    │      60 │    120 │   480 │" in text
     assert "every family built for this target runs natively" in text
-    assert "rate: 4 s per MB of PTX (test rate)" in text
+    assert "a family not measured: 4 s per MB of PTX" in " ".join(text.split()), "the caption, wrapped"
 
 
 # A trimmed `cuobjdump -symbols -ptx` of a library with an sm_80 + PTX object (two kernels) and a
@@ -178,16 +182,19 @@ def test_wheel_kernels_are_named_by_family_from_their_mangled_names(kernel: str,
     assert kernel_family(kernel, "_C") == family
 
 
-def test_the_wheel_bill_sums_modules_per_extension_and_family_and_prints_a_total() -> None:
+def test_the_wheel_bill_sums_modules_per_extension_and_family_at_the_familys_rate() -> None:
     jit = jit_modules(read_modules(DUMP), SPARK)
-    lines = bill_lines({"vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": jit * 4}, RATE)
-    (line,) = lines
-    assert line.family == "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2"
+    rates = {"FA2": JitRate(2.0, "fa2")}
+    (line,) = bill_lines({"vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": jit * 4}, RATE, rates)
+    assert line.family == "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2" and line.measured
     assert (line.objects, line.ptx_bytes) == (4, 4 * jit[0].size)
-    assert line.seconds == pytest.approx(4 * jit[0].size / MB * 4.0)
+    assert line.seconds == pytest.approx(4 * jit[0].size / MB * 2.0)
+    (other,) = bill_lines({"vllm/_C.abi3.so": jit}, RATE, {})
+    assert other.seconds == pytest.approx(jit[0].size / MB * 4.0) and not other.measured
     out = io.StringIO()
-    render_bill(Console(file=out, width=200, color_system=None), JitBill(lines, RATE), "PTX JIT on 12.1")
+    render_bill(Console(file=out, width=300, color_system=None), JitBill((line,), RATE), "PTX JIT on 12.1")
     assert "_vllm_fa2_C.abi3.so: FA2 │       4 │" in out.getvalue() and "total" in out.getvalue()
+    assert "other families 4 (test rate)" in out.getvalue()
     out = io.StringIO()
     render_bill(Console(file=out, width=200, color_system=None), JitBill((), RATE), "PTX JIT on 12.1")
     assert "none — every dispatched kernel has native SASS" in out.getvalue()
