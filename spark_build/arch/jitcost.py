@@ -63,11 +63,26 @@ class PtxMeasure:
 # (3.9 s per MB), the same as ptxas here: ptxas stands for the driver's JIT.
 MEASURED: Mapping[str, PtxMeasure] = {
     "FA2": PtxMeasure("flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (compute_80)", 1.67, 6.88),
+    "Marlin": PtxMeasure("marlin_24_cuda_kernel.cu (compute_80)", 3.15, 12.23),
+    "Marlin MoE": PtxMeasure("marlin_moe_wna16/sm80_kernel_bfloat16_u4b8_bfloat16.cu (compute_80)", 11.63, 40.10),
     "Hadamard": PtxMeasure("hadamard_transform_cuda.cu (compute_90)", 0.83, 1.25),
 }
 
 # Families nobody measured are billed at FA2's rate, the slowest measured: an upper bound.
 PTXAS_RATE = MEASURED["FA2"].rate
+
+# PTX per object, in MB as cuobjdump prints it, read from vLLM's official 0.13.0 wheel (PyPI,
+# CUDA 12.9) by the validate step's own bill (`wheel.jitbill`): the same sources compiled for
+# the same virtual archs as a 12.1a build of 0.13.0 without patch 0007. The plan cannot see PTX
+# before the compile; a family not here is estimated with the median.
+PTX_MB_PER_OBJECT: Mapping[str, float] = {
+    "FA2": 12.27,  # 736.3 MB in 60 modules
+    "GPTQ Marlin": 6.65,  # 119.7 MB in 18 (the newest PTX of each: compute_90 for bf16)
+    "Marlin MoE": 6.86,  # 102.9 MB in 15
+    "Marlin": 3.2,
+    "Hadamard": 0.8,
+    "scaled_mm_c2x": 33.9,
+}
 
 # Object group of the arch plan (`<target> <folder>`, three folders deep) → the kernel family
 # vLLM calls it; the first match wins. Only PTX-only groups are billed, and the one of
@@ -142,26 +157,23 @@ class JitBill:
 
 def plan_bill(
     rows: Iterable[PlanRow],
+    per_object_mb: Mapping[str, float] = PTX_MB_PER_OBJECT,
     measured: Mapping[str, PtxMeasure] = MEASURED,
     stays_jit: Mapping[str, str] = STAYS_JIT,
     fallback: JitRate = PTXAS_RATE,
 ) -> JitBill:
-    """The bill of a plan: every object group the target runs only by PTX JIT, by family, each
-    object priced as the family's measured one (a family nobody measured: the median PTX size,
-    at the fallback rate, and the line says it is estimated)."""
+    """The bill of a plan: every object group the target runs only by PTX JIT, by family: its
+    objects × the family's PTX per object, at the family's measured ptxas rate (a family with
+    no known PTX size: the median, and the line says it is estimated)."""
     objects: dict[str, int] = {}
     for row in rows:
         if row.kind == "objects" and row.verdict is Verdict.JIT:
             family = family_of(row.name)
             objects[family] = objects.get(family, 0) + row.objects
-    median_mb = statistics.median(m.ptx_mb for m in measured.values()) if measured else 0.0
+    median_mb = statistics.median(per_object_mb.values()) if per_object_mb else 0.0
     lines = []
     for family, count in sorted(objects.items()):
-        one = measured.get(family)
-        if one is not None:
-            line = JitLine(family, count, count * one.ptx_mb * MB, count * one.ptxas_s, True, stays_jit.get(family, ""))
-        else:
-            ptx = count * median_mb * MB
-            line = JitLine(family, count, ptx, fallback.seconds(ptx), False, stays_jit.get(family, ""))
-        lines.append(line)
+        ptx = count * per_object_mb.get(family, median_mb) * MB
+        rate = measured[family].rate if family in measured else fallback
+        lines.append(JitLine(family, count, ptx, rate.seconds(ptx), family in per_object_mb, stays_jit.get(family, "")))
     return JitBill(tuple(lines), fallback)

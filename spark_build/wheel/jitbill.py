@@ -88,16 +88,20 @@ def kernel_family(kernel: str, default: str, table: Iterable[tuple[str, str]] = 
 
 def jit_modules(modules: Iterable[FatbinModule], target: ComputeCapability) -> list[FatbinModule]:
     """The PTX modules the driver compiles on `target`: runnable by JIT, with a kernel that no
-    SASS image of the same library runs natively."""
+    SASS image of the same library runs natively. Of PTX for several virtual archs with the same
+    kernels (`compute_80` and `compute_90`), the driver compiles only the newest it can."""
     native: set[str] = set()
-    ptx: list[FatbinModule] = []
+    newest: dict[frozenset[str], FatbinModule] = {}
     for module in modules:
         verdict = runs_on(module.code, target)
         if module.code.kind is CodeKind.SASS and verdict is Verdict.NATIVE:
             native.update(module.kernels)
         elif module.code.kind is CodeKind.PTX and verdict is Verdict.JIT:
-            ptx.append(module)
-    return [m for m in ptx if any(k not in native for k in m.kernels)]
+            kernels = frozenset(module.kernels)
+            known = newest.get(kernels)
+            if known is None or known.code.capability < module.code.capability:
+                newest[kernels] = module
+    return [m for m in newest.values() if any(k not in native for k in m.kernels)]
 
 
 def bill_lines(

@@ -11,7 +11,17 @@ import pytest
 from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability, Verdict
-from spark_build.arch.jitcost import MB, MEASURED, PTXAS_RATE, JitBill, JitRate, PtxMeasure, family_of, plan_bill
+from spark_build.arch.jitcost import (
+    MB,
+    MEASURED,
+    PTX_MB_PER_OBJECT,
+    PTXAS_RATE,
+    JitBill,
+    JitRate,
+    PtxMeasure,
+    family_of,
+    plan_bill,
+)
 from spark_build.arch.plan import ArchPlan, ParsedPlan, PlanRow
 from spark_build.arch.plan_table import jit_bill_table
 from spark_build.wheel.jitbill import bill_lines, jit_modules, kernel_family, read_modules, render_bill
@@ -47,8 +57,9 @@ def test_plan_bill_prices_jit_objects_by_family_and_leaves_native_ones_out() -> 
         _row("_C csrc/quantization/gptq_marlin", 18, Verdict.NATIVE),
         PlanRow("family", "FA2", ("sm_80",), ("compute_80",), Verdict.JIT),  # families are not objects
     ]
-    measured = {"FA2": PtxMeasure("fa2.cu", 2.0, 8.0), "Marlin MoE": PtxMeasure("moe.cu", 0.5, 1.0)}
-    bill = plan_bill(rows, measured, {}, RATE)
+    sizes = {"FA2": 2.0, "Marlin MoE": 0.5}
+    measured = {"FA2": PtxMeasure("fa2.cu", 1.0, 4.0), "Marlin MoE": PtxMeasure("moe.cu", 1.0, 2.0)}
+    bill = plan_bill(rows, sizes, measured, {}, RATE)
     fa2, moe = bill.lines
     assert (fa2.family, fa2.objects, fa2.ptx_bytes, fa2.seconds) == ("FA2", 60, 120 * MB, 480.0)
     assert (moe.family, moe.objects, moe.ptx_bytes, moe.seconds) == ("Marlin MoE", 15, 7.5 * MB, 15.0)
@@ -56,16 +67,16 @@ def test_plan_bill_prices_jit_objects_by_family_and_leaves_native_ones_out() -> 
 
 
 def test_a_family_without_a_measurement_is_estimated_from_the_median_at_the_fallback_rate_and_says_so() -> None:
-    measured = {name: PtxMeasure(name, mb, 1.0) for name, mb in (("A", 1.0), ("B", 3.0), ("C", 5.0))}
-    bill = plan_bill([_row("_C csrc/quantization/hadamard", 2, Verdict.JIT)], measured, {}, RATE)
+    sizes = {"A": 1.0, "B": 3.0, "C": 5.0}
+    bill = plan_bill([_row("_C csrc/quantization/hadamard", 2, Verdict.JIT)], sizes, {}, {}, RATE)
     (line,) = bill.lines
     assert (line.ptx_bytes, line.seconds, line.measured) == (6 * MB, 24.0, False)
 
 
 def test_a_family_that_stays_jit_carries_its_reason_into_the_bill() -> None:
     rows = [_row("_C csrc/quantization/w8a8", 1, Verdict.JIT)]
-    measured = {"scaled_mm_c2x": PtxMeasure("c2x.cu", 1.0, 4.0)}
-    bill = plan_bill(rows, measured, {"scaled_mm_c2x": "kernel bodies guarded below 900"}, RATE)
+    reason = {"scaled_mm_c2x": "kernel bodies guarded below 900"}
+    bill = plan_bill(rows, {"scaled_mm_c2x": 1.0}, {}, reason, RATE)
     assert bill.to_dict()["lines"][0] == {
         "family": "scaled_mm_c2x",
         "objects": 1,
@@ -77,7 +88,8 @@ def test_a_family_that_stays_jit_carries_its_reason_into_the_bill() -> None:
 
 
 def test_the_shipped_measurements_name_their_object_and_price_fa2_above_hadamard_per_mb() -> None:
-    assert {"FA2", "Hadamard"} <= set(MEASURED) and MEASURED["FA2"].rate == PTXAS_RATE
+    assert {"FA2", "Marlin", "Hadamard"} <= set(MEASURED) and MEASURED["FA2"].rate == PTXAS_RATE
+    assert {"FA2", "Marlin MoE", "GPTQ Marlin"} <= set(PTX_MB_PER_OBJECT)
     assert all(m.ptx_mb > 0 and m.ptxas_s > 0 and m.object.endswith(")") for m in MEASURED.values())
     assert MEASURED["FA2"].rate.seconds_per_mb > MEASURED["Hadamard"].rate.seconds_per_mb
     fa2 = plan_bill([_row("_vllm_fa2_C vllm-flash-attn:csrc/flash_attn/src", 60, Verdict.JIT)])
@@ -89,7 +101,7 @@ def test_the_arch_plan_prints_the_bill_and_none_when_nothing_is_left_on_jit() ->
     rows = [_row("_vllm_fa2_C vllm-flash-attn:csrc/flash_attn/src", 60, Verdict.JIT)]
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None)
-    console.print(jit_bill_table(plan, plan_bill(rows, {"FA2": PtxMeasure("fa2.cu", 2.0, 8.0)}, {}, RATE)))
+    console.print(jit_bill_table(plan, plan_bill(rows, {"FA2": 2.0}, {}, {}, RATE)))
     console.print(jit_bill_table(plan, JitBill((), RATE)))
     text = out.getvalue()
     assert "│ FA2    │      60 │    120 │   480 │" in text
@@ -160,6 +172,15 @@ def test_modules_are_read_with_their_kernels_and_the_size_of_their_ptx() -> None
 def test_only_ptx_whose_kernels_lack_native_sass_is_billed_on_the_spark() -> None:
     jit = jit_modules(read_modules(DUMP), SPARK)
     assert [(m.code.name, m.kernels[0]) for m in jit] == [("compute_80", "_Z16flash_fwd_kernelPf")]
+
+
+def test_of_ptx_for_two_virtual_archs_with_the_same_kernels_only_the_newest_is_billed() -> None:
+    compute_90 = [
+        line.replace("arch = sm_80", "arch = sm_90").replace(".target sm_80", ".target sm_90") for line in DUMP
+    ]
+    both = DUMP[: DUMP.index("arch = sm_120") - 2] + compute_90[compute_90.index("Fatbin ptx code:") - 1 :]
+    jit = jit_modules(read_modules(both), SPARK)
+    assert [m.code.name for m in jit] == ["compute_90"], "the driver JITs compute_90, not compute_80 too"
 
 
 def test_on_an_ampere_gpu_nothing_is_billed_since_sm_80_runs_natively() -> None:
