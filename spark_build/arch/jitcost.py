@@ -62,8 +62,11 @@ class PtxMeasure:
 # machine's driver, JIT cache off, took 148 s for 38 MB of the official 0.26.0 wheel's FA2 PTX
 # (3.9 s per MB), the same as ptxas here: ptxas stands for the driver's JIT.
 MEASURED: Mapping[str, PtxMeasure] = {
-    "FA2": PtxMeasure("flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (compute_80)", 1.67, 6.88),
+    "FA2": PtxMeasure(
+        "flash_fwd_hdim128_bf16_sm80.cu + flash_fwd_sparse_hdim128_bf16_causal_sm80.cu (compute_80)", 11.82, 46.81
+    ),
     "Marlin": PtxMeasure("marlin_24_cuda_kernel.cu (compute_80)", 3.15, 12.23),
+    "GPTQ Marlin": PtxMeasure("gptq_marlin/sm80_kernel_bfloat16_u4b8_bfloat16.cu (compute_90)", 12.62, 27.62),
     "Marlin MoE": PtxMeasure("marlin_moe_wna16/sm80_kernel_bfloat16_u4b8_bfloat16.cu (compute_80)", 11.63, 40.10),
     "Hadamard": PtxMeasure("hadamard_transform_cuda.cu (compute_90)", 0.83, 1.25),
 }
