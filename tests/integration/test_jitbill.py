@@ -32,8 +32,8 @@ KERNEL = """
 namespace {namespace} {{
 __global__ void {name}(float* x, int n) {{
   float acc = 0.f;
-  #pragma unroll 64
-  for (int i = 0; i < 256; ++i) acc += x[(threadIdx.x + i * 7) % n] * (i + 1);
+  #pragma unroll 8
+  for (int i = 0; i < 32; ++i) acc += x[(threadIdx.x + i * 7) % n] * (i + 1);
   x[threadIdx.x] = acc;
 }}
 }}
