@@ -104,7 +104,8 @@ STAYS_JIT: Mapping[str, str] = {
     "scaled_mm_c2x": (
         "stays PTX JIT: its kernel bodies compile only for __CUDA_ARCH__ below 900 "
         "(enable_sm*_to_sm* in csrc/quantization/w8a8/cutlass/scaled_mm_c2x.cuh), so 12.0 SASS would "
-        "hold empty kernels; on 12.x cutlass_scaled_mm runs the native sm120 c3x kernels instead"
+        "hold empty kernels; on 12.x cutlass_scaled_mm runs the native sm120 c3x kernels, only the azp "
+        "variant reaches c2x (its sm80 kernels, whose bodies the 8.9 code already leaves out)"
     ),
 }
 
