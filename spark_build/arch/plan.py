@@ -61,7 +61,8 @@ def parse_configure_messages(log: str) -> dict[str, tuple[str, ...]]:
             merged = families.get(m["family"], ()) + _arch_list(m["archs"])
             families[m["family"]] = tuple(dict.fromkeys(merged))
         elif m := _ARCHS_VAR.match(line):
-            families.setdefault(m["family"], _arch_list(m["archs"]))
+            # The last one wins: patch 0007 re-sets FA2's archs after flash-attention printed its own.
+            families[m["family"]] = _arch_list(m["archs"])
         elif m := _NOT_BUILDING.match(line):
             families.setdefault(m["family"].strip(), ())
         elif _QUTLASS_SKIP.match(line):

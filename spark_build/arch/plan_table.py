@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from spark_build.arch.compat import Verdict
+from spark_build.arch.jitcost import MB, JitBill
 from spark_build.arch.plan import ArchPlan
 
 _VERDICT_TEXT = {
@@ -48,4 +49,26 @@ def plan_table(plan: ArchPlan) -> Table:
             verdict_text(row.verdict, "— no arch" if row.kind == "objects" else "— not built"),
             row.note,
         )
+    return table
+
+
+def jit_bill_table(plan: ArchPlan, bill: JitBill) -> Table:
+    """The families the plan leaves on PTX JIT, with the PTX and seconds the target pays for them."""
+    table = Table(title=f"PTX JIT at first load on {plan.target} (estimate, every module loaded)")
+    table.add_column("family")
+    table.add_column("objects", justify="right")
+    table.add_column("PTX MB", justify="right")
+    table.add_column("JIT s", justify="right")
+    table.add_column("note", style="dim")
+    for line in bill.lines:
+        size = f"{line.ptx_bytes / MB:.0f}" + ("" if line.measured else " (est.)")
+        table.add_row(line.family, str(line.objects), size, f"{line.seconds:.0f}", line.note)
+    if not bill.lines:
+        table.add_row("none", "0", "0", "0", "every family built for this target runs natively")
+    else:
+        table.add_row("total", "", f"{bill.ptx_bytes / MB:.0f}", f"{bill.seconds:.0f}", style="bold")
+    table.caption = (
+        "JIT s: ptxas -arch=sm_120 on one measured object per family (arch/jitcost.py); "
+        f"a family not measured: {bill.rate.seconds_per_mb:g} s per MB of PTX"
+    )
     return table

@@ -11,8 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from spark_build.arch.jitcost import plan_bill
 from spark_build.arch.plan import CompileCosts, dead_weight_line, plan_source, raise_for_problems
-from spark_build.arch.plan_table import plan_table
+from spark_build.arch.plan_table import jit_bill_table, plan_table
 from spark_build.compile.jobplan import DEFAULT_PROFILE
 from spark_build.durable import atomic_write_text
 from spark_build.pipeline.step import Context, Step
@@ -112,18 +113,21 @@ class ArchPlanStep(Step):
                 "arch-plan warning: setup.py could not be asked which targets it builds (its error is in the "
                 "arch-plan log); every configured target counts as built"
             )
+        bill = plan_bill(plan.rows)
         table = io.StringIO()
-        Console(file=table, width=150, color_system=None).print(plan_table(plan))
+        Console(file=table, width=150, color_system=None).print(plan_table(plan), jit_bill_table(plan, bill))
         atomic_write_text(ctx.run_folder.arch_plan_table, table.getvalue())
-        atomic_write_text(ctx.run_folder.arch_plan_json, json.dumps(plan.to_dict(), indent=2))
+        result = {**plan.to_dict(), "jit_bill": bill.to_dict()}
+        atomic_write_text(ctx.run_folder.arch_plan_json, json.dumps(result, indent=2))
         ctx.show(plan_table(plan))
+        ctx.show(jit_bill_table(plan, bill))
         ctx.notes.extend(_beyond_checked(ctx, plan.built))
         for row in plan.dead_weight():
             line = f"arch-plan dead weight (the build goes on): {dead_weight_line(row)}"
             ctx.show(Text(line))  # Text: target names and paths are not rich markup
             ctx.notes.append(line)
         raise_for_problems(plan, step=self.name, log=ctx.run_folder.arch_plan_table)
-        return plan.to_dict()
+        return result
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         return bool(result.get("skipped")) or (ctx.layout.arch_plan / "compile_commands.json").is_file()

@@ -30,6 +30,7 @@ from spark_build.venv import Argv, Installer, installed_packages, make_venv, mis
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.dispatch import VLLM_DISPATCH
+from spark_build.wheel.jitbill import wheel_jit_bill
 from spark_build.wheel.linkage import LibrarySearch, linkage_audit
 from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.wheel.tinymodel import script_argv
@@ -144,6 +145,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     arch_reports = [
         arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH) for cc in proof.targets
     ]
+    jit_bills = [wheel_jit_bill(proof.wheel, report, cuobjdump) for report in arch_reports]
     imports_file = log.with_suffix(".imports.json")
     own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
     imports: Argv = [python, "-c", _IMPORT_PROBE, imports_file, own, *proof.modules]
@@ -157,7 +159,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         )
     problems = [*import_problems, *(f"linkage: {p}" for p in linkage.problems)]
     problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
-    reports: list[AuditReport] = [linkage, *arch_reports]
+    reports: list[AuditReport] = [linkage, *arch_reports, *jit_bills]
     _append_tables(log, reports)
     serve_report = None
     if proof.serve and not problems:
@@ -175,6 +177,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         "linkage": linkage.to_dict(),
         "arch": [r.to_dict() for r in arch_reports],
         "verdicts": {str(r.target): r.verdict.value for r in arch_reports},
+        "jit_bill": {str(b.target): b.bill.to_dict() for b in jit_bills},
         "problems": problems,
         "serve": serve_report.to_dict() if serve_report is not None else None,
     }
@@ -261,6 +264,13 @@ def render_proof(results: Mapping[str, Any]) -> list[str]:
         f"validate: linkage ok: {len(linkage['libraries'])} libraries resolved, none from another CUDA major",
     ]
     lines += [f"validate: GPU code for compute capability {cc}: {v}" for cc, v in results["verdicts"].items()]
+    for cc, bill in results.get("jit_bill", {}).items():
+        if bill["lines"]:
+            families = ", ".join(line["family"] for line in bill["lines"])
+            lines.append(
+                f"validate: PTX JIT at first load on {cc}: {bill['ptx_mb']} MB of PTX, ~{bill['jit_s']} s if every "
+                f"module loads ({families})"
+            )
     for arch in results["arch"]:
         unused = sorted({f["extension"] for f in arch["families"] if not f.get("used", True)})
         if unused:

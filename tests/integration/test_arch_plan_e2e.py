@@ -1,7 +1,8 @@
 """`invoke arch-plan` on the real vLLM 0.13.0 source, offline: sdist → local git repo tagged
 v0.13.0 → CUDA 13 torch → build-deps → sources from git bundles (tests/artifacts.py) → vLLM's own CMake
 configure → the table. Before the patch series qutlass is built as sm_120a, which a GB10
-cannot run; after it every 12.x family runs natively."""
+cannot run, and FA2, Marlin, Marlin MoE and Hadamard only by PTX JIT; after it every 12.x family
+runs natively and only scaled_mm_c2x stays on PTX JIT, with its reason in the JIT bill."""
 
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     assert "CUDA supported target architectures: 12.0" in (work / "logs" / "latest" / "arch-plan.log").read_text()
     fa3 = [r for name, rs in before.items() if name.startswith("_vllm_fa3_C") for r in rs]
     assert fa3 and all(r["dead"] for r in fa3), "pristine setup.py compiles FA3 for no GPU: a problem"
+    pristine_bill = json.loads((work / "logs" / "latest" / "arch-plan.json").read_text())["jit_bill"]
 
     patched = arch_plan(settings, source, work, uv_cache, "--resume")
     assert patched.returncode == 0, patched.stdout + patched.stderr
@@ -132,6 +134,24 @@ def test_pristine_0_13_0_stops_on_qutlass_the_patched_plan_passes_and_a_cxx20_to
     assert twelve_x and all(r["verdict"] == "native" for r in twelve_x)
     fa3 = [r for name, rs in after.items() if name.startswith("_vllm_fa3_C") for r in rs]
     assert fa3 and all(not r["dead"] and "setup.py skips _vllm_fa3_C" in r["note"] for r in fa3)
+    # Patch 0007: FA2 and vLLM's Marlin, Marlin MoE and Hadamard kernels run natively; of the
+    # 96 objects that ran by PTX JIT, only scaled_mm_c2x's one is left, and the bill says why.
+    fa2 = after["_vllm_fa2_C vllm-flash-attn:csrc/flash_attn/src"]
+    assert [(r["objects"], r["sass"], r["ptx"], r["verdict"]) for r in fa2] == [(60, ["sm_120"], [], "native")]
+    assert after["FA2"][0]["sass"] == ["sm_120"], "the FA2_ARCHS the patch prints wins over flash-attention's"
+    for group in (
+        "_moe_C csrc/moe/marlin_moe_wna16",
+        "_C csrc/quantization/gptq_marlin",
+        "_C csrc/quantization/hadamard",
+    ):
+        assert [r["verdict"] for r in after[group]] == ["native"], group
+    jit = [r for rs in after.values() for r in rs if r["kind"] == "objects" and r["verdict"] == "jit"]
+    assert [(r["name"], r["objects"], r["sass"]) for r in jit] == [("_C csrc/quantization/w8a8", 1, ["sm_89"])]
+    plan = json.loads((work / "logs" / "latest" / "arch-plan.json").read_text())
+    (line,) = plan["jit_bill"]["lines"]
+    assert line["family"] == "scaled_mm_c2x" and "stays PTX JIT" in line["note"] and line["jit_s"] > 0
+    before_bill = {entry["family"]: entry["objects"] for entry in pristine_bill["lines"]}
+    assert before_bill["FA2"] == 60 and {"Marlin MoE", "GPTQ Marlin", "Hadamard"} <= set(before_bill)
 
     # The only CUDA 13 torch here is 2.14.1, whose headers need C++20; vLLM 0.13.0 compiles as
     # C++17. build-vllm goes on from the plan and stops at the compile's first moment, naming

@@ -172,6 +172,7 @@ def test_after_the_series_every_family_built_for_12_x_runs_natively_on_sm_121(re
     assert real_plans.applied == [
         "0001-qutlass-12.0f-family-code-with-cuda13.patch",
         "0002-build-fa3-only-for-9.x-archs.patch",
+        "0007-native-12.x-code-for-ptx-only-families.patch",
     ]
     assert after.problems() == []
     raise_for_problems(after)
@@ -183,7 +184,12 @@ def test_after_the_series_every_family_built_for_12_x_runs_natively_on_sm_121(re
     fa3 = _row(after, "_vllm_fa3_C vllm-flash-attn:hopper/instantiations")
     assert not fa3.dead and fa3.objects == 220 and "setup.py skips _vllm_fa3_C" in fa3.note
     # The series changes nothing else: every other row is as before.
-    changed = ("_C qutlass:qutlass/csrc", "_vllm_fa3_C")
+    # 0007 turns FA2 and vLLM's Marlin, Marlin MoE and Hadamard objects into 12.0 SASS.
+    native = ("FA2", "Marlin", "_vllm_fa2_C", "_moe_C csrc/moe/marlin_moe_wna16", "_C csrc/quantization/gptq_marlin")
+    native += ("_C csrc/quantization/marlin", "_C csrc/quantization/hadamard")
+    for name in native:
+        assert all(r.sass == ("sm_120",) and not r.ptx for r in after.rows if r.name.startswith(name)), name
+    changed = ("_C qutlass:qutlass/csrc", "_vllm_fa3_C", *native)
     untouched = [r for r in real_plans.before.rows if not r.name.startswith(changed)]
     assert [r for r in after.rows if not r.name.startswith(changed)] == untouched
 

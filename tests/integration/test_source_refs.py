@@ -111,7 +111,7 @@ def test_dry_run_of_v0_33_0_names_commit_torch_the_fa3_patch_its_range_covers_an
     assert not work.exists() and not (tmp_path / "logs").exists()  # a plan writes nothing, not even a lock
 
 
-def test_dry_run_of_v0_13_0_applies_both_patches_its_range_covers_with_torch_2_9_from_cu130(
+def test_dry_run_of_v0_13_0_applies_the_patches_its_range_covers_with_torch_2_9_from_cu130(
     vllm_repo: Path, tmp_path: Path
 ) -> None:
     result = _invoke(
@@ -123,6 +123,7 @@ def test_dry_run_of_v0_13_0_applies_both_patches_its_range_covers_with_torch_2_9
     assert "torch==2.9.0 torchvision==0.24.0 torchaudio==2.9.0 from https://download.pytorch.org/whl/cu130" in out
     assert "0001-qutlass-12.0f-family-code-with-cuda13.patch (releases >=0.13.0,<0.14.0)" in out
     assert "0002-build-fa3-only-for-9.x-archs.patch (releases >=0.13.0,<0.14.0)" in out
+    assert "0007-native-12.x-code-for-ptx-only-families.patch (releases >=0.13.0,<0.14.0)" in out
 
 
 def test_an_unknown_ref_is_one_error_naming_the_recent_tags_and_exit_2(vllm_repo: Path, tmp_path: Path) -> None:

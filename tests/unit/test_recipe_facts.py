@@ -125,7 +125,14 @@ FA3_0_17 = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
 @pytest.mark.parametrize(
     ("version", "applies"),
     [
-        ("0.13.0", ["0001-qutlass-12.0f-family-code-with-cuda13.patch", "0002-build-fa3-only-for-9.x-archs.patch"]),
+        (
+            "0.13.0",
+            [
+                "0001-qutlass-12.0f-family-code-with-cuda13.patch",
+                "0002-build-fa3-only-for-9.x-archs.patch",
+                "0007-native-12.x-code-for-ptx-only-families.patch",
+            ],
+        ),
         ("0.14.0", [QUTLASS_0_14, "0004-build-fa3-only-for-9.x-archs-0.14.patch"]),
         ("0.16.0", [QUTLASS_0_14, "0005-build-fa3-only-for-9.x-archs-0.16.patch"]),
         ("0.17.0", [QUTLASS_0_14, FA3_0_17]),
@@ -135,7 +142,7 @@ FA3_0_17 = "0006-build-fa3-only-for-9.x-archs-0.17.patch"
         ("0.34.0", []),
     ],
     ids=[
-        "0.13 both",
+        "0.13 qutlass, FA3 and the native 12.x families",
         "0.14 the refreshed qutlass and FA3 fixes",
         "0.16 FA3 refreshed again",
         "0.17 FA3 for 0.17 on",

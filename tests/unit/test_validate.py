@@ -122,3 +122,15 @@ def test_the_imports_line_names_only_the_modules_this_host_proved() -> None:
     lines = render_proof(results)
     assert lines[0] == "validate: imports ok: vllm"
     assert f"validate: {results['import_notes'][0]}" in lines
+
+
+def test_the_run_notes_name_the_jit_bill_only_when_something_runs_by_ptx_jit() -> None:
+    base = {"imports": {"vllm": True}, "linkage": {"libraries": []}, "verdicts": {"12.1": "native"}, "arch": []}
+    bill = {"lines": [{"family": "vllm/_C.abi3.so: GPTQ Marlin"}], "ptx_mb": 119.7, "jit_s": 262}
+    lines = render_proof({**base, "jit_bill": {"12.1": bill}})
+    assert (
+        "validate: PTX JIT at first load on 12.1: 119.7 MB of PTX, ~262 s if every module loads "
+        "(vllm/_C.abi3.so: GPTQ Marlin)" in lines
+    )
+    none = {"lines": [], "ptx_mb": 0, "jit_s": 0}
+    assert not any("PTX JIT" in line for line in render_proof({**base, "jit_bill": {"12.1": none}}))
