@@ -439,6 +439,7 @@ def release_watch(
     import sys
     from pathlib import Path
 
+    from spark_build.arch.archlist import recipe_arch
     from spark_build.arch.target import Target
     from spark_build.errors import UsageError
     from spark_build.layout import user_cache
@@ -448,7 +449,7 @@ def release_watch(
     from spark_build.wheel.archaudit import find_cuobjdump
 
     cfg = options.resolve(cli, file)
-    arch = cfg.arch or "12.1a"
+    arch = recipe_arch(cfg.arch or "12.1a")
     index = index or PACKAGE_INDEX
     check_lookup_urls(index, "https://")
     series = cfg.patches_dir / "vllm"
@@ -528,6 +529,7 @@ def recipe(
 
     from packaging.version import Version
 
+    from spark_build.arch.archlist import recipe_arch
     from spark_build.errors import UsageError
     from spark_build.upstream.facts import SourceFacts, read_facts
     from spark_build.upstream.facts_report import facts_lines, markdown_table
@@ -537,7 +539,7 @@ def recipe(
 
     def action() -> int:
         cfg = options.resolve(cli, file)
-        arch = cfg.arch or "12.1a"
+        arch = recipe_arch(cfg.arch or "12.1a")
 
         def covering(facts: SourceFacts) -> tuple[str, ...]:
             """Our patches whose release range covers this source (patches/vllm/), then those the

@@ -148,6 +148,14 @@ def parse_arch_list(value: str) -> tuple[ArchEntry, ...]:
     return tuple(entries)
 
 
+def recipe_arch(value: str) -> str:
+    """The one arch a recipe is read for: the newest entry of the list (`8.0;12.1a` -> `12.1a`),
+    the GPU the build is for; older entries only add code (as `8.0+PTX` does) and never change
+    what the source needs. Refuses a malformed list as `parse_arch_list` does."""
+    newest = max(parse_arch_list(value))
+    return str(ArchEntry(newest.major, newest.minor, newest.suffix))
+
+
 def format_arch_list(entries: Iterable[ArchEntry]) -> str:
     """The `TORCH_CUDA_ARCH_LIST` value for entries, `;`-separated as vLLM's CMake expects."""
     return ";".join(str(entry) for entry in entries)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spark_build.arch.archlist import recipe_arch
 from spark_build.compile.cxxstd import conflict_line, source_standard, torch_floor
 from spark_build.config import BuildConfig
 from spark_build.errors import UsageError
@@ -89,7 +90,7 @@ def plan_source(config: BuildConfig, existing_torch: TorchInfo | None = None) ->
     with tempfile.TemporaryDirectory(prefix="spark-build-source-plan-") as scratch:
         tree = Path(scratch) / "tree"
         read_recipe_files(config.repo, ref.name, tree)
-        facts = read_facts(tree, ref.version, arch=config.arch or "12.1a")
+        facts = read_facts(tree, ref.version, arch=recipe_arch(config.arch or "12.1a"))
         dist = project_name(tree)
         patches = find_series(config.patches_dir, dist, ref.version)
         beyond = tuple((p.name, applies_cleanly(tree, p)) for p in (patches.beyond if patches else ()))

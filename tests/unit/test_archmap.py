@@ -13,6 +13,7 @@ from spark_build.arch.archlist import (
     last_cuda_major_for,
     min_cuda_for,
     parse_arch_list,
+    recipe_arch,
     sm_name,
 )
 from spark_build.errors import UsageError
@@ -136,3 +137,16 @@ def test_entries_name_their_nvcc_targets() -> None:
     assert compute_name(ArchEntry(12, 1, "a")) == "compute_121a"
     assert sm_name(ArchEntry(8, 6)) == "sm_86"
     assert sm_name(ArchEntry(11, 0, "f")) == "sm_110f"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("12.1a", "12.1a", id="one-arch"),
+        pytest.param("8.0;12.1a", "12.1a", id="an-older-arch-kept-for-ptx"),
+        pytest.param("12.1a 8.0+PTX", "12.1a", id="any-order"),
+        pytest.param("9.0a+PTX", "9.0a", id="ptx-is-not-part-of-the-target"),
+    ],
+)
+def test_a_recipe_is_read_for_the_newest_arch_of_the_list(value: str, expected: str) -> None:
+    assert recipe_arch(value) == expected
