@@ -61,6 +61,15 @@ class StepFailed(SparkBuildError):
     """A step ran and failed; what it finished before stays on disk for `--resume`."""
 
 
+class HostProblem(SparkBuildError):
+    """A failure of this host, its tools or its network, which says nothing about the wheel.
+
+    Raised where a check could not be made (cuobjdump cannot start, the index cannot be
+    reached, the probe interpreter died for a reason of its own), so that nothing reads it
+    as a verdict: `--prefer-wheel` stops on it instead of refusing a wheel that was never judged.
+    """
+
+
 class Interrupted(SparkBuildError):
     """Ctrl-C or SIGTERM stopped the build; `--resume` continues from here."""
 

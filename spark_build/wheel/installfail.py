@@ -1,0 +1,60 @@
+"""Why an install into the validate venv failed, read from uv's or pip's own words.
+
+Two causes mean opposite things. A requirement the index does not have (`vllm==0.34.0 depends
+on flashinfer-python==0.7.3`, which the package index lacked for days) is a finding about the
+wheel: it cannot be installed from here. An index that cannot be reached says nothing about the
+wheel, only about this host's network, and must never refuse one. So the resolver's message is
+matched against a table of signatures, unreachable first: pip, cut off from its index, also ends
+with "Could not find a version that satisfies the requirement".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# This host's network or its index: the request itself failed (uv, then pip's words).
+_UNREACHABLE = (
+    re.compile(r"Request failed after \d+ retries"),
+    re.compile(r"error sending request for url \((?P<url>[^)\s]+)\)"),
+    re.compile(r"Failed to fetch: `?(?P<url>[^\s`]+)"),
+    re.compile(r"(?:tcp connect error|dns error|Connection refused|Network is unreachable)"),
+    re.compile(r"Failed to establish a new connection|Temporary failure in name resolution|NewConnectionError"),
+    re.compile(r"(?:ConnectTimeoutError|ReadTimeoutError|Could not fetch URL (?P<url2>\S+?):)"),
+)
+
+# A requirement nowhere to be had, and what asked for it (uv's, then pip's resolver).
+_MISSING = (
+    re.compile(r"there is no version of (?P<req>[^\s,]+)"),
+    re.compile(r"(?P<req>[^\s,]+) was not found in the (?:package registry|provided package locations)"),
+    re.compile(r"only (?P<have>[^\s,]+) (?:is|are) available and (?P<by>[^\s,]+) depends on (?P<req>[^\s,]+)"),
+    re.compile(r"No matching distribution found for (?P<req>[^\s,]+)"),
+    re.compile(r"Could not find a version that satisfies the requirement (?P<req>\S+)(?: \(from (?P<by>[^)]+)\))?"),
+)
+_DEPENDS_ON = re.compile(r"(?P<by>[^\s,]+) depends on (?P<req>[^\s,]+)")
+
+
+@dataclass(frozen=True)
+class InstallFailure:
+    """What an install's output says went wrong; both empty when it names no known cause."""
+
+    unreachable: str | None  # the line (or URL) that shows the index could not be reached
+    missing: tuple[str, ...]  # requirements the index does not have, with what asked, if said
+
+
+def read_install_failure(output: str) -> InstallFailure:
+    """Read uv's or pip's message (the install's log, from its command line on)."""
+    for pattern in _UNREACHABLE:
+        match = pattern.search(output)
+        if match:
+            url = match.groupdict().get("url") or match.groupdict().get("url2")
+            line = next(line.strip() for line in output.splitlines() if match.group(0) in line)
+            return InstallFailure(url or line, ())
+    chains = {m["req"]: f"{m['by']} depends on {m['req']}" for m in _DEPENDS_ON.finditer(output)}
+    missing: dict[str, str] = {}
+    for pattern in _MISSING:
+        for match in pattern.finditer(output):
+            req = match["req"]
+            by = match.groupdict().get("by")
+            missing.setdefault(req, chains.get(req) or (f"{by} depends on {req}" if by else req))
+    return InstallFailure(None, tuple(missing.values()))
