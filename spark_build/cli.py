@@ -27,8 +27,10 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
 
 
 def console() -> Console:
-    # Logs and cron mail are read later on wider screens than rich's 80-column default.
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 150)
+    """The product's console. Logs and cron mail are read later on wider screens than rich's
+    80-column default. Markup off: what it prints comes from outside (commands, logs, file text,
+    exception messages), and rich would eat `[name]` in them; styles go through `Text`."""
+    return Console(highlight=False, markup=False, soft_wrap=False, width=None if sys.stdout.isatty() else 150)
 
 
 def guarded(action: Callable[[], int], *, debug: bool) -> int:

@@ -54,7 +54,7 @@ class ArchPlanStep(Step):
                 "arch-plan log); every configured target counts as built"
             )
         table = io.StringIO()
-        Console(file=table, width=150, color_system=None).print(plan_table(plan))
+        Console(file=table, width=150, color_system=None, markup=False).print(plan_table(plan))
         atomic_write_text(ctx.run_folder.arch_plan_table, table.getvalue())
         atomic_write_text(ctx.run_folder.arch_plan_json, json.dumps(plan.to_dict(), indent=2))
         ctx.show(plan_table(plan))

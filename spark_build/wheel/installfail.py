@@ -50,11 +50,17 @@ def read_install_failure(output: str) -> InstallFailure:
             url = match.groupdict().get("url") or match.groupdict().get("url2")
             line = next(line.strip() for line in output.splitlines() if match.group(0) in line)
             return InstallFailure(url or line, ())
-    chains = {m["req"]: f"{m['by']} depends on {m['req']}" for m in _DEPENDS_ON.finditer(output)}
+    # "X was not found" names the project alone; the chain that asked for it has the version.
+    chains = {_name(m["req"]): f"{m['by']} depends on {m['req']}" for m in _DEPENDS_ON.finditer(output)}
     missing: dict[str, str] = {}
     for pattern in _MISSING:
         for match in pattern.finditer(output):
-            req = match["req"]
-            by = match.groupdict().get("by")
-            missing.setdefault(req, chains.get(req) or (f"{by} depends on {req}" if by else req))
+            req, by = match["req"], match.groupdict().get("by")
+            missing.setdefault(_name(req), chains.get(_name(req)) or (f"{by} depends on {req}" if by else req))
     return InstallFailure(None, tuple(missing.values()))
+
+
+def _name(requirement: str) -> str:
+    """`flashinfer-python==0.7.3` → `flashinfer-python`, normalised as the index does."""
+    match = re.match(r"[A-Za-z0-9._-]+", requirement)
+    return re.sub(r"[-_.]+", "-", match.group(0) if match else requirement).lower()

@@ -380,7 +380,7 @@ def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeRepo
 
 def _append_tables(log: Path, reports: Sequence[AuditReport]) -> None:
     buffer = io.StringIO()
-    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None, markup=False)
     for report in reports:
         report.render(console)
     with log.open("a", encoding="utf-8") as handle:
