@@ -13,23 +13,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# This host's network or its index: the request itself failed (uv, then pip's words).
-_UNREACHABLE = (
-    re.compile(r"Request failed after \d+ retries"),
-    re.compile(r"error sending request for url \((?P<url>[^)\s]+)\)"),
-    re.compile(r"Failed to fetch: `?(?P<url>[^\s`]+)"),
-    re.compile(r"(?:tcp connect error|dns error|Connection refused|Network is unreachable)"),
-    re.compile(r"Failed to establish a new connection|Temporary failure in name resolution|NewConnectionError"),
-    re.compile(r"(?:ConnectTimeoutError|ReadTimeoutError|Could not fetch URL (?P<url2>\S+?):)"),
+# This host's network or its index: the request itself failed (uv's words, then pip's).
+_UNREACHABLE = re.compile(
+    r"Request failed after \d+ retries|error sending request for url|tcp connect error|dns error"
+    r"|Connection refused|Network is unreachable|Failed to establish a new connection"
+    r"|Temporary failure in name resolution|NewConnectionError|ConnectTimeoutError|ReadTimeoutError"
+    r"|Could not fetch URL"
 )
+# The address it could not reach, where the message gives one.
+_UNREACHED_URL = re.compile(r"(?:Failed to fetch: `?|for url \(|Could not fetch URL )(?P<url>[^\s`)]+?)[`):]?(?:\s|$)")
 
 # A requirement nowhere to be had, and what asked for it (uv's, then pip's resolver).
 _MISSING = (
     re.compile(r"there is no version of (?P<req>[^\s,]+)"),
     re.compile(r"(?P<req>[^\s,]+) was not found in the (?:package registry|provided package locations)"),
     re.compile(r"only (?P<have>[^\s,]+) (?:is|are) available and (?P<by>[^\s,]+) depends on (?P<req>[^\s,]+)"),
-    re.compile(r"No matching distribution found for (?P<req>[^\s,]+)"),
     re.compile(r"Could not find a version that satisfies the requirement (?P<req>\S+)(?: \(from (?P<by>[^)]+)\))?"),
+    re.compile(r"No matching distribution found for (?P<req>[^\s,]+)"),
 )
 _DEPENDS_ON = re.compile(r"(?P<by>[^\s,]+) depends on (?P<req>[^\s,]+)")
 
@@ -44,12 +44,11 @@ class InstallFailure:
 
 def read_install_failure(output: str) -> InstallFailure:
     """Read uv's or pip's message (the install's log, from its command line on)."""
-    for pattern in _UNREACHABLE:
-        match = pattern.search(output)
-        if match:
-            url = match.groupdict().get("url") or match.groupdict().get("url2")
-            line = next(line.strip() for line in output.splitlines() if match.group(0) in line)
-            return InstallFailure(url or line, ())
+    unreachable = _UNREACHABLE.search(output)
+    if unreachable:
+        url = _UNREACHED_URL.search(output)
+        line = next(line.strip() for line in output.splitlines() if unreachable.group(0) in line)
+        return InstallFailure(url["url"] if url else line, ())
     # "X was not found" names the project alone; the chain that asked for it has the version.
     chains = {_name(m["req"]): f"{m['by']} depends on {m['req']}" for m in _DEPENDS_ON.finditer(output)}
     missing: dict[str, str] = {}
