@@ -203,7 +203,7 @@ _CUDA_VERSIONED = re.compile(
 # are missing for every CUDA wheel, the official ones included, so that says nothing of the wheel.
 DRIVER_LIBRARIES = frozenset({"libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"})
 NO_DRIVER = "the NVIDIA driver's library; this host has no driver"
-NOT_INSTALLED = "not judged: the wheel did not install, so its dependencies are not here"
+NOT_INSTALLED = "not judged: the wheel did not install"
 
 # Who ships a library a wheel links but does not carry, for the fix line: torch's own libraries
 # come with torch, CUDA's with the nvidia-* wheels torch depends on or the toolkit.

@@ -183,7 +183,7 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     import_problems, import_notes, import_unproven = judge_imports(found, unmet=unmet, driver=proof.driver)
     if unmet:
         import_notes.insert(0, unmet_note(unmet, installer.wheels, proof.unmet_list))
-    if linkage.needs_driver:
+    if linkage.needs_driver and not_installed is None:
         import_notes.append(
             f"{len(linkage.needs_driver)} ELF files link libcuda.so.1, the NVIDIA driver's, which this host lacks: "
             "their import check needs the driver and is inconclusive here, not failed (validate on the Spark)"
