@@ -150,8 +150,17 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     installer = proof.installer
 
     def probe(interpreter: Path, code: str) -> dict[str, Any]:
+        """Ask an interpreter (where it imports from, what it has); one that cannot answer is
+        this host's problem, named by how it ended, never by the script it was given."""
         out = log.with_suffix(".probe.json")
-        runner.run([interpreter, "-c", code, out], log=log, step=step)
+        status, output = _run_reading(runner, [interpreter, "-c", code, out], log, step)
+        if status != 0:
+            raise HostProblem(
+                f"the interpreter {interpreter} {died(status)} when asked about its packages: {tail(output)}",
+                step=step,
+                log=log,
+                hint="run that interpreter by hand (`python -c 'import site'`): it cannot start on this host",
+            )
         return dict(json.loads(out.read_text()))
 
     def run(argv: Argv) -> None:
