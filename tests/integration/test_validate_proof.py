@@ -1,7 +1,7 @@
 """The validate proof on real venvs, real ELF files, real uv and pip and the real cuobjdump.
 
-The wheels are small but real: CPython extension modules compiled here (nvcc for `sm_121a`, gcc
-for host code), one linking a `libtorch.so` that only an inherited interpreter's `torch/lib`
+The wheels are small but real: CPython extension modules compiled here (test_prebuilt's nvcc-built
+`_C` for `sm_121a`, gcc for host code), one linking a `libtorch.so` that only an inherited interpreter's `torch/lib`
 holds (what `--torch existing` gives the validate venv), one that kills the interpreter, one whose
 import error carries `[name]`. The package index is a loopback server, so a missing requirement
 and an unreachable index are tested without depending on what PyPI holds tonight.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -31,7 +30,8 @@ from spark_build.venv import Installer
 from spark_build.wheel.archaudit import ArchReport, find_cuobjdump
 from spark_build.wheel.linkage import SEARCH_PROBE, LibrarySearch, linkage_audit
 from spark_build.wheel.proof import WheelProof, modules_of, prove_wheel
-from tests.integration.test_audit import NVCC, _run_all
+from tests.integration.test_audit import _run_all
+from tests.integration.test_prebuilt import Extensions, extensions  # noqa: F401  (its fixture, compiled once)
 from tests.servers import wheel_index
 from tests.unit.test_audit import CUDA_HOME
 
@@ -43,7 +43,6 @@ EXTENSION = """
 static struct PyModuleDef definition = {PyModuleDef_HEAD_INIT, "@NAME@", NULL, -1, NULL};
 PyMODINIT_FUNC PyInit_@NAME@(void) { @INIT@ return PyModule_Create(&definition); }
 """
-KERNEL = "__global__ void scale(float* x, float a) { x[threadIdx.x] *= a; }\n"
 # torch's own __init__ loads libtorch.so globally before any extension that links it; so does ours.
 FAKE_TORCH = """import ctypes, os
 ctypes.CDLL(os.path.join(os.path.dirname(__file__), "lib", "libtorch.so"), mode=ctypes.RTLD_GLOBAL)
@@ -80,7 +79,7 @@ def make_wheel(folder: Path, dist: str, files: dict[str, bytes], requires: tuple
 @dataclass(frozen=True)
 class Built:
     base: Path  # a venv whose site-packages hold a `torch` package with a real lib/libtorch.so
-    needy: Path  # a wheel whose GPU extension links libtorch.so and nothing ships it
+    needy: Path  # a wheel with a GPU extension and one linking libtorch.so, which it does not ship
     crashy: Path  # a wheel with a fine GPU extension, one that dies (SIGSEGV), one raising "[name]"
     plain: Path  # a wheel with a fine GPU extension
 
@@ -89,56 +88,57 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    if not os.access(NVCC, os.X_OK) or shutil.which("gcc") is None:
-        pytest.skip(f"needs nvcc at {NVCC} and gcc")
+def built(tmp_path_factory: pytest.TempPathFactory, extensions: Extensions) -> Built:  # noqa: F811
+    """gcc only: the GPU extension is test_prebuilt's `_C` for sm_121a (nvcc, built once a session)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
     work = tmp_path_factory.mktemp("proof")
     base = work / "base"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", base], check=True)
     torch_lib = next(base.glob("lib/python3*/site-packages")) / "torch" / "lib"
     torch_lib.mkdir(parents=True)
     (torch_lib.parent / "__init__.py").write_text(FAKE_TORCH)
-    include = f"-I{sysconfig.get_paths()['include']}"
     sources = {
         "libtorch.c": "int torch_answer(void) { return 42; }\n",
-        "needy.cu": KERNEL + extension("_C", body='extern "C" int torch_answer(void);', init="torch_answer();"),
-        "gpu.cu": KERNEL + extension("_C"),
+        "torchy.c": extension("_torchy", body="int torch_answer(void);", init="torch_answer();"),
         "boom.c": extension("_boom", init='fprintf(stderr, "boom: about to crash\\n"); raise(SIGSEGV);'),
         "odd.c": extension("_odd", init='PyErr_SetString(PyExc_ImportError, "needs [name] in [folder]"); return NULL;'),
     }
     for name, text in sources.items():
         (work / name).write_text(text)
-    gpu = ["-shared", "-Xcompiler", "-fPIC", include, "-gencode", "arch=compute_121a,code=sm_121a"]
-    host = ["gcc", "-shared", "-fPIC", include]
+    host = ["gcc", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}"]
     _run_all(
         [
             ["gcc", "-shared", "-fPIC", "-Wl,-soname,libtorch.so", "-o", torch_lib / "libtorch.so", "libtorch.c"],
-            [NVCC, *gpu, "-o", "gpu.so", "gpu.cu"],
             [*host, "-o", "boom.so", "boom.c"],
             [*host, "-o", "odd.so", "odd.c"],
         ],
         cwd=work,
     )
-    _run_all([[NVCC, *gpu, "-o", "needy.so", "needy.cu", f"-L{torch_lib}", "-ltorch"]], cwd=work)
-    wheels = work / "wheels"
+    _run_all([[*host, "-o", "torchy.so", "torchy.c", f"-L{torch_lib}", "-ltorch"]], cwd=work)
+    gpu, wheels = extensions.spark_c.read_bytes(), work / "wheels"
     return Built(
         base=base,
         needy=make_wheel(
-            wheels, "needy", {"needy/__init__.py": b"", "needy/_C.abi3.so": (work / "needy.so").read_bytes()}
+            wheels,
+            "needy",
+            {
+                "needy/__init__.py": b"",
+                "needy/_C.abi3.so": gpu,
+                "needy/_torchy.abi3.so": (work / "torchy.so").read_bytes(),
+            },
         ),
         crashy=make_wheel(
             wheels,
             "crashy",
             {
                 "crashy/__init__.py": b"",
-                "crashy/_C.abi3.so": (work / "gpu.so").read_bytes(),
+                "crashy/_C.abi3.so": gpu,
                 "crashy/_boom.abi3.so": (work / "boom.so").read_bytes(),
                 "crashy/_odd.abi3.so": (work / "odd.so").read_bytes(),
             },
         ),
-        plain=make_wheel(
-            wheels, "plain", {"plain/__init__.py": b"", "plain/_C.abi3.so": (work / "gpu.so").read_bytes()}
-        ),
+        plain=make_wheel(wheels, "plain", {"plain/__init__.py": b"", "plain/_C.abi3.so": gpu}),
     )
 
 
@@ -181,7 +181,7 @@ def test_an_inherited_torch_s_library_is_found_where_the_validate_venv_s_interpr
     libtorch = next(lib for lib in outcome.results["linkage"]["libraries"] if lib["library"] == "libtorch.so")
     assert libtorch["resolved"] == str(built.site() / "torch" / "lib" / "libtorch.so")
     assert libtorch["via"] == "venv" and libtorch["problem"] is None
-    assert outcome.results["imports"] == {"needy": True, "needy._C": True}
+    assert outcome.results["imports"] == {"needy": True, "needy._C": True, "needy._torchy": True}
     assert outcome.problems == []
 
 
@@ -193,7 +193,7 @@ def test_a_library_missing_from_the_venv_asks_for_the_package_that_ships_it_not_
         sys_path_of(tmp_path / "plain" / "bin" / "python", tmp_path / "path.json"), {}
     )
     report = linkage_audit(built.needy, search, cuda_major=13)
-    assert report.problems == ("needy/_C.abi3.so: libtorch.so not found",)
+    assert report.problems == ("needy/_torchy.abi3.so: libtorch.so not found",)
     assert "torch for libtorch.so" in report.fix()
     assert "rebuild" not in report.fix() and "CUDA 13 only" not in report.fix()
 
