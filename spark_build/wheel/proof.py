@@ -171,7 +171,15 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     arch_reports = [
         arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH) for cc in proof.targets
     ]
-    make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
+    try:
+        make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
+    except StepFailed as err:  # before the wheel is touched: nothing here is the wheel's doing
+        raise HostProblem(
+            f"cannot make the validate venv {proof.venv} from {proof.python}: {err.message}",
+            step=step,
+            log=log,
+            hint="check that --python runs and that the venv's folder is writable; this says nothing about the wheel",
+        ) from err
     # Offline (`--wheels`): the runtime requirements neither the venv nor the folder has. Then the
     # wheel goes in without its dependencies and the import check says which could not be
     # proven, instead of failing the install on the first missing one.
