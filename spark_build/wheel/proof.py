@@ -245,7 +245,9 @@ def _run_reading(
     with log.open("rb") as handle:
         handle.seek(start)
         lines = handle.read().decode("utf-8", "replace").splitlines()
-    body = lines[next((i + 1 for i, line in enumerate(lines) if line.startswith("+ ")), 0) :]
+    # The header's `+ argv` line spans as many lines as the arguments hold (a `-c` script).
+    command = next((i for i, line in enumerate(lines) if line.startswith("+ ")), -1)
+    body = lines[command + 1 + shlex.join(os.fspath(a) for a in argv).count("\n") :]
     if body and body[-1].startswith("# exit "):
         body = body[:-1]
     return code, "\n".join(body)
@@ -253,7 +255,8 @@ def _run_reading(
 
 def _install_finding(output: str, proof: WheelProof, installer: Installer, log: Path, step: str) -> str:
     """An install that failed: a requirement nowhere to be had is the wheel's finding (returned);
-    an index out of reach is this host's problem, and so is a cause we cannot read (raised)."""
+    an index out of reach is this host's problem (`HostProblem`); a cause we cannot read is
+    raised as the step's failure, with the install's last lines."""
     failure = read_install_failure(output)
     where = f"the wheel folder {installer.wheels}" if installer.wheels else proof.index or "the package index"
     if failure.unreachable is not None:
