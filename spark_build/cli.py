@@ -30,8 +30,10 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
 
 
 def console() -> Console:
-    # Logs and cron mail are read later on wider screens than rich's 80-column default.
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 150)
+    """The product's console. Logs and cron mail are read later on wider screens than rich's
+    80-column default. Markup off: what it prints comes from outside (commands, logs, file text,
+    exception messages), and rich would eat `[name]` in them; styles go through `Text`."""
+    return Console(highlight=False, markup=False, soft_wrap=False, width=None if sys.stdout.isatty() else 150)
 
 
 def guarded(action: Callable[[], int], *, debug: bool) -> int:
@@ -388,28 +390,33 @@ def validate(
             raise UsageError(f"no wheel at {path}", hint="give the path of a .whl file")
         if not zipfile.is_zipfile(path):
             raise UsageError(f"{path} is not a wheel (not a zip archive)", hint="download or build the wheel again")
-        proof = wheel_proof(cfg, path, requirements=extra, serve=serve)
         log = cfg.logs_dir / f"validate-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        unmet_list = log.with_name(f"{log.stem}-missing-requirements.txt")
+        proof = wheel_proof(cfg, path, requirements=extra, serve=serve, unmet_list=unmet_list)
         out = console()
-        out.print(f"validating {path.name} in a fresh venv ({proof.venv}); log: {log}", highlight=False)
+
+        def say(line: str) -> None:  # module names, notes and errors come from outside: never markup
+            out.print(line, highlight=False, markup=False)
+
+        say(f"validating {path.name} in a fresh venv ({proof.venv}); log: {log}")
         with interrupt_signals():
             outcome = prove_wheel(proof, Runner(), log)
         outcome.render(out)
         unproven = outcome.results["imports_unproven"]
         for module, imported in outcome.results["imports"].items():
             mark = "✓" if imported else "?" if module in unproven else "✕"
-            out.print(f"{mark} import {module}{' (not proven on this host)' if mark == '?' else ''}", highlight=False)
+            say(f"{mark} import {module}{' (not proven on this host)' if mark == '?' else ''}")
         for note in outcome.results["import_notes"]:
-            out.print(f"  {note}", highlight=False)
+            say(f"  {note}")
         served = outcome.results.get("serve")
         if served:
             mark = "✓" if served["passed"] else "✕"
-            out.print(f"{mark} served {served['model']}: {served['failure'] or 'completion and chat answered'}")
+            say(f"{mark} served {served['model']}: {served['failure'] or 'completion and chat answered'}")
         outcome.raise_if_failed(step="validate", log=log)
         if unproven:
-            out.print(f"✓ {path.name}: linkage and GPU code check out; {len(unproven)} imports not proven on this host")
+            say(f"✓ {path.name}: linkage and GPU code check out; {len(unproven)} imports not proven on this host")
         else:
-            out.print(f"✓ {path.name}: imports, linkage, GPU code{' and serving' if served else ''} check out")
+            say(f"✓ {path.name}: imports, linkage, GPU code{' and serving' if served else ''} check out")
         return 0
 
     return guarded(action, debug=bool(cli.get("debug")))

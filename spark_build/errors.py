@@ -62,7 +62,12 @@ class StepFailed(SparkBuildError):
 
 
 class HostProblem(SparkBuildError):
-    """A failure of this host, its tools or its network: it says nothing about the wheel."""
+    """A failure of this host, its tools or its network, which says nothing about the wheel.
+
+    Raised where a check could not be made (cuobjdump cannot start, the index cannot be
+    reached, the probe interpreter died for a reason of its own), so that nothing reads it
+    as a verdict: `--prefer-wheel` stops on it instead of refusing a wheel that was never judged.
+    """
 
 
 class Interrupted(SparkBuildError):

@@ -154,6 +154,11 @@ class RunFolder:
         return self.path / "validate.json"
 
     @property
+    def missing_requirements(self) -> Path:
+        """With --wheels: the runtime requirements the folder lacks, one a line (`pip download -r`)."""
+        return self.path / "missing-requirements.txt"
+
+    @property
     def arch_plan_table(self) -> Path:
         return self.path / "arch-plan.txt"
 

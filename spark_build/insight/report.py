@@ -341,7 +341,7 @@ def report_main(logs_dir: Path, run: str | None, as_json: bool, console: Console
                 f"{logs.folder.name} has no {RunFolder(logs.folder).trace.name} to draw", hint="pick a newer run"
             )
         text = io.StringIO()
-        render_report(data, Console(file=text, width=160, color_system=None, highlight=False))
+        render_report(data, Console(file=text, width=160, color_system=None, highlight=False, markup=False))
         html.write_text(timeline_html(logs.trace, f"build {data['run_id']}: {data['outcome']}", text.getvalue()))
         if not as_json:
             console.print(f"timeline: {html}", highlight=False, markup=False)

@@ -115,7 +115,9 @@ class ArchPlanStep(Step):
             )
         bill = plan_bill(plan.rows)
         table = io.StringIO()
-        Console(file=table, width=150, color_system=None).print(plan_table(plan), jit_bill_table(plan, bill))
+        Console(file=table, width=150, color_system=None, markup=False).print(
+            plan_table(plan), jit_bill_table(plan, bill)
+        )
         atomic_write_text(ctx.run_folder.arch_plan_table, table.getvalue())
         result = {**plan.to_dict(), "jit_bill": bill.to_dict()}
         atomic_write_text(ctx.run_folder.arch_plan_json, json.dumps(result, indent=2))

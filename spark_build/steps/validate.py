@@ -15,7 +15,16 @@ from spark_build.host.facts import query_gpus
 from spark_build.host.query import run_command
 from spark_build.host.target import resolve_target
 from spark_build.pipeline.step import Context, Step
-from spark_build.wheel.proof import WheelProof, cuda_major, modules_of, prove_wheel, render_proof, serve_decision
+from spark_build.upstream.facts import PYPI_INDEX, exact_torch, torch_index_for
+from spark_build.wheel.proof import (
+    WheelProof,
+    cuda_major,
+    modules_of,
+    prove_wheel,
+    render_proof,
+    serve_decision,
+    wheel_requirements,
+)
 
 
 class Validate(Step):
@@ -38,7 +47,7 @@ class Validate(Step):
             venv=ctx.layout.validate_venv,
             python=ctx.config.python,
             requirements=() if torch["existing"] else (f"torch=={torch['version']}",),
-            index=ctx.config.torch_index,
+            index=extra_index(ctx.config.torch_index),
             installer=ctx.config.installer,
             modules=modules_of(wheel),
             cuda_home=ctx.config.cuda_home,
@@ -47,6 +56,7 @@ class Validate(Step):
             driver=bool(ctx.gpus),
             serve=serve,
             serve_model=ctx.config.serve_model,
+            unmet_list=ctx.run_folder.missing_requirements,
         )
         outcome = prove_wheel(proof, ctx.runner, ctx.log(self.name))
         atomic_write_text(ctx.run_folder.validate, json.dumps(outcome.results, indent=2, default=str))
@@ -63,7 +73,26 @@ class Validate(Step):
         )
 
 
-def wheel_proof(cfg: BuildConfig, path: Path, *, requirements: Sequence[str], serve: bool | None) -> WheelProof:
+def extra_index(index: str) -> str | None:
+    """The index the validate venv adds for torch: none when it is the package index, which
+    every install reads already (named again, it would bypass a mirror configured for it)."""
+    return None if index.rstrip("/") == PYPI_INDEX else index
+
+
+def validate_index(cfg: BuildConfig, wheel_requires: Sequence[str], requirements: Sequence[str]) -> str | None:
+    """Where the validate venv takes torch from, for a wheel outside a build: `--torch-index`
+    when given; else the index `invoke recipe` names for the torch the wheel (or --with-package)
+    pins — the package index from torch 2.11 (vLLM 0.20.0 on), PyTorch's cu130 index before —
+    so a release whose torch is on the package index never needs PyTorch's host."""
+    pinned = exact_torch((*requirements, *wheel_requires))
+    if "torch_index" in cfg.from_source and pinned is not None:
+        return extra_index(torch_index_for(pinned)[0])
+    return extra_index(cfg.torch_index)
+
+
+def wheel_proof(
+    cfg: BuildConfig, path: Path, *, requirements: Sequence[str], serve: bool | None, unmet_list: Path | None = None
+) -> WheelProof:
     """The proof `invoke validate` and `--prefer-wheel` run on a wheel outside a build: the target
     and driver read from this host; `serve` None: serve where the step would (vLLM, on a GPU the
     target includes, unless --no-serve)."""
@@ -80,7 +109,7 @@ def wheel_proof(cfg: BuildConfig, path: Path, *, requirements: Sequence[str], se
         venv=cfg.layout.validate_venv_for(path),
         python=cfg.python,
         requirements=tuple(requirements),
-        index=cfg.torch_index,
+        index=validate_index(cfg, wheel_requirements(path), requirements),
         installer=cfg.installer,
         modules=modules_of(path),
         cuda_home=cfg.cuda_home,
@@ -89,4 +118,5 @@ def wheel_proof(cfg: BuildConfig, path: Path, *, requirements: Sequence[str], se
         driver=bool(gpus.gpus),
         serve=serve,
         serve_model=cfg.serve_model,
+        unmet_list=unmet_list,
     )

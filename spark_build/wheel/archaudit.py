@@ -14,17 +14,20 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, best_on, runs_on
-from spark_build.errors import StepFailed, UsageError, first_few
+from spark_build.errors import HostProblem, StepFailed, UsageError, first_few
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.dispatch import Dispatch, dispatch_of
 from spark_build.wheel.linkage import elf_files, read_dynamic, unpacked
@@ -38,19 +41,22 @@ VERDICT_WORDS = {Verdict.NATIVE: "native SASS", Verdict.JIT: "PTX JIT only", Ver
 # cuobjdump: where it is, and what it says
 
 
-def find_cuobjdump(cuda_home: Path | None, env: Mapping[str, str], venv: Path | None = None) -> Path:
-    """Locate cuobjdump: CUDA_HOME/bin, then PATH, then the `nvidia-cuda-cuobjdump` wheel.
+def cuobjdump_candidates(cuda_home: Path | None, env: Mapping[str, str], venv: Path | None = None) -> list[Path]:
+    """Every cuobjdump there is, best first: CUDA_HOME/bin (the toolkit's, built for this
+    system), then PATH, then the `nvidia-cuda-cuobjdump` wheel.
 
-    Some CUDA installs (pip-only toolkits, slim containers) lack cuobjdump; the PyPI package
-    `nvidia-cuda-cuobjdump` ships it inside site-packages (`nvidia/cu13/bin/cuobjdump` for
-    13.x), found here through the package's RECORD so a layout change does not break us.
-    `venv` may be a venv directory or a python interpreter inside one.
+    The wheel comes last because its tag can promise more than its binary keeps: 13.5.37's
+    aarch64 cuobjdump needs glibc 2.38 though the wheel says manylinux2014. Some CUDA installs
+    (pip-only toolkits, slim containers) have no other; the package ships it inside
+    site-packages (`nvidia/cu13/bin/cuobjdump` for 13.x), found through its RECORD so a layout
+    change does not break us. `venv` may be a venv directory or a python interpreter inside one.
     """
+    found: list[Path] = []
     if cuda_home is not None and os.access(cuda_home / "bin" / "cuobjdump", os.X_OK):
-        return cuda_home / "bin" / "cuobjdump"
+        found.append(cuda_home / "bin" / "cuobjdump")
     on_path = shutil.which("cuobjdump", path=env.get("PATH", ""))
     if on_path:
-        return Path(on_path)
+        found.append(Path(on_path))
     if venv is not None:
         venv_dir = venv.parent.parent if venv.is_file() else venv
         for site_packages in sorted(venv_dir.glob("lib/python3*/site-packages")):
@@ -58,11 +64,78 @@ def find_cuobjdump(cuda_home: Path | None, env: Mapping[str, str], venv: Path | 
                 for line in record.read_text().splitlines():
                     rel = line.split(",", 1)[0]
                     if rel.endswith("bin/cuobjdump") and os.access(site_packages / rel, os.X_OK):
-                        return site_packages / rel
+                        found.append(site_packages / rel)
+    return list({path.resolve(): path for path in reversed(found)}.values())[::-1]
+
+
+def why_it_cannot_start(tool: Path) -> str | None:
+    """None when `tool --version` runs; else what stopped it, in the loader's words (a glibc
+    too old for it, a library or loader that is missing), asked once per candidate."""
+    try:
+        done = subprocess.run(
+            [str(tool), "--version"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "no answer to --version after 60 s"
+    except OSError as exc:  # a missing ELF interpreter also reads as ENOENT: name the loader
+        loader = _interpreter_of(tool)
+        missing = f" (its loader {loader} is missing here)" if loader and not Path(loader).exists() else ""
+        return f"{exc.strerror or exc}{missing}"
+    if done.returncode == 0:
+        return None
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"--version exited {done.returncode} with no output"
+
+
+def _interpreter_of(tool: Path) -> str | None:
+    """The program the kernel starts for `tool`: an ELF's PT_INTERP or a script's #! line."""
+    try:
+        with tool.open("rb") as f:
+            head = f.read(4)
+            f.seek(0)
+            if head.startswith(b"#!"):
+                return f.readline()[2:].decode(errors="replace").split()[0]
+            for segment in ELFFile(f).iter_segments():
+                if isinstance(segment, InterpSegment):
+                    return str(segment.get_interp_name())
+    except (OSError, ELFError, IndexError):
+        return None
+    return None
+
+
+def find_cuobjdump(
+    cuda_home: Path | None,
+    env: Mapping[str, str],
+    venv: Path | None = None,
+    *,
+    cannot_start: Callable[[Path], str | None] = why_it_cannot_start,
+) -> Path:
+    """The first cuobjdump that starts (`cuobjdump_candidates`, each tried once). None there,
+    or none that starts, is this host's problem, never a verdict on a wheel: one error naming
+    each candidate and the loader's message, and the fix."""
     python = (venv if venv.is_file() else venv / "bin" / "python") if venv is not None else "<venv>/bin/python"
-    raise UsageError(
-        "cuobjdump not found in CUDA_HOME/bin, on PATH, or in the nvidia-cuda-cuobjdump package",
-        hint=f"uv pip install --python {python} nvidia-cuda-cuobjdump",
+    install = f"uv pip install --python {python} nvidia-cuda-cuobjdump"
+    candidates = cuobjdump_candidates(cuda_home, env, venv)
+    if not candidates:
+        raise HostProblem(
+            "cuobjdump not found in CUDA_HOME/bin, on PATH, or in the nvidia-cuda-cuobjdump package",
+            hint=f"install the CUDA toolkit (CUDA_HOME/bin/cuobjdump), or {install}",
+        )
+    failed = []
+    for candidate in candidates:
+        why = cannot_start(candidate)
+        if why is None:
+            return candidate
+        failed.append(f"{candidate}: {why}")
+    raise HostProblem(
+        f"cuobjdump cannot start here: {'; '.join(failed)}",
+        hint=f"point --cuda-home at a CUDA 13 toolkit whose bin/cuobjdump runs on this system, or {install} "
+        "at a version built for this system's glibc (13.2 to 13.4 need glibc 2.17)",
     )
 
 
@@ -80,7 +153,7 @@ def _cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Itera
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, encoding="utf-8", errors="replace")
         except OSError as exc:
-            raise UsageError(f"cannot run cuobjdump at {cuobjdump}: {exc}", hint=_CUOBJDUMP_HINT) from exc
+            raise HostProblem(f"cannot run cuobjdump at {cuobjdump}: {exc}", hint=_CUOBJDUMP_HINT) from exc
         with proc:
             yield from (line.rstrip("\n") for line in proc.stdout or ())
         err.seek(0)
@@ -228,28 +301,28 @@ class ArchReport(AuditReport):
         }
 
     def render(self, console: Console) -> None:
-        table = Table(title=f"GPU code in {self.source} for compute capability {self.target}")
+        # Paths and kernel names come from the wheel: Text, never markup.
+        table = Table(title=Text(f"GPU code in {self.source} for compute capability {self.target}"))
         for column in ("extension", "family", "SASS / PTX", "verdict"):
             table.add_column(column)
         for ext in self.extensions:
             if ext.verdict is None:
-                table.add_row(ext.path, "", "[dim]no device code[/]", "[dim]host only[/]")
+                table.add_row(Text(ext.path), "", Text("no device code", "dim"), Text("host only", "dim"))
                 continue
             for fam in (f for f in self.used if f.extension == ext.path):
-                style = _VERDICT_STYLE[fam.verdict]
                 note = f" ({len(fam.unrunnable_kernels)} kernels cannot run)" if fam.unrunnable_kernels else ""
-                words = VERDICT_WORDS[fam.verdict]
-                table.add_row(ext.path, fam.family, ", ".join(fam.codes), f"[{style}]{words}[/]{note}")
+                verdict = Text.assemble((VERDICT_WORDS[fam.verdict], _VERDICT_STYLE[fam.verdict]), note)
+                table.add_row(Text(ext.path), Text(fam.family), Text(", ".join(fam.codes)), verdict)
         console.print(table)
         if self.unused:
-            apart = Table(title=f"Not used on {self.target}: vLLM never dispatches these there (not judged)")
+            apart = Table(title=Text(f"Not used on {self.target}: vLLM never dispatches these there (not judged)"))
             for column in ("extension", "SASS / PTX", "vLLM runs it on"):
                 apart.add_column(column)
             for fam in self.unused:
-                apart.add_row(fam.extension, ", ".join(fam.codes), fam.unused_because)
+                apart.add_row(Text(fam.extension), Text(", ".join(fam.codes)), Text(fam.unused_because or ""))
             console.print(apart)
         for problem in self.problems:
-            console.print(f"[red]✕[/] {problem}")
+            console.print(Text.assemble(("✕", "red"), f" {problem}"))
 
     def failure(self) -> str:
         return f"arch audit of {self.source} for {self.target} failed: {first_few(self.problems)}"

@@ -25,6 +25,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from spark_build.errors import UsageError, first_few
 from spark_build.wheel.audit import AuditReport
@@ -142,14 +143,20 @@ def read_ld_cache(path: Path = Path("/etc/ld.so.cache")) -> dict[str, tuple[Path
     return {name: tuple(paths) for name, paths in cache.items()}
 
 
+# Asked of the interpreter the wheel will run under: where it imports packages from, in its own
+# order. With `--torch existing` that includes the inherited interpreter's site-packages (a
+# `.pth` file or `--system-site-packages`), where its torch and torch's libraries are.
+SEARCH_PROBE = "import json, sys; json.dump({'path': [p for p in sys.path if p]}, open(sys.argv[1], 'w'))"
+
+
 @dataclass(frozen=True)
 class LibrarySearch:
     """Where a wheel's libraries may come from once it is installed into a venv.
 
-    `site_packages` stand for the venv the wheel is installed into: its `nvidia/*/lib`,
-    `torch/lib` and auditwheel's `*.libs` directories hold what `import torch` loads before
-    vLLM's extensions, and `$ORIGIN`-relative RPATHs (`$ORIGIN/../torch/lib`) are also
-    resolved as if the wheel were installed there.
+    `site_packages` are the folders the venv's interpreter imports from (its `sys.path`): their
+    `nvidia/*/lib`, `torch/lib` and auditwheel's `*.libs` directories hold what `import torch`
+    loads before vLLM's extensions, and `$ORIGIN`-relative RPATHs (`$ORIGIN/../torch/lib`) are
+    also resolved as if the wheel were installed there.
     """
 
     site_packages: tuple[Path, ...] = ()
@@ -158,11 +165,13 @@ class LibrarySearch:
     default_dirs: tuple[Path, ...] | None = None  # None: glibc's defaults for the ELF's machine
 
     @classmethod
-    def for_venv(cls, venv: Path, env: Mapping[str, str]) -> LibrarySearch:
-        """The search a process started from `venv` with environment `env` would see."""
-        site_packages = tuple(sorted(venv.glob("lib/python3*/site-packages")))
+    def for_interpreter(cls, sys_path: Iterable[str], env: Mapping[str, str]) -> LibrarySearch:
+        """The search a process of the interpreter whose `sys.path` is given (`SEARCH_PROBE`'s
+        answer) would see, started with environment `env`. Asked, not globbed from the venv:
+        a venv's own `lib/python3*/site-packages` misses every inherited package."""
+        folders = tuple(dict.fromkeys(Path(p) for p in sys_path if Path(p).is_dir()))
         ld_path = tuple(Path(p) for p in env.get("LD_LIBRARY_PATH", "").split(":") if p)
-        return cls(site_packages=site_packages, ld_library_path=ld_path)
+        return cls(site_packages=folders, ld_library_path=ld_path)
 
     def venv_library_dirs(self) -> tuple[Path, ...]:
         dirs: list[Path] = []
@@ -194,6 +203,19 @@ _CUDA_VERSIONED = re.compile(
 # are missing for every CUDA wheel, the official ones included, so that says nothing of the wheel.
 DRIVER_LIBRARIES = frozenset({"libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"})
 NO_DRIVER = "the NVIDIA driver's library; this host has no driver"
+NOT_INSTALLED = "not judged: the wheel did not install"
+
+# Who ships a library a wheel links but does not carry, for the fix line: torch's own libraries
+# come with torch, CUDA's with the nvidia-* wheels torch depends on or the toolkit.
+_SHIPPED_BY = (
+    (re.compile(r"^lib(?:torch|torch_cpu|torch_cuda|torch_python|c10|c10_cuda|shm)\.so"), "torch"),
+    (re.compile(r"^lib(?:cu|nv|npp)"), "CUDA's libraries (the nvidia-* wheels torch depends on, or the toolkit)"),
+)
+
+
+def shipped_by(library: str) -> str:
+    """What provides a library the wheel links (`libtorch.so` → torch), for the fix line."""
+    return next((who for pattern, who in _SHIPPED_BY if pattern.match(library)), "the package that ships it")
 
 
 def cuda_major_of(soname: str) -> int | None:
@@ -212,6 +234,7 @@ class LinkedLibrary:
     via: str | None  # rpath, LD_LIBRARY_PATH, runpath, venv, ld.so.cache, default dirs
     problem: str | None = None
     other_cuda: int | None = None  # the CUDA major of a library built for another one than the build's
+    other_machine: bool = False  # found only built for another CPU (a wheel for another machine)
 
 
 @dataclass(frozen=True)
@@ -241,23 +264,27 @@ class LinkageReport(AuditReport):
         }
 
     def render(self, console: Console) -> None:
-        table = Table(title=f"Linkage of {self.source} (CUDA {self.cuda_major})")
+        # Paths and names come from the wheel: Text, never markup (`[x]` in a name must stay).
+        table = Table(title=Text(f"Linkage of {self.source} (CUDA {self.cuda_major})"))
         for column in ("ELF file", "library", "resolved at"):
             table.add_column(column)
         for lib in self.libraries:
             if lib.problem:
-                where = f"[red]{lib.problem}[/]"
+                where = Text(lib.problem, style="red")
             elif lib.resolved is None:
-                where = f"[yellow]not here: {lib.via}[/]"
+                where = Text(f"not here: {lib.via}", style="yellow")
             else:
-                where = f"{lib.resolved} [dim]({lib.via})[/]"
-            table.add_row(lib.elf, lib.library, where)
+                where = Text.assemble(lib.resolved, (f" ({lib.via})", "dim"))
+            table.add_row(Text(lib.elf), Text(lib.library), where)
         console.print(table)
 
     def failure(self) -> str:
         return f"linkage audit of {self.source} failed: {first_few(self.problems)}"
 
     def fix(self) -> str:
+        """The fix for the causes found, most decisive first: a library of another CUDA major means
+        another wheel; one missing means something to install; one only for another CPU means
+        another machine."""
         cu = f"cu{self.cuda_major}0"
         other = sorted({lib.other_cuda for lib in self.libraries if lib.other_cuda is not None})
         if other:  # most often a wheel from `pip install vllm`, built for CUDA 12
@@ -266,7 +293,19 @@ class LinkageReport(AuditReport):
                 f"for it (`invoke build-vllm` builds one; add --prefer-wheel to take vLLM's own {cu} wheel when it "
                 f"fits), or rebuild this one with CUDA_HOME at CUDA {self.cuda_major} and torch from the {cu} index"
             )
-        return f"install what is missing into the venv, or rebuild against CUDA {self.cuda_major} only ({cu} torch)"
+        if any(lib.other_machine for lib in self.libraries):
+            return "this wheel is built for another CPU than this host's: validate it on a machine of its CPU"
+        missing: dict[str, list[str]] = {}
+        for lib in self.libraries:
+            if lib.problem and lib.resolved is None:
+                missing.setdefault(shipped_by(lib.library), []).append(lib.library)
+        if missing:
+            what = "; ".join(f"{who} for {', '.join(sorted(set(libs))[:3])}" for who, libs in missing.items())
+            return (
+                f"install into the venv the wheel runs in what ships the missing libraries ({what}); "
+                "the table in the log shows where the venv's interpreter looked"
+            )
+        return "download or build the wheel again: an ELF file in it cannot be read"
 
 
 class _Resolver:
@@ -329,9 +368,17 @@ class _Resolver:
 
 
 def _link(
-    rel: str, name: str, path: Path | None, via: str | None, foreign: list[Path], root: Path, cuda_major: int
+    rel: str,
+    name: str,
+    path: Path | None,
+    via: str | None,
+    foreign: list[Path],
+    root: Path,
+    cuda_major: int,
+    installed: bool,
 ) -> LinkedLibrary:
-    """Judge one resolved NEEDED entry: another CUDA major, or not found, is a problem."""
+    """Judge one resolved NEEDED entry: another CUDA major, or not found where the installed
+    wheel would look, is a problem."""
     soname = name
     if path is not None:
         try:  # an unversioned NEEDED (`libcublas.so`) may land on a CUDA-12 file
@@ -344,21 +391,27 @@ def _link(
         problem, other_cuda = f"{name} is a CUDA {major} library; this build is CUDA {cuda_major}", major
     elif path is None and name in DRIVER_LIBRARIES:
         via = NO_DRIVER
+    elif path is None and not installed:
+        via = NOT_INSTALLED
     elif path is None:
         problem = f"{name} not found" + (f" (only for another machine: {foreign[0]})" if foreign else "")
     resolved = None
     if path is not None:
         real, top = path.resolve(), root.resolve()
         resolved = real.relative_to(top).as_posix() if real.is_relative_to(top) else str(path)
-    return LinkedLibrary(rel, name, resolved, via, problem, other_cuda)
+    return LinkedLibrary(rel, name, resolved, via, problem, other_cuda, bool(problem and foreign))
 
 
-def linkage_audit(wheel_or_dir: Path, search: LibrarySearch, cuda_major: int) -> LinkageReport:
+def linkage_audit(
+    wheel_or_dir: Path, search: LibrarySearch, cuda_major: int, *, installed: bool = True
+) -> LinkageReport:
     """Resolve every NEEDED library of every ELF file in a wheel; flag other CUDA majors.
 
     Fails (in the report) on a toolkit library of another CUDA major — named either in NEEDED
     or in the soname of what an unversioned NEEDED resolved to — and on anything unresolved
     except the driver's own libraries (`DRIVER_LIBRARIES`), which only the host can provide.
+    Not `installed` (the install failed), only the wheel's files are judged: a CUDA major read
+    from a name still fails, a library its dependencies would bring is left unjudged.
     """
     libraries: list[LinkedLibrary] = []
     unreadable: list[str] = []
@@ -372,6 +425,6 @@ def linkage_audit(wheel_or_dir: Path, search: LibrarySearch, cuda_major: int) ->
                 unreadable.append(rel)
                 continue
             libraries.extend(
-                _link(rel, name, *resolver.resolve(name, elf, dyn), root, cuda_major) for name in dyn.needed
+                _link(rel, name, *resolver.resolve(name, elf, dyn), root, cuda_major, installed) for name in dyn.needed
             )
     return LinkageReport(wheel_or_dir.name, cuda_major, tuple(libraries), tuple(unreadable))

@@ -8,10 +8,13 @@ hide a dependency the wheel forgot to declare.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import shlex
+import signal
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -23,28 +26,31 @@ from packaging.version import Version
 from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability
-from spark_build.durable import sha256_of
-from spark_build.errors import UsageError
+from spark_build.durable import atomic_write_text, sha256_of
+from spark_build.errors import HostProblem, StepFailed, UsageError
 from spark_build.proc import Runner
 from spark_build.venv import Argv, Installer, installed_packages, make_venv, missing_offline
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.dispatch import VLLM_DISPATCH
+from spark_build.wheel.installfail import read_install_failure
 from spark_build.wheel.jitbill import wheel_jit_bill
-from spark_build.wheel.linkage import LibrarySearch, linkage_audit
+from spark_build.wheel.linkage import SEARCH_PROBE, LibrarySearch, linkage_audit
 from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.wheel.tinymodel import script_argv
 
-# Imports each module in the fresh venv. When a package's own __init__ needs a third-party
-# module that is not installed (offline: its runtime requirements were not all at hand), the
-# compiled extensions inside it are still loaded straight from their files (after torch, whose
-# libraries they link), so the compile is proven even where `import vllm` cannot be. Any other
-# failed extension is loaded from its file too, for the error it gives on its own: vLLM's
-# `vllm_flash_attn/__init__.py` turns "libcuda.so.1: cannot open" into its own message.
+# Imports one module in the fresh venv, in a process of its own: an extension that kills the
+# interpreter (SIGSEGV, abort) then costs only its own result. When a package's own __init__
+# needs a third-party module that is not installed (offline: its runtime requirements were not
+# all at hand), a compiled extension inside it is still loaded straight from its file (after
+# torch, whose libraries it links), so the compile is proven even where `import vllm` cannot be.
+# Any other failed extension is loaded from its file too, for the error it gives on its own:
+# vLLM's `vllm_flash_attn/__init__.py` turns "libcuda.so.1: cannot open" into its own message.
+# Without a module name it imports torch alone: the baseline that tells a crash of this host's
+# interpreter from one of the wheel's modules.
 _IMPORT_PROBE = """
 import importlib, importlib.machinery, importlib.util, json, os, sys
-own = set(sys.argv[2].split(","))
-found = {}
+out, own, names = sys.argv[1], set(sys.argv[2].split(",")), sys.argv[3:]
 try:
     import torch  # noqa: F401  the extensions link against libtorch
 except Exception:
@@ -57,16 +63,19 @@ def load_file(name):
     module = importlib.util.module_from_spec(ext)
     ext.loader.exec_module(module)
     return module
-for name in sys.argv[3:]:
+found = {}
+for name in names:
+    print("import probe: importing", name, flush=True)
     try:
         found[name] = {"ok": True, "file": getattr(importlib.import_module(name), "__file__", None)}
         continue
-    except Exception as exc:  # report every module, not just the first failure
+    except Exception as exc:
         entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         if missing and missing.split(".")[0] not in own:
             entry["missing_module"] = missing
     if "." in name:
+        print("import probe: loading", name, "from its file", flush=True)
         try:
             loaded = load_file(name).__file__
             if "missing_module" in entry:
@@ -74,8 +83,10 @@ for name in sys.argv[3:]:
         except Exception as exc:
             entry["direct_error"] = f"{type(exc).__name__}: {exc}"
     found[name] = entry
-json.dump(found, open(sys.argv[1], "w"))
+with open(out, "w") as handle:
+    json.dump(found, handle)
 """
+_LAST_LINES = 5  # of a dead probe's output, in its result: where it died, in its own words
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ class WheelProof:
     venv: Path
     python: str  # interpreter the fresh venv is made from
     requirements: tuple[str, ...]  # e.g. torch==2.9.0+cu130 — a source-built wheel no longer pins it
-    index: str
+    index: str | None  # the extra index torch comes from; None: the package index alone (`validate_index`)
     installer: Installer  # the build's: same venv inheritance and package source
     modules: tuple[str, ...]  # the package and its compiled extensions
     cuda_home: Path
@@ -95,12 +106,14 @@ class WheelProof:
     driver: bool = True  # an NVIDIA driver on this host: without one no CUDA extension can load
     serve: bool = False  # also start the server and ask it for completions (vLLM only)
     serve_model: str | None = None  # None: a small instruct model from the HF cache, else a tiny Llama
+    unmet_list: Path | None = None  # with --wheels: where the requirements the folder lacks are written
 
 
 @dataclass
 class Proof(AuditReport):
     """The outcome of `prove_wheel`: results for summary.json, the audit reports to render, and
-    the problems found (empty when the wheel checks out)."""
+    the problems found (empty when the wheel checks out). Its problems are verdicts on the wheel
+    alone: a failure of this host (a tool, the network) raises `HostProblem` instead."""
 
     results: dict[str, Any]
     reports: list[AuditReport]
@@ -108,10 +121,16 @@ class Proof(AuditReport):
 
     def fix(self) -> str:
         """The failing audit's own fix (an official wheel built for other GPUs: compile for this
-        one); for a failed import, where to look."""
+        one); for an install that found no requirement, where it could come from; for a failed
+        import, where to look."""
         failed = [report for report in self.reports if report.problems]
         if failed and all(p.startswith(("linkage: ", "GPU code for ")) for p in self.problems):
             return failed[0].fix()
+        if self.problems and self.problems[0].startswith(NOT_INSTALLABLE):
+            return (
+                "the index lacks a requirement of this wheel: wait until it is published there, or put it in a "
+                "folder of wheels and pass --wheels DIR; the GPU-code table above still holds"
+            )
         return "the linkage and GPU-code tables in the log show what is missing, from which CUDA, or for which GPU"
 
     def render(self, console: Console) -> None:
@@ -119,45 +138,77 @@ class Proof(AuditReport):
             report.render(console)
 
 
+NOT_INSTALLABLE = "not installable from "
+
+
 def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "validate") -> Proof:
-    """Install into a fresh venv, audit linkage and GPU code, import every module. Every check
-    runs even when an earlier one fails: a failed import is best explained by the linkage table."""
+    """Audit the wheel's own files first — its GPU code, and what its ELF files link — then
+    install it into a fresh venv, resolve that linkage where the venv's interpreter looks, and
+    import every module. Every check runs even when an earlier one fails: a failed import is
+    best explained by the linkage table, and an install that cannot finish leaves the GPU-code
+    verdict standing. Raises `HostProblem` when this host cannot make a check."""
     python = proof.venv / "bin" / "python"
     installer = proof.installer
 
     def probe(interpreter: Path, code: str) -> dict[str, Any]:
+        """Ask an interpreter (where it imports from, what it has); one that cannot answer is
+        this host's problem, named by how it ended, never by the script it was given."""
         out = log.with_suffix(".probe.json")
-        runner.run([interpreter, "-c", code, out], log=log, step=step)
+        status, output = _run_reading(runner, [interpreter, "-c", code, out], log, step)
+        if status != 0:
+            raise HostProblem(
+                f"the interpreter {interpreter} {died(status)} when asked about its packages: {tail(output)}",
+                step=step,
+                log=log,
+                hint="run that interpreter by hand (`python -c 'import site'`): it cannot start on this host",
+            )
         return dict(json.loads(out.read_text()))
 
     def run(argv: Argv) -> None:
         runner.run(argv, log=log, step=step, env=installer.env())
 
-    make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
-    # Offline (`--wheels`): the runtime requirements neither the venv nor the folder has. Then the
-    # wheel goes in without its dependencies and the import check says which could not be
-    # proven, instead of failing the install on the first missing one.
-    unmet = missing_offline(installer, [*wheel_requirements(proof.wheel), *proof.requirements], python, probe)
-    no_deps = ["--no-deps"] if unmet else []
-    run(installer.install_argv(python, *no_deps, proof.wheel, *proof.requirements, index=proof.index))
-    linkage = linkage_audit(proof.wheel, LibrarySearch.for_venv(proof.venv, os.environ), proof.cuda_major)
+    # From the wheel's files alone, before the install, which can fail for reasons of its own.
     cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
     arch_reports = [
         arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH) for cc in proof.targets
     ]
     jit_bills = [wheel_jit_bill(proof.wheel, report, cuobjdump) for report in arch_reports]
-    imports_file = log.with_suffix(".imports.json")
-    own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
-    imports: Argv = [python, "-c", _IMPORT_PROBE, imports_file, own, *proof.modules]
-    runner.run(imports, log=log, step=step, cwd=proof.venv)
-    found = json.loads(imports_file.read_text())
+    try:
+        make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
+    except StepFailed as err:  # before the wheel is touched: nothing here is the wheel's doing
+        raise HostProblem(
+            f"cannot make the validate venv {proof.venv} from {proof.python}: {err.message}",
+            step=step,
+            log=log,
+            hint="check that --python runs and that the venv's folder is writable; this says nothing about the wheel",
+        ) from err
+    # Offline (`--wheels`): the runtime requirements neither the venv nor the folder has. Then the
+    # wheel goes in without its dependencies and the import check says which could not be
+    # proven, instead of failing the install on the first missing one.
+    unmet = missing_offline(installer, [*wheel_requirements(proof.wheel), *proof.requirements], python, probe)
+    if unmet and proof.unmet_list is not None:
+        atomic_write_text(proof.unmet_list, "".join(f"{requirement}\n" for requirement in unmet))
+    no_deps = ["--no-deps"] if unmet else []
+    install = installer.install_argv(python, *no_deps, proof.wheel, *proof.requirements, index=proof.index)
+    code, output = _run_reading(runner, install, log, step, env=installer.env())
+    not_installed = None if code == 0 else _install_finding(output, proof, installer, log, step)
+    if not_installed is not None:
+        linkage = linkage_audit(proof.wheel, LibrarySearch(), proof.cuda_major, installed=False)
+        found: dict[str, dict[str, Any]] = {}
+    else:
+        sys_path = probe(python, SEARCH_PROBE)["path"]
+        linkage = linkage_audit(proof.wheel, LibrarySearch.for_interpreter(sys_path, os.environ), proof.cuda_major)
+        found = _import_each(proof, python, runner, log, step)
     import_problems, import_notes, import_unproven = judge_imports(found, unmet=unmet, driver=proof.driver)
-    if linkage.needs_driver:
+    if unmet:
+        import_notes.insert(0, unmet_note(unmet, installer.wheels, proof.unmet_list))
+    if linkage.needs_driver and not_installed is None:
         import_notes.append(
             f"{len(linkage.needs_driver)} ELF files link libcuda.so.1, the NVIDIA driver's, which this host lacks: "
             "their import check needs the driver and is inconclusive here, not failed (validate on the Spark)"
         )
-    problems = [*import_problems, *(f"linkage: {p}" for p in linkage.problems)]
+    problems = [*([not_installed] if not_installed else []), *import_problems]
+    problems += [f"linkage: {p}" for p in linkage.problems]
     problems += [f"GPU code for {r.target}: {p}" for r in arch_reports for p in r.problems]
     reports: list[AuditReport] = [linkage, *arch_reports, *jit_bills]
     _append_tables(log, reports)
@@ -168,12 +219,14 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
             problems.append(f"serve: {serve_report.failure}")
     results = {
         "wheel_sha256": sha256_of(proof.wheel),
+        "installed_ok": not_installed is None,
         "imports": {m: r["ok"] for m, r in found.items()},
         "imports_unproven": import_unproven,
         "installed": installed_packages(proof.venv),  # the torch it was proven with, for the install line
         "imports_direct": sorted(m for m, r in found.items() if r.get("direct")),
         "import_notes": import_notes,
         "unmet_requirements": unmet,
+        "unmet_list": str(proof.unmet_list) if unmet and proof.unmet_list else None,
         "linkage": linkage.to_dict(),
         "arch": [r.to_dict() for r in arch_reports],
         "verdicts": {str(r.target): r.verdict.value for r in arch_reports},
@@ -182,6 +235,108 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
         "serve": serve_report.to_dict() if serve_report is not None else None,
     }
     return Proof(results, reports, problems)
+
+
+def _run_reading(
+    runner: Runner, argv: Argv, log: Path, step: str, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str]:
+    """Run through the runner (logged as every command is) without raising; the exit code and
+    what the command printed, read back from the log (header and exit line left out)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = log.stat().st_size if log.exists() else 0
+    code = runner.run(argv, log=log, step=step, env=env, cwd=cwd, check=False)
+    with log.open("rb") as handle:
+        handle.seek(start)
+        lines = handle.read().decode("utf-8", "replace").splitlines()
+    # The header's `+ argv` line spans as many lines as the arguments hold (a `-c` script).
+    command = next((i for i, line in enumerate(lines) if line.startswith("+ ")), -1)
+    body = lines[command + 1 + shlex.join(os.fspath(a) for a in argv).count("\n") :]
+    if body and body[-1].startswith("# exit "):
+        body = body[:-1]
+    return code, "\n".join(body)
+
+
+def _install_finding(output: str, proof: WheelProof, installer: Installer, log: Path, step: str) -> str:
+    """An install that failed: a requirement nowhere to be had is the wheel's finding (returned);
+    an index out of reach is this host's problem (`HostProblem`); a cause we cannot read is
+    raised as the step's failure, with the install's last lines."""
+    failure = read_install_failure(output)
+    where = f"the wheel folder {installer.wheels}" if installer.wheels else proof.index or "the package index"
+    if failure.unreachable is not None:
+        raise HostProblem(
+            f"cannot reach {where} to install {proof.wheel.name}: {failure.unreachable}",
+            step=step,
+            log=log,
+            hint="check the network or the index (a proxy, PIP_INDEX_URL/UV_INDEX_URL), then run again; "
+            "this says nothing about the wheel",
+        )
+    if failure.missing:
+        return f"{NOT_INSTALLABLE}{where}: {'; '.join(failure.missing)}, which it does not have"
+    last = [line for line in output.splitlines() if line.strip()][-3:]
+    raise StepFailed(
+        f"installing {proof.wheel.name} failed: {' / '.join(last) or 'no output'}",
+        step=step,
+        log=log,
+        hint="the install's own message is at the end of the log",
+    )
+
+
+def _import_each(proof: WheelProof, python: Path, runner: Runner, log: Path, step: str) -> dict[str, dict[str, Any]]:
+    """Import every module in a process of its own, after the baseline (torch alone) proves the
+    interpreter itself can start; a module that kills it is named with how it died."""
+    script = log.with_suffix(".import_probe.py")
+    atomic_write_text(script, _IMPORT_PROBE)
+    own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
+    answer = log.with_suffix(".imports.json")
+
+    def one(*names: str) -> tuple[int, str, dict[str, Any] | None]:
+        answer.unlink(missing_ok=True)
+        code, output = _run_reading(runner, [python, script, answer, own, *names], log, step, cwd=proof.venv)
+        return code, output, json.loads(answer.read_text()) if code == 0 and answer.is_file() else None
+
+    code, output, _ = one()
+    if code != 0:
+        raise HostProblem(
+            f"the probe interpreter {python} {died(code)} before importing any module of the wheel: {tail(output)}",
+            step=step,
+            log=log,
+            hint="the interpreter (or its torch) cannot start on this host; this says nothing about the wheel",
+        )
+    found: dict[str, dict[str, Any]] = {}
+    for module in proof.modules:
+        code, output, answered = one(module)
+        if answered is not None:
+            found.update(answered)
+        else:
+            found[module] = {"ok": False, "error": f"the interpreter {died(code)}: {tail(output)}", "died": True}
+    return found
+
+
+def died(code: int) -> str:
+    """How a process ended, in words: `died with SIGSEGV`, `exited with status 3`."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"died with {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def tail(output: str, count: int = _LAST_LINES) -> str:
+    """The last lines a process printed, joined for one message: where it stopped."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return " / ".join(lines[-count:]) or "no output"
+
+
+def unmet_note(unmet: Sequence[str], folder: Path | None, listed: Path | None) -> str:
+    """What `import vllm` still needs offline, and how to fetch it into the folder at once."""
+    first = ", ".join(unmet[:3]) + (" …" if len(unmet) > 3 else "")
+    line = f"{len(unmet)} runtime requirements are not in the wheel folder {folder} ({first})"
+    if listed is None:
+        return f"{line}; all of them in validate.json (unmet_requirements)"
+    where = shlex.quote(str(folder)) if folder else "DIR"
+    return (
+        f"{line}; the full list: {listed} (and validate.json); fetch them into the folder where an index "
+        f"is reachable: pip download -d {where} -r {shlex.quote(str(listed))}"
+    )
 
 
 def wheel_requirements(wheel: Path) -> list[str]:
@@ -248,7 +403,7 @@ def _serve(proof: WheelProof, runner: Runner, log: Path, step: str) -> ServeRepo
 
 def _append_tables(log: Path, reports: Sequence[AuditReport]) -> None:
     buffer = io.StringIO()
-    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None, markup=False)
     for report in reports:
         report.render(console)
     with log.open("a", encoding="utf-8") as handle:

@@ -48,6 +48,10 @@ class Built:
     venv: Path
     wheel: Path
 
+    def search(self) -> LibrarySearch:
+        """What the venv's interpreter would answer `SEARCH_PROBE`: its site-packages."""
+        return LibrarySearch.for_interpreter([str(self.venv / "lib/python3.12/site-packages")], {})
+
     def lib(self, name: str) -> Path:
         """The directory holding only library `name` (as `pkg/<name>.so`), to audit alone."""
         return self.root / name
@@ -262,7 +266,9 @@ def test_a_library_missing_but_no_other_cuda_asks_to_install_it(built: Built) ->
     report = linkage_audit(built.lib("needs_cuda12"), LibrarySearch(), cuda_major=12)
     assert "pkg/needs_cuda12.so: libgone.so.3 not found" in report.problems
     assert all(p.endswith("not found") for p in report.problems)
-    assert report.fix().startswith("install what is missing into the venv")
+    # The fix fits the cause: something to install, not a rebuild for another CUDA.
+    assert report.fix().startswith("install into the venv the wheel runs in what ships the missing libraries")
+    assert "the package that ships it for libgone.so.3" in report.fix() and "rebuild" not in report.fix()
 
 
 def test_libraries_resolve_through_runpath_relative_to_origin(built: Built) -> None:
@@ -273,7 +279,7 @@ def test_libraries_resolve_through_runpath_relative_to_origin(built: Built) -> N
 
 
 def test_libraries_resolve_from_the_venvs_nvidia_and_torch_directories(built: Built) -> None:
-    report = linkage_audit(built.lib("needs_venv"), LibrarySearch.for_venv(built.venv, {}), cuda_major=13)
+    report = linkage_audit(built.lib("needs_venv"), built.search(), cuda_major=13)
     cublas = next(lib for lib in report.libraries if lib.library == "libcublas.so.13")
     assert cublas.via == "venv"
     assert cublas.resolved == str(built.venv / "lib/python3.12/site-packages/nvidia/cu13/lib/libcublas.so.13")
@@ -306,7 +312,7 @@ def test_a_wheel_is_audited_like_its_installed_tree(built: Built, cuobjdump: Pat
     }
     assert arch.ok and arch.source == built.wheel.name
 
-    linkage = linkage_audit(built.wheel, LibrarySearch.for_venv(built.venv, {}), cuda_major=13)
+    linkage = linkage_audit(built.wheel, built.search(), cuda_major=13)
     torch = next(lib for lib in linkage.libraries if lib.library == "libtorch_stub.so")
     # $ORIGIN/../torch/lib is looked up as if the wheel were installed into the venv
     assert torch.via == "runpath"

@@ -13,12 +13,13 @@ import pytest
 from rich.console import Console
 
 from spark_build.arch.compat import ComputeCapability, Verdict
-from spark_build.errors import UsageError
+from spark_build.errors import HostProblem, UsageError
 from spark_build.wheel.archaudit import (
     ArchReport,
     ExtensionArch,
     FamilyArch,
     arch_audit,
+    cuobjdump_candidates,
     find_cuobjdump,
     parse_fatbin_dump,
     parse_listing,
@@ -126,31 +127,65 @@ def _executable(path: Path) -> Path:
     return path
 
 
+def _starts(path: Path) -> str | None:
+    return None
+
+
 def test_cuobjdump_in_cuda_home_wins_over_path_and_venv(tmp_path: Path) -> None:
     in_cuda = _executable(tmp_path / "cuda" / "bin" / "cuobjdump")
     _executable(tmp_path / "elsewhere" / "cuobjdump")
     env = {"PATH": str(tmp_path / "elsewhere")}
-    assert find_cuobjdump(tmp_path / "cuda", env) == in_cuda
+    assert find_cuobjdump(tmp_path / "cuda", env, cannot_start=_starts) == in_cuda
 
 
 def test_cuobjdump_on_path_is_used_when_cuda_home_lacks_it(tmp_path: Path) -> None:
     on_path = _executable(tmp_path / "elsewhere" / "cuobjdump")
     (tmp_path / "cuda" / "bin").mkdir(parents=True)
-    assert find_cuobjdump(tmp_path / "cuda", {"PATH": str(on_path.parent)}) == on_path
+    assert find_cuobjdump(tmp_path / "cuda", {"PATH": str(on_path.parent)}, cannot_start=_starts) == on_path
 
 
-def test_cuobjdump_from_the_pypi_package_is_found_through_its_record(tmp_path: Path) -> None:
+def _packaged_cuobjdump(tmp_path: Path) -> tuple[Path, Path]:
     site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages"
     binary = _executable(site / "nvidia" / "cu13" / "bin" / "cuobjdump")
     dist_info = site / "nvidia_cuda_cuobjdump-13.0.85.dist-info"
     dist_info.mkdir()
     (dist_info / "RECORD").write_text("nvidia/cu13/bin/cuobjdump,sha256=x,1\n")
-    python = _executable(tmp_path / "venv" / "bin" / "python")
-    assert find_cuobjdump(None, {"PATH": ""}, python) == binary
+    return binary, _executable(tmp_path / "venv" / "bin" / "python")
 
 
-def test_missing_cuobjdump_is_a_usage_error_that_says_how_to_install_it(tmp_path: Path) -> None:
-    with pytest.raises(UsageError) as err:
+def test_cuobjdump_from_the_pypi_package_is_found_through_its_record(tmp_path: Path) -> None:
+    binary, python = _packaged_cuobjdump(tmp_path)
+    assert find_cuobjdump(None, {"PATH": ""}, python, cannot_start=_starts) == binary
+
+
+def test_each_cuobjdump_is_tried_once_and_the_first_that_starts_wins(tmp_path: Path) -> None:
+    """The package's 13.5.37 aarch64 binary needs glibc 2.38: a toolkit one that starts is taken
+    before it, and one that does not start is passed over for the next."""
+    in_cuda = _executable(tmp_path / "cuda" / "bin" / "cuobjdump")
+    packaged, python = _packaged_cuobjdump(tmp_path)
+    tried: list[Path] = []
+
+    def toolkit_broken(path: Path) -> str | None:
+        tried.append(path)
+        return "version `GLIBC_2.38' not found" if path == in_cuda else None
+
+    assert cuobjdump_candidates(tmp_path / "cuda", {"PATH": str(in_cuda.parent)}, python) == [in_cuda, packaged]
+    assert find_cuobjdump(tmp_path / "cuda", {"PATH": ""}, python, cannot_start=toolkit_broken) == packaged
+    assert tried == [in_cuda, packaged]
+
+
+def test_no_cuobjdump_that_starts_is_a_host_problem_naming_each_and_the_loader_s_message(tmp_path: Path) -> None:
+    packaged, python = _packaged_cuobjdump(tmp_path)
+    glibc = f"{packaged}: /lib/aarch64-linux-gnu/libc.so.6: version `GLIBC_2.38' not found (required by {packaged})"
+    with pytest.raises(HostProblem) as err:
+        find_cuobjdump(None, {"PATH": ""}, python, cannot_start=lambda path: glibc)
+    assert err.value.exit_code == 1
+    assert err.value.message == f"cuobjdump cannot start here: {packaged}: {glibc}"
+    assert "CUDA 13 toolkit" in (err.value.hint or "") and "nvidia-cuda-cuobjdump" in (err.value.hint or "")
+
+
+def test_missing_cuobjdump_is_a_host_problem_that_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(HostProblem) as err:
         find_cuobjdump(tmp_path, {"PATH": ""}, tmp_path)
     assert "nvidia-cuda-cuobjdump" in (err.value.hint or "")
 
