@@ -11,11 +11,20 @@ replaced the wheel until now takes twenty-five.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
+from typing import Any
 
+from spark_build.errors import StepFailed
+from spark_build.wheel.complete import complete_wheel, completion_label
+from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
 from spark_build.wheel.repatch import python_only
+
+BuildTargets = Callable[[Sequence[str]], Path]  # extension targets → the stage their installs went to
 
 
 class Scope(Enum):
@@ -120,3 +129,58 @@ def decide(
         f"{', '.join(targets)} cannot run on {arch} and {no_compiler} to complete the wheel; "
         "--accept-missing takes it without them",
     )
+
+
+@dataclass(frozen=True)
+class Missing:
+    """An extension of the official wheel that the target GPU is sent to and cannot run."""
+
+    target: str  # the CMake target, `_qutlass_C`
+    path: str  # its file in the wheel, `vllm/_qutlass_C.abi3.so`
+    why_used: str  # vLLM's dispatch that sends the target there, from `wheel.dispatch`
+
+
+def missing_in(results: Mapping[str, Any], problems: Sequence[str]) -> tuple[Missing, ...] | None:
+    """What a completion would have to build, read from the proof's arch audit; None when a
+    problem is not GPU code (a failed import, a CUDA 12 library): building kernels cannot cure it."""
+    if not problems or not all(p.startswith("GPU code for ") for p in problems):
+        return None
+    found: dict[str, Missing] = {}
+    for report in results.get("arch", []):
+        for family in report["families"]:
+            if family.get("used", True) and family["verdict"] == "cannot run":
+                path = family["extension"]
+                row = dispatch_of(path, VLLM_DISPATCH)
+                why = f"vLLM runs it on {row.describe()} ({row.where})" if row else "no dispatch row: used on every GPU"
+                target = Path(path).name.split(".", 1)[0]
+                found[target] = Missing(target, path, why)
+    return tuple(found[t] for t in sorted(found)) or None
+
+
+def completed_wheel(
+    wheel: Path, missing: Sequence[Missing], targets: Sequence[str], arch_list: str, out_dir: Path, build: BuildTargets
+) -> Path:
+    """Build `targets` and swap them into `wheel`: the completed wheel (version `+sm121a`)."""
+    paths = {m.target: m.path for m in missing}
+    stage = build(targets)
+    built = {paths[t]: stage / paths[t] for t in targets}
+    return complete_wheel(wheel, built, completion_label(arch_list.split()), out_dir)
+
+
+def release_source(repo: str, ref: str, dest: Path, run: Callable[[list[str | os.PathLike[str]]], int]) -> Path:
+    """The release's source at `ref` (a shallow clone, reused when a completion is run again):
+    what the completion's CMake configures. The error says which source could not be had."""
+    if (dest / "CMakeLists.txt").is_file() and (dest / ".git").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repo, partial]) != 0:
+        raise StepFailed(
+            f"cannot get the source of {ref} from {repo} to complete the official wheel",
+            step="prefer-wheel",
+            hint="give --repo a clone or mirror that has the tag, or --accept-missing to take the wheel as it is",
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest
