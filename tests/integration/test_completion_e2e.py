@@ -28,9 +28,13 @@ from spark_build.upstream.example import SECOND_TAG
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
 from spark_build.wheel.relabel import record_row, record_text
 from tests.conftest import CUDA_HOME, needs_nvcc
+from tests.integration import test_prebuilt
 from tests.integration.test_example_upstream import UV
+from tests.integration.test_prebuilt import MACHINE, Extensions, run_prefer_wheel, vllm_wheel
+from tests.servers import OfficialHost
 
 ROOT = Path(__file__).resolve().parents[2]
+extensions = test_prebuilt.extensions  # nvcc-built extension modules for real official-looking wheels
 RELEASE = "v0.22.0"  # a release vLLM publishes CUDA 13 wheels of, on the package index (no local version)
 OFFICIAL = "vllm-0.22.0-cp38-abi3-manylinux_2_28_x86_64.whl"
 COMPLETED = "vllm-0.22.0+sm121a-cp38-abi3-manylinux_2_28_x86_64.whl"
@@ -136,3 +140,35 @@ def test_prefer_wheel_completes_a_wheel_whose_extension_lacks_sm121a_by_building
     text = " ".join(shown.stdout.split())
     assert f"prefer-wheel: took {OFFICIAL} (wheel folder): completed here (_C built for 12.1a)" in text, shown.stderr
     assert "prefer-wheel completion: complete (targets: _C)" in text
+
+
+NO_NVCC = "no nvcc at /opt/none/bin/nvcc (--cuda-home)"
+
+
+def test_without_a_compiler_accept_missing_takes_the_wheel_as_it_is_naming_what_will_not_run(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    wheel = vllm_wheel(tmp_path / "upstream", name, extensions.rtx_c, extensions.fa3)
+    official_host.publish_on_index(wheel)
+    code, said, fallback, _ = run_prefer_wheel(
+        official_host, tmp_path, "0.22.0", no_compiler=NO_NVCC, accept_missing=True
+    )
+    assert (code, fallback.calls) == (0, 0)
+    assert sha256_of(tmp_path / "work" / "wheelhouse" / "vllm" / name) == sha256_of(wheel)
+    completion = json.loads((tmp_path / "logs" / "latest" / "summary.json").read_text())["prefer_wheel"]["completion"]
+    assert completion["choice"] == "take incomplete"
+    assert completion["will_not_run"] == ["_C: no dispatch row: used on every GPU"]
+    assert any(NO_NVCC in line and "(--accept-missing)" in line for line in said)
+
+
+def test_without_a_compiler_and_without_accept_missing_the_source_build_runs_saying_how_to_take_it(
+    official_host: OfficialHost, extensions: Extensions, tmp_path: Path
+) -> None:
+    name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
+    official_host.publish_on_index(vllm_wheel(tmp_path / "upstream", name, extensions.rtx_c, extensions.fa3))
+    code, _said, fallback, _ = run_prefer_wheel(official_host, tmp_path, "0.22.0", no_compiler=NO_NVCC)
+    assert (code, fallback.calls) == (0, 1)
+    (decision,) = fallback.decisions
+    assert decision.completion is not None and decision.completion["choice"] == "source build"
+    assert "--accept-missing takes it without them" in decision.why

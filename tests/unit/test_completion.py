@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_build.nightly.completion import ChangeScope, Choice, Scope, decide, scope_of
+from spark_build.nightly.completion import ChangeScope, Choice, Scope, decide, missing_in, scope_of
 
 QUTLASS = {"_qutlass_C": "vLLM sends FP-Quant models to it from 10.0 on (fp_quant.py)"}
 SOURCES = {
@@ -85,3 +85,52 @@ def test_scope_of_a_change_follows_the_targets_whose_sources_it_touches(
 ) -> None:
     found = scope_of("PR #9", files, SOURCES)
     assert (found.scope, found.targets, found.beyond) == (scope, targets, beyond)
+
+
+def _arch(*families: tuple[str, str, bool]) -> dict[str, object]:
+    return {"target": "12.1", "families": [{"extension": e, "verdict": v, "used": u} for e, v, u in families]}
+
+
+QUTLASS_FAILS = "GPU code for 12.1: vllm/_qutlass_C.abi3.so: kernel family _qutlass_C cannot run on 12.1"
+
+
+@pytest.mark.parametrize(
+    ("arch", "problems", "targets"),
+    [
+        pytest.param(
+            _arch(("vllm/_qutlass_C.abi3.so", "cannot run", True), ("vllm/_C.abi3.so", "native", True)),
+            [QUTLASS_FAILS],
+            ["_qutlass_C"],
+            id="one-extension-cannot-run",
+        ),
+        pytest.param(
+            _arch(("vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "cannot run", False)),
+            [],
+            None,
+            id="never-dispatched-is-not-missing",
+        ),
+        pytest.param(
+            _arch(("vllm/_qutlass_C.abi3.so", "cannot run", True)),
+            [QUTLASS_FAILS, "linkage: vllm/_C.abi3.so needs libcudart.so.12"],
+            None,
+            id="a-linkage-problem-is-not-curable-by-building-kernels",
+        ),
+        pytest.param(
+            _arch(("vllm/_qutlass_C.abi3.so", "cannot run", True)),
+            [QUTLASS_FAILS, "import vllm._C failed: ImportError"],
+            None,
+            id="a-failed-import-is-not-curable",
+        ),
+    ],
+)
+def test_missing_in_a_proof_names_only_what_building_targets_can_cure(
+    arch: dict[str, object], problems: list[str], targets: list[str] | None
+) -> None:
+    found = missing_in({"arch": [arch]}, problems)
+    assert (None if found is None else [m.target for m in found]) == targets
+
+
+def test_missing_in_says_why_vllm_sends_the_target_to_an_extension() -> None:
+    (found,) = missing_in({"arch": [_arch(("vllm/_qutlass_C.abi3.so", "cannot run", True))]}, [QUTLASS_FAILS]) or ()
+    assert found.path == "vllm/_qutlass_C.abi3.so"
+    assert found.why_used.startswith("vLLM runs it on 10.0 and later (vllm/model_executor/layers/quantization/fp_quant")
