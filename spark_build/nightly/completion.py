@@ -164,7 +164,7 @@ def completed_wheel(
     paths = {m.target: m.path for m in missing}
     stage = build(targets)
     built = {paths[t]: stage / paths[t] for t in targets}
-    return complete_wheel(wheel, built, completion_label(arch_list.split()), out_dir)
+    return complete_wheel(wheel, built, completion_label(arch_list.replace(";", " ").split()), out_dir)
 
 
 def release_source(repo: str, ref: str, dest: Path, run: Callable[[list[str | os.PathLike[str]]], int]) -> Path:
