@@ -27,6 +27,7 @@ from packaging.version import Version
 from spark_build.errors import UsageError
 
 Edit = Callable[[Path], None]  # changes the unpacked wheel's files, given its root
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip member can carry, for members the wheel did not ship
 
 
 def labelled(version: Version, label: str) -> Version:
@@ -82,7 +83,20 @@ def rewrite_wheel(wheel: Path, label: str, out_dir: Path, edit: Edit) -> Path:
         record.write_text(record_text(rows), encoding="utf-8")
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / relabelled_name(wheel.name, label)
+        shipped = {info.filename: info for info in archive.infolist()}
         with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as repacked:
             for path in [*files, record]:
-                repacked.write(path, path.relative_to(root).as_posix())
+                member = path.relative_to(root).as_posix()
+                renamed = member.startswith(f"{new_info.name}/")
+                was = shipped.get(member.replace(new_info.name, old_info.name, 1) if renamed else member)
+                repacked.writestr(_entry(member, path, was), path.read_bytes())
     return target
+
+
+def _entry(name: str, path: Path, was: zipfile.ZipInfo | None) -> zipfile.ZipInfo:
+    """The member's header: the shipped member's date, so the same edit gives the same bytes (a
+    rerun republishes an identical wheel); the mode of the file as it now is."""
+    entry = zipfile.ZipInfo(name, date_time=was.date_time if was is not None else _EPOCH)
+    entry.external_attr = (path.stat().st_mode & 0xFFFF) << 16
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    return entry

@@ -64,6 +64,8 @@ def test_a_completed_wheel_swaps_only_the_extension_verifies_its_record_and_inst
     completed = complete_wheel(wheel, {"vllm/_C.abi3.so": here}, "sm121a", tmp_path / "out")
 
     assert completed.name == "vllm-0.26.0+cu130.sm121a-cp38-abi3-linux_x86_64.whl"
+    again = complete_wheel(wheel, {"vllm/_C.abi3.so": here}, "sm121a", tmp_path / "again")
+    assert again.read_bytes() == completed.read_bytes(), "the same completion gives the same wheel, byte for byte"
     with zipfile.ZipFile(wheel) as before, zipfile.ZipFile(completed) as after:
         info = "vllm-0.26.0+cu130.sm121a.dist-info"
         assert f"{info}/METADATA" in after.namelist() and DIST_INFO + "/METADATA" not in after.namelist()

@@ -141,6 +141,14 @@ def test_prefer_wheel_completes_a_wheel_whose_extension_lacks_sm121a_by_building
     assert f"prefer-wheel: took {OFFICIAL} (wheel folder): completed here (_C built for 12.1a)" in text, shown.stderr
     assert "prefer-wheel completion: complete (targets: _C)" in text
 
+    # Run again: the kept build folder compiles nothing, and the completed wheel is the same bytes.
+    first = sha256_of(published)
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun_log = max(logs.glob("prefer-wheel-*.log"), key=lambda p: p.stat().st_mtime)
+    assert "ninja: no work to do." in rerun_log.read_text()
+    assert sha256_of(published) == first
+
 
 NO_NVCC = "no nvcc at /opt/none/bin/nvcc (--cuda-home)"
 
