@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from spark_build.insight.history import prebuilt_note
 from spark_build.nightly.completion import ChangeScope, Choice, Scope, decide, missing_in, scope_of
 
 QUTLASS = {"_qutlass_C": "vLLM sends FP-Quant models to it from 10.0 on (fp_quant.py)"}
@@ -134,3 +135,21 @@ def test_missing_in_says_why_vllm_sends_the_target_to_an_extension() -> None:
     (found,) = missing_in({"arch": [_arch(("vllm/_qutlass_C.abi3.so", "cannot run", True))]}, [QUTLASS_FAILS]) or ()
     assert found.path == "vllm/_qutlass_C.abi3.so"
     assert found.why_used.startswith("vLLM runs it on 10.0 and later (vllm/model_executor/layers/quantization/fp_quant")
+
+
+@pytest.mark.parametrize(
+    ("completion", "note"),
+    [
+        pytest.param(None, " (official wheel)", id="taken-as-published"),
+        pytest.param(
+            {"choice": "complete", "targets": ["_qutlass_C"]}, " (official wheel, completed: _qutlass_C)", id="c"
+        ),
+        pytest.param(
+            {"choice": "take incomplete", "targets": []}, " (official wheel, incomplete: --accept-missing)", id="i"
+        ),
+    ],
+)
+def test_history_says_when_the_official_wheel_was_completed_or_taken_incomplete(
+    completion: dict[str, object] | None, note: str
+) -> None:
+    assert prebuilt_note({"prefer_wheel": {"taken": True, "completion": completion}}) == note
