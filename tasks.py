@@ -67,7 +67,7 @@ BUILD_HELP = {
     "dry-run": "print the plan (each step, what it does, whether --resume would skip it) and stop",
     "debug": "show tracebacks",
 }
-PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases")
+PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases", "accept_missing")
 # What the nightly needs of the build's options: the release, and what its official wheel is judged by
 NIGHTLY_BUILD_OPTIONS = ("ref", "arch", "python", "torch", "torch-index", "torch-packages", "torch-cuda", "cuda-home")
 CHANGES_HELP = {
@@ -78,6 +78,8 @@ CHANGES_HELP = {
 PREFER_HELP = {
     "prefer-wheel": "take vLLM's official wheel for the --ref release when it validates for --arch and fits your "
     "torch; else build from source (and say why)",
+    "accept-missing": "with --prefer-wheel where no compiler can complete the official wheel: take it without the "
+    "extensions it lacks for --arch (the run says which will not run) instead of the source build",
     "wheel-index": "package index the official wheel is looked up in from vLLM 0.20 on (default PyPI's simple API)",
     "wheel-releases": "GitHub release API the official +cu130 wheel is looked up in up to vLLM 0.19 "
     "(default api.github.com/repos/vllm-project/vllm/releases)",
@@ -121,12 +123,17 @@ def build_vllm(
     prefer_wheel: bool = False,
     wheel_index: str | None = None,
     wheel_releases: str | None = None,
+    accept_missing: bool = False,
     pr: list[str] | None = None,
     patch: list[str] | None = None,
 ) -> None:
     """Build, validate and publish a vLLM wheel for this GPU; resumable with --resume.
     With --prefer-wheel, the official wheel first (minutes, not a 40-minute compile)."""
-    prefer = {"index": wheel_index, "releases": wheel_releases} if prefer_wheel else None
+    prefer = (
+        {"index": wheel_index, "releases": wheel_releases, "accept_missing": "yes" if accept_missing else None}
+        if prefer_wheel
+        else None
+    )
     cli = {k: v for k, v in locals().items() if k not in ("c", "prefer", "pr", "patch", *PREFER_ARGS)}
     cli.update(prs=pr or None, patch_files=patch or None)
     from spark_build.cli import build_vllm as run

@@ -21,11 +21,13 @@ from spark_build.errors import SparkBuildError
 from spark_build.layout import NIGHTLY_HISTORY
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --help` stays quick
+    import os
     from pathlib import Path
 
     from packaging.version import Version
 
     from spark_build.nightly.prebuilt import PreferWheel
+    from spark_build.proc import Runner
     from spark_build.wheel.proof import Proof
 
 
@@ -89,7 +91,6 @@ def build_vllm(
 
 def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> int:
     import dataclasses
-    import os
     import time
 
     from spark_build.build import build
@@ -132,9 +133,49 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        return prefer_wheel(wanted, release, prove=_prover(cfg, log, say), build=from_source, say=say, run=git)
+        no_compiler, complete = _completion(cfg, log, runner, git)
+        wanted = dataclasses.replace(
+            wanted,
+            arch_list=cfg.arch or "",
+            no_compiler=no_compiler,
+            accept_missing=bool(prefer.get("accept_missing")),
+        )
+        prove = _prover(cfg, log, say)
+        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git, complete=complete)
     finally:
         lock.release()
+
+
+def _completion(
+    cfg: options.BuildConfig, log: Path, runner: Runner, git: Callable[[list[str | os.PathLike[str]]], int]
+) -> tuple[str | None, Callable[[Sequence[str]], Path] | None]:
+    """Why no completion can be built here (None when one can), and the builder of extension
+    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake."""
+    import os
+    import shutil
+
+    from spark_build.compile.extension_targets import TargetBuild, build_targets
+    from spark_build.compile.jobplan import cpu_count
+    from spark_build.nightly.completion import release_source
+
+    nvcc = cfg.cuda_home / "bin" / "nvcc"
+    cmake = shutil.which("cmake")
+    if not os.access(nvcc, os.X_OK):
+        return f"no nvcc at {nvcc} (--cuda-home)", None
+    if cmake is None or shutil.which("ninja") is None:
+        return "no cmake and ninja on PATH", None
+    folder = cfg.workdir / "completion"
+
+    def complete(targets: Sequence[str]) -> Path:
+        source = release_source(cfg.repo, cfg.ref, folder / "source", git)
+        stage = folder / "stage"
+        shutil.rmtree(stage, ignore_errors=True)  # only what this build installs goes into the wheel
+        spec = TargetBuild(
+            source, folder / "build", stage, cfg.arch or "", Path(cmake), cfg.cuda_home, Path(cfg.python), cpu_count()
+        )
+        return build_targets(spec, targets, runner, log)
+
+    return None, complete
 
 
 def _prefer_options(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> PreferWheel:

@@ -120,7 +120,16 @@ def prebuilt_note(summary: Mapping[str, Any]) -> str:
         return ""
     if decision.get("stopped_by"):
         return " (official wheel not judged: host problem)"
-    return " (official wheel)" if decision.get("taken") else " (official wheel not taken)"
+    if not decision.get("taken"):
+        return " (official wheel not taken)"
+    completion = decision.get("completion")
+    if not isinstance(completion, Mapping):
+        return " (official wheel)"
+    if completion.get("choice") == "complete":  # the official wheel with extensions built here: say which
+        return f" (official wheel, completed: {', '.join(completion.get('targets') or [])})"
+    if completion.get("choice") == "take incomplete":
+        return " (official wheel, incomplete: --accept-missing)"
+    return " (official wheel)"
 
 
 def _row(summary: Mapping[str, Any]) -> HistoryRow:

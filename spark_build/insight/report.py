@@ -276,6 +276,11 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
         else:
             refused = f"{found} not taken, " if found else ""
             lines.append(f"prefer-wheel: {refused}built from source: {decision.get('why')}")
+        completion = decision.get("completion")
+        if isinstance(completion, Mapping):  # what completing the official wheel decided, and for which targets
+            targets = ", ".join(completion.get("targets") or []) or "none"
+            lines.append(f"prefer-wheel completion: {completion.get('choice')} (targets: {targets})")
+            lines += [f"prefer-wheel: will not run: {line}" for line in completion.get("will_not_run") or []]
     util = data["cpu_utilisation"]
     if util:
         lines.append(

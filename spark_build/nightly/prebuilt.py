@@ -27,6 +27,7 @@ from packaging.version import Version
 from spark_build.durable import atomic_copy, sha256_of
 from spark_build.errors import HostProblem, Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.layout import LATEST, SUMMARY
+from spark_build.nightly.completion import BuildTargets, Choice, CompletionDecision, completed_wheel, decide, missing_in
 from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
@@ -70,6 +71,9 @@ class PreferWheel:
     wheels: Path | None = None  # --wheels: the official wheel is looked up there, never online
     offline: bool = False  # offline without --wheels: not looked up at all
     retry: RetryPolicy = RETRY_POLICY
+    arch_list: str = ""  # TORCH_CUDA_ARCH_LIST a completion builds for (12.1a); empty: no completion
+    no_compiler: str | None = None  # why no nvcc here can complete the wheel for arch_list; None: one can
+    accept_missing: bool = False  # --accept-missing: take the wheel without what the target cannot run
 
 
 # A host problem stops the run: a wheel that could not be judged is neither taken nor refused, and
@@ -137,8 +141,9 @@ class Decision:
     sha256: str | None = None
     install: str | None = None
     stopped_by: str | None = None  # the host problem that left the wheel unjudged (no source build ran)
+    completion: dict[str, Any] | None = None  # what the completion decided (`nightly.completion`), when asked
 
-    def to_dict(self) -> dict[str, str | bool | None]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -150,12 +155,14 @@ def prefer_wheel(
     build: Callable[[Decision], int],
     say: Say,
     run: Run,
+    complete: BuildTargets | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Publish the official wheel when it proves itself, else build from source; the exit code.
     `wanted` is `wanted_for(options)`, checked before the workdir is touched; `run` runs the
     `git apply` that carries Python-only changes onto the wheel; `build` is the source build,
-    given the decision for its summary.
+    given the decision for its summary; `complete` builds extension targets of the release for
+    `options.arch_list` (a wheel that lacks only those is completed, not refused).
 
     Only a verdict on the wheel (not found, gone, another torch, a sha256 that does not match, the
     proof's findings) sends the user to the source build. A `HostProblem` — the index unreachable,
@@ -173,14 +180,14 @@ def prefer_wheel(
             return _from_source(options, Decision(taken=False, why=looked), build, say)
         found = looked
         say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
-        taken = _take(found, options, prove, say, run, clock)
+        taken = _take(found, options, prove, say, run, complete, clock)
     except HostProblem as err:
         _stopped(options, err, found, clock() - started)
         raise
-    if isinstance(taken, str):
-        decision = Decision(taken=False, why=taken, found=found.filename, found_in=found.place.value)
+    if isinstance(taken, _Refused):
+        decision = Decision(False, taken.why, found.filename, found.place.value, completion=taken.completion)
         return _from_source(options, decision, build, say)
-    wheel, proof, validate_seconds = taken
+    wheel, proof, validate_seconds, completion = taken
     for line in render_proof(proof.results):
         say(line)
     target, sha = publish(wheel, options.wheelhouse)
@@ -197,7 +204,12 @@ def prefer_wheel(
     )
     say(f"install with: {line}")
     proven = f"validated here{f' with torch {torch}' if torch else ''}"
-    decision = Decision(True, proven, found.filename, found.place.value, str(target), sha, line)
+    if completion is not None and completion.choice is Choice.COMPLETE:
+        proven = f"completed here ({', '.join(completion.targets)} built for {options.arch_list}), {proven}"
+    elif completion is not None:
+        proven = f"{completion.why}; will not run: {'; '.join(completion.will_not_run)}"
+    done = completion.to_dict() if completion is not None else None
+    decision = Decision(True, proven, found.filename, found.place.value, str(target), sha, line, completion=done)
     write_taken_run(
         options.logs_dir,
         options.ref,
@@ -274,22 +286,29 @@ def _lookup(options: PreferWheel, wanted: Wanted, say: Say) -> OfficialWheel | s
     return found
 
 
+@dataclass(frozen=True)
+class _Refused:
+    why: str
+    completion: dict[str, Any] | None = None  # why a completion did not save it, when one was weighed
+
+
 def _take(
     found: OfficialWheel,
     options: PreferWheel,
     prove: Callable[[Path], Proof],
     say: Say,
     run: Run,
+    complete: BuildTargets | None,
     clock: Callable[[], float],
-) -> tuple[Path, Proof, float] | str:
-    """The found wheel downloaded, fitting the user's torch, carrying the changes and proven (with
-    the seconds its proof took); or why it is not taken (a str)."""
+) -> tuple[Path, Proof, float, CompletionDecision | None] | _Refused:
+    """The found wheel downloaded, fitting the user's torch, carrying the changes, completed where
+    it lacks code for the target, and proven (with the seconds its proofs took); or why not."""
     try:
         wheel = _download(found, options.wheelhouse / DOWNLOADS, options.retry, say)
     except HostProblem as err:
         raise HostProblem(f"cannot download {found.filename}: {err.message}") from err
     except SparkBuildError as err:  # gone (404/410), or not the bytes its host published
-        return f"{found.filename} not taken: {err.message}"
+        return _Refused(f"{found.filename} not taken: {err.message}")
     if options.changes:
         label = ".".join(c.version_label for c in options.changes)
         try:
@@ -297,19 +316,57 @@ def _take(
                 wheel, [(c.label, c.diff) for c in options.changes], label, wheel.parent / "patched", run
             )
         except StepFailed as err:
-            return f"{found.filename} not taken: {err.message}"
+            return _Refused(f"{found.filename} not taken: {err.message}")
         say(f"prebuilt: {', '.join(c.label for c in options.changes)} (Python only) carried onto it: {wheel.name}")
     began = clock()
-    verdict = judge(wheel, options, prove)
-    if isinstance(verdict, str):
-        return f"{found.filename} {verdict}"
-    return wheel, verdict, clock() - began
+    proof = proven(wheel, options, prove)
+    if isinstance(proof, str):
+        return _Refused(f"{found.filename} {proof}")
+    if not proof.problems:
+        return wheel, proof, clock() - began, None
+    refused = f"{found.filename} failed validation: {first_and_more(proof.problems)}"
+    missing = missing_in(proof.results, proof.problems) if options.arch_list else None
+    if missing is None:
+        return _Refused(refused)
+    no_compiler = options.no_compiler or (None if complete else "no compiler was set up to complete it")
+    why_used = {m.target: m.why_used for m in missing}
+    completion = decide(
+        why_used, (), arch=options.arch_list, no_compiler=no_compiler, accept_missing=options.accept_missing
+    )
+    say(f"prebuilt: {completion.choice.value}: {completion.why}")
+    if completion.choice is Choice.TAKE_INCOMPLETE:
+        return wheel, proof, clock() - began, completion
+    if completion.choice is not Choice.COMPLETE or complete is None:
+        return _Refused(f"{refused}; {completion.why}", completion.to_dict())
+    try:
+        completed = completed_wheel(
+            wheel, missing, completion.targets, options.arch_list, wheel.parent / "completed", complete
+        )
+    except StepFailed as err:  # the source or a compile of the targets: the full build is what is left
+        where = f" (log: {err.log})" if err.log else ""
+        return _Refused(f"{refused}; completing it failed: {err.message}{where}", completion.to_dict())
+    say(f"prebuilt: completed {completed.name}; validating it as any wheel")
+    again = judge(completed, options, prove)
+    if isinstance(again, str):
+        return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
+    return completed, again, clock() - began, completion
 
 
 def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:
     """The proof of a downloaded official wheel, or why it is refused (a str): another torch than
     the user's, or the proof's findings. What `--prefer-wheel` takes and what the nightly mirrors
     are judged by this one function. A proof that could not finish is no verdict: `HostProblem`."""
+    proof = proven(wheel, options, prove)
+    if isinstance(proof, str):
+        return proof
+    if proof.problems:
+        return f"failed validation: {first_and_more(proof.problems)}"
+    return proof
+
+
+def proven(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:
+    """The proof, findings and all (a completion reads which extensions failed), or why the wheel
+    is not even tried (a str: another torch than the user's)."""
     conflict = torch_conflict(wheel_requirements(wheel), options.torch_asked, options.torch_existing)
     if conflict:
         return f"not taken: {conflict}"
@@ -319,8 +376,6 @@ def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> 
         raise
     except SparkBuildError as err:  # a tool that failed (an install, a probe): the wheel was not judged
         raise HostProblem(f"validating {wheel.name} could not finish: {cause_of(err)}", log=err.log) from err
-    if proof.problems:
-        return f"failed validation: {first_and_more(proof.problems)}"
     return proof
 
 

@@ -153,6 +153,8 @@ def run_prefer_wheel(
     index: str | None = None,
     prove: Callable[[Path], Proof] | None = None,
     build: Callable[[Decision], int] | None = None,
+    no_compiler: str | None = None,
+    accept_missing: bool = False,
 ) -> tuple[int, list[str], Fallback, list[Path]]:
     """`prefer_wheel` as the command runs it, for 12.1a, with the real proof (or `prove`); returns
     the exit code, what it said, the fallback (or `build` inside it), and the wheels it asked the
@@ -187,6 +189,9 @@ def run_prefer_wheel(
         wheels=wheels,
         offline=offline,
         retry=QUICK,
+        arch_list="12.1a" if no_compiler else "",
+        no_compiler=no_compiler,
+        accept_missing=accept_missing,
     )
     said: list[str] = []
     fallback = Fallback(build)

@@ -11,7 +11,8 @@ from packaging.version import Version
 from spark_build import config
 from spark_build.config import PullRequest, parse_pr
 from spark_build.errors import UsageError
-from spark_build.wheel.repatch import changed_files, labelled, python_only
+from spark_build.wheel.relabel import labelled
+from spark_build.wheel.repatch import changed_files, python_only
 
 
 @pytest.mark.parametrize(

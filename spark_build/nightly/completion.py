@@ -1,0 +1,186 @@
+"""What `--prefer-wheel` does with an official wheel that lacks code for the target GPU: complete
+it (build just the missing extension targets here), take it as it is (only when the user asks,
+saying what will not run), or build everything from source. A pure decision with its reason,
+made before anything is compiled, so `--dry-run`, summary.json and the tests read the same table.
+
+Why a table of its own: vLLM 0.26.0 to 0.33.0 ship `_qutlass_C` for SM100 alone while sending
+FP-Quant models to it on every GPU from 10.0 on, so every official wheel "fails" on a DGX Spark
+for one extension of eight objects. Rebuilding those objects takes minutes; the full build that
+replaced the wheel until now takes twenty-five.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from spark_build.errors import StepFailed
+from spark_build.wheel.complete import complete_wheel, completion_label
+from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
+from spark_build.wheel.repatch import python_only
+
+BuildTargets = Callable[[Sequence[str]], Path]  # extension targets → the stage their installs went to
+
+
+class Scope(Enum):
+    """How far a `--pr`/`--patch` change reaches into the build."""
+
+    PYTHON = "python"  # the package's Python files: carried onto the wheel, nothing compiled
+    EXTENSIONS = "extensions"  # the sources of named extension targets: those targets rebuilt
+    EVERYTHING = "everything"  # CMake, setup.py, a shared header, the torch pins: every target
+
+
+@dataclass(frozen=True)
+class ChangeScope:
+    label: str  # PR #12345, fix.patch
+    scope: Scope
+    targets: tuple[str, ...] = ()  # with Scope.EXTENSIONS: the targets whose sources it touches
+    beyond: tuple[str, ...] = ()  # with Scope.EVERYTHING: the files no single target owns
+
+
+def scope_of(label: str, files: Sequence[str], target_sources: Mapping[str, Sequence[str]]) -> ChangeScope:
+    """Where a change lands: `target_sources` maps each extension target to the source files its
+    compile commands name (paths relative to the source root). A compiled file no target names
+    alone — CMake, setup.py, a header — is taken to reach every target: the configure, not this
+    function, knows what includes it, and a wrong "only one target" would ship stale objects."""
+    if python_only(files):
+        return ChangeScope(label, Scope.PYTHON)
+    owners = {source: target for target, sources in target_sources.items() for source in sources}
+    native = [f for f in files if not python_only([f])]
+    beyond = tuple(f for f in native if f not in owners)
+    if beyond:
+        return ChangeScope(label, Scope.EVERYTHING, beyond=beyond)
+    return ChangeScope(label, Scope.EXTENSIONS, targets=tuple(sorted({owners[f] for f in native})))
+
+
+class Choice(Enum):
+    TAKE = "take"  # the wheel as it is: everything the target runs is there (Python changes carried)
+    COMPLETE = "complete"  # the wheel with `targets` built here and swapped in
+    TAKE_INCOMPLETE = "take incomplete"  # the wheel as it is, by the user's leave; `will_not_run` says what fails
+    SOURCE = "source build"  # everything from source
+
+
+@dataclass(frozen=True)
+class CompletionDecision:
+    choice: Choice
+    why: str
+    targets: tuple[str, ...] = ()  # COMPLETE: the extension targets to build
+    will_not_run: tuple[str, ...] = ()  # TAKE_INCOMPLETE: the extensions the target cannot run, and where
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "choice": self.choice.value,
+            "why": self.why,
+            "targets": list(self.targets),
+            "will_not_run": list(self.will_not_run),
+        }
+
+
+def decide(
+    missing: Mapping[str, str],
+    changes: Sequence[ChangeScope],
+    *,
+    arch: str,
+    no_compiler: str | None,
+    accept_missing: bool,
+) -> CompletionDecision:
+    """`missing`: each extension target vLLM dispatches on `arch` that cannot run there (from the
+    arch audit of the official wheel) → why it is used there (vLLM's dispatch code). `no_compiler`:
+    why no nvcc here can target `arch`, None when one can."""
+    everything = [c for c in changes if c.scope is Scope.EVERYTHING]
+    if everything:
+        first = everything[0]
+        return CompletionDecision(
+            Choice.SOURCE,
+            f"{first.label} changes {', '.join(first.beyond)}, which every extension target depends on",
+        )
+    changed = {t: c.label for c in changes if c.scope is Scope.EXTENSIONS for t in c.targets}
+    targets = tuple(sorted({*missing, *changed}))
+    if not targets:
+        carried = [c.label for c in changes]
+        suffix = f"; {', '.join(carried)} (Python only) carried onto it" if carried else ""
+        return CompletionDecision(Choice.TAKE, f"every extension vLLM runs on {arch} has code for it{suffix}")
+    reasons = [
+        f"{t}: {'cannot run on ' + arch if t in missing else 'changed by ' + changed[t]}"
+        + (f", changed by {changed[t]}" if t in missing and t in changed else "")
+        for t in targets
+    ]
+    if no_compiler is None:
+        return CompletionDecision(Choice.COMPLETE, f"building only {'; '.join(reasons)}", targets=targets)
+    if changed:
+        return CompletionDecision(
+            Choice.SOURCE,
+            f"{', '.join(sorted(set(changed.values())))} changes compiled code and {no_compiler}",
+        )
+    will_not_run = tuple(f"{t}: {missing[t]}" for t in targets)
+    if accept_missing:
+        return CompletionDecision(
+            Choice.TAKE_INCOMPLETE,
+            f"taken without code for {arch} in {', '.join(targets)} (--accept-missing); {no_compiler}",
+            will_not_run=will_not_run,
+        )
+    return CompletionDecision(
+        Choice.SOURCE,
+        f"{', '.join(targets)} cannot run on {arch} and {no_compiler} to complete the wheel; "
+        "--accept-missing takes it without them",
+    )
+
+
+@dataclass(frozen=True)
+class Missing:
+    """An extension of the official wheel that the target GPU is sent to and cannot run."""
+
+    target: str  # the CMake target, `_qutlass_C`
+    path: str  # its file in the wheel, `vllm/_qutlass_C.abi3.so`
+    why_used: str  # vLLM's dispatch that sends the target there, from `wheel.dispatch`
+
+
+def missing_in(results: Mapping[str, Any], problems: Sequence[str]) -> tuple[Missing, ...] | None:
+    """What a completion would have to build, read from the proof's arch audit; None when a
+    problem is not GPU code (a failed import, a CUDA 12 library): building kernels cannot cure it."""
+    if not problems or not all(p.startswith("GPU code for ") for p in problems):
+        return None
+    found: dict[str, Missing] = {}
+    for report in results.get("arch", []):
+        for family in report["families"]:
+            if family.get("used", True) and family["verdict"] == "cannot run":
+                path = family["extension"]
+                row = dispatch_of(path, VLLM_DISPATCH)
+                why = f"vLLM runs it on {row.describe()} ({row.where})" if row else "no dispatch row: used on every GPU"
+                target = Path(path).name.split(".", 1)[0]
+                found[target] = Missing(target, path, why)
+    return tuple(found[t] for t in sorted(found)) or None
+
+
+def completed_wheel(
+    wheel: Path, missing: Sequence[Missing], targets: Sequence[str], arch_list: str, out_dir: Path, build: BuildTargets
+) -> Path:
+    """Build `targets` and swap them into `wheel`: the completed wheel (version `+sm121a`)."""
+    paths = {m.target: m.path for m in missing}
+    stage = build(targets)
+    built = {paths[t]: stage / paths[t] for t in targets}
+    return complete_wheel(wheel, built, completion_label(arch_list.replace(";", " ").split()), out_dir)
+
+
+def release_source(repo: str, ref: str, dest: Path, run: Callable[[list[str | os.PathLike[str]]], int]) -> Path:
+    """The release's source at `ref` (a shallow clone, reused when a completion is run again):
+    what the completion's CMake configures. The error says which source could not be had."""
+    if (dest / "CMakeLists.txt").is_file() and (dest / ".git").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repo, partial]) != 0:
+        raise StepFailed(
+            f"cannot get the source of {ref} from {repo} to complete the official wheel",
+            step="prefer-wheel",
+            hint="give --repo a clone or mirror that has the tag, or --accept-missing to take the wheel as it is",
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest
