@@ -47,10 +47,12 @@ SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 _CHUNK = 1 << 20
 _PROBE_SECONDS = 30
 
-# What the index published for the releases the tests read (equal to the mirror's SHA256SUMS).
+# What the index published for the releases the tests read (0.13.0 and 0.33.0 equal to the mirror's
+# SHA256SUMS; 0.34.0 as PyPI's JSON page gave it on 2026-12-07).
 VLLM_SDIST_SHA256 = {
     "0.13.0": "4ad43db45fef37114b550d03a4f423fb3fa3a31d8bc09ee810ef8b9cdcd4b5fe",
     "0.33.0": "f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112",
+    "0.34.0": "fcad848b246a9d8652b47e6425af92334dc02492f9802720f54e27b823cf0113",
 }
 
 
