@@ -146,7 +146,7 @@ class _NoDeviceCode(Exception):
     """cuobjdump's answer for a host-only library: not an error, just nothing to audit."""
 
 
-def _cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
+def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
     """Stream cuobjdump's stdout: a full `-ptx` dump of vLLM's `_C` runs to hundreds of MB."""
     argv = [str(cuobjdump), *options, str(target)]
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full stderr pipe would hang us
@@ -346,14 +346,14 @@ def _audit_extension(
     if dispatch is not None and not dispatch.used_on(target):
         unused_because = f"{dispatch.describe()} ({dispatch.where})"
     try:
-        listed_sass = parse_listing(_cuobjdump_lines(cuobjdump, ["--list-elf"], so))
-        listed_ptx = parse_listing(_cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
+        listed_sass = parse_listing(cuobjdump_lines(cuobjdump, ["--list-elf"], so))
+        listed_ptx = parse_listing(cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
     except _NoDeviceCode:
         return ExtensionArch(rel, (), (), None), []
     # The dump keeps the `f` that --list-elf drops, and names each image's kernels. PTX is
     # dumped (whole, so it is costly) only when kernels must be sorted into families.
     options = ["-symbols", "-ptx"] if families and listed_ptx else ["-symbols"]
-    images = parse_fatbin_dump(_cuobjdump_lines(cuobjdump, options, so))
+    images = parse_fatbin_dump(cuobjdump_lines(cuobjdump, options, so))
     dumped_sass = [i.code for i in images if i.code.kind is CodeKind.SASS]
     if [c.name.rstrip("f") for c in dumped_sass] != [c.name.rstrip("f") for c in listed_sass]:
         raise StepFailed(

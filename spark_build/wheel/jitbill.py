@@ -23,7 +23,7 @@ from rich.table import Table
 
 from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, runs_on
 from spark_build.arch.jitcost import MB, MEASURED, PTXAS_RATE, JitBill, JitLine, JitRate
-from spark_build.wheel.archaudit import ArchReport, _cuobjdump_lines
+from spark_build.wheel.archaudit import ArchReport, cuobjdump_lines
 from spark_build.wheel.audit import AuditReport
 from spark_build.wheel.linkage import unpacked
 
@@ -184,7 +184,7 @@ def wheel_jit_bill(
     with unpacked(wheel_or_dir) as root:
         for ext in report.extensions:
             if ext.ptx and ext.path in dispatched:
-                dump = _cuobjdump_lines(cuobjdump, ["-symbols", "-ptx"], root / ext.path)
+                dump = cuobjdump_lines(cuobjdump, ["-symbols", "-ptx"], root / ext.path)
                 found = jit_modules(read_modules(dump), report.target)
                 if found:
                     modules[ext.path] = found
