@@ -295,7 +295,6 @@ def mirror_file(
     chunk_size: int = 1 << 20,
 ) -> Path:
     """`mirror_wheel` for any file (a source distribution the release watch reads) saved as `name`."""
-    wheelhouse = folder
     fetch_url, fragment_sha = split_sha256_fragment(url)
     if expected_sha256 and fragment_sha and expected_sha256.lower() != fragment_sha:
         raise UsageError(
@@ -303,7 +302,7 @@ def mirror_file(
             hint="drop one of them",
         )
     expected = (expected_sha256 or fragment_sha or "").lower() or None
-    partial_dir = wheelhouse / PARTIAL_DIR
+    partial_dir = folder / PARTIAL_DIR
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / f"{name}.part"
     meta = partial_dir / f"{name}.part.json"
@@ -330,9 +329,9 @@ def mirror_file(
             f"sha256 mismatch for {name}: expected {expected}, got {actual}",
             hint="the hosted file is not the pinned one; nothing was put in the wheelhouse — check the pin",
         )
-    wheel = wheelhouse / name
+    wheel = folder / name
     write_sidecar(wheel, actual)  # first, so a wheel in the wheelhouse always has its hash beside it
     os.replace(part, wheel)
-    fsync_dir(wheelhouse)
+    fsync_dir(folder)
     meta.unlink(missing_ok=True)
     return wheel
