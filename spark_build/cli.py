@@ -133,7 +133,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        no_compiler, complete = _completion(cfg, log, runner, git)
+        no_compiler, complete = _completion(cfg, release.version, wanted.index, log, runner, git, say)
         wanted = dataclasses.replace(
             wanted,
             arch_list=cfg.arch or "",
@@ -147,31 +147,94 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
 
 
 def _completion(
-    cfg: options.BuildConfig, log: Path, runner: Runner, git: Callable[[list[str | os.PathLike[str]]], int]
-) -> tuple[str | None, Callable[[Sequence[str]], Path] | None]:
+    cfg: options.BuildConfig,
+    version: Version,
+    index: str,
+    log: Path,
+    runner: Runner,
+    git: Callable[[list[str | os.PathLike[str]]], int],
+    say: Callable[[str], None],
+) -> tuple[str | None, Callable[[Path, Sequence[str]], Path] | None]:
     """Why no completion can be built here (None when one can), and the builder of extension
-    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake."""
+    targets for `--arch` from the release's own source (its sdist, else `--repo`'s tag) and CMake,
+    against the torch the official wheel pins."""
     import os
     import shutil
 
     from spark_build.compile.extension_targets import TargetBuild, build_targets
     from spark_build.compile.jobplan import cpu_count
+    from spark_build.nightly import completion_build, completion_source
     from spark_build.nightly.completion import release_source
+    from spark_build.steps.validate import validate_index
+    from spark_build.upstream.facts import exact_torch
+    from spark_build.wheel.proof import wheel_requirements
 
     nvcc = cfg.cuda_home / "bin" / "nvcc"
-    cmake = shutil.which("cmake")
     if not os.access(nvcc, os.X_OK):
         return f"no nvcc at {nvcc} (--cuda-home)", None
-    if cmake is None or shutil.which("ninja") is None:
-        return "no cmake and ninja on PATH", None
+    if cfg.torch == "existing" and not (Path(cfg.python).parent / "ninja").exists() and not shutil.which("ninja"):
+        # Otherwise the completion's own build venv gets cmake and ninja with its torch.
+        return f"no ninja beside {cfg.python} or on PATH", None
     folder = cfg.workdir / "completion"
 
-    def complete(targets: Sequence[str]) -> Path:
-        source = release_source(cfg.repo, cfg.ref, folder / "source", git)
+    def complete(wheel: Path, targets: Sequence[str]) -> Path:
+        pin = exact_torch(tuple(wheel_requirements(wheel)))
+        sdist = completion_source.find_sdist(
+            version,
+            index=index,
+            wheels=cfg.wheels,
+            cache=cfg.layout.cache / "releases",
+            offline=cfg.offline,
+            say=say,
+        )
+        if isinstance(sdist, Path):
+            tree_source: Path | Callable[[Path], Path] = sdist
+            origin = sdist.name
+        else:
+            say(f"prebuilt: {sdist}; taking the release's tag from {cfg.repo}")
+            tree_source = lambda dest: release_source(cfg.repo, cfg.ref, dest, git)  # noqa: E731
+            origin = f"{cfg.repo} {cfg.ref}"
+        source = completion_source.prepare(
+            tree_source,
+            origin,
+            version,
+            targets,
+            folder,
+            patches_dir=cfg.patches_dir,
+            sources_cache=cfg.layout.sources_cache,
+            mirrors=cfg.source_mirrors,
+            offline=cfg.offline,
+            run=git,
+        )
+        python, found = completion_build.build_python(
+            str(pin) if pin else None,
+            existing=Path(cfg.python) if cfg.torch == "existing" else None,
+            base=cfg.python,
+            venv=folder / "venv",
+            installer=cfg.installer,
+            index=validate_index(cfg, wheel_requirements(wheel), ()),
+            run=lambda argv: runner.run(list(argv), log=log, step="complete", check=False),
+            say=say,
+        )
+        tools = completion_build.toolchain(
+            python, found, cuda_home=cfg.cuda_home, stub_dir=folder / "stubs", runner=runner, log=log
+        )
+        for note in (*source.notes, *tools.notes):
+            say(f"prebuilt: {note}")
         stage = folder / "stage"
         shutil.rmtree(stage, ignore_errors=True)  # only what this build installs goes into the wheel
         spec = TargetBuild(
-            source, folder / "build", stage, cfg.arch or "", Path(cmake), cfg.cuda_home, Path(cfg.python), cpu_count()
+            source.tree,
+            folder / "build",
+            stage,
+            cfg.arch or "",
+            tools.cmake,
+            cfg.cuda_home,
+            python,
+            cpu_count(),
+            build_type=cfg.build_type,
+            cmake_args=tools.cmake_args,
+            env={**source.env, **tools.env},
         )
         return build_targets(spec, targets, runner, log)
 

@@ -62,10 +62,10 @@ def missing_link_libraries(cuda_home: Path) -> list[StubLibrary]:
 def build_stubs(
     missing: Sequence[StubLibrary], stub_dir: Path, runner: Runner, log: Path, step: str
 ) -> dict[str, Path]:
-    """Empty shared objects with the real sonames, for a configure-only run.
-
-    They are never linked or loaded: the arch plan stops after configure. A real compile
-    links `cumem_allocator` against the driver, so it must not be given these.
+    """Empty shared objects with the real sonames: for a configure-only run (the arch plan
+    stops after configure), and for linking a completion's extensions on a host without the
+    driver (`nightly.completion_build` says why that is sound). Never loaded. The source
+    build's compile, which also runs setup.py's other targets, is not given them.
     """
     stub_dir.mkdir(parents=True, exist_ok=True)
     source = stub_dir / "empty.c"

@@ -11,8 +11,8 @@ kept, so a completion that was interrupted reuses every object Ninja had finishe
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spark_build.errors import UsageError
@@ -32,7 +32,9 @@ class TargetBuild:
     cuda_home: Path
     python: Path  # the interpreter the extension is built for (abi3, so any CPython >= 3.8)
     jobs: int
+    build_type: str = "Release"  # --build-type, as the source build's (setup.py's CMAKE_BUILD_TYPE)
     cmake_args: tuple[str, ...] = ()  # the release's own switches (vLLM: -DVLLM_PYTHON_EXECUTABLE=…)
+    env: Mapping[str, str] = field(default_factory=dict)  # *_SRC_DIR of the kept external projects, CPATH
 
 
 def configure_argv(spec: TargetBuild) -> list[str | os.PathLike[str]]:
@@ -44,32 +46,47 @@ def configure_argv(spec: TargetBuild) -> list[str | os.PathLike[str]]:
         spec.build_dir,
         "-G",
         "Ninja",
-        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DCMAKE_BUILD_TYPE={spec.build_type}",
         f"-DCMAKE_CUDA_COMPILER={spec.cuda_home / 'bin' / 'nvcc'}",
         f"-DPython3_EXECUTABLE={spec.python}",
         "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+        f"-DFETCHCONTENT_BASE_DIR={spec.build_dir / '.deps'}",
         *spec.cmake_args,
     ]
+
+
+def build_env(spec: TargetBuild) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment the release's CMake and the compilers run in, and the part the log names."""
+    env = {
+        **os.environ,
+        **spec.env,
+        "TORCH_CUDA_ARCH_LIST": spec.arch_list,
+        "CUDA_HOME": str(spec.cuda_home),
+        "PATH": os.pathsep.join([str(spec.cmake.parent), str(spec.cuda_home / "bin"), os.environ.get("PATH", "")]),
+    }
+    note = {"TORCH_CUDA_ARCH_LIST": spec.arch_list, "CUDA_HOME": str(spec.cuda_home), **spec.env}
+    return env, note
+
+
+def configure(spec: TargetBuild, runner: Runner, log: Path) -> Path:
+    """The release's CMake configured into `spec.build_dir`; its `compile_commands.json`."""
+    if not (spec.source / "CMakeLists.txt").is_file():
+        raise UsageError(
+            f"{spec.source} has no CMakeLists.txt: not the source of a release with CMake extensions",
+            hint="give the release's source tree (its sdist or its tag's checkout)",
+        )
+    env, note = build_env(spec)
+    spec.build_dir.mkdir(parents=True, exist_ok=True)
+    runner.run(configure_argv(spec), log=log, step="complete", env=env, env_note=note)
+    return spec.build_dir / "compile_commands.json"
 
 
 def build_targets(spec: TargetBuild, targets: Sequence[str], runner: Runner, log: Path) -> Path:
     """Configure, build `targets` alone, install each one's component into `spec.stage`; the stage."""
     if not targets:
         raise UsageError("no extension target to build", hint="name the targets the wheel lacks")
-    if not (spec.source / "CMakeLists.txt").is_file():
-        raise UsageError(
-            f"{spec.source} has no CMakeLists.txt: not the source of a release with CMake extensions",
-            hint="give the release's source tree (its sdist or its tag's checkout)",
-        )
-    env = {
-        **os.environ,
-        "TORCH_CUDA_ARCH_LIST": spec.arch_list,
-        "CUDA_HOME": str(spec.cuda_home),
-        "PATH": os.pathsep.join([str(spec.cmake.parent), str(spec.cuda_home / "bin"), os.environ.get("PATH", "")]),
-    }
-    note = {"TORCH_CUDA_ARCH_LIST": spec.arch_list, "CUDA_HOME": str(spec.cuda_home)}
-    spec.build_dir.mkdir(parents=True, exist_ok=True)
-    runner.run(configure_argv(spec), log=log, step="complete", env=env, env_note=note)
+    configure(spec, runner, log)
+    env, note = build_env(spec)
     build: list[str | os.PathLike[str]] = [
         spec.cmake,
         "--build",

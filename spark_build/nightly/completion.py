@@ -24,7 +24,7 @@ from spark_build.wheel.complete import complete_wheel, completion_label
 from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
 from spark_build.wheel.repatch import python_only
 
-BuildTargets = Callable[[Sequence[str]], Path]  # extension targets → the stage their installs went to
+BuildTargets = Callable[[Path, Sequence[str]], Path]  # official wheel, extension targets → the stage of their installs
 
 
 class Scope(Enum):
@@ -162,7 +162,7 @@ def completed_wheel(
 ) -> Path:
     """Build `targets` and swap them into `wheel`: the completed wheel (version `+sm121a`)."""
     paths = {m.target: m.path for m in missing}
-    stage = build(targets)
+    stage = build(wheel, targets)
     built = {paths[t]: stage / paths[t] for t in targets}
     return complete_wheel(wheel, built, completion_label(arch_list.replace(";", " ").split()), out_dir)
 

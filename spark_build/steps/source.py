@@ -16,7 +16,7 @@ from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed, UsageError
 from spark_build.pipeline.step import Context, Step
 from spark_build.upstream.fetched import FetchedSources
-from spark_build.upstream.patches import find_series, patches_digest
+from spark_build.upstream.patches import apply_series, find_series, patches_digest
 from spark_build.upstream.recipe import USE_EXISTING_TORCH_PLACES, Recipe, torch_pins
 from spark_build.upstream.refs import clone_url, resolve_ref
 from spark_build.upstream.sources import prepare_sources, sources_intact
@@ -80,33 +80,15 @@ class Patch(Step):
             )
             ctx.notes.append(f"patch: none applied ({why})")
             return {"series": None, "applied": []}
-        release = f"{recipe.dist} {recipe.version}"
-        applied: list[str] = []
-        new: list[str] = []
-        beyond: list[dict[str, str]] = []
-        for patch in series.to_try():
-            past = patch in series.beyond
-            if self._git_apply(ctx, patch.path, "--reverse", "--check") != 0:
-                if self._git_apply(ctx, patch.path, "--check") != 0:
-                    if not past or patch.required:
-                        raise StepFailed(
-                            f"{patch.name} declares releases {patch.declared}"
-                            + (" (required)" if past else "")
-                            + f" but no longer applies to {release} (the log names file and hunk)",
-                            hint="refresh the patch for this release and narrow its 'Releases:' range, "
-                            "or build pristine source with --no-patches",
-                        )
-                    note = f"tested up to {patch.tested_up_to()}, no longer applies: skipped"
-                    beyond.append({"patch": patch.name, "outcome": note, "without": patch.without})
-                    ctx.notes.append(f"patch: {patch.name} {note} — {patch.without or 'its change is missing'}")
-                    continue
-                self._git_apply(ctx, patch.path, check=True)
-                new.append(patch.name)
-            applied.append(patch.name)
-            if past:
-                beyond.append({"patch": patch.name, "outcome": patch.beyond_note(), "without": patch.without})
-                ctx.notes.append(f"patch: {patch.name} {patch.beyond_note()} on {release}")
-        return {"series": series.folder.name, "applied": applied, "new": new, "beyond": beyond}
+        git_apply = partial(self._git_apply, ctx)
+        done = apply_series(series, f"{recipe.dist} {recipe.version}", git_apply)
+        ctx.notes.extend(done.notes)
+        return {
+            "series": series.folder.name,
+            "applied": list(done.applied),
+            "new": list(done.new),
+            "beyond": list(done.beyond),
+        }
 
     def skipped_notes(self, result: Mapping[str, Any]) -> list[str]:
         """A resumed build still says which patches it carries beyond their tested range."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,3 +204,50 @@ def removers(folder: Path, version: Version | None) -> dict[str, ScopedPatch]:
 
 def _for(patch: ScopedPatch, version: Version | None) -> bool:
     return version is not None and (patch.covers(version) or patch.beyond(version))
+
+
+GitApply = Callable[..., int]  # (patch, *flags, check=False) → git apply's exit status in the tree
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """What applying a series did: every patch now in the tree, those this run applied, those
+    tried past their tested range (applied or skipped, with what the absence costs)."""
+
+    applied: tuple[str, ...]
+    new: tuple[str, ...]
+    beyond: tuple[dict[str, str], ...]
+    notes: tuple[str, ...]
+
+
+def apply_series(series: PatchSeries, release: str, git_apply: GitApply) -> SeriesOutcome:
+    """Apply `series` idempotently (a patch that reverse-applies is already in); one inside its
+    range that no longer applies stops with its name and range, one past it is skipped unless
+    `Required: yes`. The source build's patch step and the completion's source share this."""
+    applied: list[str] = []
+    new: list[str] = []
+    beyond: list[dict[str, str]] = []
+    notes: list[str] = []
+    for patch in series.to_try():
+        past = patch in series.beyond
+        if git_apply(patch.path, "--reverse", "--check") != 0:
+            if git_apply(patch.path, "--check") != 0:
+                if not past or patch.required:
+                    raise StepFailed(
+                        f"{patch.name} declares releases {patch.declared}"
+                        + (" (required)" if past else "")
+                        + f" but no longer applies to {release} (the log names file and hunk)",
+                        hint="refresh the patch for this release and narrow its 'Releases:' range, "
+                        "or build pristine source with --no-patches",
+                    )
+                note = f"tested up to {patch.tested_up_to()}, no longer applies: skipped"
+                beyond.append({"patch": patch.name, "outcome": note, "without": patch.without})
+                notes.append(f"patch: {patch.name} {note} — {patch.without or 'its change is missing'}")
+                continue
+            git_apply(patch.path, check=True)
+            new.append(patch.name)
+        applied.append(patch.name)
+        if past:
+            beyond.append({"patch": patch.name, "outcome": patch.beyond_note(), "without": patch.without})
+            notes.append(f"patch: {patch.name} {patch.beyond_note()} on {release}")
+    return SeriesOutcome(tuple(applied), tuple(new), tuple(beyond), tuple(notes))

@@ -19,6 +19,7 @@ import git
 import pytest
 from packaging.version import Version
 
+from spark_build.arch.cmake_configure import build_stubs, missing_link_libraries
 from spark_build.arch.compat import Verdict, best_on
 from spark_build.arch.plan import (
     COMMON_FAMILY,
@@ -28,14 +29,18 @@ from spark_build.arch.plan import (
     plan_source,
     raise_for_problems,
 )
+from spark_build.compile.extension_targets import TargetBuild, configure
 from spark_build.compile.jobplan import DEFAULT_PROFILE, load_estimates
 from spark_build.compile.ninjalog import parse_ninja_log, seed_ninja_log
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
 from spark_build.steps.compile import ninja_outputs, planned_objects, release_version
+from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for
 from spark_build.upstream.sources import prepare_sources
+from spark_build.upstream.targeted_cmake import target_cmake
+from spark_build.upstream.versions import external_projects
 from spark_build.wheel.archaudit import find_cuobjdump, parse_listing
 from tests.artifacts import git_bundle, vllm_sdist
 from tests.conftest import ROOT
@@ -92,6 +97,7 @@ class RealPlans:
     after: ArchPlan
     after_build: Path
     applied: list[str]
+    sources: FetchedSources
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +135,7 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_
         _run(["git", "-C", vllm_source, "apply", patch.path])
         _run(["git", "-C", vllm_source, "apply", "--reverse", "--check", patch.path])  # how the patch step sees it
     after, after_build = plan("after")
-    yield RealPlans(before, after, after_build, [p.name for p in series.patches])
+    yield RealPlans(before, after, after_build, [p.name for p in series.patches], sources)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -269,3 +275,51 @@ def test_the_patched_0_13_0_tree_is_named_0_13_0_not_the_next_release_s_dev_buil
     assert _run(scm, cwd=tree, env={**env, "SETUPTOOLS_SCM_PRETEND_VERSION": pinned}).stdout.strip() == "0.13.0"
     with_pr = release_version("vllm", describe, ["pr12345"])
     assert _run(scm, cwd=tree, env={**env, "SETUPTOOLS_SCM_PRETEND_VERSION": with_pr}).stdout.strip() == with_pr
+
+
+def _commands_of(compile_commands: Path, target: str, roots: Sequence[Path]) -> dict[str, str]:
+    """Each object of `target` → its compile command, with the source and build folders named
+    alike so that two configures of one release in two places compare."""
+    found = {}
+    for entry in json.loads(compile_commands.read_text()):
+        if f"CMakeFiles/{target}.dir/" not in entry["output"]:
+            continue
+        command = entry["command"]
+        for root, name in zip(roots, ("<source>", "<build>"), strict=True):
+            command = command.replace(str(root), name)
+        found[entry["output"]] = command
+    return found
+
+
+def test_a_configure_for_c_alone_gives_its_objects_the_compile_commands_of_the_full_configure(
+    real_plans: RealPlans, vllm_source: Path, cu130_venv: Path, tmp_path: Path
+) -> None:
+    """The completion's targeted configure: vLLM 0.13.0 (patched), whose `_C` holds qutlass's
+    objects, configured with only the external projects that name `_C`, gives every `_C`
+    object the command the arch plan's full configure gave it."""
+    tree = tmp_path / "vllm-0.13.0"
+    shutil.copytree(vllm_source, tree, ignore=shutil.ignore_patterns(".git"))
+    scoped = target_cmake(tree, ["_C"])
+    assert scoped.kept == ("cmake/external_projects/qutlass.cmake",)
+    assert sorted(scoped.dropped) == [
+        "cmake/external_projects/flashmla.cmake",
+        "cmake/external_projects/triton_kernels.cmake",
+        "cmake/external_projects/vllm_flash_attn.cmake",
+    ]
+    needed = {p.name for p in scoped.projects(external_projects(tree, Version("0.13.0")))}
+    assert needed == {"cutlass", "qutlass"}
+    env = {k: v for k, v in real_plans.sources.env.items() if k in ("VLLM_CUTLASS_SRC_DIR", "QUTLASS_SRC_DIR")}
+    runner, log, build = Runner(), tmp_path / "configure.log", tmp_path / "build"
+    stubs = build_stubs(missing_link_libraries(CUDA_HOME), tmp_path / "stubs", runner, log, "complete")
+    python = cu130_venv / "bin" / "python"
+    spec = TargetBuild(
+        tree, build, tmp_path / "stage", "12.1a", cu130_venv / "bin" / "cmake", CUDA_HOME, python, 1,
+        build_type="RelWithDebInfo",
+        cmake_args=(f"-DVLLM_PYTHON_EXECUTABLE={python}", *(f"-D{k}={v}" for k, v in stubs.items())),
+        env=env,
+    )  # fmt: skip
+    targeted = _commands_of(configure(spec, runner, log), "_C", (tree, build))
+    full = _commands_of(real_plans.after_build / "compile_commands.json", "_C", (vllm_source, real_plans.after_build))
+    qutlass = [o for o in full if "qutlass/csrc" in o]
+    assert len(qutlass) == 6 and len(full) > 100
+    assert targeted == full
