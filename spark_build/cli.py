@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
     from spark_build.nightly.prebuilt import PreferWheel
     from spark_build.proc import Runner
     from spark_build.wheel.proof import Proof
+    from spark_build.wheel.repatch import Change
 
 
 def console() -> Console:
@@ -133,7 +134,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        no_compiler, complete = _completion(cfg, log, runner, git)
+        no_compiler, complete, target_sources = _completion(cfg, log, runner, git, changes)
         wanted = dataclasses.replace(
             wanted,
             arch_list=cfg.arch or "",
@@ -141,41 +142,73 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             accept_missing=bool(prefer.get("accept_missing")),
         )
         prove = _prover(cfg, log, say)
-        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git, complete=complete)
+        return prefer_wheel(
+            wanted,
+            release,
+            prove=prove,
+            build=from_source,
+            say=say,
+            run=git,
+            complete=complete,
+            target_sources=target_sources,
+        )
     finally:
         lock.release()
 
 
 def _completion(
-    cfg: options.BuildConfig, log: Path, runner: Runner, git: Callable[[list[str | os.PathLike[str]]], int]
-) -> tuple[str | None, Callable[[Sequence[str]], Path] | None]:
-    """Why no completion can be built here (None when one can), and the builder of extension
-    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake."""
+    cfg: options.BuildConfig,
+    log: Path,
+    runner: Runner,
+    git: Callable[[list[str | os.PathLike[str]]], int],
+    changes: Sequence[Change],
+) -> tuple[str | None, Callable[[Sequence[str]], Path] | None, Callable[[], Mapping[str, Sequence[str]]] | None]:
+    """Why no completion can be built here (None when one can), the builder of extension targets
+    from the release's source (`--repo` at `--ref`, with the changes to compiled code applied) for
+    `--arch`, with its own CMake, and what that configure says each target compiles."""
+    import functools
+    import json
     import os
     import shutil
 
-    from spark_build.compile.extension_targets import TargetBuild, build_targets
+    from spark_build.arch.target_sources import target_sources
+    from spark_build.compile.extension_targets import TargetBuild, build_targets, configure_targets
     from spark_build.compile.jobplan import cpu_count
     from spark_build.nightly.completion import release_source
+    from spark_build.steps.changes import changed_release
 
     nvcc = cfg.cuda_home / "bin" / "nvcc"
     cmake = shutil.which("cmake")
     if not os.access(nvcc, os.X_OK):
-        return f"no nvcc at {nvcc} (--cuda-home)", None
+        return f"no nvcc at {nvcc} (--cuda-home)", None, None
     if cmake is None or shutil.which("ninja") is None:
-        return "no cmake and ninja on PATH", None
+        return "no cmake and ninja on PATH", None, None
     folder = cfg.workdir / "completion"
+    compiled = [(c.label, c.diff) for c in changes if not c.python_only]
+
+    @functools.cache  # once per run: applying the changes again would make Ninja rebuild their objects
+    def spec() -> TargetBuild:
+        source = changed_release(release_source(cfg.repo, cfg.ref, folder / "source", git), compiled, git)
+        return TargetBuild(
+            source,
+            folder / "build",
+            folder / "stage",
+            cfg.arch or "",
+            Path(cmake),
+            cfg.cuda_home,
+            Path(cfg.python),
+            cpu_count(),
+        )
 
     def complete(targets: Sequence[str]) -> Path:
-        source = release_source(cfg.repo, cfg.ref, folder / "source", git)
-        stage = folder / "stage"
-        shutil.rmtree(stage, ignore_errors=True)  # only what this build installs goes into the wheel
-        spec = TargetBuild(
-            source, folder / "build", stage, cfg.arch or "", Path(cmake), cfg.cuda_home, Path(cfg.python), cpu_count()
-        )
-        return build_targets(spec, targets, runner, log)
+        shutil.rmtree(folder / "stage", ignore_errors=True)  # only what this build installs goes into the wheel
+        return build_targets(spec(), targets, runner, log)
 
-    return None, complete
+    def sources() -> Mapping[str, Sequence[str]]:
+        commands = configure_targets(spec(), runner, log)
+        return target_sources(json.loads(commands.read_text()), spec().source)
+
+    return None, complete, sources
 
 
 def _prefer_options(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> PreferWheel:
