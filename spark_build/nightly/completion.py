@@ -12,6 +12,7 @@ replaced the wheel until now takes twenty-five.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -65,19 +66,27 @@ class ChangeScope:
         return f"{self.label}: {into} (the configure's compile commands)"
 
 
-# A translation unit is what compile_commands.json lists, so only one can belong to one target.
+# Only a translation unit is listed in compile_commands.json, so only one can be owned by targets.
 # Anything else a change compiles — a header, CMake, setup.py, the torch pins — reaches targets
 # through includes and the configure, which the compile commands do not show.
 TRANSLATION_UNITS = (".cu", ".cpp", ".cc", ".cxx", ".c")
+# Files no build step reads (vLLM's docs, its CI definitions, Markdown): a kernel PR often carries
+# them, and a changed sentence must not send it to the full build.
+_UNBUILT = re.compile(r"^(docs/|\.github/|\.buildkite/)|\.(md|rst)$")
+
+
+def _built(files: Sequence[str]) -> list[str]:
+    return [f for f in files if not _UNBUILT.search(f)]
 
 
 def scope_before_configure(label: str, files: Sequence[str]) -> ChangeScope | None:
     """The scope a change has whatever the configure says (Python only, or a file no target can
     own alone), None when only the release's compile commands can tell: the configure is skipped
     for a change the full build must take anyway."""
-    if python_only(files):
+    built = _built(files)
+    if not built or python_only(built):
         return ChangeScope(label, Scope.PYTHON)
-    shared = tuple(f for f in files if not python_only([f]) and not f.endswith(TRANSLATION_UNITS))
+    shared = tuple(f for f in built if not python_only([f]) and not f.endswith(TRANSLATION_UNITS))
     return ChangeScope(label, Scope.EVERYTHING, beyond=shared) if shared else None
 
 
@@ -94,7 +103,7 @@ def scope_of(label: str, files: Sequence[str], target_sources: Mapping[str, Sequ
     for target, sources in target_sources.items():
         for source in sources:
             owners.setdefault(source, set()).add(target)
-    native = [f for f in files if not python_only([f])]
+    native = [f for f in _built(files) if not python_only([f])]
     beyond = tuple(f for f in native if f not in owners)
     if beyond:
         return ChangeScope(label, Scope.EVERYTHING, beyond=beyond)

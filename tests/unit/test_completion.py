@@ -123,6 +123,8 @@ def test_a_source_the_configure_does_not_compile_reaches_every_target() -> None:
         pytest.param(("csrc/ops.h", "csrc/a.cu"), Scope.EVERYTHING, id="a-header-needs-no-configure"),
         pytest.param(("CMakeLists.txt",), Scope.EVERYTHING, id="cmake-needs-no-configure"),
         pytest.param(("csrc/a.cu", "csrc/b.cpp"), None, id="translation-units-need-the-configure"),
+        pytest.param(("csrc/a.cu", "docs/kernels.md", "README.md"), None, id="docs-are-no-part-of-the-build"),
+        pytest.param(("docs/kernels.md", "vllm/x.py"), Scope.PYTHON, id="docs-and-python-compile-nothing"),
     ],
 )
 def test_only_translation_units_wait_for_the_configure_to_find_their_target(
