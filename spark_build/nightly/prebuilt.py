@@ -332,7 +332,7 @@ def _scopes(
         except StepFailed as err:
             where = f" (log: {err.log})" if err.log else ""
             return CompletionDecision(
-                Choice.SOURCE, f"configuring the release's source with the changes failed: {err.message}{where}"
+                Choice.SOURCE, f"the release's source with the changes could not be configured: {err.message}{where}"
             )
     scopes = tuple(scope_of(label, changed, sources) for label, changed in files)
     for scope in scopes:
