@@ -375,10 +375,7 @@ def _take(
             )
         except StepFailed as err:
             return _Refused(f"{found.filename} not taken: {err.message}")
-        kinds = ", ".join(
-            f"{c.label} ({'Python only' if c.python_only else 'its Python files'})" for c in options.changes
-        )
-        say(f"prebuilt: {kinds} carried onto it: {wheel.name}")
+        say(f"prebuilt: {', '.join(_carried(c) for c in options.changes)} carried onto it: {wheel.name}")
     began = clock()
     proof = proven(wheel, options, prove)
     if isinstance(proof, str):
@@ -420,6 +417,15 @@ def _take(
     if isinstance(again, str):
         return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
     return completed, again, clock() - began, completion
+
+
+def _carried(change: Change) -> str:
+    """What of a change the official wheel's files take: all of it, its Python files, or only
+    its label (a change to compiled code alone: its targets are built, not patched)."""
+    if change.python_only:
+        return f"{change.label} (Python only)"
+    python = any(f.endswith(".py") for f in changed_files(change.diff))
+    return f"{change.label} ({'its Python files' if python else 'its label only'}; its compiled code is built)"
 
 
 def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:

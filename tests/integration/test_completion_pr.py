@@ -76,12 +76,12 @@ def release_repo(upstream: Path, tmp_path: Path) -> Path:
     return repo
 
 
-def _patch(repo: Path, out: Path, path: str, old: str, new: str) -> Path:
-    """A patch against the release as `git diff` writes it: `path` with `old` replaced by `new`."""
-    text = (repo / path).read_text()
-    (repo / path).write_text(text.replace(old, new))
+def _patch(repo: Path, out: Path, edits: dict[str, tuple[str, str]]) -> Path:
+    """A patch against the release as `git diff` writes it: in each file, `old` replaced by `new`."""
+    for path, (old, new) in edits.items():
+        (repo / path).write_text((repo / path).read_text().replace(old, new))
     out.write_text(_git(repo, "diff"))
-    _git(repo, "checkout", "-q", "--", path)
+    _git(repo, "checkout", "-q", "--", *edits)
     return out
 
 
@@ -121,7 +121,8 @@ def test_a_patch_to_one_extensions_cu_rebuilds_only_that_target_on_top_of_the_of
 ) -> None:
     official = _official_wheel(release_repo, extensions.spark_c, tmp_path / "official")
     official_host.publish_on_index(official)
-    patch = _patch(release_repo, tmp_path / "faster-extra.patch", "csrc/extra.cu", "release", "patched")
+    edits = {"csrc/extra.cu": ("release", "patched"), "spark_example/__init__.py": ('"unknown"', '"patched"')}
+    patch = _patch(release_repo, tmp_path / "faster-extra.patch", edits)
     work, logs = tmp_path / "work", tmp_path / "logs"
     invoke = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
     argv = [*invoke, "build-vllm", "--prefer-wheel", "--ref", RELEASE, "--arch", "12.1a", "--repo", str(release_repo)]
@@ -139,6 +140,7 @@ def test_a_patch_to_one_extensions_cu_rebuilds_only_that_target_on_top_of_the_of
     assert done.returncode == 0, done.stdout + done.stderr
     said = " ".join(done.stdout.split())
     assert "prebuilt: faster-extra.patch: csrc/extra.cu is compiled into _extra_C (the configure's compile" in said
+    assert "prebuilt: faster-extra.patch (its Python files; its compiled code is built) carried onto it" in said
     assert "prebuilt: complete: building only _extra_C: changed by faster-extra.patch (csrc/extra.cu)" in said
     assert not (work / "state.json").exists(), "no source build was started"
 
@@ -152,6 +154,7 @@ def test_a_patch_to_one_extensions_cu_rebuilds_only_that_target_on_top_of_the_of
         assert before.read("spark_example/_C.abi3.so") == after.read("spark_example/_C.abi3.so")
         extra = after.read("spark_example/_extra_C.abi3.so")
         assert b"extra kernels, patched" in extra and b"extra kernels, release" not in extra
+        assert '"patched"' in after.read("spark_example/__init__.py").decode(), "the Python part carried too"
 
     completion = json.loads((logs / "latest" / "summary.json").read_text())["prefer_wheel"]["completion"]
     assert (completion["choice"], completion["targets"]) == ("complete", ["_extra_C"])
@@ -170,7 +173,7 @@ def test_a_patch_to_cmakelists_is_decided_as_the_source_build_naming_the_file_be
     official_host.publish_on_index(
         test_prebuilt.vllm_wheel(tmp_path / "up", OFFICIAL, extensions.spark_c, extensions.fa3)
     )
-    patch = _patch(release_repo, tmp_path / "cmake.patch", "CMakeLists.txt", "NVCC_THREADS 1", "NVCC_THREADS 2")
+    patch = _patch(release_repo, tmp_path / "cmake.patch", {"CMakeLists.txt": ("NVCC_THREADS 1", "NVCC_THREADS 2")})
     change = Change("cmake.patch", patch, False, "patch1")
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", changes=(change,))
     assert (code, fallback.calls, proved) == (0, 1, [])
