@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
     from spark_build.nightly.prebuilt import PreferWheel
     from spark_build.proc import Runner
     from spark_build.wheel.proof import Proof
+    from spark_build.wheel.repatch import Change
 
 
 def console() -> Console:
@@ -133,7 +134,9 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        no_compiler, complete = _completion(cfg, release.version, wanted.index, log, runner, git, say)
+        no_compiler, complete, target_sources = _completion(
+            cfg, release.version, wanted.index, log, runner, git, say, changes
+        )
         wanted = dataclasses.replace(
             wanted,
             arch_list=cfg.arch or "",
@@ -141,7 +144,16 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             accept_missing=bool(prefer.get("accept_missing")),
         )
         prove = _prover(cfg, log, say)
-        return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git, complete=complete)
+        return prefer_wheel(
+            wanted,
+            release,
+            prove=prove,
+            build=from_source,
+            say=say,
+            run=git,
+            complete=complete,
+            target_sources=target_sources,
+        )
     finally:
         lock.release()
 
@@ -154,91 +166,100 @@ def _completion(
     runner: Runner,
     git: Callable[[list[str | os.PathLike[str]]], int],
     say: Callable[[str], None],
-) -> tuple[str | None, Callable[[Path, Sequence[str]], Path] | None]:
-    """Why no completion can be built here (None when one can), and the builder of extension
-    targets for `--arch` from the release's own source (its sdist, else `--repo`'s tag) and CMake,
-    against the torch the official wheel pins."""
+    changes: Sequence[Change],
+) -> tuple[str | None, Callable[[Sequence[str]], Path] | None, Callable[[], Mapping[str, Sequence[str]]] | None]:
+    """Why no completion can be built here (None when one can); the builder of extension targets
+    for `--arch` from the release's own source (its sdist, else `--repo`'s tag; our patches and
+    the changes to compiled code applied) and CMake, against the torch the release pins; and
+    what the release's configure says each target compiles (for `--pr`/`--patch`)."""
+    import functools
+    import json
     import os
     import shutil
 
-    from spark_build.compile.extension_targets import TargetBuild, build_targets
+    from spark_build.arch.target_sources import target_sources
+    from spark_build.compile.extension_targets import TargetBuild, build_targets, configure_targets
     from spark_build.compile.jobplan import cpu_count
     from spark_build.nightly import completion_build, completion_source
     from spark_build.nightly.completion import release_source
-    from spark_build.steps.validate import validate_index
-    from spark_build.upstream.facts import exact_torch
-    from spark_build.wheel.proof import wheel_requirements
+    from spark_build.steps.changes import apply_change
+    from spark_build.steps.validate import extra_index
+    from spark_build.upstream.facts import exact_torch, read_torch_pin
 
     nvcc = cfg.cuda_home / "bin" / "nvcc"
     if not os.access(nvcc, os.X_OK):
-        return f"no nvcc at {nvcc} (--cuda-home)", None
+        return f"no nvcc at {nvcc} (--cuda-home)", None, None
     if cfg.torch == "existing" and not (Path(cfg.python).parent / "ninja").exists() and not shutil.which("ninja"):
         # Otherwise the completion's own build venv gets cmake and ninja with its torch.
-        return f"no ninja beside {cfg.python} or on PATH", None
+        return f"no ninja beside {cfg.python} or on PATH", None, None
     folder = cfg.workdir / "completion"
+    compiled = [(c.label, c.diff) for c in changes if not c.python_only]
 
-    def complete(wheel: Path, targets: Sequence[str]) -> Path:
-        pin = exact_torch(tuple(wheel_requirements(wheel)))
+    @functools.cache  # once per run: the tree, then the toolchain, are made or checked once
+    def tree() -> Path:
         sdist = completion_source.find_sdist(
-            version,
-            index=index,
-            wheels=cfg.wheels,
-            cache=cfg.layout.cache / "releases",
-            offline=cfg.offline,
-            say=say,
+            version, index=index, wheels=cfg.wheels, cache=cfg.layout.cache / "releases", offline=cfg.offline, say=say
         )
         if isinstance(sdist, Path):
-            tree_source: Path | Callable[[Path], Path] = sdist
+            made: Path | Callable[[Path], Path] = sdist
             origin = sdist.name
         else:
             say(f"prebuilt: {sdist}; taking the release's tag from {cfg.repo}")
-            tree_source = lambda dest: release_source(cfg.repo, cfg.ref, dest, git)  # noqa: E731
+            made = lambda dest: release_source(cfg.repo, cfg.ref, dest, git)  # noqa: E731
             origin = f"{cfg.repo} {cfg.ref}"
-        source = completion_source.prepare(
-            tree_source,
-            origin,
-            version,
-            targets,
-            folder,
-            patches_dir=cfg.patches_dir,
-            sources_cache=cfg.layout.sources_cache,
-            mirrors=cfg.source_mirrors,
-            offline=cfg.offline,
-            run=git,
-        )
+        source, notes = completion_source.prepare_tree(
+            made, origin, version, folder, patches_dir=cfg.patches_dir, changes=compiled,
+            apply_change=lambda src, diff, label: apply_change(src, diff, label, git), run=git,
+        )  # fmt: skip
+        for note in notes:
+            say(f"prebuilt: {note}")
+        return source
+
+    @functools.cache
+    def tools() -> completion_build.Toolchain:
+        pin = read_torch_pin(tree())  # the release's requirements/cuda.txt: the torch its wheel pins
+        torch = exact_torch(pin.packages) if pin else None
         python, found = completion_build.build_python(
-            str(pin) if pin else None,
+            str(torch) if torch else None,
             existing=Path(cfg.python) if cfg.torch == "existing" else None,
             base=cfg.python,
             venv=folder / "venv",
             installer=cfg.installer,
-            index=validate_index(cfg, wheel_requirements(wheel), ()),
+            index=extra_index(pin.index) if pin else None,
             run=lambda argv: runner.run(list(argv), log=log, step="complete", check=False),
             say=say,
         )
-        tools = completion_build.toolchain(
+        made = completion_build.toolchain(
             python, found, cuda_home=cfg.cuda_home, stub_dir=folder / "stubs", runner=runner, log=log
         )
-        for note in (*source.notes, *tools.notes):
+        for note in made.notes:
             say(f"prebuilt: {note}")
-        stage = folder / "stage"
-        shutil.rmtree(stage, ignore_errors=True)  # only what this build installs goes into the wheel
-        spec = TargetBuild(
-            source.tree,
-            folder / "build",
-            stage,
-            cfg.arch or "",
-            tools.cmake,
-            cfg.cuda_home,
-            python,
-            cpu_count(),
-            build_type=cfg.build_type,
-            cmake_args=tools.cmake_args,
-            env={**source.env, **tools.env},
-        )
-        return build_targets(spec, targets, runner, log)
+        return made
 
-    return None, complete
+    def spec(targets: Sequence[str], build_dir: Path) -> TargetBuild:
+        scoped = completion_source.scope(
+            tree(), targets, version, sources_cache=cfg.layout.sources_cache, mirrors=cfg.source_mirrors,
+            offline=cfg.offline,
+        )  # fmt: skip
+        for note in scoped.notes:
+            say(f"prebuilt: {note}")
+        made = tools()
+        return TargetBuild(
+            scoped.tree, build_dir, folder / "stage", cfg.arch or "", made.cmake, cfg.cuda_home, made.python,
+            cpu_count(), build_type=cfg.build_type, cmake_args=made.cmake_args, env={**scoped.env, **made.env},
+        )  # fmt: skip
+
+    def complete(targets: Sequence[str]) -> Path:
+        shutil.rmtree(folder / "stage", ignore_errors=True)  # only what this build installs goes into the wheel
+        return build_targets(spec(targets, folder / "build"), targets, runner, log)
+
+    def sources() -> Mapping[str, Sequence[str]]:
+        # A configure of CMakeLists.txt's own targets, in a folder of its own: the build's is
+        # configured for the targets it builds.
+        commands = configure_targets(spec((), folder / "scope"), runner, log)
+        return target_sources(json.loads(commands.read_text()), tree())
+
+    return None, complete, sources
 
 
 def _prefer_options(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> PreferWheel:

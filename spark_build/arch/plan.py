@@ -24,6 +24,7 @@ from typing import Any
 
 from spark_build.arch.cmake_configure import Configured, configure, setup_extensions
 from spark_build.arch.compat import ComputeCapability, GpuCode, Verdict, best_on
+from spark_build.arch.target_sources import target_of
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
 from spark_build.upstream.fetched import FetchedSources
@@ -135,11 +136,6 @@ def gencode_codes(argv: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]
     return tuple(dict.fromkeys(sass)), tuple(dict.fromkeys(ptx))
 
 
-def _target_of(output: str) -> str:
-    found = re.search(r"CMakeFiles/([^/]+)\.dir/", output)
-    return found[1] if found else "?"
-
-
 def _group(source: Path, roots: Mapping[str, Path]) -> str:
     """Where an object's source lives: `csrc/quantization/fp4` for vLLM's own kernels (three
     folders deep at most), `qutlass:qutlass/csrc` for an external project's."""
@@ -177,7 +173,7 @@ def parse_compile_commands(entries: str | Sequence[Mapping[str, Any]], roots: Ma
             ObjectArchs(
                 object=output_rel,
                 source=str(source),
-                target=_target_of(output_rel),
+                target=target_of(output_rel) or "?",
                 group=_group(source, roots),
                 sass=sass,
                 ptx=ptx,

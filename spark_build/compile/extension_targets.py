@@ -55,8 +55,8 @@ def configure_argv(spec: TargetBuild) -> list[str | os.PathLike[str]]:
     ]
 
 
-def build_env(spec: TargetBuild) -> tuple[dict[str, str], dict[str, str]]:
-    """The environment the release's CMake and the compilers run in, and the part the log names."""
+def _environment(spec: TargetBuild) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment the release's CMake reads, and the part of it the log names."""
     env = {
         **os.environ,
         **spec.env,
@@ -64,18 +64,18 @@ def build_env(spec: TargetBuild) -> tuple[dict[str, str], dict[str, str]]:
         "CUDA_HOME": str(spec.cuda_home),
         "PATH": os.pathsep.join([str(spec.cmake.parent), str(spec.cuda_home / "bin"), os.environ.get("PATH", "")]),
     }
-    note = {"TORCH_CUDA_ARCH_LIST": spec.arch_list, "CUDA_HOME": str(spec.cuda_home), **spec.env}
-    return env, note
+    return env, {"TORCH_CUDA_ARCH_LIST": spec.arch_list, "CUDA_HOME": str(spec.cuda_home), **spec.env}
 
 
-def configure(spec: TargetBuild, runner: Runner, log: Path) -> Path:
-    """The release's CMake configured into `spec.build_dir`; its `compile_commands.json`."""
+def configure_targets(spec: TargetBuild, runner: Runner, log: Path) -> Path:
+    """Configure the release's source (no compile); its compile_commands.json, which says which
+    sources each target compiles (`arch.target_sources`) before anything is built."""
     if not (spec.source / "CMakeLists.txt").is_file():
         raise UsageError(
             f"{spec.source} has no CMakeLists.txt: not the source of a release with CMake extensions",
             hint="give the release's source tree (its sdist or its tag's checkout)",
         )
-    env, note = build_env(spec)
+    env, note = _environment(spec)
     spec.build_dir.mkdir(parents=True, exist_ok=True)
     runner.run(configure_argv(spec), log=log, step="complete", env=env, env_note=note)
     return spec.build_dir / "compile_commands.json"
@@ -85,8 +85,8 @@ def build_targets(spec: TargetBuild, targets: Sequence[str], runner: Runner, log
     """Configure, build `targets` alone, install each one's component into `spec.stage`; the stage."""
     if not targets:
         raise UsageError("no extension target to build", hint="name the targets the wheel lacks")
-    configure(spec, runner, log)
-    env, note = build_env(spec)
+    configure_targets(spec, runner, log)
+    env, note = _environment(spec)
     build: list[str | os.PathLike[str]] = [
         spec.cmake,
         "--build",

@@ -120,13 +120,18 @@ def prebuilt_note(summary: Mapping[str, Any]) -> str:
         return ""
     if decision.get("stopped_by"):
         return " (official wheel not judged: host problem)"
-    if not decision.get("taken"):
-        return " (official wheel not taken)"
     completion = decision.get("completion")
+    changes = [c for c in (completion or {}).get("changes") or [] if isinstance(c, Mapping)]
+    if not decision.get("taken"):
+        everything = [str(c.get("label")) for c in changes if c.get("scope") == "everything"]
+        reach = f": {', '.join(everything)} reaches every target" if everything else ""
+        return f" (official wheel not taken{reach})"
     if not isinstance(completion, Mapping):
         return " (official wheel)"
     if completion.get("choice") == "complete":  # the official wheel with extensions built here: say which
-        return f" (official wheel, completed: {', '.join(completion.get('targets') or [])})"
+        compiled = [str(c.get("label")) for c in changes if c.get("scope") == "extensions"]
+        by = f" for {', '.join(compiled)}" if compiled else ""
+        return f" (official wheel, completed: {', '.join(completion.get('targets') or [])}{by})"
     if completion.get("choice") == "take incomplete":
         return " (official wheel, incomplete: --accept-missing)"
     return " (official wheel)"

@@ -263,6 +263,17 @@ def render_report(data: Mapping[str, Any], console: Console) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def _change_line(change: Mapping[str, Any]) -> str:
+    """Where a `--pr`/`--patch` change landed, as `--prefer-wheel` weighed it (`nightly.completion`)."""
+    label, scope = change.get("label"), change.get("scope")
+    if scope == "python":
+        return f"prefer-wheel change: {label}: Python only, carried onto the wheel"
+    if scope == "everything":
+        return f"prefer-wheel change: {label}: {', '.join(change.get('beyond') or [])} reach every extension target"
+    into = change.get("compiled_into") or {}
+    return f"prefer-wheel change: {label}: " + "; ".join(f"{f} is compiled into {t}" for f, t in into.items())
+
+
 def _summary_lines(data: Mapping[str, Any]) -> list[str]:
     lines = []
     decision = data.get("prefer_wheel")
@@ -281,6 +292,7 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
             targets = ", ".join(completion.get("targets") or []) or "none"
             lines.append(f"prefer-wheel completion: {completion.get('choice')} (targets: {targets})")
             lines += [f"prefer-wheel: will not run: {line}" for line in completion.get("will_not_run") or []]
+            lines += [_change_line(c) for c in completion.get("changes") or [] if isinstance(c, Mapping)]
     util = data["cpu_utilisation"]
     if util:
         lines.append(

@@ -43,9 +43,8 @@ Run = Callable[[list[str | os.PathLike[str]]], int]
 @dataclass(frozen=True)
 class CompletionSource:
     tree: Path
-    origin: str  # where the release's source came from, for the decision's notes
     env: Mapping[str, str]  # the *_SRC_DIR variables of the external projects kept
-    notes: tuple[str, ...]  # patches, the configure's scope, each project's origin
+    notes: tuple[str, ...]  # the configure's scope, each project's origin
 
 
 def find_sdist(
@@ -84,58 +83,90 @@ def unpack_sdist(sdist: Path, dest: Path) -> Path:
     return dest
 
 
-def prepare(
+Change = tuple[str, Path]  # a --pr/--patch that touches compiled code: its label and its diff
+ApplyChange = Callable[[Path, Path, str], object]  # (tree, diff, label): the changes step's apply
+
+
+def prepare_tree(
     tree_source: Path | Callable[[Path], Path],
     origin: str,
     version: Version,
-    targets: Sequence[str],
     folder: Path,
     *,
     patches_dir: Path,
-    sources_cache: Path,
-    mirrors: Mapping[str, str],
-    offline: bool,
+    changes: Sequence[Change],
+    apply_change: ApplyChange,
     run: Run,
-) -> CompletionSource:
-    """The tree under `folder/source` for `targets`: made from `tree_source` (an sdist, or a
-    function that checks the release out into a folder) and patched, unless the one there was
-    made from the same input; then scoped to `targets` and given their external projects (a
-    source named missing offline keeps the tree: the rerun with its mirror reuses it)."""
+) -> tuple[Path, tuple[str, ...]]:
+    """The release tree under `folder/source` and what was done to it: made from `tree_source`
+    (an sdist, or a function that checks the release out into a folder), given our patches for
+    its version, then the `changes` in order — unless the tree there was made from the same
+    sdist, patches and changes (a source named missing offline keeps it: the rerun reuses it)."""
     tree = folder / "source"
     record = folder / "source.json"
     made_from = {
         "origin": origin,
         "sdist": sha256_of(tree_source) if isinstance(tree_source, Path) else None,
         "patches": patches_digest(patches_dir),
+        "changes": [[label, sha256_of(diff)] for label, diff in changes],
     }
     kept = json.loads(record.read_text()) if record.is_file() else {}
-    fresh = not (kept.get("made_from") == made_from and (tree / "CMakeLists.txt").is_file())
-    notes: list[str] = [] if fresh else list(kept.get("patch_notes", []))
-    if fresh:
-        record.unlink(missing_ok=True)
-        shutil.rmtree(tree, ignore_errors=True)
-        if isinstance(tree_source, Path):
-            unpack_sdist(tree_source, tree)
-            run(["git", "-C", tree, "init", "--quiet"])
-        else:
-            tree_source(tree)
-        dist = project_name(tree)
-        series = find_series(patches_dir, dist, version)
-        if series is not None and series.to_try():
+    if kept.get("made_from") == made_from and (tree / "CMakeLists.txt").is_file():
+        return tree, tuple(kept.get("notes", []))
+    record.unlink(missing_ok=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    if isinstance(tree_source, Path):
+        unpack_sdist(tree_source, tree)
+        # A repository of its own with the release committed: patches and changes apply to it
+        # (`git apply --3way` needs an index), and to nothing around it.
+        for argv in (["init", "--quiet"], ["add", "-A", "-f"], ["-c", "user.name=spark-build",
+                     "-c", "user.email=spark-build@localhost", "commit", "--quiet", "-m", origin]):  # fmt: skip
+            if run(["git", "-C", tree, *argv]) != 0:
+                raise StepFailed(f"cannot make {tree} a git repository (git {argv[-1]})", step="complete")
+    else:
+        tree_source(tree)
+    notes: list[str] = []
+    dist = project_name(tree)
+    series = find_series(patches_dir, dist, version)
+    if series is not None and series.to_try():
 
-            def git_apply(patch: Path, *flags: str, check: bool = False) -> int:
-                status = run(["git", "-C", tree, "apply", "--verbose", *flags, patch])
-                if check and status != 0:
-                    raise StepFailed(f"{patch.name} did not apply to the release's source", step="complete")
-                return status
+        def git_apply(patch: Path, *flags: str, check: bool = False) -> int:
+            status = run(["git", "-C", tree, "apply", "--verbose", *flags, patch])
+            if check and status != 0:
+                raise StepFailed(f"{patch.name} did not apply to the release's source", step="complete")
+            return status
 
-            done = apply_series(series, f"{dist} {version}", git_apply)
-            notes.extend(done.notes)
-            notes.append(f"patches: {', '.join(done.applied) or 'none'} applied to {dist} {version}")
-        record.write_text(json.dumps({"made_from": made_from, "patch_notes": notes}))
+        done = apply_series(series, f"{dist} {version}", git_apply)
+        notes.extend(done.notes)
+        notes.append(f"patches: {', '.join(done.applied) or 'none'} applied to {dist} {version}")
+    for label, diff in changes:
+        apply_change(tree, diff, label)
+        notes.append(f"{label} applied to the release's source")
+    record.write_text(json.dumps({"made_from": made_from, "notes": notes}))
+    return tree, tuple(notes)
+
+
+def scope(
+    tree: Path,
+    targets: Sequence[str],
+    version: Version,
+    *,
+    sources_cache: Path,
+    mirrors: Mapping[str, str],
+    offline: bool,
+) -> CompletionSource:
+    """The tree's CMake scoped to `targets` (none: CMakeLists.txt's own targets alone) and the
+    external projects that scope needs, fetched by the sources step's rules — their git
+    submodules only from `mirrors` (`qutlass/third_party/cutlass`): qutlass's vendored CUTLASS
+    is its fallback where vLLM gives its own, as every vLLM configure does, and a submodule a
+    target compiles against (flash-attention's `csrc/cutlass`) is mapped as for an offline
+    build. A submodule left empty is noted."""
     scoped = target_cmake(tree, targets)
-    notes.append(scoped.describe())
     projects = scoped.projects(external_projects(tree, version))
-    fetched = fetch_sources(projects, sources_cache, mirrors=mirrors, offline=offline)
-    notes.extend(f"sources: {p.name} {p.revision} from {p.origin}" for p in fetched.projects)
-    return CompletionSource(tree, origin, fetched.env, tuple(notes))
+    fetched = fetch_sources(projects, sources_cache, mirrors=mirrors, offline=offline, submodules=False)
+    notes = (
+        scoped.describe(),
+        *(f"sources: {p.name} {p.revision} from {p.origin}" for p in fetched.projects),
+        *(f"sources: {note}" for note in fetched.notes),
+    )
+    return CompletionSource(tree, fetched.env, notes)

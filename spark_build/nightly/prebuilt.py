@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,19 @@ from packaging.version import Version
 from spark_build.durable import atomic_copy, sha256_of
 from spark_build.errors import HostProblem, Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.layout import LATEST, SUMMARY
-from spark_build.nightly.completion import BuildTargets, Choice, CompletionDecision, completed_wheel, decide, missing_in
+from spark_build.nightly.completion import (
+    BuildTargets,
+    ChangeScope,
+    Choice,
+    CompletionDecision,
+    Scope,
+    TargetSources,
+    before_configure,
+    completed_wheel,
+    decide,
+    missing_in,
+    scope_of,
+)
 from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
@@ -44,7 +56,7 @@ from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
 from spark_build.pipeline.progress import StepOutcome, new_run_id, point_latest, summary_payload, write_summary
 from spark_build.wheel.audit import first_and_more
 from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
-from spark_build.wheel.repatch import Change, Run, patch_wheel
+from spark_build.wheel.repatch import Change, Run, changed_files, patch_wheel
 from spark_build.wheel.wheelhouse import install_line, publish
 
 DOWNLOADS = ".official"  # under the wheelhouse: a dot folder, so no index lists an unproven wheel
@@ -156,23 +168,28 @@ def prefer_wheel(
     say: Say,
     run: Run,
     complete: BuildTargets | None = None,
+    target_sources: TargetSources | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Publish the official wheel when it proves itself, else build from source; the exit code.
     `wanted` is `wanted_for(options)`, checked before the workdir is touched; `run` runs the
     `git apply` that carries Python-only changes onto the wheel; `build` is the source build,
     given the decision for its summary; `complete` builds extension targets of the release for
-    `options.arch_list` (a wheel that lacks only those is completed, not refused).
+    `options.arch_list` (a wheel that lacks only those is completed, not refused); `target_sources`
+    configures the release's source with the changes applied and says which files each target
+    compiles (a change to compiled code rebuilds only the targets it touches).
 
     Only a verdict on the wheel (not found, gone, another torch, a sha256 that does not match, the
     proof's findings) sends the user to the source build. A `HostProblem` — the index unreachable,
     a tool that cannot start, a probe that crashed — stops the run with exit 1 and its own name.
     Every ending leaves a run folder whose summary.json holds the decision."""
     started = clock()
-    native = [c.label for c in options.changes if not c.python_only]
-    if native:
-        why = f"{', '.join(native)} changes native code, which a prebuilt wheel cannot take"
-        return _from_source(options, Decision(taken=False, why=why), build, say)
+    files = [(c.label, changed_files(c.diff)) for c in options.changes]
+    native = any(not c.python_only for c in options.changes)
+    setup = None if target_sources else "nothing was set up to configure the release's source"
+    early = before_configure(files, arch=options.arch_list, no_compiler=_no_compiler(options, complete) or setup)
+    if early is not None:  # CMake, setup.py, a header, or no compiler: no wheel is downloaded for it
+        return _from_source(options, Decision(taken=False, why=early.why, completion=early.to_dict()), build, say)
     found: OfficialWheel | None = None
     try:
         looked = _lookup(options, wanted, say)
@@ -180,7 +197,11 @@ def prefer_wheel(
             return _from_source(options, Decision(taken=False, why=looked), build, say)
         found = looked
         say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
-        taken = _take(found, options, prove, say, run, complete, clock)
+        scopes = _scopes(files, target_sources if native else None, say)
+        if isinstance(scopes, CompletionDecision):
+            decision = Decision(False, scopes.why, found.filename, found.place.value, completion=scopes.to_dict())
+            return _from_source(options, decision, build, say)
+        taken = _take(found, options, prove, say, run, complete, clock, scopes)
     except HostProblem as err:
         _stopped(options, err, found, clock() - started)
         raise
@@ -205,7 +226,10 @@ def prefer_wheel(
     say(f"install with: {line}")
     proven = f"validated here{f' with torch {torch}' if torch else ''}"
     if completion is not None and completion.choice is Choice.COMPLETE:
-        proven = f"completed here ({', '.join(completion.targets)} built for {options.arch_list}), {proven}"
+        labels = [c.label for c in completion.changes if c.scope is Scope.EXTENSIONS]
+        with_changes = f" with {', '.join(labels)}" if labels else ""
+        built = f"{', '.join(completion.targets)} built for {options.arch_list}{with_changes}"
+        proven = f"completed here ({built}), {proven}"
     elif completion is not None:
         proven = f"{completion.why}; will not run: {'; '.join(completion.will_not_run)}"
     done = completion.to_dict() if completion is not None else None
@@ -286,6 +310,38 @@ def _lookup(options: PreferWheel, wanted: Wanted, say: Say) -> OfficialWheel | s
     return found
 
 
+def _no_compiler(options: PreferWheel, complete: BuildTargets | None) -> str | None:
+    """Why no extension target can be built here for `options.arch_list`; None when one can."""
+    if options.no_compiler:
+        return options.no_compiler
+    if complete is None:
+        return "no compiler was set up to complete it"
+    return None if options.arch_list else "no --arch was given to build for"
+
+
+def _scopes(
+    files: Sequence[tuple[str, Sequence[str]]], target_sources: TargetSources | None, say: Say
+) -> tuple[ChangeScope, ...] | CompletionDecision:
+    """Where each change lands, from the compile commands of the release's own configure (run
+    only for a change to compiled code); the source build's decision when one reaches every
+    target, or when the changed source does not even configure."""
+    sources: Mapping[str, Sequence[str]] = {}
+    if target_sources is not None:
+        try:
+            sources = target_sources()
+        except StepFailed as err:
+            where = f" (log: {err.log})" if err.log else ""
+            return CompletionDecision(
+                Choice.SOURCE, f"the release's source with the changes could not be configured: {err.message}{where}"
+            )
+    scopes = tuple(scope_of(label, changed, sources) for label, changed in files)
+    for scope in scopes:
+        say(f"prebuilt: {scope.says()}")
+    if any(s.scope is Scope.EVERYTHING for s in scopes):
+        return decide({}, scopes, arch="", no_compiler=None, accept_missing=False)
+    return scopes
+
+
 @dataclass(frozen=True)
 class _Refused:
     why: str
@@ -300,9 +356,11 @@ def _take(
     run: Run,
     complete: BuildTargets | None,
     clock: Callable[[], float],
+    scopes: Sequence[ChangeScope],
 ) -> tuple[Path, Proof, float, CompletionDecision | None] | _Refused:
-    """The found wheel downloaded, fitting the user's torch, carrying the changes, completed where
-    it lacks code for the target, and proven (with the seconds its proofs took); or why not."""
+    """The found wheel downloaded, fitting the user's torch, carrying the changes' Python files,
+    completed where it lacks code for the target or a change touches a target's sources, and
+    proven (with the seconds its proofs took); or why not."""
     try:
         wheel = _download(found, options.wheelhouse / DOWNLOADS, options.retry, say)
     except HostProblem as err:
@@ -317,21 +375,30 @@ def _take(
             )
         except StepFailed as err:
             return _Refused(f"{found.filename} not taken: {err.message}")
-        say(f"prebuilt: {', '.join(c.label for c in options.changes)} (Python only) carried onto it: {wheel.name}")
+        say(f"prebuilt: {', '.join(_carried(c) for c in options.changes)} carried onto it: {wheel.name}")
     began = clock()
     proof = proven(wheel, options, prove)
     if isinstance(proof, str):
         return _Refused(f"{found.filename} {proof}")
-    if not proof.problems:
+    changed = any(s.scope is Scope.EXTENSIONS for s in scopes)
+    if not proof.problems and not changed:
         return wheel, proof, clock() - began, None
-    refused = f"{found.filename} failed validation: {first_and_more(proof.problems)}"
-    missing = missing_in(proof.results, proof.problems) if options.arch_list else None
-    if missing is None:
+    compiled = [s.label for s in scopes if s.scope is Scope.EXTENSIONS]
+    refused = (
+        f"{found.filename} failed validation: {first_and_more(proof.problems)}"
+        if proof.problems
+        else f"{found.filename} lacks the compiled code of {', '.join(compiled)}"
+    )
+    missing = missing_in(proof.results, proof.problems) if proof.problems else ()
+    if missing is None or not options.arch_list:
         return _Refused(refused)
-    no_compiler = options.no_compiler or (None if complete else "no compiler was set up to complete it")
     why_used = {m.target: m.why_used for m in missing}
     completion = decide(
-        why_used, (), arch=options.arch_list, no_compiler=no_compiler, accept_missing=options.accept_missing
+        why_used,
+        scopes,
+        arch=options.arch_list,
+        no_compiler=_no_compiler(options, complete),
+        accept_missing=options.accept_missing,
     )
     say(f"prebuilt: {completion.choice.value}: {completion.why}")
     if completion.choice is Choice.TAKE_INCOMPLETE:
@@ -350,6 +417,15 @@ def _take(
     if isinstance(again, str):
         return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
     return completed, again, clock() - began, completion
+
+
+def _carried(change: Change) -> str:
+    """What of a change the official wheel's files take: all of it, its Python files, or only
+    its label (a change to compiled code alone: its targets are built, not patched)."""
+    if change.python_only:
+        return f"{change.label} (Python only)"
+    python = any(f.endswith(".py") for f in changed_files(change.diff))
+    return f"{change.label} ({'its Python files' if python else 'its label only'}; its compiled code is built)"
 
 
 def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:

@@ -92,6 +92,27 @@ def apply_change(src: Path, diff: Path, label: str, run: Run) -> bool:
     )
 
 
+def changed_release(src: Path, changes: Sequence[tuple[str, Path]], run: Run) -> Path:
+    """The release checkout in `src` with exactly `changes` (label, diff) applied, as the build's
+    changes step applies them: what a `--prefer-wheel` completion configures and compiles. The
+    tree is put back to its ref first, so a change of an earlier run never reaches this one's
+    targets; files the reset leaves alone keep their times, so Ninja reuses their objects. (A tree
+    without git, such as an unpacked sdist, has no ref to go back to.)"""
+    back: list[list[str | os.PathLike[str]]] = [
+        ["git", "-C", src, "reset", "-q", "--hard"],
+        ["git", "-C", src, "clean", "-q", "-fd"],
+    ]
+    for argv in back if (src / ".git").exists() else []:
+        if run(argv) != 0:
+            raise StepFailed(
+                f"cannot put {src} back to its release before applying the changes",
+                hint=f"remove {src}: the next run clones the release again",
+            )
+    for label, diff in changes:
+        apply_change(src, diff, label, run)
+    return src
+
+
 def fetch_prs_for_wheel(folder: Path, repo: str, tag: str, prs: Sequence[PullRequest], run: Run) -> list[Fetched]:
     """The PRs' changes against a release tag without a checkout, for `--prefer-wheel`: a bare
     repository in `folder` holding the tag's history and the PR heads, nothing compiled."""

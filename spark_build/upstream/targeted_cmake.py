@@ -45,7 +45,8 @@ class TargetedCmake:
     def describe(self) -> str:
         left = ", ".join(Path(f).stem for f in self.dropped) or "nothing"
         kept = ", ".join(Path(f).stem for f in self.kept) or "none"
-        return f"configure for {', '.join(self.targets)}: external projects kept: {kept}; left out: {left}"
+        scope = ", ".join(self.targets) or "CMakeLists.txt's own targets"
+        return f"configure for {scope}: external projects kept: {kept}; left out: {left}"
 
     def projects(self, projects: Iterable[ExternalProject]) -> tuple[ExternalProject, ...]:
         """The external projects this configure fetches: CMakeLists.txt's own (CUTLASS) and the kept files'."""
@@ -65,8 +66,6 @@ def _names(text: str, target: str) -> bool:
 
 def plan_targeted(cmakelists: str, files: Mapping[str, str], targets: Sequence[str]) -> TargetedCmake:
     """Pure: `files` maps each `cmake/external_projects/*.cmake` path to its text."""
-    if not targets:
-        raise ValueError("a targeted configure needs at least one target")
     code = {path: _code(text) for path, text in files.items()}
     main = _code(cmakelists)
     included = [m["file"] for m in _INCLUDE.finditer(cmakelists)]
@@ -78,7 +77,7 @@ def plan_targeted(cmakelists: str, files: Mapping[str, str], targets: Sequence[s
         if any(_names(text, t) for t in targets) or (unseen and _HANDS_OVER.search(text)):
             kept.append(path)
     dropped = [f for f in included if f not in kept]
-    label = ", ".join(targets)
+    label = ", ".join(targets) or "CMakeLists.txt's own targets"
 
     def comment(match: re.Match[str]) -> str:
         if match["file"] in kept:

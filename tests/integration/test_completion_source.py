@@ -5,7 +5,7 @@ here has). GitHub is out of reach: qutlass comes from the git bundle of ../share
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,9 @@ from packaging.version import Version
 
 from spark_build.durable import sha256_of
 from spark_build.errors import UsageError
-from spark_build.nightly.completion_source import CompletionSource, prepare
+from spark_build.nightly.completion_source import prepare_tree, scope
 from spark_build.proc import Runner
+from spark_build.steps.changes import apply_change
 from tests.artifacts import cutlass_headers, git_bundle, vllm_sdist
 from tests.conftest import ROOT
 
@@ -23,63 +24,86 @@ def test_offline_the_0_33_0_completion_names_the_one_source_it_lacks_after_scopi
     tmp_path: Path,
 ) -> None:
     runner, log = Runner(), tmp_path / "complete.log"
+    tree, notes = prepare_tree(
+        vllm_sdist("0.33.0"),
+        "vllm-0.33.0.tar.gz",
+        Version("0.33.0"),
+        tmp_path / "completion",
+        patches_dir=ROOT / "patches",
+        changes=(),
+        apply_change=_no_change,
+        run=lambda argv: runner.run(argv, log=log, step="complete", check=False),
+    )
+    # The series' FA3 patch (0006, releases up to 0.33.x) is in the tree, as a source build has it.
+    assert notes == ("patches: 0006-build-fa3-only-for-9.x-archs-0.17.patch applied to vllm 0.33.0",)
     with pytest.raises(UsageError) as stopped:
-        prepare(
-            vllm_sdist("0.33.0"),
-            "vllm-0.33.0.tar.gz",
-            Version("0.33.0"),
+        scope(
+            tree,
             ["_qutlass_C"],
-            tmp_path / "completion",
-            patches_dir=ROOT / "patches",
+            Version("0.33.0"),
             sources_cache=tmp_path / "sources",
             mirrors={"qutlass": str(git_bundle("qutlass"))},
             offline=True,
-            run=lambda argv: runner.run(argv, log=log, step="complete", check=False),
         )
     message = stopped.value.message
     assert message.startswith("1 of 2 external projects missing — offline")
     assert "cutlass v4.7.1 (https://github.com/nvidia/cutlass.git)" in message
     assert "qutlass" not in message  # fetched from the bundle: its pin e74319e3 is there
-    tree = tmp_path / "completion" / "source"
     text = (tree / "CMakeLists.txt").read_text()
     assert "    include(cmake/external_projects/qutlass.cmake)\n" in text
     for dropped in ("deepgemm", "flashmla", "tml_fa4", "vllm_flash_attn", "fmha_sm100"):
         assert f"left out of a configure for _qutlass_C: include(cmake/external_projects/{dropped}.cmake)" in text
-    # The series' FA3 patch (0006, releases up to 0.33.x) is in the tree, as a source build has it.
-    record = json.loads((tmp_path / "completion" / "source.json").read_text())
-    assert record["patch_notes"] == ["patches: 0006-build-fa3-only-for-9.x-archs-0.17.patch applied to vllm 0.33.0"]
 
 
-def test_a_prepared_tree_is_reused_while_its_sdist_and_patches_are_the_same(tmp_path: Path) -> None:
+def test_a_prepared_tree_is_reused_while_its_sdist_patches_and_changes_are_the_same(tmp_path: Path) -> None:
     """Unpacking again would give every source a new mtime and Ninja would recompile the objects
     an interrupted completion had finished; a change of targets only re-scopes the CMake."""
     runner, log = Runner(), tmp_path / "complete.log"
-    cutlass = cutlass_headers("v4.2.1")
 
-    def once(targets: list[str]) -> CompletionSource:
-        return prepare(
+    def run(argv: list[str | os.PathLike[str]]) -> int:
+        return runner.run(argv, log=log, step="complete", check=False)
+
+    cutlass = cutlass_headers("v4.2.1")
+    mirrors = {"qutlass": str(git_bundle("qutlass")), "cutlass": f"{cutlass}#sha256={sha256_of(cutlass)}"}
+
+    def tree(changes: tuple[tuple[str, Path], ...] = ()) -> tuple[Path, tuple[str, ...]]:
+        return prepare_tree(
             vllm_sdist("0.13.0"),
             "vllm-0.13.0.tar.gz",
             Version("0.13.0"),
-            targets,
             tmp_path / "completion",
             patches_dir=ROOT / "patches",
-            sources_cache=tmp_path / "sources",
-            mirrors={"qutlass": str(git_bundle("qutlass")), "cutlass": f"{cutlass}#sha256={sha256_of(cutlass)}"},
-            offline=True,
-            run=lambda argv: runner.run(argv, log=log, step="complete", check=False),
+            changes=changes,
+            apply_change=lambda src, diff, label: apply_change(src, diff, label, run),
+            run=run,
         )
 
-    first = once(["_C"])
-    assert sorted(first.env) == ["QUTLASS_SRC_DIR", "VLLM_CUTLASS_SRC_DIR"]
-    assert first.notes[0] == (
+    source, notes = tree()
+    assert notes == (
         "patches: 0001-qutlass-12.0f-family-code-with-cuda13.patch, 0002-build-fa3-only-for-9.x-archs.patch, "
-        "0007-native-12.x-code-for-ptx-only-families.patch applied to vllm 0.13.0"
+        "0007-native-12.x-code-for-ptx-only-families.patch applied to vllm 0.13.0",
     )
-    source = first.tree / "csrc" / "ops.h"
-    stamp = source.stat().st_mtime_ns
-    assert once(["_C"]).notes == first.notes and source.stat().st_mtime_ns == stamp
+    first = scope(source, ["_C"], Version("0.13.0"), sources_cache=tmp_path / "sources", mirrors=mirrors, offline=True)
+    assert sorted(first.env) == ["QUTLASS_SRC_DIR", "VLLM_CUTLASS_SRC_DIR"]
+    header = source / "csrc" / "ops.h"
+    stamp = header.stat().st_mtime_ns
+    assert tree() == (source, notes) and header.stat().st_mtime_ns == stamp
     with pytest.raises(UsageError, match=r"vllm-flash-attn 86f8f157"):  # FA2's project, not mapped offline
-        once(["_vllm_fa2_C"])
-    assert source.stat().st_mtime_ns == stamp
-    assert "    include(cmake/external_projects/vllm_flash_attn.cmake)\n" in (first.tree / "CMakeLists.txt").read_text()
+        scope(source, ["_vllm_fa2_C"], Version("0.13.0"), sources_cache=tmp_path / "sources", mirrors=mirrors,
+              offline=True)  # fmt: skip
+    assert header.stat().st_mtime_ns == stamp
+    assert "    include(cmake/external_projects/vllm_flash_attn.cmake)\n" in (source / "CMakeLists.txt").read_text()
+    # A change to compiled code makes a new tree with the change in it.
+    diff = tmp_path / "ops.patch"
+    first_two = (source / "csrc" / "ops.h").read_text().splitlines(keepends=True)[:2]
+    hunk = f" {first_two[0]}+// changed\n {first_two[1]}"
+    diff.write_text(
+        f"diff --git a/csrc/ops.h b/csrc/ops.h\n--- a/csrc/ops.h\n+++ b/csrc/ops.h\n@@ -1,2 +1,3 @@\n{hunk}"
+    )
+    changed, notes = tree((("ops.patch", diff),))
+    assert notes[-1] == "ops.patch applied to the release's source"
+    assert (changed / "csrc" / "ops.h").read_text().splitlines()[1] == "// changed"
+
+
+def _no_change(tree: Path, diff: Path, label: str) -> None:
+    raise AssertionError(f"no change was asked for, {label} was applied")

@@ -392,15 +392,17 @@ def test_a_python_only_patch_is_carried_onto_the_official_wheel_which_is_then_va
         assert not any(n.startswith("tests/") for n in archive.namelist()), "a PR's tests are not shipped"
 
 
-def test_a_native_change_means_a_source_build_without_downloading_the_official_wheel(
+def test_a_change_to_compiled_code_without_a_compiler_means_a_source_build_without_downloading_the_official_wheel(
     official_host: OfficialHost, extensions: Extensions, tmp_path: Path
 ) -> None:
     name = f"vllm-0.22.0-cp38-abi3-manylinux_2_28_{MACHINE}.whl"
     official_host.publish_on_index(vllm_wheel(tmp_path / "up", name, extensions.spark_c, extensions.fa3))
-    change = Change("PR #8", tmp_path / "pr-8.diff", False, "pr8")
+    diff = tmp_path / "pr-8.diff"
+    diff.write_text("--- a/csrc/kernel.cu\n+++ b/csrc/kernel.cu\n@@ -1 +1 @@\n-// kernel\n+// kernel, faster\n")
+    change = Change("PR #8", diff, False, "pr8")
     code, said, fallback, proved = run_prefer_wheel(official_host, tmp_path, "0.22.0", changes=(change,))
     assert (code, fallback.calls, proved) == (0, 1, [])
-    assert said[0] == "prebuilt: PR #8 changes native code, which a prebuilt wheel cannot take"
+    assert said[0] == "prebuilt: PR #8 changes compiled code and no compiler was set up to complete it"
     assert not (tmp_path / "work" / "wheelhouse" / DOWNLOADS).exists()
 
 
