@@ -189,10 +189,12 @@ def parse_listing(lines: Iterable[str]) -> list[GpuCode]:
 
 @dataclass(frozen=True)
 class FatbinImage:
-    """One cubin or PTX module in a fatbin, with the kernels (entry functions) it defines."""
+    """One cubin or PTX module in a fatbin, with the kernels (entry functions) it defines and,
+    for PTX, the size of its text in bytes: what the driver compiles when it JITs the module."""
 
     code: GpuCode
     kernels: tuple[str, ...]
+    size: int = 0
 
 
 _ENTRY_SYMBOL = re.compile(r"^FUNC\s.*\sENTRY\s+(?P<name>\S+)$")
@@ -204,30 +206,34 @@ def parse_fatbin_dump(lines: Iterable[str]) -> list[FatbinImage]:
 
     Each image opens with `Fatbin elf code:` or `Fatbin ptx code:` and an `arch = sm_120f`
     line; cubin kernels are `FUNC … ENTRY name` symbols, PTX kernels `.entry name(` lines.
+    A PTX image's size counts its text from `.version` on, not cuobjdump's header; the lines
+    are counted as they stream by, never kept (vLLM's `_C` dumps hundreds of MB of PTX).
     """
     images: list[FatbinImage] = []
     kind: CodeKind | None = None
     code: GpuCode | None = None
     kernels: list[str] = []
-
-    def close() -> None:
-        if code is not None:
-            images.append(FatbinImage(code, tuple(kernels)))
+    size = 0
+    text = False  # in a PTX image, past cuobjdump's header
 
     for line in lines:
-        if line.startswith("Fatbin elf code:") or line.startswith("Fatbin ptx code:"):
-            close()
+        if line.startswith(("Fatbin elf code:", "Fatbin ptx code:")):
+            if code is not None:
+                images.append(FatbinImage(code, tuple(kernels), size))
             kind = CodeKind.SASS if "elf" in line else CodeKind.PTX
-            code, kernels = None, []
+            code, kernels, size, text = None, [], 0, False
         elif code is None and kind is not None and line.startswith("arch = "):
             arch = GpuCode.parse(line.removeprefix("arch = ").strip())
             code = arch if kind is CodeKind.SASS else arch.as_ptx()
         elif code is not None:
-            pattern = _ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY
-            match = pattern.match(line)
+            text = text or (kind is CodeKind.PTX and line.startswith(".version"))
+            if text:
+                size += len(line) + 1
+            match = (_ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY).match(line)
             if match:
                 kernels.append(match["name"])
-    close()
+    if code is not None:
+        images.append(FatbinImage(code, tuple(kernels), size))
     return images
 
 
@@ -274,6 +280,9 @@ class ArchReport(AuditReport):
     extensions: tuple[ExtensionArch, ...]
     families: tuple[FamilyArch, ...]
     problems: tuple[str, ...] = field(default=())
+    # The fatbin images (PTX sized) of each extension with PTX the target is sent to, kept for
+    # the JIT bill (`wheel.jitbill`) from the audit's own dump: None unless `keep_ptx` asked.
+    ptx_images: Mapping[str, tuple[FatbinImage, ...]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def used(self) -> tuple[FamilyArch, ...]:
@@ -341,7 +350,9 @@ def _audit_extension(
     cuobjdump: Path,
     families: Mapping[str, str] | None,
     dispatch: Dispatch | None,
-) -> tuple[ExtensionArch, list[FamilyArch]]:
+    keep_ptx: bool,
+) -> tuple[ExtensionArch, list[FamilyArch], list[FatbinImage] | None]:
+    """The extension, its families, and its images when the JIT bill needs their PTX."""
     unused_because = None
     if dispatch is not None and not dispatch.used_on(target):
         unused_because = f"{dispatch.describe()} ({dispatch.where})"
@@ -349,11 +360,14 @@ def _audit_extension(
         listed_sass = parse_listing(cuobjdump_lines(cuobjdump, ["--list-elf"], so))
         listed_ptx = parse_listing(cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
     except _NoDeviceCode:
-        return ExtensionArch(rel, (), (), None), []
+        return ExtensionArch(rel, (), (), None), [], None
     # The dump keeps the `f` that --list-elf drops, and names each image's kernels. PTX is
-    # dumped (whole, so it is costly) only when kernels must be sorted into families.
-    options = ["-symbols", "-ptx"] if families and listed_ptx else ["-symbols"]
+    # dumped (whole, so it is costly: minutes for vLLM's `_C`) only when kernels must be sorted
+    # into families or the JIT bill needs its modules — once, for both.
+    for_bill = keep_ptx and bool(listed_ptx) and unused_because is None
+    options = ["-symbols", "-ptx"] if (families or for_bill) and listed_ptx else ["-symbols"]
     images = parse_fatbin_dump(cuobjdump_lines(cuobjdump, options, so))
+    kept = images if for_bill else None
     dumped_sass = [i.code for i in images if i.code.kind is CodeKind.SASS]
     if [c.name.rstrip("f") for c in dumped_sass] != [c.name.rstrip("f") for c in listed_sass]:
         raise StepFailed(
@@ -371,7 +385,8 @@ def _audit_extension(
     if not families:
         kernel_count = len({k for i in images for k in i.kernels})
         verdict = best_on(codes, target)
-        return ext, [FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count, (), unused_because)]
+        whole = FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count, (), unused_because)
+        return ext, [whole], kept
 
     kernel_codes: dict[str, set[GpuCode]] = {}
     for image in images:
@@ -396,7 +411,7 @@ def _audit_extension(
                 unused_because,
             )
         )
-    return ext, result
+    return ext, result, kept
 
 
 def _cannot_run(family: FamilyArch, target: ComputeCapability, row: Dispatch | None) -> str:
@@ -414,6 +429,7 @@ def arch_audit(
     families: Mapping[str, str] | None = None,
     promised: Mapping[str, Iterable[str]] | None = None,
     dispatch: Mapping[str, Dispatch] | None = None,
+    keep_ptx: bool = False,
 ) -> ArchReport:
     """List the SASS and PTX of every shared object in a wheel and judge it against `target`.
 
@@ -425,6 +441,8 @@ def arch_audit(
     arch plan promised natively (`sm_121a`, `sm_120f`); a missing one fails the audit, as does
     a family with no code that can run on `target` — unless `dispatch` (`wheel.dispatch`) says
     the target never runs that extension: then it is listed apart and not judged.
+    `keep_ptx` dumps the PTX of every extension the target is sent to in the audit's one pass
+    and keeps its images in the report, for the JIT bill to read without a second dump.
     """
     try:  # bad names are the caller's mistake; say so before spending time on cuobjdump
         promised_codes = {fam: [GpuCode.parse(n) for n in names] for fam, names in (promised or {}).items()}
@@ -432,6 +450,7 @@ def arch_audit(
         raise UsageError(f"arch plan: {err}", hint="name codes as nvcc does: sm_121a, sm_120f, compute_80") from err
     extensions: list[ExtensionArch] = []
     fams: list[FamilyArch] = []
+    ptx_images: dict[str, tuple[FatbinImage, ...]] = {}
     with unpacked(wheel_or_dir) as root:
         for elf in elf_files(root):
             try:
@@ -441,9 +460,11 @@ def arch_audit(
             if shared:
                 rel = elf.relative_to(root).as_posix()
                 routed = dispatch_of(rel, dispatch or {})
-                ext, ext_fams = _audit_extension(elf, rel, target, cuobjdump, families, routed)
+                ext, ext_fams, images = _audit_extension(elf, rel, target, cuobjdump, families, routed, keep_ptx)
                 extensions.append(ext)
                 fams.extend(ext_fams)
+                if images is not None:
+                    ptx_images[rel] = tuple(images)
 
     problems = [
         _cannot_run(f, target, dispatch_of(f.extension, dispatch or {}))
@@ -463,4 +484,5 @@ def arch_audit(
                     f"{family}: the arch plan promised {code} ({runs_on(code, target).value} on {target}); "
                     f"the wheel carries {', '.join(sorted(carried)) or 'nothing'}"
                 )
-    return ArchReport(wheel_or_dir.name, target, tuple(extensions), tuple(fams), tuple(problems))
+    kept = ptx_images if keep_ptx else None
+    return ArchReport(wheel_or_dir.name, target, tuple(extensions), tuple(fams), tuple(problems), kept)

@@ -170,9 +170,10 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     # From the wheel's files alone, before the install, which can fail for reasons of its own.
     cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
     arch_reports = [
-        arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH) for cc in proof.targets
+        arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH, keep_ptx=True)
+        for cc in proof.targets
     ]
-    jit_bills = [wheel_jit_bill(proof.wheel, report, cuobjdump) for report in arch_reports]
+    jit_bills = [wheel_jit_bill(report) for report in arch_reports]
     try:
         make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
     except StepFailed as err:  # before the wheel is touched: nothing here is the wheel's doing
