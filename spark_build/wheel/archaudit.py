@@ -146,8 +146,13 @@ class _NoDeviceCode(Exception):
     """cuobjdump's answer for a host-only library: not an error, just nothing to audit."""
 
 
-def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
-    """Stream cuobjdump's stdout: a full `-ptx` dump of vLLM's `_C` runs to hundreds of MB."""
+_BLOCK_CHARS = 1 << 22
+
+
+def cuobjdump_blocks(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
+    """Stream cuobjdump's stdout in blocks of whole lines, each without its last newline. A full
+    `-ptx` dump of vLLM's FA2 runs to 680 MB: read a line at a time, Python spent 20 times as
+    long on it as cuobjdump took to write it."""
     argv = [str(cuobjdump), *options, str(target)]
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full stderr pipe would hang us
         try:
@@ -155,7 +160,13 @@ def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterat
         except OSError as exc:
             raise HostProblem(f"cannot run cuobjdump at {cuobjdump}: {exc}", hint=_CUOBJDUMP_HINT) from exc
         with proc:
-            yield from (line.rstrip("\n") for line in proc.stdout or ())
+            rest = ""
+            while chunk := (proc.stdout.read(_BLOCK_CHARS) if proc.stdout else ""):
+                block, newline, rest = (rest + chunk).rpartition("\n")
+                if newline:
+                    yield block
+            if rest:
+                yield rest
         err.seek(0)
         message = err.read().decode(errors="replace").strip()
     if proc.returncode == 0:
@@ -166,6 +177,11 @@ def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterat
         f"{' '.join(argv)} exited {proc.returncode}: {message.splitlines()[-1] if message else ''}",
         hint="check that the file is a complete ELF library and cuobjdump matches the CUDA major",
     )
+
+
+def _lines(blocks: Iterable[str]) -> Iterator[str]:
+    for block in blocks:
+        yield from block.split("\n")
 
 
 _LISTED = re.compile(r"^(?P<kind>ELF|PTX) file\s+\d+:\s+\S*?\.(?P<arch>sm_\d+[af]?)\.(?:cubin|ptx)$")
@@ -197,41 +213,69 @@ class FatbinImage:
     size: int = 0
 
 
-_ENTRY_SYMBOL = re.compile(r"^FUNC\s.*\sENTRY\s+(?P<name>\S+)$")
-_PTX_ENTRY = re.compile(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+(?P<name>[\w$.]+)")
+# What the dump parser looks for. Each pattern opens with a literal, so the regex engine skips
+# to it at C speed through hundreds of MB of PTX instead of trying every line; that the match
+# opens its line is checked afterwards (`_opens_line`).
+_DUMP_MARKS = (
+    ("header", re.compile(r"Fatbin (elf|ptx) code:")),
+    ("arch", re.compile(r"arch = ([^\n]*)")),
+    ("version", re.compile(r"\.version")),  # a PTX module's text starts here, after cuobjdump's header
+    ("symbol", re.compile(r"FUNC[ \t][^\n]*[ \t]ENTRY[ \t]+(\S+)$", re.M)),  # a cubin's kernel
+    ("entry", re.compile(r"\.entry[ \t]+([\w$.]+)")),  # a PTX kernel
+)
+_BEFORE_ENTRY = re.compile(r"[ \t]*(?:\.visible[ \t]+|\.weak[ \t]+)?")
 
 
-def parse_fatbin_dump(lines: Iterable[str]) -> list[FatbinImage]:
-    """Images in the output of `cuobjdump -symbols [-ptx]`, in fatbin order.
+def _opens_line(block: str, start: int, mark: str) -> bool:
+    line = block.rfind("\n", 0, start) + 1
+    return _BEFORE_ENTRY.fullmatch(block, line, start) is not None if mark == "entry" else line == start
+
+
+def _marks(block: str) -> list[tuple[int, str, str]]:
+    """(offset, mark, what it names) of every line the parser acts on, in order."""
+    found = (
+        (m.start(), mark, m.group(1) if pattern.groups else "")
+        for mark, pattern in _DUMP_MARKS
+        for m in pattern.finditer(block)
+    )
+    return sorted(f for f in found if _opens_line(block, f[0], f[1]))
+
+
+def parse_fatbin_dump(blocks: Iterable[str]) -> list[FatbinImage]:
+    """Images in the output of `cuobjdump -symbols [-ptx]`, in fatbin order, from blocks of
+    whole lines each without its last newline (a list of lines is such blocks).
 
     Each image opens with `Fatbin elf code:` or `Fatbin ptx code:` and an `arch = sm_120f`
     line; cubin kernels are `FUNC … ENTRY name` symbols, PTX kernels `.entry name(` lines.
-    A PTX image's size counts its text from `.version` on, not cuobjdump's header; the lines
-    are counted as they stream by, never kept (vLLM's `_C` dumps hundreds of MB of PTX).
+    A PTX image's size counts its text from `.version` on, not cuobjdump's header.
     """
     images: list[FatbinImage] = []
     kind: CodeKind | None = None
     code: GpuCode | None = None
     kernels: list[str] = []
     size = 0
-    text = False  # in a PTX image, past cuobjdump's header
+    text = False  # in a PTX image, past cuobjdump's header: its size grows by whole blocks
 
-    for line in lines:
-        if line.startswith(("Fatbin elf code:", "Fatbin ptx code:")):
-            if code is not None:
-                images.append(FatbinImage(code, tuple(kernels), size))
-            kind = CodeKind.SASS if "elf" in line else CodeKind.PTX
-            code, kernels, size, text = None, [], 0, False
-        elif code is None and kind is not None and line.startswith("arch = "):
-            arch = GpuCode.parse(line.removeprefix("arch = ").strip())
-            code = arch if kind is CodeKind.SASS else arch.as_ptx()
-        elif code is not None:
-            text = text or (kind is CodeKind.PTX and line.startswith(".version"))
-            if text:
-                size += len(line) + 1
-            match = (_ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY).match(line)
-            if match:
-                kernels.append(match["name"])
+    for block in blocks:
+        end = len(block) + 1
+        if text:
+            size += end
+        for start, mark, name in _marks(block):
+            if mark == "header":
+                if code is not None:
+                    size -= end - start if text else 0
+                    images.append(FatbinImage(code, tuple(kernels), size))
+                kind = CodeKind.SASS if name == "elf" else CodeKind.PTX
+                code, kernels, size, text = None, [], 0, False
+            elif code is None:
+                if mark == "arch" and kind is not None:
+                    arch = GpuCode.parse(name.strip())
+                    code = arch if kind is CodeKind.SASS else arch.as_ptx()
+            elif mark == "version" and kind is CodeKind.PTX and not text:
+                text = True
+                size += end - start
+            elif (mark, kind) in (("symbol", CodeKind.SASS), ("entry", CodeKind.PTX)):
+                kernels.append(name)
     if code is not None:
         images.append(FatbinImage(code, tuple(kernels), size))
     return images
@@ -357,8 +401,8 @@ def _audit_extension(
     if dispatch is not None and not dispatch.used_on(target):
         unused_because = f"{dispatch.describe()} ({dispatch.where})"
     try:
-        listed_sass = parse_listing(cuobjdump_lines(cuobjdump, ["--list-elf"], so))
-        listed_ptx = parse_listing(cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
+        listed_sass = parse_listing(_lines(cuobjdump_blocks(cuobjdump, ["--list-elf"], so)))
+        listed_ptx = parse_listing(_lines(cuobjdump_blocks(cuobjdump, ["--list-ptx"], so)))
     except _NoDeviceCode:
         return ExtensionArch(rel, (), (), None), [], None
     # The dump keeps the `f` that --list-elf drops, and names each image's kernels. PTX is
@@ -366,7 +410,7 @@ def _audit_extension(
     # into families or the JIT bill needs its modules — once, for both.
     for_bill = keep_ptx and bool(listed_ptx) and unused_because is None
     options = ["-symbols", "-ptx"] if (families or for_bill) and listed_ptx else ["-symbols"]
-    images = parse_fatbin_dump(cuobjdump_lines(cuobjdump, options, so))
+    images = parse_fatbin_dump(cuobjdump_blocks(cuobjdump, options, so))
     kept = images if for_bill else None
     dumped_sass = [i.code for i in images if i.code.kind is CodeKind.SASS]
     if [c.name.rstrip("f") for c in dumped_sass] != [c.name.rstrip("f") for c in listed_sass]:
