@@ -129,10 +129,16 @@ def read_patch(path: Path) -> ScopedPatch:
     )
 
 
+def series_names(folder: Path) -> list[str]:
+    """The file names the series file lists, in order (comments and blank lines left out)."""
+    lines = (folder / "series").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
 def read_series(folder: Path) -> tuple[ScopedPatch, ...]:
     """Every patch the series file lists, in order."""
     series = folder / "series"
-    names = [line.strip() for line in series.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    names = series_names(folder)
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise StepFailed(
@@ -155,12 +161,19 @@ def find_series(patches_root: Path, dist: str, version: Version | None) -> Patch
 
 
 def patches_digest(patches_root: Path) -> str:
-    """A fingerprint of every patch we ship: editing any patch reruns the patch step onward."""
+    """A fingerprint of what the patch step applies: each dist's series (the patches it lists,
+    in order) and those patches' bytes. Editing a patch or its order reruns the patch step
+    onward on `--resume`; editing `patches/README`, a comment of a series, or a file no series
+    lists does not. A listed patch that is missing counts as such; the patch step names it."""
     digest = hashlib.sha256()
-    if patches_root.is_dir():
-        for path in sorted(p for p in patches_root.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(patches_root)).encode())
-            digest.update(path.read_bytes())
+    folders = sorted(p.parent for p in patches_root.glob("*/series") if p.is_file()) if patches_root.is_dir() else []
+    for folder in folders:
+        digest.update(f"series {folder.name}\n".encode())
+        for name in series_names(folder):
+            path = folder / name
+            digest.update(f"{name} {path.stat().st_size if path.is_file() else 'missing'}\n".encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -146,8 +146,13 @@ class _NoDeviceCode(Exception):
     """cuobjdump's answer for a host-only library: not an error, just nothing to audit."""
 
 
-def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
-    """Stream cuobjdump's stdout: a full `-ptx` dump of vLLM's `_C` runs to hundreds of MB."""
+_BLOCK_CHARS = 1 << 22
+
+
+def cuobjdump_blocks(cuobjdump: Path, options: list[str], target: Path) -> Iterator[str]:
+    """Stream cuobjdump's stdout in blocks of whole lines, each without its last newline. A full
+    `-ptx` dump of vLLM's FA2 runs to 680 MB: read a line at a time, Python spent 20 times as
+    long on it as cuobjdump took to write it."""
     argv = [str(cuobjdump), *options, str(target)]
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full stderr pipe would hang us
         try:
@@ -155,7 +160,13 @@ def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterat
         except OSError as exc:
             raise HostProblem(f"cannot run cuobjdump at {cuobjdump}: {exc}", hint=_CUOBJDUMP_HINT) from exc
         with proc:
-            yield from (line.rstrip("\n") for line in proc.stdout or ())
+            rest = ""
+            while chunk := (proc.stdout.read(_BLOCK_CHARS) if proc.stdout else ""):
+                block, newline, rest = (rest + chunk).rpartition("\n")
+                if newline:
+                    yield block
+            if rest:
+                yield rest
         err.seek(0)
         message = err.read().decode(errors="replace").strip()
     if proc.returncode == 0:
@@ -166,6 +177,11 @@ def cuobjdump_lines(cuobjdump: Path, options: list[str], target: Path) -> Iterat
         f"{' '.join(argv)} exited {proc.returncode}: {message.splitlines()[-1] if message else ''}",
         hint="check that the file is a complete ELF library and cuobjdump matches the CUDA major",
     )
+
+
+def _lines(blocks: Iterable[str]) -> Iterator[str]:
+    for block in blocks:
+        yield from block.split("\n")
 
 
 _LISTED = re.compile(r"^(?P<kind>ELF|PTX) file\s+\d+:\s+\S*?\.(?P<arch>sm_\d+[af]?)\.(?:cubin|ptx)$")
@@ -189,45 +205,79 @@ def parse_listing(lines: Iterable[str]) -> list[GpuCode]:
 
 @dataclass(frozen=True)
 class FatbinImage:
-    """One cubin or PTX module in a fatbin, with the kernels (entry functions) it defines."""
+    """One cubin or PTX module in a fatbin, with the kernels (entry functions) it defines and,
+    for PTX, the size of its text in bytes: what the driver compiles when it JITs the module."""
 
     code: GpuCode
     kernels: tuple[str, ...]
+    size: int = 0
 
 
-_ENTRY_SYMBOL = re.compile(r"^FUNC\s.*\sENTRY\s+(?P<name>\S+)$")
-_PTX_ENTRY = re.compile(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+(?P<name>[\w$.]+)")
+# What the dump parser looks for. Each pattern opens with a literal, so the regex engine skips
+# to it at C speed through hundreds of MB of PTX instead of trying every line; that the match
+# opens its line is checked afterwards (`_opens_line`).
+_DUMP_MARKS = (
+    ("header", re.compile(r"Fatbin (elf|ptx) code:")),
+    ("arch", re.compile(r"arch = ([^\n]*)")),
+    ("version", re.compile(r"\.version")),  # a PTX module's text starts here, after cuobjdump's header
+    ("symbol", re.compile(r"FUNC[ \t][^\n]*[ \t]ENTRY[ \t]+(\S+)$", re.M)),  # a cubin's kernel
+    ("entry", re.compile(r"\.entry[ \t]+([\w$.]+)")),  # a PTX kernel
+)
+_BEFORE_ENTRY = re.compile(r"[ \t]*(?:\.visible[ \t]+|\.weak[ \t]+)?")
 
 
-def parse_fatbin_dump(lines: Iterable[str]) -> list[FatbinImage]:
-    """Images in the output of `cuobjdump -symbols [-ptx]`, in fatbin order.
+def _opens_line(block: str, start: int, mark: str) -> bool:
+    line = block.rfind("\n", 0, start) + 1
+    return _BEFORE_ENTRY.fullmatch(block, line, start) is not None if mark == "entry" else line == start
+
+
+def _marks(block: str) -> list[tuple[int, str, str]]:
+    """(offset, mark, what it names) of every line the parser acts on, in order."""
+    found = (
+        (m.start(), mark, m.group(1) if pattern.groups else "")
+        for mark, pattern in _DUMP_MARKS
+        for m in pattern.finditer(block)
+    )
+    return sorted(f for f in found if _opens_line(block, f[0], f[1]))
+
+
+def parse_fatbin_dump(blocks: Iterable[str]) -> list[FatbinImage]:
+    """Images in the output of `cuobjdump -symbols [-ptx]`, in fatbin order, from blocks of
+    whole lines each without its last newline (a list of lines is such blocks).
 
     Each image opens with `Fatbin elf code:` or `Fatbin ptx code:` and an `arch = sm_120f`
     line; cubin kernels are `FUNC … ENTRY name` symbols, PTX kernels `.entry name(` lines.
+    A PTX image's size counts its text from `.version` on, not cuobjdump's header.
     """
     images: list[FatbinImage] = []
     kind: CodeKind | None = None
     code: GpuCode | None = None
     kernels: list[str] = []
+    size = 0
+    text = False  # in a PTX image, past cuobjdump's header: its size grows by whole blocks
 
-    def close() -> None:
-        if code is not None:
-            images.append(FatbinImage(code, tuple(kernels)))
-
-    for line in lines:
-        if line.startswith("Fatbin elf code:") or line.startswith("Fatbin ptx code:"):
-            close()
-            kind = CodeKind.SASS if "elf" in line else CodeKind.PTX
-            code, kernels = None, []
-        elif code is None and kind is not None and line.startswith("arch = "):
-            arch = GpuCode.parse(line.removeprefix("arch = ").strip())
-            code = arch if kind is CodeKind.SASS else arch.as_ptx()
-        elif code is not None:
-            pattern = _ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY
-            match = pattern.match(line)
-            if match:
-                kernels.append(match["name"])
-    close()
+    for block in blocks:
+        end = len(block) + 1
+        if text:
+            size += end
+        for start, mark, name in _marks(block):
+            if mark == "header":
+                if code is not None:
+                    size -= end - start if text else 0
+                    images.append(FatbinImage(code, tuple(kernels), size))
+                kind = CodeKind.SASS if name == "elf" else CodeKind.PTX
+                code, kernels, size, text = None, [], 0, False
+            elif code is None:
+                if mark == "arch" and kind is not None:
+                    arch = GpuCode.parse(name.strip())
+                    code = arch if kind is CodeKind.SASS else arch.as_ptx()
+            elif mark == "version" and kind is CodeKind.PTX and not text:
+                text = True
+                size += end - start
+            elif (mark, kind) in (("symbol", CodeKind.SASS), ("entry", CodeKind.PTX)):
+                kernels.append(name)
+    if code is not None:
+        images.append(FatbinImage(code, tuple(kernels), size))
     return images
 
 
@@ -274,6 +324,9 @@ class ArchReport(AuditReport):
     extensions: tuple[ExtensionArch, ...]
     families: tuple[FamilyArch, ...]
     problems: tuple[str, ...] = field(default=())
+    # The fatbin images (PTX sized) of each extension with PTX the target is sent to, kept for
+    # the JIT bill (`wheel.jitbill`) from the audit's own dump: None unless `keep_ptx` asked.
+    ptx_images: Mapping[str, tuple[FatbinImage, ...]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def used(self) -> tuple[FamilyArch, ...]:
@@ -341,19 +394,24 @@ def _audit_extension(
     cuobjdump: Path,
     families: Mapping[str, str] | None,
     dispatch: Dispatch | None,
-) -> tuple[ExtensionArch, list[FamilyArch]]:
+    keep_ptx: bool,
+) -> tuple[ExtensionArch, list[FamilyArch], list[FatbinImage] | None]:
+    """The extension, its families, and its images when the JIT bill needs their PTX."""
     unused_because = None
     if dispatch is not None and not dispatch.used_on(target):
         unused_because = f"{dispatch.describe()} ({dispatch.where})"
     try:
-        listed_sass = parse_listing(cuobjdump_lines(cuobjdump, ["--list-elf"], so))
-        listed_ptx = parse_listing(cuobjdump_lines(cuobjdump, ["--list-ptx"], so))
+        listed_sass = parse_listing(_lines(cuobjdump_blocks(cuobjdump, ["--list-elf"], so)))
+        listed_ptx = parse_listing(_lines(cuobjdump_blocks(cuobjdump, ["--list-ptx"], so)))
     except _NoDeviceCode:
-        return ExtensionArch(rel, (), (), None), []
+        return ExtensionArch(rel, (), (), None), [], None
     # The dump keeps the `f` that --list-elf drops, and names each image's kernels. PTX is
-    # dumped (whole, so it is costly) only when kernels must be sorted into families.
-    options = ["-symbols", "-ptx"] if families and listed_ptx else ["-symbols"]
-    images = parse_fatbin_dump(cuobjdump_lines(cuobjdump, options, so))
+    # dumped (whole, so it is costly: minutes for vLLM's `_C`) only when kernels must be sorted
+    # into families or the JIT bill needs its modules — once, for both.
+    for_bill = keep_ptx and bool(listed_ptx) and unused_because is None
+    options = ["-symbols", "-ptx"] if (families or for_bill) and listed_ptx else ["-symbols"]
+    images = parse_fatbin_dump(cuobjdump_blocks(cuobjdump, options, so))
+    kept = images if for_bill else None
     dumped_sass = [i.code for i in images if i.code.kind is CodeKind.SASS]
     if [c.name.rstrip("f") for c in dumped_sass] != [c.name.rstrip("f") for c in listed_sass]:
         raise StepFailed(
@@ -371,7 +429,8 @@ def _audit_extension(
     if not families:
         kernel_count = len({k for i in images for k in i.kernels})
         verdict = best_on(codes, target)
-        return ext, [FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count, (), unused_because)]
+        whole = FamilyArch(ext.module, rel, (*ext.sass, *ext.ptx), verdict, kernel_count, (), unused_because)
+        return ext, [whole], kept
 
     kernel_codes: dict[str, set[GpuCode]] = {}
     for image in images:
@@ -396,7 +455,7 @@ def _audit_extension(
                 unused_because,
             )
         )
-    return ext, result
+    return ext, result, kept
 
 
 def _cannot_run(family: FamilyArch, target: ComputeCapability, row: Dispatch | None) -> str:
@@ -414,6 +473,7 @@ def arch_audit(
     families: Mapping[str, str] | None = None,
     promised: Mapping[str, Iterable[str]] | None = None,
     dispatch: Mapping[str, Dispatch] | None = None,
+    keep_ptx: bool = False,
 ) -> ArchReport:
     """List the SASS and PTX of every shared object in a wheel and judge it against `target`.
 
@@ -425,6 +485,8 @@ def arch_audit(
     arch plan promised natively (`sm_121a`, `sm_120f`); a missing one fails the audit, as does
     a family with no code that can run on `target` — unless `dispatch` (`wheel.dispatch`) says
     the target never runs that extension: then it is listed apart and not judged.
+    `keep_ptx` dumps the PTX of every extension the target is sent to in the audit's one pass
+    and keeps its images in the report, for the JIT bill to read without a second dump.
     """
     try:  # bad names are the caller's mistake; say so before spending time on cuobjdump
         promised_codes = {fam: [GpuCode.parse(n) for n in names] for fam, names in (promised or {}).items()}
@@ -432,6 +494,7 @@ def arch_audit(
         raise UsageError(f"arch plan: {err}", hint="name codes as nvcc does: sm_121a, sm_120f, compute_80") from err
     extensions: list[ExtensionArch] = []
     fams: list[FamilyArch] = []
+    ptx_images: dict[str, tuple[FatbinImage, ...]] = {}
     with unpacked(wheel_or_dir) as root:
         for elf in elf_files(root):
             try:
@@ -441,9 +504,11 @@ def arch_audit(
             if shared:
                 rel = elf.relative_to(root).as_posix()
                 routed = dispatch_of(rel, dispatch or {})
-                ext, ext_fams = _audit_extension(elf, rel, target, cuobjdump, families, routed)
+                ext, ext_fams, images = _audit_extension(elf, rel, target, cuobjdump, families, routed, keep_ptx)
                 extensions.append(ext)
                 fams.extend(ext_fams)
+                if images is not None:
+                    ptx_images[rel] = tuple(images)
 
     problems = [
         _cannot_run(f, target, dispatch_of(f.extension, dispatch or {}))
@@ -463,4 +528,5 @@ def arch_audit(
                     f"{family}: the arch plan promised {code} ({runs_on(code, target).value} on {target}); "
                     f"the wheel carries {', '.join(sorted(carried)) or 'nothing'}"
                 )
-    return ArchReport(wheel_or_dir.name, target, tuple(extensions), tuple(fams), tuple(problems))
+    kept = ptx_images if keep_ptx else None
+    return ArchReport(wheel_or_dir.name, target, tuple(extensions), tuple(fams), tuple(problems), kept)

@@ -5,27 +5,26 @@ The arch audit judges an extension by its best code, so `_C` counts as native on
 (12.1) as soon as some of its kernels carry `sm_120f` — while its Marlin kernels carry only
 `sm_80` + PTX and are JIT-compiled at their first launch. The driver picks code per module:
 a PTX module whose kernels all have SASS that runs on the target is never compiled; any other
-is compiled whole. So this reads every image of `cuobjdump -symbols -ptx` (streamed: vLLM's
-PTX runs to hundreds of MB), sizes each PTX module, and bills the modules with a kernel that
-has no native SASS, by kernel family, at the measured rate of `arch.jitcost`.
+is compiled whole. So this takes every image of `cuobjdump -symbols -ptx` with each PTX
+module's size, as the arch audit read them in its own pass (`arch_audit(keep_ptx=True)`: the
+dump of vLLM's PTX takes minutes, once is enough), and bills the modules with a kernel that has
+no native SASS, by kernel family, at the measured rate of `arch.jitcost`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from spark_build.arch.compat import CodeKind, ComputeCapability, GpuCode, Verdict, runs_on
+from spark_build.arch.compat import CodeKind, ComputeCapability, Verdict, runs_on
 from spark_build.arch.jitcost import MB, MEASURED, PTXAS_RATE, JitBill, JitLine, JitRate
-from spark_build.wheel.archaudit import ArchReport, cuobjdump_lines
+from spark_build.wheel.archaudit import ArchReport, FatbinImage
 from spark_build.wheel.audit import AuditReport
-from spark_build.wheel.linkage import unpacked
 
 # Kernel names (mangled, lowercased) → family; the first match wins, the rest keep their
 # extension's name. Read from vLLM 0.13.0's namespaces: marlin_moe_wna16 (csrc/moe), marlin_24
@@ -41,57 +40,17 @@ KERNEL_FAMILIES: tuple[tuple[str, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class FatbinModule:
-    """One cubin or PTX image of a fatbin: its code, its kernels, and (PTX) its size in bytes."""
-
-    code: GpuCode
-    kernels: tuple[str, ...]
-    size: int = 0
-
-
-_ENTRY_SYMBOL = re.compile(r"^FUNC\s.*\sENTRY\s+(?P<name>\S+)$")
-_PTX_ENTRY = re.compile(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+(?P<name>[\w$.]+)")
-
-
-def read_modules(lines: Iterable[str]) -> Iterator[FatbinModule]:
-    """The images of `cuobjdump -symbols -ptx` output, in order, PTX ones with their text's size."""
-    kind: CodeKind | None = None
-    code: GpuCode | None = None
-    kernels: list[str] = []
-    size = 0
-    text = False  # in a PTX image, past cuobjdump's header: the PTX itself starts at `.version`
-    for line in lines:
-        if line.startswith(("Fatbin elf code:", "Fatbin ptx code:")):
-            if code is not None:
-                yield FatbinModule(code, tuple(kernels), size)
-            kind = CodeKind.SASS if "elf" in line else CodeKind.PTX
-            code, kernels, size, text = None, [], 0, False
-        elif code is None and kind is not None and line.startswith("arch = "):
-            arch = GpuCode.parse(line.removeprefix("arch = ").strip())
-            code = arch if kind is CodeKind.SASS else arch.as_ptx()
-        elif code is not None:
-            text = text or (kind is CodeKind.PTX and line.startswith(".version"))
-            if text:
-                size += len(line) + 1
-            match = (_ENTRY_SYMBOL if kind is CodeKind.SASS else _PTX_ENTRY).match(line)
-            if match:
-                kernels.append(match["name"])
-    if code is not None:
-        yield FatbinModule(code, tuple(kernels), size)
-
-
 def kernel_family(kernel: str, default: str, table: Iterable[tuple[str, str]] = KERNEL_FAMILIES) -> str:
     name = kernel.lower()
     return next((family for pattern, family in table if fnmatch.fnmatchcase(name, pattern)), default)
 
 
-def jit_modules(modules: Iterable[FatbinModule], target: ComputeCapability) -> list[FatbinModule]:
+def jit_modules(modules: Iterable[FatbinImage], target: ComputeCapability) -> list[FatbinImage]:
     """The PTX modules the driver compiles on `target`: runnable by JIT, with a kernel that no
     SASS image of the same library runs natively. Of PTX for several virtual archs with the same
     kernels (`compute_80` and `compute_90`), the driver compiles only the newest it can."""
     native: set[str] = set()
-    newest: dict[frozenset[str], FatbinModule] = {}
+    newest: dict[frozenset[str], FatbinImage] = {}
     for module in modules:
         verdict = runs_on(module.code, target)
         if module.code.kind is CodeKind.SASS and verdict is Verdict.NATIVE:
@@ -105,7 +64,7 @@ def jit_modules(modules: Iterable[FatbinModule], target: ComputeCapability) -> l
 
 
 def bill_lines(
-    modules: Mapping[str, list[FatbinModule]],
+    modules: Mapping[str, list[FatbinImage]],
     fallback: JitRate,
     rates: Mapping[str, JitRate] | None = None,
     table: Iterable[tuple[str, str]] = KERNEL_FAMILIES,
@@ -172,20 +131,17 @@ def rate_note(bill: JitBill) -> str:
 
 
 def wheel_jit_bill(
-    wheel_or_dir: Path,
     report: ArchReport,
-    cuobjdump: Path,
     rate: JitRate = PTXAS_RATE,
     rates: Mapping[str, JitRate] | None = None,
 ) -> WheelJitBill:
-    """The bill of every extension the arch audit found PTX in and vLLM dispatches on its target."""
-    dispatched = {f.extension for f in report.families if f.used}
-    modules: dict[str, list[FatbinModule]] = {}
-    with unpacked(wheel_or_dir) as root:
-        for ext in report.extensions:
-            if ext.ptx and ext.path in dispatched:
-                dump = cuobjdump_lines(cuobjdump, ["-symbols", "-ptx"], root / ext.path)
-                found = jit_modules(read_modules(dump), report.target)
-                if found:
-                    modules[ext.path] = found
-    return WheelJitBill(wheel_or_dir.name, report.target, JitBill(bill_lines(modules, rate, rates), rate))
+    """The bill of every extension the arch audit found PTX in and vLLM dispatches on its target,
+    from the images the audit kept."""
+    if report.ptx_images is None:
+        raise ValueError(f"the arch audit of {report.source} kept no PTX: run arch_audit(..., keep_ptx=True)")
+    modules: dict[str, list[FatbinImage]] = {}
+    for extension, images in report.ptx_images.items():
+        found = jit_modules(images, report.target)
+        if found:
+            modules[extension] = found
+    return WheelJitBill(report.source, report.target, JitBill(bill_lines(modules, rate, rates), rate))

@@ -39,8 +39,10 @@ from spark_build.wheel.linkage import SEARCH_PROBE, LibrarySearch, linkage_audit
 from spark_build.wheel.serve import ServeOptions, ServeReport, find_cached_instruct_model, hf_hub_cache, serve_check
 from spark_build.wheel.tinymodel import script_argv
 
-# Imports one module in the fresh venv, in a process of its own: an extension that kills the
-# interpreter (SIGSEGV, abort) then costs only its own result. When a package's own __init__
+# Imports the modules it is given in the fresh venv, each import caught on its own: first all of
+# them in one process (one torch import, 25-30 s on a loaded machine, not one per extension); when
+# that process dies, each in a process of its own, so an extension that kills the interpreter
+# (SIGSEGV, abort) costs only its own result and is named. When a package's own __init__
 # needs a third-party module that is not installed (offline: its runtime requirements were not
 # all at hand), a compiled extension inside it is still loaded straight from its file (after
 # torch, whose libraries it links), so the compile is proven even where `import vllm` cannot be.
@@ -170,9 +172,10 @@ def prove_wheel(proof: WheelProof, runner: Runner, log: Path, *, step: str = "va
     # From the wheel's files alone, before the install, which can fail for reasons of its own.
     cuobjdump = find_cuobjdump(proof.cuda_home, os.environ, venv=Path(sys.executable))
     arch_reports = [
-        arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH) for cc in proof.targets
+        arch_audit(proof.wheel, ComputeCapability.parse(cc), cuobjdump, dispatch=VLLM_DISPATCH, keep_ptx=True)
+        for cc in proof.targets
     ]
-    jit_bills = [wheel_jit_bill(proof.wheel, report, cuobjdump) for report in arch_reports]
+    jit_bills = [wheel_jit_bill(report) for report in arch_reports]
     try:
         make_venv(installer, proof.python, proof.venv, seed=False, run=run, probe=probe)
     except StepFailed as err:  # before the wheel is touched: nothing here is the wheel's doing
@@ -282,8 +285,10 @@ def _install_finding(output: str, proof: WheelProof, installer: Installer, log: 
 
 
 def _import_each(proof: WheelProof, python: Path, runner: Runner, log: Path, step: str) -> dict[str, dict[str, Any]]:
-    """Import every module in a process of its own, after the baseline (torch alone) proves the
-    interpreter itself can start; a module that kills it is named with how it died."""
+    """Import every module in one process; when that process dies or exits without an answer,
+    import each in a process of its own, after the baseline (torch alone) proves the interpreter
+    itself can start, so the module that kills it is named with how it died. An import that
+    raises is caught and named within the shared process: it needs no second round."""
     script = log.with_suffix(".import_probe.py")
     atomic_write_text(script, _IMPORT_PROBE)
     own = ",".join(sorted({m.split(".")[0] for m in proof.modules}))
@@ -294,6 +299,9 @@ def _import_each(proof: WheelProof, python: Path, runner: Runner, log: Path, ste
         code, output = _run_reading(runner, [python, script, answer, own, *names], log, step, cwd=proof.venv)
         return code, output, json.loads(answer.read_text()) if code == 0 and answer.is_file() else None
 
+    _, _, shared = one(*proof.modules)
+    if shared is not None:
+        return shared
     code, output, _ = one()
     if code != 0:
         raise HostProblem(

@@ -1,7 +1,7 @@
 """The JIT bill of a real wheel: nvcc builds a vLLM-like wheel here — `_C` with a native
 `sm_121a` kernel beside an `sm_80` + PTX Marlin-named kernel, and a PTX-only `_vllm_fa2_C` —
 then the real cuobjdump reads it through the arch audit and `wheel_jit_bill`, as the validate
-step does, and the tables it prints are checked.
+step does, and the tables it prints are checked, and that each extension's PTX is dumped once.
 """
 
 from __future__ import annotations
@@ -73,12 +73,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_validate_bills_the_ptx_only_modules_by_family_at_the_measured_rate(wheel: tuple[Path, Path]) -> None:
     path, fa2_ptx = wheel
     cuobjdump = find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
-    report = arch_audit(path, SPARK, cuobjdump, dispatch=VLLM_DISPATCH)
+    report = arch_audit(path, SPARK, cuobjdump, dispatch=VLLM_DISPATCH, keep_ptx=True)
     assert {e.path: e.verdict for e in report.extensions} == {
         "vllm/_C.abi3.so": Verdict.NATIVE,  # judged by its best code: the Marlin kernel's JIT hides here
         "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": Verdict.JIT,
     }
-    bill = wheel_jit_bill(path, report, cuobjdump, RATE, {}).bill
+    bill = wheel_jit_bill(report, RATE, {}).bill
     lines = {line.family: line for line in bill.lines}
     assert set(lines) == {"vllm/_C.abi3.so: GPTQ Marlin", "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2"}
     fa2 = lines["vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2"]
@@ -93,11 +93,11 @@ def test_validate_bills_the_ptx_only_modules_by_family_at_the_measured_rate(whee
 def test_validate_prints_the_bill_beside_the_gpu_code_table(wheel: tuple[Path, Path]) -> None:
     path, _ = wheel
     cuobjdump = find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
-    report = arch_audit(path, SPARK, cuobjdump, dispatch=VLLM_DISPATCH)
+    report = arch_audit(path, SPARK, cuobjdump, dispatch=VLLM_DISPATCH, keep_ptx=True)
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None)
     report.render(console)
-    wheel_jit_bill(path, report, cuobjdump, RATE, {}).render(console)
+    wheel_jit_bill(report, RATE, {}).render(console)
     text = out.getvalue()
     assert "PTX JIT only" in text and "native SASS" in text
     assert f"PTX JIT at first load on 12.1: {path.name}" in text
@@ -114,5 +114,23 @@ def test_a_wheel_with_native_code_only_owes_no_jit(tmp_path: Path) -> None:
     (tmp_path / "vllm").mkdir()
     shutil.move(tmp_path / "_C.abi3.so", tmp_path / "vllm" / "_C.abi3.so")
     cuobjdump = find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
-    report = arch_audit(tmp_path / "vllm", SPARK, cuobjdump, dispatch=VLLM_DISPATCH)
-    assert wheel_jit_bill(tmp_path / "vllm", report, cuobjdump, RATE, {}).bill.lines == ()
+    report = arch_audit(tmp_path / "vllm", SPARK, cuobjdump, dispatch=VLLM_DISPATCH, keep_ptx=True)
+    assert wheel_jit_bill(report, RATE, {}).bill.lines == ()
+
+
+def test_the_audit_and_the_bill_dump_each_extension_once(wheel: tuple[Path, Path], tmp_path: Path) -> None:
+    """The real cuobjdump behind a script that notes each call: a dump decompresses every
+    image (minutes on vLLM's `_C`), so the bill reads the audit's one `-symbols -ptx` pass."""
+    path, _ = wheel
+    calls = tmp_path / "calls"
+    logged = tmp_path / "cuobjdump"
+    real = find_cuobjdump(CUDA_HOME, os.environ, Path(sys.prefix))
+    logged.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    logged.chmod(0o755)
+    report = arch_audit(path, SPARK, logged, dispatch=VLLM_DISPATCH, keep_ptx=True)
+    assert len(wheel_jit_bill(report, RATE, {}).bill.lines) == 2
+    dumps = [line.split() for line in calls.read_text().splitlines() if "-symbols" in line.split()]
+    assert sorted((Path(argv[-1]).name, "-ptx" in argv) for argv in dumps) == [
+        ("_C.abi3.so", True),
+        ("_vllm_fa2_C.abi3.so", True),
+    ]

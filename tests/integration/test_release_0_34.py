@@ -22,6 +22,7 @@ from spark_build.upstream.facts import SourceFacts, read_facts
 from spark_build.upstream.sdist import unpack_recipe_files
 from tests.artifacts import vllm_sdist
 from tests.conftest import ROOT
+from tests.gitrepo import git
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +48,6 @@ def test_0_34_asks_for_gcc_13_or_newer(facts_0_34: SourceFacts) -> None:
     assert (facts_0_34.version, facts_0_34.cxx_standard, facts_0_34.cutlass_revision) == ("0.34.0", "20", "v4.7.1")
 
 
-def _git(repo: Path, *args: str) -> str:
-    command = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t", *args]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def repo_0_34(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository whose one commit, tagged v0.34.0, holds the 0.34.0 sdist's recipe files."""
@@ -60,10 +56,10 @@ def repo_0_34(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = base / "vllm"
     shutil.copytree(tree, repo)
     (repo / "PKG-INFO").unlink()  # a git checkout has none; its tag says the version
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "vLLM 0.34.0")
-    _git(repo, "tag", "-a", "v0.34.0", "-m", "v0.34.0")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "vLLM 0.34.0")
+    git(repo, "tag", "-a", "v0.34.0", "-m", "v0.34.0")
     return repo
 
 

@@ -17,14 +17,10 @@ from spark_build.upstream.patches import find_series
 from spark_build.upstream.refs import resolve_ref
 from spark_build.upstream.sdist import unpack_recipe_files
 from tests.artifacts import vllm_sdist
+from tests.gitrepo import git
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASES = ("0.13.0", "0.33.0")
-
-
-def _git(repo: Path, *args: str) -> str:
-    command = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t", *args]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def vllm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("vllm-history")
     repo = base / "vllm"
     repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     for version in RELEASES:
         sdist = vllm_sdist(version)
         for child in repo.iterdir():
@@ -42,13 +38,13 @@ def vllm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tree = unpack_recipe_files(sdist, base / version)
         shutil.copytree(tree, repo, dirs_exist_ok=True)
         (repo / "PKG-INFO").unlink()  # a git checkout has none; its tag says the version
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "-m", f"vLLM {version}")
-        _git(repo, "tag", "-a", f"v{version}", "-m", f"v{version}")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"vLLM {version}")
+        git(repo, "tag", "-a", f"v{version}", "-m", f"v{version}")
     with (repo / "setup.py").open("a") as handle:
         handle.write("# development after 0.33.0\n")
-    _git(repo, "commit", "-q", "-am", "dev")
-    _git(repo, "tag", "v0.34.0rc1")
+    git(repo, "commit", "-q", "-am", "dev")
+    git(repo, "tag", "v0.34.0rc1")
     return repo
 
 
@@ -60,14 +56,14 @@ def _invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_ref_latest_is_the_newest_release_tag_not_a_release_candidate(vllm_repo: Path) -> None:
     latest = resolve_ref(str(vllm_repo), "latest")
     assert (latest.name, latest.kind, str(latest.version)) == ("v0.33.0", "tag", "0.33.0")
-    assert latest.commit == _git(vllm_repo, "rev-parse", "v0.33.0^{commit}")  # the annotated tag, peeled
+    assert latest.commit == git(vllm_repo, "rev-parse", "v0.33.0^{commit}")  # the annotated tag, peeled
 
 
 def test_ref_main_is_the_branch_head_versioned_after_the_newest_release(vllm_repo: Path) -> None:
     main = resolve_ref(str(vllm_repo), "main")
     assert (main.kind, main.commit, str(main.version)) == (
         "branch",
-        _git(vllm_repo, "rev-parse", "main"),
+        git(vllm_repo, "rev-parse", "main"),
         "0.33.1.dev0",
     )
 
@@ -100,7 +96,7 @@ def test_dry_run_of_v0_33_0_names_commit_torch_the_fa3_patch_its_range_covers_an
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert f"ref: v0.33.0 (tag, commit {_git(vllm_repo, 'rev-parse', 'v0.33.0^{commit}')})" in out
+    assert f"ref: v0.33.0 (tag, commit {git(vllm_repo, 'rev-parse', 'v0.33.0^{commit}')})" in out
     assert "torch: torch==2.14.0 torchvision==0.29.0 torchaudio==2.11.0 from https://pypi.org/simple" in out
     assert "pinned by requirements/cuda.txt of v0.33.0" in out
     assert "patches (vllm/series, for vllm 0.33.0):" in out
@@ -138,17 +134,17 @@ def test_the_patches_a_release_gets_apply_to_it_and_the_others_do_not(vllm_repo:
     """What the Releases: headers claim, checked with git apply on the release's real files."""
     series = find_series(ROOT / "patches", "vllm", resolve_ref(str(vllm_repo), f"v{version}").version)
     assert series is not None
-    _git(vllm_repo, "checkout", "-q", f"v{version}")
+    git(vllm_repo, "checkout", "-q", f"v{version}")
     try:
         for patch in series.patches:
-            _git(vllm_repo, "apply", "--check", str(patch.path))
+            git(vllm_repo, "apply", "--check", str(patch.path))
         for patch in series.skipped:
             check = subprocess.run(
                 ["git", "-C", str(vllm_repo), "apply", "--check", str(patch.path)], capture_output=True
             )
             assert check.returncode != 0, f"{patch.name} applies to {version} outside its range {patch.declared}"
     finally:
-        _git(vllm_repo, "checkout", "-q", "main")
+        git(vllm_repo, "checkout", "-q", "main")
 
 
 def test_a_patch_that_no_longer_applies_inside_its_range_stops_the_build_naming_it_and_its_range(
@@ -190,7 +186,7 @@ def test_a_torch_given_on_the_command_line_wins_and_gets_the_index_that_serves_i
 def test_a_short_commit_id_is_read_from_the_history_and_an_unknown_one_is_bad_input(
     vllm_repo: Path, tmp_path: Path
 ) -> None:
-    short = _git(vllm_repo, "rev-parse", "--short=10", "v0.13.0^{commit}")
+    short = git(vllm_repo, "rev-parse", "--short=10", "v0.13.0^{commit}")
     found = _invoke("recipe", "--ref", short, "--repo", str(vllm_repo), cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     assert f"@ {short} (a commit id" in found.stdout and "torch==2.9.0" in found.stdout

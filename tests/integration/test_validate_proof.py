@@ -198,7 +198,7 @@ def test_a_library_missing_from_the_venv_asks_for_the_package_that_ships_it_not_
     assert "rebuild" not in report.fix() and "CUDA 13 only" not in report.fix()
 
 
-# ---- item: each module imported in its own process; a crash named by what happened
+# ---- item: the modules imported in one process; after a crash, each in its own, named by what happened
 
 
 def test_a_module_that_kills_the_interpreter_is_named_by_how_it_died_and_the_others_are_still_judged(
@@ -215,6 +215,18 @@ def test_a_module_that_kills_the_interpreter_is_named_by_how_it_died_and_the_oth
     assert boom.startswith("the installed wheel fails to import crashy._boom: the interpreter died with SIGSEGV: ")
     assert "boom: about to crash" in boom and "importlib" not in boom  # what it said, not our script
     assert "the installed wheel fails to import crashy._odd: ImportError: needs [name] in [folder]" in outcome.problems
+
+
+def test_a_wheel_whose_modules_all_import_is_proven_by_one_interpreter_not_one_per_module(
+    built: Built, tmp_path: Path
+) -> None:
+    """Each probe imports torch first (25-30 s on a loaded machine): a wheel that imports cleanly
+    pays for it once; only a probe that dies sends the check back to one process per module."""
+    log = tmp_path / "validate.log"
+    outcome = prove_wheel(proof_of(built.plain, tmp_path), Runner(), log)
+    assert outcome.results["imports"] == {"plain": True, "plain._C": True}
+    probes = [line for line in log.read_text().splitlines() if line.startswith("+ ") and "import_probe.py" in line]
+    assert len(probes) == 1 and probes[0].endswith(" plain plain._C")
 
 
 # ---- item: static checks first; a requirement the index lacks is named, an unreachable index is not a verdict

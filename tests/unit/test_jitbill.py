@@ -24,7 +24,8 @@ from spark_build.arch.jitcost import (
 )
 from spark_build.arch.plan import ArchPlan, ParsedPlan, PlanRow
 from spark_build.arch.plan_table import jit_bill_table
-from spark_build.wheel.jitbill import bill_lines, jit_modules, kernel_family, read_modules, render_bill
+from spark_build.wheel.archaudit import ArchReport, parse_fatbin_dump
+from spark_build.wheel.jitbill import bill_lines, jit_modules, kernel_family, render_bill, wheel_jit_bill
 from tests.unit.test_archplan import SPARK
 
 RATE = JitRate(4.0, "test rate")
@@ -159,7 +160,7 @@ ret;
 
 
 def test_modules_are_read_with_their_kernels_and_the_size_of_their_ptx() -> None:
-    modules = list(read_modules(DUMP))
+    modules = list(parse_fatbin_dump(DUMP))
     assert [m.code.name for m in modules] == ["sm_80", "compute_80", "sm_120", "compute_120"]
     ptx = modules[1]
     assert ptx.kernels == ("_Z16flash_fwd_kernelPf", "_Z12other_kernelPf")
@@ -169,8 +170,17 @@ def test_modules_are_read_with_their_kernels_and_the_size_of_their_ptx() -> None
     assert modules[2].kernels == ("_Z13native_kernelPf",)
 
 
+def test_modules_read_from_blocks_of_lines_are_those_read_line_by_line_wherever_the_blocks_split() -> None:
+    """cuobjdump's output is parsed in blocks of whole lines (a line at a time took 20 times
+    cuobjdump's own time on vLLM's FA2); a PTX module's size must not depend on where they split."""
+    by_line = parse_fatbin_dump(DUMP)
+    for cut in range(1, len(DUMP)):
+        assert parse_fatbin_dump(["\n".join(DUMP[:cut]), "\n".join(DUMP[cut:])]) == by_line, cut
+    assert parse_fatbin_dump(["\n".join(DUMP)]) == by_line
+
+
 def test_only_ptx_whose_kernels_lack_native_sass_is_billed_on_the_spark() -> None:
-    jit = jit_modules(read_modules(DUMP), SPARK)
+    jit = jit_modules(parse_fatbin_dump(DUMP), SPARK)
     assert [(m.code.name, m.kernels[0]) for m in jit] == [("compute_80", "_Z16flash_fwd_kernelPf")]
 
 
@@ -179,12 +189,12 @@ def test_of_ptx_for_two_virtual_archs_with_the_same_kernels_only_the_newest_is_b
         line.replace("arch = sm_80", "arch = sm_90").replace(".target sm_80", ".target sm_90") for line in DUMP
     ]
     both = DUMP[: DUMP.index("arch = sm_120") - 2] + compute_90[compute_90.index("Fatbin ptx code:") - 1 :]
-    jit = jit_modules(read_modules(both), SPARK)
+    jit = jit_modules(parse_fatbin_dump(both), SPARK)
     assert [m.code.name for m in jit] == ["compute_90"], "the driver JITs compute_90, not compute_80 too"
 
 
 def test_on_an_ampere_gpu_nothing_is_billed_since_sm_80_runs_natively() -> None:
-    assert jit_modules(read_modules(DUMP), ComputeCapability(8, 6)) == []
+    assert jit_modules(parse_fatbin_dump(DUMP), ComputeCapability(8, 6)) == []
 
 
 @pytest.mark.parametrize(
@@ -204,7 +214,7 @@ def test_wheel_kernels_are_named_by_family_from_their_mangled_names(kernel: str,
 
 
 def test_the_wheel_bill_sums_modules_per_extension_and_family_at_the_familys_rate() -> None:
-    jit = jit_modules(read_modules(DUMP), SPARK)
+    jit = jit_modules(parse_fatbin_dump(DUMP), SPARK)
     rates = {"FA2": JitRate(2.0, "fa2")}
     (line,) = bill_lines({"vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so": jit * 4}, RATE, rates)
     assert line.family == "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so: FA2" and line.measured
@@ -219,3 +229,15 @@ def test_the_wheel_bill_sums_modules_per_extension_and_family_at_the_familys_rat
     out = io.StringIO()
     render_bill(Console(file=out, width=200, color_system=None), JitBill((), RATE), "PTX JIT on 12.1")
     assert "none — every dispatched kernel has native SASS" in out.getvalue()
+
+
+def test_the_wheel_bill_is_read_from_the_images_the_arch_audit_kept_not_from_a_second_dump() -> None:
+    fa2 = "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so"
+    report = ArchReport("vllm.whl", SPARK, (), (), (), {fa2: tuple(parse_fatbin_dump(DUMP))})
+    (line,) = wheel_jit_bill(report, RATE, {"FA2": JitRate(2.0, "fa2")}).bill.lines
+    assert (line.family, line.objects) == (f"{fa2}: FA2", 1) and line.measured
+
+
+def test_the_wheel_bill_refuses_an_audit_that_kept_no_ptx_rather_than_billing_nothing() -> None:
+    with pytest.raises(ValueError, match=r"keep_ptx=True"):
+        wheel_jit_bill(ArchReport("vllm.whl", SPARK, (), ()), RATE, {})
