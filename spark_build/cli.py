@@ -184,7 +184,7 @@ def _completion(
     from spark_build.nightly.completion import release_source
     from spark_build.steps.changes import apply_change
     from spark_build.steps.validate import extra_index
-    from spark_build.upstream.facts import exact_torch, read_torch_pin
+    from spark_build.upstream.facts import builds_against_torch, exact_torch, read_torch_pin
 
     nvcc = cfg.cuda_home / "bin" / "nvcc"
     if not os.access(nvcc, os.X_OK):
@@ -217,7 +217,9 @@ def _completion(
 
     @functools.cache
     def tools() -> completion_build.Toolchain:
-        pin = read_torch_pin(tree())  # the release's requirements/cuda.txt: the torch its wheel pins
+        # The torch the release's wheel pins (its requirements/cuda.txt), where its CMake uses torch.
+        cmake_text = (tree() / "CMakeLists.txt").read_text(encoding="utf-8")
+        pin = read_torch_pin(tree()) if builds_against_torch(cmake_text) else None
         torch = exact_torch(pin.packages) if pin else None
         python, found = completion_build.build_python(
             str(torch) if torch else None,

@@ -104,6 +104,15 @@ def read_torch_pin(source: Path) -> TorchPin | None:
     return TorchPin(packages, CUDA_REQUIREMENTS, index, why)
 
 
+_FINDS_TORCH = re.compile(r"^\s*find_package\s*\(\s*Torch\b", re.IGNORECASE | re.MULTILINE)
+
+
+def builds_against_torch(cmakelists: str) -> bool:
+    """Whether the release's CMake compiles against torch (`find_package(Torch …)`, as vLLM's
+    does): then its extensions must be built with the torch its wheel pins."""
+    return _FINDS_TORCH.search(cmakelists) is not None
+
+
 _CXX_STANDARD = re.compile(r"^\s*set\s*\(\s*CMAKE_CXX_STANDARD\s+(\d+)\s*\)", re.IGNORECASE | re.MULTILINE)
 
 

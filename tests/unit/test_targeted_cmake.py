@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from spark_build.errors import StepFailed
+from spark_build.upstream.facts import builds_against_torch
 from spark_build.upstream.targeted_cmake import plan_targeted, target_cmake
 from spark_build.upstream.versions import ExternalProject
+from tests.conftest import ROOT
 
 MAIN = """\
 define_extension_target(_C SOURCES csrc/ops.cu)
@@ -94,3 +96,10 @@ def test_a_target_the_release_defines_nowhere_stops_before_any_configure(tmp_pat
     tree = _tree(tmp_path, {k: v for k, v in FILES.items() if "flash" not in k})
     with pytest.raises(StepFailed, match="the release's CMake defines no target _nope_C"):
         target_cmake(tree, ["_nope_C"])
+
+
+def test_a_release_is_built_against_torch_only_where_its_cmake_finds_torch() -> None:
+    example = (ROOT / "spark_build" / "upstream" / "example_upstream" / "CMakeLists.txt").read_text()
+    assert builds_against_torch("project(vllm)\nfind_package(Torch REQUIRED)\n")
+    assert not builds_against_torch("# find_package(Torch) would make every nvcc job slow\n")
+    assert not builds_against_torch(example)  # the example includes no torch header
