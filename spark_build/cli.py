@@ -26,7 +26,10 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
 
     from packaging.version import Version
 
+    from spark_build.layout import RunFolder
+    from spark_build.nightly.completion import BuildTargets
     from spark_build.nightly.prebuilt import PreferWheel
+    from spark_build.pipeline.progress import Progress
     from spark_build.proc import Runner
     from spark_build.wheel.proof import Proof
 
@@ -91,12 +94,15 @@ def build_vllm(
 
 def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> int:
     import dataclasses
+    import os
     import time
 
     from spark_build.build import build
     from spark_build.errors import UsageError
+    from spark_build.layout import RunFolder
     from spark_build.lock import WorkdirLock
     from spark_build.nightly.prebuilt import Decision, prefer_wheel, wanted_for
+    from spark_build.pipeline.progress import Progress, new_run_id
     from spark_build.proc import Runner
     from spark_build.steps.changes import changes_for_wheel
 
@@ -120,7 +126,10 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     lock.acquire()
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        runner = Runner()
+        if stopped := lock.stop_leftover():
+            say(f"stopped {stopped} leftover process(es) of an earlier, killed build")
+        progress = Progress(out)
+        runner = Runner(progress, on_group=lock.note_child)
 
         def git(argv: list[str | os.PathLike[str]]) -> int:
             return runner.run(argv, log=log, step="prebuilt", check=False)
@@ -133,9 +142,11 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        no_compiler, complete = _completion(cfg, log, runner, git)
+        run_id = new_run_id(time.time(), os.getpid())
+        no_compiler, complete = _completion(cfg, RunFolder(cfg.logs_dir / run_id), runner, progress, say, git)
         wanted = dataclasses.replace(
             wanted,
+            run_id=run_id,
             arch_list=cfg.arch or "",
             no_compiler=no_compiler,
             accept_missing=bool(prefer.get("accept_missing")),
@@ -147,35 +158,28 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
 
 
 def _completion(
-    cfg: options.BuildConfig, log: Path, runner: Runner, git: Callable[[list[str | os.PathLike[str]]], int]
-) -> tuple[str | None, Callable[[Sequence[str]], Path] | None]:
+    cfg: options.BuildConfig,
+    run_folder: RunFolder,
+    runner: Runner,
+    progress: Progress,
+    say: Callable[[str], None],
+    git: Callable[[list[str | os.PathLike[str]]], int],
+) -> tuple[str | None, BuildTargets | None]:
     """Why no completion can be built here (None when one can), and the builder of extension
-    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake."""
+    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake,
+    compiled as the compile step compiles (`nightly.completion_build`)."""
     import os
     import shutil
 
-    from spark_build.compile.extension_targets import TargetBuild, build_targets
-    from spark_build.compile.jobplan import cpu_count
-    from spark_build.nightly.completion import release_source
+    from spark_build.nightly.completion_build import completion_builder
 
     nvcc = cfg.cuda_home / "bin" / "nvcc"
-    cmake = shutil.which("cmake")
+    cmake, ninja = shutil.which("cmake"), shutil.which("ninja")
     if not os.access(nvcc, os.X_OK):
         return f"no nvcc at {nvcc} (--cuda-home)", None
-    if cmake is None or shutil.which("ninja") is None:
+    if cmake is None or ninja is None:
         return "no cmake and ninja on PATH", None
-    folder = cfg.workdir / "completion"
-
-    def complete(targets: Sequence[str]) -> Path:
-        source = release_source(cfg.repo, cfg.ref, folder / "source", git)
-        stage = folder / "stage"
-        shutil.rmtree(stage, ignore_errors=True)  # only what this build installs goes into the wheel
-        spec = TargetBuild(
-            source, folder / "build", stage, cfg.arch or "", Path(cmake), cfg.cuda_home, Path(cfg.python), cpu_count()
-        )
-        return build_targets(spec, targets, runner, log)
-
-    return None, complete
+    return None, completion_builder(cfg, run_folder, runner, progress, say, git, cmake=Path(cmake), ninja=Path(ninja))
 
 
 def _prefer_options(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> PreferWheel:

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from spark_build.compile import cache_stats
 from spark_build.compile.eta import FinishedObjects, Forecast
 from spark_build.compile.governor import Governor
 from spark_build.compile.jobplan import Estimates, JobPlan, JobRecord, cmake_target_of, cpu_count, write_jobs_json
@@ -193,3 +195,13 @@ def governed_compile(
 
     final, tries = retry_after_oom(governed.attempt, plan, log=spec.log, peaks=governed.peaks, on_retry=on_retry)
     return GovernedOutcome(final, tries, governed.peak_tree, governed.pauses)
+
+
+def timing_detail(result: Mapping[str, Any]) -> str:
+    """A compile's cell in the timing table, the compile step's and the completion's alike: the
+    jobs it ran with, the objects it built (of how many, where the total is known), the cache."""
+    total = result.get("objects_total")
+    objects = f"{result.get('objects_built')}{f' of {total}' if total is not None else ''} objects"
+    cell = f"MAX_JOBS {result.get('max_jobs')}, {objects}"
+    cache = cache_stats.table_cell(result.get("cache"))
+    return f"{cell}; {cache}" if cache else cell

@@ -18,7 +18,6 @@ from typing import Any
 import psutil
 
 from spark_build.compile import cache as compiler_cache
-from spark_build.compile import cache_stats
 from spark_build.compile.cache_plan import env_note
 from spark_build.compile.cxxstd import check_source_against_torch
 from spark_build.compile.governed import (
@@ -28,6 +27,7 @@ from spark_build.compile.governed import (
     ninja_outputs,
     objects_recorded,
     planned_objects,
+    timing_detail,
 )
 from spark_build.compile.jobplan import DEFAULT_PROFILE, Estimates, JobPlan, cpu_count, load_estimates, plan_jobs
 from spark_build.compile.ninjalog import seed_ninja_log
@@ -262,9 +262,7 @@ class Compile(Step):
         return {"wheel": str(wheel), "sha256": sha256_of(wheel), **outcome.to_dict(plan)}
 
     def detail(self, result: Mapping[str, Any]) -> str:
-        jobs = f"MAX_JOBS {result.get('max_jobs')}, {result.get('objects_built')} objects"
-        cache = cache_stats.table_cell(result.get("cache"))
-        return f"{jobs}; {cache}" if cache else jobs
+        return timing_detail(result)
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         wheel = Path(str(result.get("wheel", "")))
