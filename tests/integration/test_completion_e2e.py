@@ -135,16 +135,16 @@ def killed_mid_compile(argv: list[str], env: dict[str, str], cwd: Path, ninja_lo
     """Start the command, SIGKILL its process group once Ninja has finished two objects (the
     `kill -9` of a terminal's job: the Ninja it started runs in a group of its own and is left
     behind); the objects finished by then."""
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    output = cwd / "killed-run.out"  # a file, not a pipe: a full pipe would stop the run, not the test
+    with output.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 500
     while len(done := built_objects(ninja_log)) < 2:
-        assert proc.poll() is None, f"ended before it could be killed: {proc.communicate()[0]!r}"
+        assert proc.poll() is None, f"ended before it could be killed: {output.read_text()}"
         assert time.monotonic() < deadline, "no object finished in 500 s"
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
     return done
 
 
