@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spark_build.compile.cache_plan import env_note
 from spark_build.compile.eta import Forecast
 from spark_build.compile.governed import (
     GovernedCompile,
@@ -76,7 +77,7 @@ def configure_argv(spec: TargetBuild) -> list[str | os.PathLike[str]]:
 class CompileRun:
     """How the targets compile: the source build's compile settings, resolved once by the caller."""
 
-    source: str  # jobs.json's key (`vllm v0.26.0 12.1a completion`): records of it plan the next run
+    source: str  # jobs.json's key (`v0.26.0 12.1a completion`): records of it plan the next run
     ninja: Path  # the duration-weighted Ninja where it was built, else the stock one
     weighted: bool  # `ninja` orders by the durations in its log: seed them before the first build
     cache_env: Mapping[str, str]  # the compiler cache's launchers and settings (`cache.start`)
@@ -123,7 +124,8 @@ def build_targets(
     spec: TargetBuild, targets: Sequence[str], runner: Runner, log: Path, run: CompileRun
 ) -> TargetsBuilt:
     """Configure, build `targets` alone as the source build compiles, install each one's component
-    into `spec.stage`; the stage and the compile's record."""
+    into `spec.stage`; the stage and the compile's record. `spec.jobs` is the most jobs the CPUs
+    take: the plan runs fewer where memory binds, `--jobs` (`run.jobs_override`) wins."""
     if not targets:
         raise UsageError("no extension target to build", hint="name the targets the wheel lacks")
     if not (spec.source / "CMakeLists.txt").is_file():
@@ -138,7 +140,7 @@ def build_targets(
         "PATH": os.pathsep.join([str(spec.cmake.parent), str(spec.cuda_home / "bin"), os.environ.get("PATH", "")]),
         **run.cache_env,  # CMAKE_<LANG>_COMPILER_LAUNCHER: read by the configure
     }
-    note = {"TORCH_CUDA_ARCH_LIST": spec.arch_list, "CUDA_HOME": str(spec.cuda_home), **run.cache_env}
+    note = {"TORCH_CUDA_ARCH_LIST": spec.arch_list, "CUDA_HOME": str(spec.cuda_home), **env_note(run.cache_env)}
     spec.build_dir.mkdir(parents=True, exist_ok=True)
     runner.run(configure_argv(spec), log=log, step="complete", env=env, env_note=note)
     wanted = frozenset(targets)
