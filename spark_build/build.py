@@ -24,7 +24,7 @@ from spark_build.host.facts import GpuQuery, query_gpus
 from spark_build.host.target import resolve_target
 from spark_build.insight.diagnose import explain
 from spark_build.insight.trace import write_trace
-from spark_build.lock import WorkdirLock, stop_process_group
+from spark_build.lock import WorkdirLock
 from spark_build.pipeline import state as checkpoint
 from spark_build.pipeline.plan import StepPlan, StepSpec, fingerprint, plan, recorded
 from spark_build.pipeline.progress import (
@@ -106,10 +106,8 @@ def build(
     # A dry run of a workdir that does not exist yet has nothing to guard: it creates nothing.
     unguarded = held is not None or (config.dry_run and not config.workdir.exists())
     with contextlib.nullcontext() if unguarded else lock.held():
-        if lock.leftover_pgid is not None:
-            stopped = stop_process_group(lock.leftover_pgid)
-            if stopped:
-                console.print(f"stopped {stopped} leftover process(es) of an earlier, killed build")
+        if stopped := lock.stop_leftover():
+            console.print(f"stopped {stopped} leftover process(es) of an earlier, killed build")
         recorded = checkpoint.load(config.state_file) if config.resume else None
         if unmade and not config.dry_run:
             from spark_build.upstream.example import make_example_upstream

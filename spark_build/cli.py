@@ -26,7 +26,10 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
 
     from packaging.version import Version
 
+    from spark_build.layout import RunFolder
+    from spark_build.nightly.completion import BuildTargets
     from spark_build.nightly.prebuilt import PreferWheel
+    from spark_build.pipeline.progress import Progress
     from spark_build.proc import Runner
     from spark_build.wheel.proof import Proof
     from spark_build.wheel.repatch import Change
@@ -92,12 +95,15 @@ def build_vllm(
 
 def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) -> int:
     import dataclasses
+    import os
     import time
 
     from spark_build.build import build
     from spark_build.errors import UsageError
+    from spark_build.layout import RunFolder
     from spark_build.lock import WorkdirLock
     from spark_build.nightly.prebuilt import Decision, prefer_wheel, wanted_for
+    from spark_build.pipeline.progress import Progress, new_run_id
     from spark_build.proc import Runner
     from spark_build.steps.changes import changes_for_wheel
 
@@ -121,7 +127,10 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     lock.acquire()
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        runner = Runner()
+        if stopped := lock.stop_leftover():
+            say(f"stopped {stopped} leftover process(es) of an earlier, killed build")
+        progress = Progress(out)
+        runner = Runner(progress, on_group=lock.note_child)
 
         def git(argv: list[str | os.PathLike[str]]) -> int:
             return runner.run(argv, log=log, step="prebuilt", check=False)
@@ -134,11 +143,14 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
+        run_id = new_run_id(time.time(), os.getpid())
         no_compiler, complete, target_sources = _completion(
-            cfg, release.version, wanted.index, log, runner, git, say, changes
-        )
+            cfg, release.version, wanted.index, log, RunFolder(cfg.logs_dir / run_id), runner, progress, say, git,
+            changes,
+        )  # fmt: skip
         wanted = dataclasses.replace(
             wanted,
+            run_id=run_id,
             arch_list=cfg.arch or "",
             no_compiler=no_compiler,
             accept_missing=bool(prefer.get("accept_missing")),
@@ -163,22 +175,25 @@ def _completion(
     version: Version,
     index: str,
     log: Path,
+    run_folder: RunFolder,
     runner: Runner,
-    git: Callable[[list[str | os.PathLike[str]]], int],
+    progress: Progress,
     say: Callable[[str], None],
+    git: Callable[[list[str | os.PathLike[str]]], int],
     changes: Sequence[Change],
-) -> tuple[str | None, Callable[[Sequence[str]], Path] | None, Callable[[], Mapping[str, Sequence[str]]] | None]:
+) -> tuple[str | None, BuildTargets | None, Callable[[], Mapping[str, Sequence[str]]] | None]:
     """Why no completion can be built here (None when one can); the builder of extension targets
     for `--arch` from the release's own source (its sdist, else `--repo`'s tag; our patches and
     the changes to compiled code applied) and CMake, against the torch the release pins; and
-    what the release's configure says each target compiles (for `--pr`/`--patch`)."""
+    what the release's configure says each target compiles (for `--pr`/`--patch`). The targets
+    compile as the compile step compiles (`nightly.completion_build`)."""
     import functools
     import json
     import os
     import shutil
 
     from spark_build.arch.target_sources import target_sources
-    from spark_build.compile.extension_targets import TargetBuild, build_targets, configure_targets
+    from spark_build.compile.extension_targets import TargetBuild, configure_targets
     from spark_build.compile.jobplan import cpu_count
     from spark_build.nightly import completion_build, completion_source
     from spark_build.nightly.completion import release_source
@@ -251,9 +266,9 @@ def _completion(
             cpu_count(), build_type=cfg.build_type, cmake_args=made.cmake_args, env={**scoped.env, **made.env},
         )  # fmt: skip
 
-    def complete(targets: Sequence[str]) -> Path:
-        shutil.rmtree(folder / "stage", ignore_errors=True)  # only what this build installs goes into the wheel
-        return build_targets(spec(targets, folder / "build"), targets, runner, log)
+    complete = completion_build.completion_builder(
+        cfg, run_folder, runner, progress, say, lambda targets: (spec(targets, folder / "build"), tools().ninja)
+    )
 
     def sources() -> Mapping[str, Sequence[str]]:
         # A configure of CMakeLists.txt's own targets, in a folder of its own: the build's is

@@ -55,6 +55,15 @@ class WorkdirLock:
         self.leftover_pgid = int(pgid) if isinstance(pgid, int) else None
         self._write({"pid": os.getpid()})
 
+    def stop_leftover(self) -> int:
+        """Stop the process group a killed holder left running (a Ninja still compiling into the
+        tree this run resumes); how many processes it had."""
+        if self.leftover_pgid is None:
+            return 0
+        stopped = stop_process_group(self.leftover_pgid)
+        self.leftover_pgid = None
+        return stopped
+
     def note_child(self, pgid: int | None) -> None:
         """Record the process group now running, for the next build to clean up after a crash."""
         payload: dict[str, int] = {"pid": os.getpid()}

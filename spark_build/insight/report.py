@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from spark_build.compile.governed import timing_detail
 from spark_build.compile.ninjalog import CMAKE_PROBE_PREFIX, is_build_object, normalize_object
 from spark_build.errors import UsageError
 from spark_build.insight.critical_path import Deps, critical_path, ninja_graph
@@ -148,6 +149,7 @@ def report_data(run: RunLogs, graph: tuple[Deps | None, str] | None = None) -> d
         "validation": _validation(summary),
         "install": _install(summary),
         "prefer_wheel": summary.get("prefer_wheel"),
+        "completed": (summary.get("results") or {}).get("complete"),  # the completion's compile record
     }
 
 
@@ -293,6 +295,10 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
             lines.append(f"prefer-wheel completion: {completion.get('choice')} (targets: {targets})")
             lines += [f"prefer-wheel: will not run: {line}" for line in completion.get("will_not_run") or []]
             lines += [_change_line(c) for c in completion.get("changes") or [] if isinstance(c, Mapping)]
+    compiled = data.get("completed")
+    if isinstance(compiled, Mapping):  # as the compile step's row: jobs, objects, cache
+        took = fmt_seconds(float(compiled.get("seconds") or 0.0))
+        lines.append(f"prefer-wheel completion compiled in {took}: {timing_detail(compiled)}")
     util = data["cpu_utilisation"]
     if util:
         lines.append(

@@ -21,12 +21,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from spark_build.compile.extension_targets import TargetsBuilt
 from spark_build.errors import StepFailed
 from spark_build.wheel.complete import complete_wheel, completion_label
 from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
 from spark_build.wheel.repatch import python_only
 
-BuildTargets = Callable[[Sequence[str]], Path]  # extension targets → the stage their installs went to
+BuildTargets = Callable[[Sequence[str]], TargetsBuilt]  # extension targets → their stage and compile record
 # The release's source configured with the changes applied: each extension target → the files it compiles
 TargetSources = Callable[[], Mapping[str, Sequence[str]]]
 
@@ -250,16 +251,17 @@ def missing_in(results: Mapping[str, Any], problems: Sequence[str]) -> tuple[Mis
 
 def completed_wheel(
     wheel: Path, missing: Sequence[Missing], targets: Sequence[str], arch_list: str, out_dir: Path, build: BuildTargets
-) -> Path:
-    """Build `targets` and swap them into `wheel`: the completed wheel (version `+sm121a`). A
-    target a change touched but the wheel does not lack is found by its file in the wheel."""
+) -> tuple[Path, TargetsBuilt]:
+    """Build `targets` and swap them into `wheel`: the completed wheel (version `+sm121a`), and
+    the compile's record for the run's summary. A target a change touched but the wheel does not
+    lack is found by its file in the wheel."""
     with zipfile.ZipFile(wheel) as archive:
         shipped = archive.namelist()
     known = {m.target: m.path for m in missing}
     paths = {t: known.get(t) or extension_path(shipped, t, wheel.name) for t in targets}
-    stage = build(targets)
-    built = {paths[t]: stage / paths[t] for t in targets}
-    return complete_wheel(wheel, built, completion_label(arch_list.replace(";", " ").split()), out_dir)
+    done = build(targets)
+    built = {paths[t]: done.stage / paths[t] for t in targets}
+    return complete_wheel(wheel, built, completion_label(arch_list.replace(";", " ").split()), out_dir), done
 
 
 def extension_path(names: Sequence[str], target: str, wheel: str) -> str:

@@ -1,8 +1,8 @@
-"""The toolchain a completion compiles with: the interpreter with exactly the torch the official
-wheel pins (its extensions link against that torch's libraries, so another torch is ABI drift),
-a CMake the release accepts, and what a build host without a GPU lacks.
+"""The toolchain and the compile of a completion.
 
-Two things a GPU-less host may lack, both found on the machines we build on:
+The toolchain: the interpreter with exactly the torch the official wheel pins (its extensions
+link against that torch's libraries, so another torch is ABI drift), a CMake the release
+accepts, and what a build host without a GPU lacks:
 - the driver library `libcuda.so.1` (vLLM links `CUDA::cuda_driver`): a stand-in with its soname
   is linked instead. An extension is a shared object, so the driver's symbols stay undefined in
   it and `libcuda.so.1` stays in its NEEDED list; the real driver binds them at load, as with the
@@ -10,6 +10,13 @@ Two things a GPU-less host may lack, both found on the machines we build on:
 - the math libraries' headers (`cusparse.h`, which torch's `ATen/cuda` headers include) in a
   toolkit trimmed to the compiler: torch's own `nvidia-*` packages carry the same CUDA
   release's headers, so they are put on `CPATH` — no compile command changes.
+
+The compile, set up from the build's own options as the compile step sets up its compile: the
+compiler cache (`--cache`, its folder, Redis, sccache-dist), the memory reserve and budget,
+`--jobs`, the duration-weighted Ninja the ninja step built once per machine, earlier runs'
+`jobs.json`, and a step line with the live status (objects done/total, ETA) and its duration.
+A completion is minutes of nvcc on a machine that may be serving a model: planned like the source
+build, it neither OOMs the machine nor recompiles what the last, interrupted run had finished.
 """
 
 from __future__ import annotations
@@ -17,16 +24,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
 from packaging.version import InvalidVersion, Version
 
 from spark_build.arch.cmake_configure import build_stubs, missing_link_libraries
-from spark_build.errors import StepFailed
+from spark_build.compile import cache as compiler_cache
+from spark_build.compile import ninjabuild
+from spark_build.compile.extension_targets import CompileRun, TargetBuild, TargetsBuilt, build_targets
+from spark_build.config import BuildConfig
+from spark_build.errors import Interrupted, StepFailed
 from spark_build.host.query import run_command
-from spark_build.proc import Runner
+from spark_build.layout import RunFolder, user_cache
+from spark_build.nightly.completion import BuildTargets
+from spark_build.pipeline.progress import Progress, forecast_line
+from spark_build.proc import InterruptSignal, Runner, interrupt_signals
 from spark_build.venv import Installer
 
 MIN_CMAKE = Version("3.26")  # vLLM's and the example's cmake_minimum_required
@@ -42,6 +60,7 @@ class Toolchain:
     python: Path
     torch: str
     cmake: Path
+    ninja: Path  # the stock one beside cmake or on PATH; the duration-weighted one is used where built
     env: dict[str, str]  # CPATH for headers the toolkit lacks
     cmake_args: tuple[str, ...]  # the driver stand-ins, -DVLLM_PYTHON_EXECUTABLE
     notes: tuple[str, ...]
@@ -128,7 +147,7 @@ def toolchain(
     runner: Runner,
     log: Path,
 ) -> Toolchain:
-    """CMake (the interpreter's own first, then PATH's), the headers and driver stand-ins."""
+    """CMake and Ninja (the interpreter's own first, then PATH's), the headers and driver stand-ins."""
     on_path = [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
     candidates = [Path(found["scripts"]) / "cmake", *(folder / "cmake" for folder in on_path)]
     usable = [(c, cmake_version(c)) for c in candidates if c.is_file() and os.access(c, os.X_OK)]
@@ -140,7 +159,10 @@ def toolchain(
             step="complete",
             hint=f"{python} -m pip install 'cmake>=3.26' ninja",
         )
-    notes: list[str] = [f"build interpreter {python} (torch {found['torch'] or 'none'}), {cmake}"]
+    ninja = next((f / "ninja" for f in (Path(found["scripts"]), *on_path) if (f / "ninja").is_file()), None)
+    if ninja is None:
+        raise StepFailed("no ninja for the release's CMake", step="complete", hint=f"{python} -m pip install ninja")
+    notes: list[str] = [f"build interpreter {python} (torch {found['torch'] or 'none'}), {cmake}, {ninja}"]
     env: dict[str, str] = {}
     if not (cuda_home / "include" / "cusparse.h").is_file():
         headers = sorted(Path(found["purelib"]).glob("nvidia/*/include/cusparse.h"))
@@ -154,4 +176,123 @@ def toolchain(
         f"-DVLLM_PYTHON_EXECUTABLE={python}",
         *(f"-D{var}={path}" for var, path in sorted(stubs.items())),
     )
-    return Toolchain(python, found["torch"], cmake, env, args, tuple(notes))
+    return Toolchain(python, found["torch"], cmake, ninja, env, args, tuple(notes))
+
+
+STEP = "complete"
+
+
+class CompletionTools:
+    """The compiler cache's view of the completion (`cache.StepContext`): a small venv of its own
+    under `WORKDIR/completion/tools` holds ccache, installed as the build installs (uv or pip,
+    index or `--wheels`), since a completion has no build venv."""
+
+    def __init__(self, cfg: BuildConfig, venv: Path, run_folder: RunFolder, runner: Runner) -> None:
+        self.cfg, self._venv, self.run_folder, self.runner = cfg, venv, run_folder, runner
+        self.notes: list[str] = []
+
+    @property
+    def venv(self) -> Path:
+        return self._venv
+
+    @property
+    def python(self) -> Path:
+        return self._venv / "bin" / "python"
+
+    def log(self, step: str) -> Path:
+        return self.run_folder.log(step)
+
+    def run(self, step: str, argv: list[str | os.PathLike[str]], **kwargs: Any) -> int:
+        return self.runner.run(argv, log=self.log(step), step=step, **kwargs)
+
+    def install(self, step: str, *args: str | os.PathLike[str], **kwargs: Any) -> int:
+        installer = self.cfg.installer
+        if not self.python.exists():
+            self.run(step, installer.venv_argv(self.cfg.python, self._venv, seed=False), env=installer.env())
+        return self.run(step, installer.install_argv(self.python, *args), env=installer.env(), **kwargs)
+
+
+def scheduling_ninja(stock: Path) -> tuple[Path, bool]:
+    """The duration-weighted Ninja when the ninja step has built it on this machine, else `stock`;
+    and whether it is the weighted one. A completion never builds it: 35 s of bootstrap for a
+    compile of a few minutes."""
+    ours = ninjabuild.cached_binary(user_cache())
+    return (ours, True) if ninjabuild.is_ours(ours) else (stock, False)
+
+
+def completion_builder(
+    cfg: BuildConfig,
+    run_folder: RunFolder,
+    runner: Runner,
+    progress: Progress,
+    say: Callable[[str], None],
+    spec_for: Callable[[Sequence[str]], tuple[TargetBuild, Path]],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> BuildTargets:
+    """The builder `--prefer-wheel` completes a wheel with: `spec_for(targets)` gives the release
+    source's build (in the kept `WORKDIR/completion/build`) and the stock Ninja; the targets are
+    compiled as the compile step compiles. `runner` reports to `progress` and records its process
+    groups in the workdir's lock, so a run after a `kill -9` stops the Ninja this one left behind."""
+    arch = cfg.arch or ""
+    token = cfg.dist_token_file.read_text().strip() if cfg.dist_token_file else None
+
+    def compile_run(cache_env: dict[str, str], ninja: Path) -> CompileRun:
+        weighted_ninja, weighted = scheduling_ninja(ninja)
+        return CompileRun(
+            source=f"{cfg.ref} {arch} completion",
+            ninja=weighted_ninja,
+            weighted=weighted,
+            cache_env=cache_env,
+            records=cfg.logs_dir,
+            run_folder=run_folder,
+            reserve_bytes=cfg.mem_reserve,
+            mem_budget=cfg.mem_budget,
+            jobs_override=cfg.jobs,
+            available_bytes=lambda: psutil.virtual_memory().available,
+            on_forecast=lambda outlook: progress.progress(forecast_line(outlook)),
+            note=lambda line: say(f"complete: {line}"),
+        )
+
+    def complete(targets: Sequence[str]) -> TargetsBuilt:
+        spec, ninja = spec_for(targets)
+        shutil.rmtree(spec.stage, ignore_errors=True)  # only what this build installs goes into the wheel
+        folder = spec.build_dir.parent
+        tools = CompletionTools(cfg, folder / "tools", run_folder, runner)
+        log = run_folder.log(STEP)
+        progress.begin(STEP, f"build {', '.join(targets)} for {arch} from the source of {cfg.ref}; log: {log}")
+        began, status = clock(), "failed"
+        try:
+            with interrupt_signals():
+                cache = compiler_cache.start(
+                    tools,
+                    STEP,
+                    mode=cfg.cache,
+                    size_limit=cfg.cache_size,
+                    workdir=cfg.workdir,
+                    cache_dir=cfg.cache_dir,
+                    dist=cfg.dist,
+                    dist_token=token,
+                )
+                try:
+                    built = build_targets(spec, targets, runner, log, compile_run(cache.env, ninja))
+                finally:
+                    cache_record = compiler_cache.finish(tools, STEP, cache)
+            status = "done"
+        except InterruptSignal as sig:
+            status = "interrupted"
+            raise Interrupted(
+                f"stopped by {sig} while completing the wheel",
+                step=STEP,
+                log=log,
+                hint="run the same command again: the kept build folder resumes where Ninja stopped",
+            ) from None
+        finally:
+            seconds = clock() - began
+            progress.end(STEP, status, seconds)
+            for line in tools.notes:
+                say(f"complete: {line}")
+        result = {**built.result, "cache": cache_record, "seconds": round(seconds, 3), "log": str(log)}
+        return TargetsBuilt(built.stage, result)
+
+    return complete

@@ -24,6 +24,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from spark_build.compile.extension_targets import TargetsBuilt
+from spark_build.compile.governed import timing_detail
 from spark_build.durable import atomic_copy, sha256_of
 from spark_build.errors import HostProblem, Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.layout import LATEST, SUMMARY
@@ -86,6 +88,7 @@ class PreferWheel:
     arch_list: str = ""  # TORCH_CUDA_ARCH_LIST a completion builds for (12.1a); empty: no completion
     no_compiler: str | None = None  # why no nvcc here can complete the wheel for arch_list; None: one can
     accept_missing: bool = False  # --accept-missing: take the wheel without what the target cannot run
+    run_id: str = ""  # the run folder the decision goes into (a completion's logs are there first); "": a new one
 
 
 # A host problem stops the run: a wheel that could not be judged is neither taken nor refused, and
@@ -208,7 +211,7 @@ def prefer_wheel(
     if isinstance(taken, _Refused):
         decision = Decision(False, taken.why, found.filename, found.place.value, completion=taken.completion)
         return _from_source(options, decision, build, say)
-    wheel, proof, validate_seconds, completion = taken
+    wheel, proof, validate_seconds, completion, built = taken
     for line in render_proof(proof.results):
         say(line)
     target, sha = publish(wheel, options.wheelhouse)
@@ -228,8 +231,8 @@ def prefer_wheel(
     if completion is not None and completion.choice is Choice.COMPLETE:
         labels = [c.label for c in completion.changes if c.scope is Scope.EXTENSIONS]
         with_changes = f" with {', '.join(labels)}" if labels else ""
-        built = f"{', '.join(completion.targets)} built for {options.arch_list}{with_changes}"
-        proven = f"completed here ({built}), {proven}"
+        what = f"{', '.join(completion.targets)} built for {options.arch_list}{with_changes}"
+        proven = f"completed here ({what}), {proven}"
     elif completion is not None:
         proven = f"{completion.why}; will not run: {'; '.join(completion.will_not_run)}"
     done = completion.to_dict() if completion is not None else None
@@ -242,6 +245,8 @@ def prefer_wheel(
         proof,
         seconds=clock() - started,
         validate_seconds=validate_seconds,
+        completed=built.result if built is not None else None,
+        run_id=options.run_id,
     )
     return 0
 
@@ -357,10 +362,11 @@ def _take(
     complete: BuildTargets | None,
     clock: Callable[[], float],
     scopes: Sequence[ChangeScope],
-) -> tuple[Path, Proof, float, CompletionDecision | None] | _Refused:
+) -> tuple[Path, Proof, float, CompletionDecision | None, TargetsBuilt | None] | _Refused:
     """The found wheel downloaded, fitting the user's torch, carrying the changes' Python files,
-    completed where it lacks code for the target or a change touches a target's sources, and
-    proven (with the seconds its proofs took); or why not."""
+    completed where it lacks code for the target or a change touches a target's sources (with the
+    compile's record), and proven (with the seconds its proofs took, the completion's compile not
+    counted); or why not."""
     try:
         wheel = _download(found, options.wheelhouse / DOWNLOADS, options.retry, say)
     except HostProblem as err:
@@ -382,7 +388,7 @@ def _take(
         return _Refused(f"{found.filename} {proof}")
     changed = any(s.scope is Scope.EXTENSIONS for s in scopes)
     if not proof.problems and not changed:
-        return wheel, proof, clock() - began, None
+        return wheel, proof, clock() - began, None, None
     compiled = [s.label for s in scopes if s.scope is Scope.EXTENSIONS]
     refused = (
         f"{found.filename} failed validation: {first_and_more(proof.problems)}"
@@ -402,11 +408,11 @@ def _take(
     )
     say(f"prebuilt: {completion.choice.value}: {completion.why}")
     if completion.choice is Choice.TAKE_INCOMPLETE:
-        return wheel, proof, clock() - began, completion
+        return wheel, proof, clock() - began, completion, None
     if completion.choice is not Choice.COMPLETE or complete is None:
         return _Refused(f"{refused}; {completion.why}", completion.to_dict())
     try:
-        completed = completed_wheel(
+        completed, built = completed_wheel(
             wheel, missing, completion.targets, options.arch_list, wheel.parent / "completed", complete
         )
     except StepFailed as err:  # the source or a compile of the targets: the full build is what is left
@@ -416,7 +422,7 @@ def _take(
     again = judge(completed, options, prove)
     if isinstance(again, str):
         return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
-    return completed, again, clock() - began, completion
+    return completed, again, clock() - began - float(built.result.get("seconds", 0.0)), completion, built
 
 
 def _carried(change: Change) -> str:
@@ -495,17 +501,38 @@ def _torch_in(proof: Proof) -> str | None:
 
 
 def write_taken_run(
-    logs_dir: Path, ref: str, arch: str, decision: Decision, proof: Proof, *, seconds: float, validate_seconds: float
+    logs_dir: Path,
+    ref: str,
+    arch: str,
+    decision: Decision,
+    proof: Proof,
+    *,
+    seconds: float,
+    validate_seconds: float,
+    completed: dict[str, Any] | None = None,
+    run_id: str = "",
 ) -> Path:
     """A run folder for a taken official wheel, as a build leaves one (summary.json, `logs/latest`):
-    no build ran, yet `invoke report` and `history` must show what was published and why."""
+    no source build ran, yet `invoke report` and `history` must show what was published and why.
+    A completion is a step of its own in the timing table, with its objects, jobs and cache, as
+    the compile step's row has them (`completed`: its record)."""
+    compiled = float(completed.get("seconds", 0.0)) if completed else 0.0
     outcomes = [
-        StepOutcome("prefer-wheel", "done", round(seconds - validate_seconds, 3), f"the official {decision.found}"),
+        StepOutcome(
+            "prefer-wheel", "done", round(seconds - validate_seconds - compiled, 3), f"the official {decision.found}"
+        ),
+        *(
+            [StepOutcome("complete", "done", compiled, "the extensions it lacks", detail=timing_detail(completed))]
+            if completed
+            else []
+        ),
         StepOutcome("validate", "done", round(validate_seconds, 3), "the official wheel, in a fresh venv"),
         StepOutcome("publish", "done", 0.0, "by the prefer-wheel step"),
     ]
     results = {"validate": dict(proof.results), "publish": {"path": decision.published, "install": decision.install}}
-    return write_decision_run(logs_dir, ref, arch, decision, outcomes, results, None)
+    if completed:
+        results["complete"] = completed
+    return write_decision_run(logs_dir, ref, arch, decision, outcomes, results, None, run_id=run_id)
 
 
 def _write_run(
@@ -515,7 +542,9 @@ def _write_run(
     results: dict[str, dict[str, Any]],
     error: SparkBuildError,
 ) -> None:
-    path = write_decision_run(options.logs_dir, options.ref, options.arch, decision, outcomes, results, error)
+    path = write_decision_run(
+        options.logs_dir, options.ref, options.arch, decision, outcomes, results, error, run_id=options.run_id
+    )
     error.details.append(f"summary: {path}")
 
 
@@ -527,10 +556,12 @@ def write_decision_run(
     outcomes: Sequence[StepOutcome],
     results: dict[str, dict[str, Any]],
     error: SparkBuildError | None,
+    *,
+    run_id: str = "",
 ) -> Path:
     """A run folder of `--prefer-wheel`'s own (summary.json, `logs/latest` pointing at it): for the
     wheel taken, and for the runs that ended before a source build wrote one."""
-    run_id = new_run_id(time.time(), os.getpid())
+    run_id = run_id or new_run_id(time.time(), os.getpid())
     folder = logs_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
     summary = summary_payload(

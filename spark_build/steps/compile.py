@@ -11,57 +11,38 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from spark_build.compile import cache as compiler_cache
-from spark_build.compile import cache_stats
 from spark_build.compile.cache_plan import env_note
 from spark_build.compile.cxxstd import check_source_against_torch
-from spark_build.compile.eta import FinishedObjects
-from spark_build.compile.governor import Governor
-from spark_build.compile.jobplan import (
-    DEFAULT_PROFILE,
-    Estimates,
-    JobPlan,
-    JobRecord,
-    cmake_target_of,
-    cpu_count,
-    load_estimates,
-    plan_jobs,
-    write_jobs_json,
+from spark_build.compile.governed import (
+    GovernedCompile,
+    GovernorJournal,
+    governed_compile,
+    ninja_outputs,
+    objects_recorded,
+    planned_objects,
+    timing_detail,
 )
-from spark_build.compile.ninjalog import (
-    is_build_object,
-    normalize_object,
-    object_matcher,
-    parse_ninja_lines,
-    parse_ninja_log,
-    seed_ninja_log,
-)
-from spark_build.compile.oom import Attempt, OomKill, retry_after_oom
+from spark_build.compile.jobplan import DEFAULT_PROFILE, Estimates, JobPlan, cpu_count, load_estimates, plan_jobs
+from spark_build.compile.ninjalog import seed_ninja_log
 from spark_build.durable import sha256_of
 from spark_build.errors import StepFailed
 from spark_build.pipeline.progress import forecast_line
 from spark_build.pipeline.step import Context, Step
-from spark_build.proc import log_tail
 from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.versions import version_from_tag
 from spark_build.venv import find_tool
 
 
 def ninja_log_entries(src: Path) -> int:
-    """How many objects (`is_build_object`: links are not) Ninja has recorded building in this
-    tree, rebuilds counted again; the durations seeded before the first build (no mtime) are no
-    builds."""
-    logs = src.glob("build/**/.ninja_log")
-    lines = (line for log in logs for line in parse_ninja_lines(log.read_text(errors="replace")))
-    return sum(1 for line in lines if line.mtime_s and is_build_object(line.object))
+    """How many objects Ninja has recorded building in setup.py's build tree (`objects_recorded`)."""
+    return objects_recorded(src / "build")
 
 
 def compile_env(ctx: Context, plan: JobPlan) -> dict[str, str]:
@@ -131,22 +112,6 @@ def tool_dirs(ctx: Context) -> list[Path]:
     return [*([ninja.parent] if ninja else []), *ctx.bin_dirs]
 
 
-def ninja_outputs(commands: object, root: Path) -> list[str]:
-    """Objects as Ninja names them: relative to the top build folder, wherever CMake put them.
-
-    compile_commands.json may spell an output absolute (CMake 3.25 and 4.x do) or relative to
-    the entry's folder; a subproject's objects (flash-attention's) sit below its own binary
-    folder. Ninja's manifest names every one relative to the top, and a seeded line under any
-    other name would be a dead entry that CMake's `ninja -t recompact` drops."""
-    outputs: list[str] = []
-    for entry in commands if isinstance(commands, list) else []:
-        if not isinstance(entry, dict) or not entry.get("output"):
-            continue
-        path = Path(str(entry.get("directory", root))) / str(entry["output"])
-        outputs.append(os.path.relpath(path, root))
-    return outputs
-
-
 _BUILD_TEMP_PROBE = (
     "import json, sys, sysconfig; "
     "temp = f'temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}'; "
@@ -161,25 +126,6 @@ def arch_plan_commands(ctx: Context) -> object | None:
         return json.loads(ctx.layout.arch_plan_compile_commands.read_text())
     except (OSError, ValueError):
         return None
-
-
-def planned_objects(
-    commands: object, root: Path, estimates: Estimates, targets: frozenset[str] | None
-) -> dict[str, float]:
-    """The objects this build compiles (`is_build_object`, of the targets setup.py builds), named
-    as `.ninja_log` names them, each with its expected seconds — the fixed total the progress
-    line counts to. An object the estimates do not know takes their median: the shipped profile
-    is 0.13.0's, and a later release's new objects still count. Without the arch plan's list,
-    the estimates' own objects."""
-    names = {normalize_object(out) for out in ninja_outputs(commands, root)}
-    objects = sorted(
-        name for name in names if is_build_object(name) and (targets is None or cmake_target_of(name) in targets)
-    )
-    if not objects:
-        return dict(estimates.seconds)
-    match = object_matcher(estimates.seconds)
-    default = statistics.median(estimates.seconds.values()) if estimates.seconds else 0.0
-    return {name: estimates.seconds[known] if (known := match(name)) else default for name in objects}
 
 
 def seed_durations(ctx: Context, step: str, estimates: Estimates) -> str:
@@ -200,18 +146,6 @@ def seed_durations(ctx: Context, step: str, estimates: Estimates) -> str:
         f"seeded Ninja with {len(seeded)} durations ({estimates.origin}); the longest, "
         f"{Path(longest).name} ({seeded[longest]:.0f} s), starts first"
     )
-
-
-class GovernorJournal:
-    """`governor.jsonl`: one line per sample or event, appended as they happen, so a killed
-    build still leaves its memory timeline for the trace (a torn last line is skipped there)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, row: Mapping[str, object]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, default=str) + "\n")
 
 
 class Compile(Step):
@@ -280,23 +214,44 @@ class Compile(Step):
     def _compile(
         self, ctx: Context, plan: JobPlan, estimates: Estimates, source: str, cache_env: Mapping[str, str]
     ) -> dict[str, Any]:
-        """Run the build, governed; `retry_after_oom` reruns it with fewer jobs after an OOM kill."""
+        """Run `pip wheel`, governed and retried with fewer jobs after an OOM kill (`governed`)."""
         log = ctx.log(self.name)
-        journal = GovernorJournal(ctx.run_folder.governor_journal)
-        governed = GovernedBuild(ctx, self.name, estimates, source, cache_env, journal)
+        # Durations count only when the arch plan said which targets setup.py builds: FA3's 224
+        # profiled objects would otherwise be forecast for a build that skips them.
+        built = ctx.optional_result("arch-plan").get("built_targets")
+        targets = frozenset(built) if built is not None else None
+        objects = (
+            planned_objects(arch_plan_commands(ctx), ctx.layout.arch_plan, estimates, targets)
+            if targets is not None
+            else None
+        )
+        sink = ctx.runner.sink
+        spec = GovernedCompile(
+            estimates=estimates,
+            source=source,
+            objects=objects,
+            build_tree=ctx.layout.build_tree,
+            jobs_json=ctx.run_folder.jobs,
+            journal=GovernorJournal(ctx.run_folder.governor_journal),
+            reserve_bytes=ctx.config.mem_reserve,
+            log=log,
+            on_forecast=lambda outlook: sink.progress(forecast_line(outlook)),
+        )
 
-        def on_retry(kills: list[OomKill], fewer: JobPlan) -> None:
-            for kill in kills:
-                journal.write({"t": time.time(), "event": "oom-kill", "object": kill.object, "detail": kill.evidence})
-            ctx.notes.append(
-                f"compile: {kills[0].object or 'a job'} was killed for memory; rerunning with "
-                f"{fewer.concurrent_jobs} jobs (objects already built are kept)"
-            )
-            journal.write(
-                {"t": time.time(), "event": "retry", "object": None, "detail": f"{fewer.concurrent_jobs} jobs"}
+        def pip_wheel(at: JobPlan, on_start: Callable[[int], None]) -> int:
+            env_vars = {**compile_env(ctx, at), **cache_env}
+            wheel_argv: list[str | os.PathLike[str]] = ["-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps"]
+            return ctx.run(
+                self.name,
+                [ctx.python, *wheel_argv, "-w", ctx.layout.dist, "."],
+                cwd=ctx.src,
+                env={**os.environ, **env_vars},
+                env_note=env_note(env_vars),
+                on_start=on_start,
+                check=False,
             )
 
-        final, tries = retry_after_oom(governed.attempt, plan, log=log, peaks=governed.peaks, on_retry=on_retry)
+        outcome = governed_compile(spec, plan, pip_wheel, note=lambda line: ctx.notes.append(f"compile: {line}"))
         wheels = sorted(ctx.layout.dist.glob("*.whl"))
         if len(wheels) != 1:
             raise StepFailed(
@@ -304,100 +259,11 @@ class Compile(Step):
                 hint="read the compile log; the build may have produced no wheel",
             )
         wheel = wheels[0]
-        return {
-            "wheel": str(wheel),
-            "sha256": sha256_of(wheel),
-            "max_jobs": final.max_jobs,
-            "planned_jobs": plan.max_jobs,
-            "nvcc_threads": plan.nvcc_threads,
-            "budget_bytes": plan.budget_bytes,
-            "oom_retries": tries,
-            "peak_tree_rss_bytes": governed.peak_tree,
-            "governor_pauses": governed.pauses,
-        }
+        return {"wheel": str(wheel), "sha256": sha256_of(wheel), **outcome.to_dict(plan)}
 
     def detail(self, result: Mapping[str, Any]) -> str:
-        jobs = f"MAX_JOBS {result.get('max_jobs')}, {result.get('objects_built')} objects"
-        cache = cache_stats.table_cell(result.get("cache"))
-        return f"{jobs}; {cache}" if cache else jobs
+        return timing_detail(result)
 
     def check(self, ctx: Context, result: Mapping[str, Any]) -> bool:
         wheel = Path(str(result.get("wheel", "")))
         return wheel.is_file() and sha256_of(wheel) == result.get("sha256")
-
-
-class GovernedBuild:
-    """One `pip wheel` of the source under the memory governor; records every job it saw
-    (`jobs.json`) after each attempt, so a killed attempt still teaches the next plan."""
-
-    def __init__(
-        self,
-        ctx: Context,
-        step: str,
-        estimates: Estimates,
-        source: str,
-        cache_env: Mapping[str, str],
-        journal: GovernorJournal,
-    ) -> None:
-        self.ctx, self.step, self.estimates, self.source = ctx, step, estimates, source
-        self.cache_env, self.journal = cache_env, journal
-        self.records: list[JobRecord] = []
-        self.peak_tree = 0
-        self.pauses = 0
-
-    def peaks(self) -> dict[str, int]:
-        return {r.object: r.peak_rss_bytes for r in self.records}
-
-    def attempt(self, plan: JobPlan) -> Attempt:
-        ctx = self.ctx
-        governor: Governor | None = None
-
-        # Durations count only when the arch plan said which targets setup.py builds: FA3's 224
-        # profiled objects would otherwise be forecast for a build that skips them.
-        built = ctx.optional_result("arch-plan").get("built_targets")
-        targets = frozenset(built) if built is not None else None
-        objects = (
-            planned_objects(arch_plan_commands(ctx), ctx.layout.arch_plan, self.estimates, targets)
-            if targets is not None
-            else None
-        )
-        sink = ctx.runner.sink
-
-        def govern(pid: int) -> None:
-            # Holds jobs back (SIGSTOP) when the tree would outgrow the budget: the youngest
-            # first, never one near the critical path; its forecast feeds the status line.
-            nonlocal governor
-            governor = Governor(
-                pid,
-                budget_bytes=plan.budget_bytes,
-                default_peak=plan.per_job_bytes,
-                estimates=self.estimates.peaks,
-                reserve_bytes=ctx.config.mem_reserve,
-                journal=self.journal.write,
-                seconds=objects,
-                slots=min(cpu_count(), plan.concurrent_jobs),
-                finished=FinishedObjects(ctx.layout.build_tree),
-                on_forecast=lambda outlook: sink.progress(forecast_line(outlook)),
-            ).start()
-
-        env_vars = {**compile_env(ctx, plan), **self.cache_env}
-        wheel_argv: list[str | os.PathLike[str]] = ["-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps"]
-        try:
-            code = ctx.run(
-                self.step,
-                [ctx.python, *wheel_argv, "-w", ctx.layout.dist, "."],
-                cwd=ctx.src,
-                env={**os.environ, **env_vars},
-                env_note=env_note(env_vars),
-                on_start=govern,
-                check=False,
-            )
-        finally:
-            if governor is not None:
-                governor.stop()  # always: resumes every job it paused
-                self.records += governor.job_records()
-                self.peak_tree = max(self.peak_tree, governor.peak_tree_rss)
-                self.pauses += governor.stops
-            ninja = [e for p in ctx.layout.build_tree.glob("**/.ninja_log") for e in parse_ninja_log(p)]
-            write_jobs_json(ctx.run_folder.jobs, self.records, ninja, source=self.source)
-        return Attempt(code, log_tail(ctx.log(self.step)) if code != 0 else "")

@@ -30,11 +30,12 @@ from spark_build.arch.plan import (
     raise_for_problems,
 )
 from spark_build.compile.extension_targets import TargetBuild, configure_targets
+from spark_build.compile.governed import ninja_outputs, planned_objects
 from spark_build.compile.jobplan import DEFAULT_PROFILE, load_estimates
 from spark_build.compile.ninjalog import parse_ninja_log, seed_ninja_log
 from spark_build.errors import StepFailed
 from spark_build.proc import Runner
-from spark_build.steps.compile import ninja_outputs, planned_objects, release_version
+from spark_build.steps.compile import release_version
 from spark_build.upstream.fetched import FetchedSources
 from spark_build.upstream.patches import find_series
 from spark_build.upstream.recipe import recipe_for

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from spark_build.compile.governed import ninja_outputs, planned_objects
 from spark_build.compile.jobplan import DEFAULT_PROFILE, Estimates, load_estimates
 from spark_build.compile.ninjalog import SEED_HEADER, is_build_object, parse_ninja_log, seed_ninja_log
-from spark_build.steps.compile import ninja_log_entries, ninja_outputs, planned_objects
+from spark_build.steps.compile import ninja_log_entries
 
 DATA = Path(__file__).parents[1] / "data"
 

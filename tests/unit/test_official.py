@@ -269,6 +269,23 @@ def test_a_taken_official_wheel_leaves_a_run_that_report_and_history_show(tmp_pa
     assert "ok (official wheel)" in history
 
 
+def test_a_completed_official_wheel_s_run_times_its_completion_as_a_step_with_objects_and_jobs(tmp_path: Path) -> None:
+    name = "vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    decision = Decision(True, "completed here (_qutlass_C built for 12.1a)", name, "package index", f"/wh/{name}")
+    proof = Proof(results={"imports": {"vllm": True}}, reports=[], problems=[])
+    completed = {"max_jobs": 4, "objects_built": 8, "objects_total": 8, "seconds": 200.0, "oom_retries": 0}
+    path = write_taken_run(
+        tmp_path, "v0.26.0", "12.1a", decision, proof, seconds=300.0, validate_seconds=60.0, completed=completed
+    )
+    summary = json.loads(path.read_text())
+    steps = {step["name"]: (step["seconds"], step["detail"]) for step in summary["steps"]}
+    assert steps["complete"] == (200.0, "MAX_JOBS 4, 8 of 8 objects")
+    assert steps["prefer-wheel"][0] == 40.0 and summary["total_seconds"] == 300.0
+    assert summary["results"]["complete"] == completed
+    report, _history = _shown(tmp_path)
+    assert "prefer-wheel completion compiled in 3m20s: MAX_JOBS 4, 8 of 8 objects" in report
+
+
 def test_a_source_build_after_a_refused_official_wheel_keeps_why_in_its_summary(tmp_path: Path) -> None:
     name = "vllm-0.33.0-cp38-abi3-manylinux_2_28_aarch64.whl"
     why = f"{name} failed validation: vllm/_qutlass_C.abi3.so: kernel family _qutlass_C cannot run on 12.1"
