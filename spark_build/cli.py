@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `invoke --
 
     from spark_build.nightly.prebuilt import PreferWheel
     from spark_build.proc import Runner
+    from spark_build.upstream.patches import ScopedPatch
     from spark_build.wheel.proof import Proof
 
 
@@ -71,16 +72,25 @@ def build_vllm(
     *,
     stop_after: str | None = None,
     prefer: Mapping[str, str | None] | None = None,
+    prefer_only: Sequence[str] = (),
 ) -> int:
     """`invoke build-vllm`, and `invoke arch-plan` (the same steps, stopping after the plan).
     `prefer` (`--prefer-wheel`, with the index and release API to look in): the official wheel
     first. A flag of build-vllm rather than a command of its own, because the fallback is this
-    build with these very options (ref, arch, torch, workdir), which a second command would repeat."""
+    build with these very options (ref, arch, torch, workdir), which a second command would repeat.
+    `prefer_only`: flags that mean something only with `--prefer-wheel`, given without it."""
     from spark_build.build import build
+    from spark_build.errors import UsageError
 
     debug = bool(cli.get("debug"))
 
     def action() -> int:
+        if prefer_only:  # a source build would ignore them: say so before anything is written
+            raise UsageError(
+                f"{', '.join(prefer_only)} works only with --prefer-wheel (it changes what is done with the official "
+                "wheel; a source build never downloads one)",
+                hint=f"add --prefer-wheel, or drop {', '.join(prefer_only)}",
+            )
         cfg = options.resolve(cli, file)
         if prefer is None:
             return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:], _program()))
@@ -96,6 +106,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     from spark_build.build import build
     from spark_build.errors import UsageError
     from spark_build.lock import WorkdirLock
+    from spark_build.nightly.native import native_patches
     from spark_build.nightly.prebuilt import Decision, prefer_wheel, wanted_for
     from spark_build.proc import Runner
     from spark_build.steps.changes import changes_for_wheel
@@ -133,12 +144,15 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
-        no_compiler, complete = _completion(cfg, log, runner, git)
+        patches = () if cfg.no_patches else native_patches(cfg.patches_dir / "vllm")
+        no_compiler, complete = _completion(cfg, log, runner, git, patches)
         wanted = dataclasses.replace(
             wanted,
             arch_list=cfg.arch or "",
             no_compiler=no_compiler,
             accept_missing=bool(prefer.get("accept_missing")),
+            native=bool(prefer.get("native")),
+            patches=patches,
         )
         prove = _prover(cfg, log, say)
         return prefer_wheel(wanted, release, prove=prove, build=from_source, say=say, run=git, complete=complete)
@@ -147,16 +161,23 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
 
 
 def _completion(
-    cfg: options.BuildConfig, log: Path, runner: Runner, git: Callable[[list[str | os.PathLike[str]]], int]
+    cfg: options.BuildConfig,
+    log: Path,
+    runner: Runner,
+    git: Callable[[list[str | os.PathLike[str]]], int],
+    patches: Sequence[ScopedPatch],
 ) -> tuple[str | None, Callable[[Sequence[str]], Path] | None]:
     """Why no completion can be built here (None when one can), and the builder of extension
-    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake."""
+    targets from the release's source (`--repo` at `--ref`) for `--arch`, with its own CMake and
+    the `patches` in the release's range that compile families as 12.x (what `--native` counts on)."""
     import os
     import shutil
 
     from spark_build.compile.extension_targets import TargetBuild, build_targets
     from spark_build.compile.jobplan import cpu_count
     from spark_build.nightly.completion import release_source
+    from spark_build.nightly.native import patch_release_source
+    from spark_build.nightly.official import release_version
 
     nvcc = cfg.cuda_home / "bin" / "nvcc"
     cmake = shutil.which("cmake")
@@ -168,6 +189,9 @@ def _completion(
 
     def complete(targets: Sequence[str]) -> Path:
         source = release_source(cfg.repo, cfg.ref, folder / "source", git)
+        version = release_version(cfg.ref)
+        if version is not None:
+            patch_release_source(source, patches, version, git)
         stage = folder / "stage"
         shutil.rmtree(stage, ignore_errors=True)  # only what this build installs goes into the wheel
         spec = TargetBuild(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_build.errors import StepFailed
+from spark_build.nightly.native import Outlook
 from spark_build.wheel.complete import complete_wheel, completion_label
 from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
 from spark_build.wheel.repatch import python_only
@@ -71,6 +72,8 @@ class CompletionDecision:
     why: str
     targets: tuple[str, ...] = ()  # COMPLETE: the extension targets to build
     will_not_run: tuple[str, ...] = ()  # TAKE_INCOMPLETE: the extensions the target cannot run, and where
+    left_on_jit: tuple[str, ...] = ()  # families the target keeps running by PTX JIT: their bill, and why
+    native: tuple[str, ...] = ()  # --native: the targets rebuilt to run natively instead of by PTX JIT
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -78,6 +81,8 @@ class CompletionDecision:
             "why": self.why,
             "targets": list(self.targets),
             "will_not_run": list(self.will_not_run),
+            "left_on_jit": list(self.left_on_jit),
+            "native": list(self.native),
         }
 
 
@@ -88,10 +93,14 @@ def decide(
     arch: str,
     no_compiler: str | None,
     accept_missing: bool,
+    jit: Sequence[Outlook] = (),
+    native: bool = False,
 ) -> CompletionDecision:
     """`missing`: each extension target vLLM dispatches on `arch` that cannot run there (from the
     arch audit of the official wheel) → why it is used there (vLLM's dispatch code). `no_compiler`:
-    why no nvcc here can target `arch`, None when one can."""
+    why no nvcc here can target `arch`, None when one can. `jit`: the families the target runs
+    only by PTX JIT (`nightly.native.outlook`); with `native` (`--native`) the targets of those a
+    rebuild makes native are built too, and every other one is named as left on JIT, with its bill."""
     everything = [c for c in changes if c.scope is Scope.EVERYTHING]
     if everything:
         first = everything[0]
@@ -99,19 +108,33 @@ def decide(
             Choice.SOURCE,
             f"{first.label} changes {', '.join(first.beyond)}, which every extension target depends on",
         )
+    by_jit, left_on_jit = _jit_targets(jit, arch=arch, native=native, no_compiler=no_compiler)
     changed = {t: c.label for c in changes if c.scope is Scope.EXTENSIONS for t in c.targets}
-    targets = tuple(sorted({*missing, *changed}))
+    targets = tuple(sorted({*missing, *changed, *by_jit}))
     if not targets:
         carried = [c.label for c in changes]
         suffix = f"; {', '.join(carried)} (Python only) carried onto it" if carried else ""
-        return CompletionDecision(Choice.TAKE, f"every extension vLLM runs on {arch} has code for it{suffix}")
+        why = f"every extension vLLM runs on {arch} has code for it{suffix}"
+        return CompletionDecision(Choice.TAKE, why, left_on_jit=left_on_jit)
     reasons = [
-        f"{t}: {'cannot run on ' + arch if t in missing else 'changed by ' + changed[t]}"
-        + (f", changed by {changed[t]}" if t in missing and t in changed else "")
+        f"{t}: "
+        + ", ".join(
+            [
+                *(["cannot run on " + arch] if t in missing else []),
+                *([f"changed by {changed[t]}"] if t in changed else []),
+                *by_jit.get(t, []),
+            ]
+        )
         for t in targets
     ]
     if no_compiler is None:
-        return CompletionDecision(Choice.COMPLETE, f"building only {'; '.join(reasons)}", targets=targets)
+        return CompletionDecision(
+            Choice.COMPLETE,
+            f"building only {'; '.join(reasons)}",
+            targets=targets,
+            left_on_jit=left_on_jit,
+            native=tuple(sorted(by_jit)),
+        )
     if changed:
         return CompletionDecision(
             Choice.SOURCE,
@@ -123,12 +146,32 @@ def decide(
             Choice.TAKE_INCOMPLETE,
             f"taken without code for {arch} in {', '.join(targets)} (--accept-missing); {no_compiler}",
             will_not_run=will_not_run,
+            left_on_jit=left_on_jit,
         )
     return CompletionDecision(
         Choice.SOURCE,
         f"{', '.join(targets)} cannot run on {arch} and {no_compiler} to complete the wheel; "
         "--accept-missing takes it without them",
     )
+
+
+def _jit_targets(
+    jit: Sequence[Outlook], *, arch: str, native: bool, no_compiler: str | None
+) -> tuple[dict[str, list[str]], tuple[str, ...]]:
+    """The targets `--native` rebuilds (each with its families' bills), and a line for every JIT
+    family left as it is: why a rebuild would not make it native, or that `--native` would."""
+    built: dict[str, list[str]] = {}
+    left = []
+    for seen in jit:
+        if not seen.rebuild:
+            left.append(seen.line())
+        elif not native:
+            left.append(f"{seen.line()}; --native builds it for {arch}")
+        elif no_compiler is not None:
+            left.append(f"{seen.line()}; --native cannot build it: {no_compiler}")
+        else:
+            built.setdefault(seen.jit.target, []).append(f"{seen.jit.family} {seen.jit.bill()}")
+    return built, tuple(left)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ or `--torch-packages` names is refused, not installed over it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -27,8 +28,17 @@ from packaging.version import Version
 from spark_build.durable import atomic_copy, sha256_of
 from spark_build.errors import HostProblem, Interrupted, SparkBuildError, StepFailed, UsageError
 from spark_build.layout import LATEST, SUMMARY
-from spark_build.nightly.completion import BuildTargets, Choice, CompletionDecision, completed_wheel, decide, missing_in
+from spark_build.nightly.completion import (
+    BuildTargets,
+    Choice,
+    CompletionDecision,
+    Missing,
+    completed_wheel,
+    decide,
+    missing_in,
+)
 from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
+from spark_build.nightly.native import Outlook, asked_for_target, jit_families, not_native_after, outlook
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
     PACKAGE_INDEX,
@@ -42,6 +52,7 @@ from spark_build.nightly.official import (
 )
 from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
 from spark_build.pipeline.progress import StepOutcome, new_run_id, point_latest, summary_payload, write_summary
+from spark_build.upstream.patches import ScopedPatch
 from spark_build.wheel.audit import first_and_more
 from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
 from spark_build.wheel.repatch import Change, Run, patch_wheel
@@ -74,6 +85,8 @@ class PreferWheel:
     arch_list: str = ""  # TORCH_CUDA_ARCH_LIST a completion builds for (12.1a); empty: no completion
     no_compiler: str | None = None  # why no nvcc here can complete the wheel for arch_list; None: one can
     accept_missing: bool = False  # --accept-missing: take the wheel without what the target cannot run
+    native: bool = False  # --native: also rebuild the targets the target GPU runs only by PTX JIT
+    patches: tuple[ScopedPatch, ...] = ()  # the series' patches that compile families as 12.x (`Native:`)
 
 
 # A host problem stops the run: a wheel that could not be judged is neither taken nor refused, and
@@ -180,7 +193,7 @@ def prefer_wheel(
             return _from_source(options, Decision(taken=False, why=looked), build, say)
         found = looked
         say(f"prebuilt: found {found.filename} in the {found.place.value} ({found.url})")
-        taken = _take(found, options, prove, say, run, complete, clock)
+        taken = _take(found, wanted, options, prove, say, run, complete, clock)
     except HostProblem as err:
         _stopped(options, err, found, clock() - started)
         raise
@@ -206,8 +219,10 @@ def prefer_wheel(
     proven = f"validated here{f' with torch {torch}' if torch else ''}"
     if completion is not None and completion.choice is Choice.COMPLETE:
         proven = f"completed here ({', '.join(completion.targets)} built for {options.arch_list}), {proven}"
-    elif completion is not None:
+    elif completion is not None and completion.choice is Choice.TAKE_INCOMPLETE:
         proven = f"{completion.why}; will not run: {'; '.join(completion.will_not_run)}"
+    if completion is not None and completion.left_on_jit:
+        proven += f"; {len(completion.left_on_jit)} left on PTX JIT"
     done = completion.to_dict() if completion is not None else None
     decision = Decision(True, proven, found.filename, found.place.value, str(target), sha, line, completion=done)
     write_taken_run(
@@ -294,6 +309,7 @@ class _Refused:
 
 def _take(
     found: OfficialWheel,
+    wanted: Wanted,
     options: PreferWheel,
     prove: Callable[[Path], Proof],
     say: Say,
@@ -322,25 +338,38 @@ def _take(
     proof = proven(wheel, options, prove)
     if isinstance(proof, str):
         return _Refused(f"{found.filename} {proof}")
-    if not proof.problems:
+    jit = _jit_outlook(proof, wanted.version, options)
+    if not proof.problems and not jit:
         return wheel, proof, clock() - began, None
     refused = f"{found.filename} failed validation: {first_and_more(proof.problems)}"
-    missing = missing_in(proof.results, proof.problems) if options.arch_list else None
+    missing = missing_in(proof.results, proof.problems) if proof.problems else ()
     if missing is None:
         return _Refused(refused)
     no_compiler = options.no_compiler or (None if complete else "no compiler was set up to complete it")
     why_used = {m.target: m.why_used for m in missing}
     completion = decide(
-        why_used, (), arch=options.arch_list, no_compiler=no_compiler, accept_missing=options.accept_missing
+        why_used,
+        (),
+        arch=options.arch_list,
+        no_compiler=no_compiler,
+        accept_missing=options.accept_missing,
+        jit=jit,
+        native=options.native,
     )
+    for line in completion.left_on_jit:
+        say(f"prebuilt: left on PTX JIT: {line}")
+    if completion.choice is Choice.TAKE:
+        return wheel, proof, clock() - began, completion
     say(f"prebuilt: {completion.choice.value}: {completion.why}")
     if completion.choice is Choice.TAKE_INCOMPLETE:
         return wheel, proof, clock() - began, completion
     if completion.choice is not Choice.COMPLETE or complete is None:
         return _Refused(f"{refused}; {completion.why}", completion.to_dict())
+    rebuilt = [o for o in jit if o.jit.target in completion.native]
+    built = [*missing, *(Missing(o.jit.target, o.jit.extension, o.jit.bill()) for o in rebuilt)]
     try:
         completed = completed_wheel(
-            wheel, missing, completion.targets, options.arch_list, wheel.parent / "completed", complete
+            wheel, built, completion.targets, options.arch_list, wheel.parent / "completed", complete
         )
     except StepFailed as err:  # the source or a compile of the targets: the full build is what is left
         where = f" (log: {err.log})" if err.log else ""
@@ -349,7 +378,43 @@ def _take(
     again = judge(completed, options, prove)
     if isinstance(again, str):
         return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
-    return completed, again, clock() - began, completion
+    return completed, again, clock() - began, _checked_native(completion, rebuilt, again, options.arch_list, say)
+
+
+def _jit_outlook(proof: Proof, version: Version, options: PreferWheel) -> tuple[Outlook, ...]:
+    """The families the target runs only by PTX JIT in the official wheel, each with whether a
+    rebuild here would make it native; none without a target to complete for."""
+    families = jit_families(proof.results)
+    if not options.arch_list or not families:
+        return ()
+    return outlook(
+        families,
+        version=version,
+        arch=options.arch_list,
+        patches=options.patches,
+        official_native=asked_for_target(proof.results),
+    )
+
+
+def _checked_native(
+    completion: CompletionDecision, rebuilt: Sequence[Outlook], proof: Proof, arch: str, say: Say
+) -> CompletionDecision:
+    """What `--native` promised, checked against the completed wheel's own arch table and JIT
+    bill: a rebuilt target still on PTX JIT is named (the wheel runs, as the official one did),
+    and only the targets that turned native stay native in the decision."""
+    if not rebuilt:
+        return completion
+    still = not_native_after(rebuilt, proof.results)
+    for target, found in sorted(still.items()):
+        say(f"prebuilt: --native did not make {target} native: {found}")
+    native = tuple(t for t in completion.native if t not in still)
+    if native:
+        say(f"prebuilt: --native: {', '.join(native)} native on {arch} (the completed wheel's arch table)")
+    return dataclasses.replace(
+        completion,
+        native=native,
+        left_on_jit=(*completion.left_on_jit, *(f"{t} after the rebuild: {f}" for t, f in sorted(still.items()))),
+    )
 
 
 def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:
