@@ -281,6 +281,9 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
             targets = ", ".join(completion.get("targets") or []) or "none"
             lines.append(f"prefer-wheel completion: {completion.get('choice')} (targets: {targets})")
             lines += [f"prefer-wheel: will not run: {line}" for line in completion.get("will_not_run") or []]
+            if completion.get("native"):
+                lines.append(f"prefer-wheel: native (--native): {', '.join(completion['native'])}")
+            lines += [f"prefer-wheel: left on PTX JIT: {line}" for line in completion.get("left_on_jit") or []]
     util = data["cpu_utilisation"]
     if util:
         lines.append(
