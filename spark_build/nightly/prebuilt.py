@@ -341,7 +341,7 @@ def _take(
     jit = _jit_outlook(proof, wanted.version, options)
     if not proof.problems and not jit:
         return wheel, proof, clock() - began, None
-    refused = f"{found.filename} failed validation: {first_and_more(proof.problems)}"
+    refused = f"{found.filename} failed validation: {first_and_more(proof.problems)}" if proof.problems else ""
     missing = missing_in(proof.results, proof.problems) if proof.problems else ()
     if missing is None:
         return _Refused(refused)
@@ -373,12 +373,32 @@ def _take(
         )
     except StepFailed as err:  # the source or a compile of the targets: the full build is what is left
         where = f" (log: {err.log})" if err.log else ""
+        if not proof.problems:  # only --native's rebuild failed: the official wheel still runs, by JIT
+            return wheel, proof, clock() - began, _native_failed(completion, rebuilt, f"{err.message}{where}", say)
         return _Refused(f"{refused}; completing it failed: {err.message}{where}", completion.to_dict())
     say(f"prebuilt: completed {completed.name}; validating it as any wheel")
     again = judge(completed, options, prove)
     if isinstance(again, str):
+        if not proof.problems:
+            return wheel, proof, clock() - began, _native_failed(completion, rebuilt, f"{completed.name} {again}", say)
         return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
     return completed, again, clock() - began, _checked_native(completion, rebuilt, again, options.arch_list, say)
+
+
+def _native_failed(
+    completion: CompletionDecision, rebuilt: Sequence[Outlook], why: str, say: Say
+) -> CompletionDecision:
+    """A `--native` rebuild of an official wheel that proved itself failed: the official wheel is
+    taken as it is (it runs those families by PTX JIT, as without --native), saying why."""
+    say(f"prebuilt: --native could not rebuild {', '.join(completion.native)}: {why}; taking the official wheel")
+    return dataclasses.replace(
+        completion,
+        choice=Choice.TAKE,
+        why=f"--native could not rebuild {', '.join(completion.native)}: {why}",
+        targets=(),
+        native=(),
+        left_on_jit=(*completion.left_on_jit, *(f"{o.line()}; --native could not rebuild it" for o in rebuilt)),
+    )
 
 
 def _jit_outlook(proof: Proof, version: Version, options: PreferWheel) -> tuple[Outlook, ...]:

@@ -60,16 +60,16 @@ def release_repo(upstream: Path, tmp_path: Path) -> Path:
     return repo
 
 
-def official_wheel(upstream: Path, tools: Path, folder: Path) -> Path:
+def official_wheel(upstream: Path, tools: Path, folder: Path, arch: str = "9.0") -> Path:
     """The release's wheel as it would be published for Hopper only: `_C` built by the example's
-    own CMake for 9.0, with the release's Python package and a RECORD, its sha256 beside it."""
+    own CMake for `arch` (9.0), with the release's Python package and a RECORD, its sha256 beside it."""
     assert CUDA_HOME is not None
     source = folder / "release"
     subprocess.run(
         ["git", "-c", "advice.detachedHead=false", "clone", "-q", "--branch", RELEASE, upstream, source], check=True
     )
     spec = TargetBuild(
-        source, folder / "build", folder / "stage", "9.0", tools / "cmake", CUDA_HOME, Path(sys.executable), 2
+        source, folder / "build", folder / "stage", arch, tools / "cmake", CUDA_HOME, Path(sys.executable), 2
     )
     stage = build_targets(spec, ["_C"], Runner(), folder / "official-build.log")
     root = folder / "wheel-root"
