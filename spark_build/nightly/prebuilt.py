@@ -342,7 +342,7 @@ def _take(
     if not proof.problems and not jit:
         return wheel, proof, clock() - began, None
     refused = f"{found.filename} failed validation: {first_and_more(proof.problems)}" if proof.problems else ""
-    missing = missing_in(proof.results, proof.problems) if proof.problems else ()
+    missing = (missing_in(proof.results, proof.problems) if options.arch_list else None) if proof.problems else ()
     if missing is None:
         return _Refused(refused)
     no_compiler = options.no_compiler or (None if complete else "no compiler was set up to complete it")

@@ -11,10 +11,17 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import pytest
+from packaging.version import Version
+
 from spark_build.arch.compat import ComputeCapability
+from spark_build.errors import StepFailed
+from spark_build.nightly.native import native_patches, patch_release_source
 from spark_build.wheel.archaudit import arch_audit, find_cuobjdump
+from tests.artifacts import vllm_sdist
 from tests.conftest import CUDA_HOME, needs_nvcc
 from tests.integration.test_completion_e2e import (
     COMPLETED,
@@ -75,3 +82,35 @@ def test_native_rebuilds_the_extension_the_official_wheel_runs_only_by_ptx_jit_a
     assert (completion["choice"], completion["targets"], completion["native"]) == ("complete", ["_C"], ["_C"])
     assert completion["left_on_jit"] == []
     assert summary["results"]["validate"]["jit_bill"]["12.1"]["lines"] == []
+
+
+def _release_files(version: str, tree: Path) -> Path:
+    """The files patch 0007 edits, from the release's real sdist (the index's, checked by sha256)."""
+    wanted = ("CMakeLists.txt", "cmake/external_projects/vllm_flash_attn.cmake")
+    with tarfile.open(vllm_sdist(version)) as sdist:
+        for name in wanted:
+            member = sdist.getmember(f"vllm-{version}/{name}")
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tree / name).write_bytes(sdist.extractfile(member).read())  # type: ignore[union-attr]
+    return tree
+
+
+def _run(argv: list[str | os.PathLike[str]]) -> int:
+    return subprocess.run(argv, capture_output=True).returncode
+
+
+def test_the_completion_source_of_0_13_0_gets_0007_once_and_a_drifted_tree_stops_naming_it(tmp_path: Path) -> None:
+    patches = native_patches(ROOT / "patches" / "vllm")
+    tree = _release_files("0.13.0", tmp_path / "0.13.0")
+    pristine = (tree / "CMakeLists.txt").read_text()
+    assert patch_release_source(tree, patches, Version("0.13.0"), _run) == (
+        "0007-native-12.x-code-for-ptx-only-families.patch",
+    )
+    assert '"8.0+PTX;12.0"' in (tree / "CMakeLists.txt").read_text() and '"8.0+PTX"' in pristine
+    assert patch_release_source(tree, patches, Version("0.13.0"), _run) == ()  # already in: left as it is
+    # 0.33.0 is outside 0007's range: nothing is tried on it (FA2 stays JIT there, as the decision says).
+    newer = _release_files("0.33.0", tmp_path / "0.33.0")
+    assert patch_release_source(newer, patches, Version("0.33.0"), _run) == ()
+    # 0.33.0's files under a 0.13.0 label: the patch inside its range that does not apply is named.
+    with pytest.raises(StepFailed, match=r"0007-native-12.x-code-for-ptx-only-families.patch \(releases"):
+        patch_release_source(newer, patches, Version("0.13.0"), _run)
