@@ -52,11 +52,10 @@ class JitFamily:
 
 @dataclass(frozen=True)
 class Outlook:
-    """What rebuilding a JIT family's target for the target GPU would give: `native_by` says
-    what compiles it as 12.x SASS (None: nothing does), `why` the reason either way."""
+    """What rebuilding a JIT family's target for the target GPU would give: native (`rebuild`)
+    or not, and why either way (the patch, or the CMake, that compiles it as 12.x SASS)."""
 
     jit: JitFamily
-    native_by: ScopedPatch | None
     rebuild: bool
     why: str
 
@@ -100,16 +99,15 @@ def outlook(
     for jit in families:
         patch = next((p for p in patches if p.covers(version) and jit.family in p.native), None)
         if jit.family in stays_jit:
-            found.append(Outlook(jit, None, False, stays_jit[jit.family]))
+            found.append(Outlook(jit, False, stays_jit[jit.family]))
         elif patch is not None:
-            found.append(Outlook(jit, patch, True, f"{patch.name} compiles it for 12.x in {version}"))
+            found.append(Outlook(jit, True, f"{patch.name} compiles it for 12.x in {version}"))
         elif official_native is not None:
             ranges = [p.label() for p in patches if jit.family in p.native]
             elsewhere = f" ({'; '.join(ranges)})" if ranges else ""
             found.append(
                 Outlook(
                     jit,
-                    None,
                     False,
                     f"stays PTX JIT: the official build asked for 12.x ({official_native} is native) and "
                     f"{version}'s CMake still compiles {jit.family} as PTX only; no patch makes it native "
@@ -120,7 +118,6 @@ def outlook(
             found.append(
                 Outlook(
                     jit,
-                    None,
                     True,
                     f"the official build asked for no 12.x arch; the release's CMake is asked for {arch}",
                 )
