@@ -125,6 +125,12 @@ def outlook(
     return tuple(found)
 
 
+def rebuilt_in(seen: Sequence[Outlook], targets: Sequence[str]) -> tuple[Outlook, ...]:
+    """The families a completion of `targets` makes native: those a rebuild helps, not the ones
+    that stay JIT in the same target (`scaled_mm_c2x` in `_C`, rebuilt for its Marlin kernels)."""
+    return tuple(o for o in seen if o.rebuild and o.jit.target in targets)
+
+
 def not_native_after(rebuilt: Sequence[Outlook], results: Mapping[str, Any]) -> dict[str, str]:
     """The targets a `--native` completion rebuilt whose families the completed wheel's own
     proof still finds on PTX JIT → what it found: read from its arch table and JIT bill, never

@@ -38,7 +38,14 @@ from spark_build.nightly.completion import (
     missing_in,
 )
 from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
-from spark_build.nightly.native import Outlook, asked_for_target, jit_families, not_native_after, outlook
+from spark_build.nightly.native import (
+    Outlook,
+    asked_for_target,
+    jit_families,
+    not_native_after,
+    outlook,
+    rebuilt_in,
+)
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
     PACKAGE_INDEX,
@@ -365,7 +372,7 @@ def _take(
         return wheel, proof, clock() - began, completion
     if completion.choice is not Choice.COMPLETE or complete is None:
         return _Refused(f"{refused}; {completion.why}", completion.to_dict())
-    rebuilt = [o for o in jit if o.jit.target in completion.native]
+    rebuilt = rebuilt_in(jit, completion.native)
     built = [*missing, *(Missing(o.jit.target, o.jit.extension, o.jit.bill()) for o in rebuilt)]
     try:
         completed = completed_wheel(

@@ -24,6 +24,7 @@ from spark_build.nightly.native import (
     native_patches,
     not_native_after,
     outlook,
+    rebuilt_in,
 )
 from spark_build.nightly.prebuilt import Decision, write_taken_run
 from spark_build.wheel.proof import Proof
@@ -175,3 +176,10 @@ def test_report_and_history_name_the_native_targets_and_what_stays_on_jit(tmp_pa
     assert "prefer-wheel: native (--native): _vllm_fa2_C" in report.getvalue()
     assert "prefer-wheel: left on PTX JIT: _C (scaled_mm_c2x): runs by PTX JIT: 1 module" in report.getvalue()
     assert "(official wheel, completed: _vllm_fa2_C; native: _vllm_fa2_C; 1 left on PTX JIT)" in history.getvalue()
+
+
+def test_a_family_that_stays_jit_in_a_rebuilt_target_does_not_fail_the_native_check() -> None:
+    seen = _seen("0.13.0", MARLIN, C2X)  # both in _C: Marlin rebuilt native by 0007, scaled_mm_c2x stays
+    rebuilt = rebuilt_in(seen, ("_C",))
+    assert [o.jit.family for o in rebuilt] == ["GPTQ Marlin"]
+    assert not_native_after(rebuilt, _results(C2X)) == {}
