@@ -183,3 +183,15 @@ def test_a_family_that_stays_jit_in_a_rebuilt_target_does_not_fail_the_native_ch
     rebuilt = rebuilt_in(seen, ("_C",))
     assert [o.jit.family for o in rebuilt] == ["GPTQ Marlin"]
     assert not_native_after(rebuilt, _results(C2X)) == {}
+
+
+def test_native_without_prefer_wheel_is_refused_with_exit_2_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spark_build.cli import build_vllm
+
+    work = tmp_path / "work"
+    assert build_vllm({"workdir": str(work)}, None, prefer_only=["--native"]) == 2
+    err = capsys.readouterr().err
+    assert "--native works only with --prefer-wheel" in err and "add --prefer-wheel, or drop --native" in err
+    assert not work.exists()
