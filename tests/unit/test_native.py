@@ -14,6 +14,7 @@ import pytest
 from packaging.version import Version
 from rich.console import Console
 
+from spark_build.cli import build_vllm
 from spark_build.insight.report import history_main, report_main
 from spark_build.nightly.completion import Choice, decide
 from spark_build.nightly.native import (
@@ -188,8 +189,6 @@ def test_a_family_that_stays_jit_in_a_rebuilt_target_does_not_fail_the_native_ch
 def test_native_without_prefer_wheel_is_refused_with_exit_2_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from spark_build.cli import build_vllm
-
     work = tmp_path / "work"
     assert build_vllm({"workdir": str(work)}, None, prefer_only=["--native"]) == 2
     err = capsys.readouterr().err
