@@ -135,6 +135,8 @@ def test_prefer_wheel_completes_a_wheel_whose_extension_lacks_sm121a_by_building
         "why": "building only _C: cannot run on 12.1a",
         "targets": ["_C"],
         "will_not_run": [],
+        "left_on_jit": [],
+        "native": [],
     }
     shown = subprocess.run([*invoke, "report", "--logs-dir", str(logs)], capture_output=True, text=True, timeout=120)
     text = " ".join(shown.stdout.split())
