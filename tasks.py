@@ -67,7 +67,7 @@ BUILD_HELP = {
     "dry-run": "print the plan (each step, what it does, whether --resume would skip it) and stop",
     "debug": "show tracebacks",
 }
-PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases", "accept_missing")
+PREFER_ARGS = ("prefer_wheel", "wheel_index", "wheel_releases", "accept_missing", "native")
 # What the nightly needs of the build's options: the release, and what its official wheel is judged by
 NIGHTLY_BUILD_OPTIONS = ("ref", "arch", "python", "torch", "torch-index", "torch-packages", "torch-cuda", "cuda-home")
 CHANGES_HELP = {
@@ -80,6 +80,9 @@ PREFER_HELP = {
     "torch; else build from source (and say why)",
     "accept-missing": "with --prefer-wheel where no compiler can complete the official wheel: take it without the "
     "extensions it lacks for --arch (the run says which will not run) instead of the source build",
+    "native": "with --prefer-wheel: also rebuild, for --arch, the extensions whose kernels the official wheel runs "
+    "there only by PTX JIT (minutes of driver JIT at the first model load), where the release's CMake and our "
+    "patches compile them for 12.x; the others are named with their JIT bill",
     "wheel-index": "package index the official wheel is looked up in from vLLM 0.20 on (default PyPI's simple API)",
     "wheel-releases": "GitHub release API the official +cu130 wheel is looked up in up to vLLM 0.19 "
     "(default api.github.com/repos/vllm-project/vllm/releases)",
@@ -124,13 +127,19 @@ def build_vllm(
     wheel_index: str | None = None,
     wheel_releases: str | None = None,
     accept_missing: bool = False,
+    native: bool = False,
     pr: list[str] | None = None,
     patch: list[str] | None = None,
 ) -> None:
     """Build, validate and publish a vLLM wheel for this GPU; resumable with --resume.
     With --prefer-wheel, the official wheel first (minutes, not a 40-minute compile)."""
     prefer = (
-        {"index": wheel_index, "releases": wheel_releases, "accept_missing": "yes" if accept_missing else None}
+        {
+            "index": wheel_index,
+            "releases": wheel_releases,
+            "accept_missing": "yes" if accept_missing else None,
+            "native": "yes" if native else None,
+        }
         if prefer_wheel
         else None
     )
@@ -138,7 +147,9 @@ def build_vllm(
     cli.update(prs=pr or None, patch_files=patch or None)
     from spark_build.cli import build_vllm as run
 
-    _exit(run(cli, _file_options(c), prefer=prefer))
+    given = (("--native", native), ("--accept-missing", accept_missing))
+    prefer_only = [] if prefer_wheel else [flag for flag, on in given if on]
+    _exit(run(cli, _file_options(c), prefer=prefer, prefer_only=prefer_only))
 
 
 @task(

@@ -75,16 +75,25 @@ def build_vllm(
     *,
     stop_after: str | None = None,
     prefer: Mapping[str, str | None] | None = None,
+    prefer_only: Sequence[str] = (),
 ) -> int:
     """`invoke build-vllm`, and `invoke arch-plan` (the same steps, stopping after the plan).
     `prefer` (`--prefer-wheel`, with the index and release API to look in): the official wheel
     first. A flag of build-vllm rather than a command of its own, because the fallback is this
-    build with these very options (ref, arch, torch, workdir), which a second command would repeat."""
+    build with these very options (ref, arch, torch, workdir), which a second command would repeat.
+    `prefer_only`: flags that mean something only with `--prefer-wheel`, given without it."""
     from spark_build.build import build
+    from spark_build.errors import UsageError
 
     debug = bool(cli.get("debug"))
 
     def action() -> int:
+        if prefer_only:  # a source build would ignore them: say so before anything is written
+            raise UsageError(
+                f"{', '.join(prefer_only)} works only with --prefer-wheel (it changes what is done with the official "
+                "wheel; a source build never downloads one)",
+                hint=f"add --prefer-wheel, or drop {', '.join(prefer_only)}",
+            )
         cfg = options.resolve(cli, file)
         if prefer is None:
             return build(cfg, console(), stop_after=stop_after, resume_command=resume_command(sys.argv[1:], _program()))
@@ -102,6 +111,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
     from spark_build.errors import UsageError
     from spark_build.layout import RunFolder
     from spark_build.lock import WorkdirLock
+    from spark_build.nightly.native import native_patches
     from spark_build.nightly.prebuilt import Decision, prefer_wheel, wanted_for
     from spark_build.pipeline.progress import Progress, new_run_id
     from spark_build.proc import Runner
@@ -143,6 +153,7 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             again = resume_command(sys.argv[1:], _program())
             return build(cfg, out, held=lock, resume_command=again, prebuilt=decision.to_dict())
 
+        patches = () if cfg.no_patches else native_patches(cfg.patches_dir / "vllm")
         run_id = new_run_id(time.time(), os.getpid())
         no_compiler, complete, target_sources = _completion(
             cfg, release.version, wanted.index, log, RunFolder(cfg.logs_dir / run_id), runner, progress, say, git,
@@ -154,6 +165,8 @@ def _prefer_wheel(cfg: options.BuildConfig, prefer: Mapping[str, str | None]) ->
             arch_list=cfg.arch or "",
             no_compiler=no_compiler,
             accept_missing=bool(prefer.get("accept_missing")),
+            native=bool(prefer.get("native")),
+            patches=patches,
         )
         prove = _prover(cfg, log, say)
         return prefer_wheel(

@@ -128,13 +128,16 @@ def prebuilt_note(summary: Mapping[str, Any]) -> str:
         return f" (official wheel not taken{reach})"
     if not isinstance(completion, Mapping):
         return " (official wheel)"
+    jit = len(completion.get("left_on_jit") or [])
+    on_jit = f"; {jit} left on PTX JIT" if jit else ""
     if completion.get("choice") == "complete":  # the official wheel with extensions built here: say which
         compiled = [str(c.get("label")) for c in changes if c.get("scope") == "extensions"]
         by = f" for {', '.join(compiled)}" if compiled else ""
-        return f" (official wheel, completed: {', '.join(completion.get('targets') or [])}{by})"
+        native = f"; native: {', '.join(completion['native'])}" if completion.get("native") else ""
+        return f" (official wheel, completed: {', '.join(completion.get('targets') or [])}{by}{native}{on_jit})"
     if completion.get("choice") == "take incomplete":
-        return " (official wheel, incomplete: --accept-missing)"
-    return " (official wheel)"
+        return f" (official wheel, incomplete: --accept-missing{on_jit})"
+    return f" (official wheel{on_jit})"
 
 
 def _row(summary: Mapping[str, Any]) -> HistoryRow:

@@ -295,6 +295,9 @@ def _summary_lines(data: Mapping[str, Any]) -> list[str]:
             lines.append(f"prefer-wheel completion: {completion.get('choice')} (targets: {targets})")
             lines += [f"prefer-wheel: will not run: {line}" for line in completion.get("will_not_run") or []]
             lines += [_change_line(c) for c in completion.get("changes") or [] if isinstance(c, Mapping)]
+            if completion.get("native"):
+                lines.append(f"prefer-wheel: native (--native): {', '.join(completion['native'])}")
+            lines += [f"prefer-wheel: left on PTX JIT: {line}" for line in completion.get("left_on_jit") or []]
     compiled = data.get("completed")
     if isinstance(compiled, Mapping):  # as the compile step's row: jobs, objects, cache
         took = fmt_seconds(float(compiled.get("seconds") or 0.0))

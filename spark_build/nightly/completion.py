@@ -23,6 +23,7 @@ from typing import Any
 
 from spark_build.compile.extension_targets import TargetsBuilt
 from spark_build.errors import StepFailed
+from spark_build.nightly.native import Outlook
 from spark_build.wheel.complete import complete_wheel, completion_label
 from spark_build.wheel.dispatch import VLLM_DISPATCH, dispatch_of
 from spark_build.wheel.repatch import python_only
@@ -126,6 +127,8 @@ class CompletionDecision:
     targets: tuple[str, ...] = ()  # COMPLETE: the extension targets to build
     will_not_run: tuple[str, ...] = ()  # TAKE_INCOMPLETE: the extensions the target cannot run, and where
     changes: tuple[ChangeScope, ...] = ()  # the --pr/--patch changes weighed, each with where it lands
+    left_on_jit: tuple[str, ...] = ()  # families the target keeps running by PTX JIT: their bill, and why
+    native: tuple[str, ...] = ()  # --native: the targets rebuilt to run natively instead of by PTX JIT
 
     def to_dict(self) -> dict[str, object]:
         found: dict[str, object] = {
@@ -133,6 +136,8 @@ class CompletionDecision:
             "why": self.why,
             "targets": list(self.targets),
             "will_not_run": list(self.will_not_run),
+            "left_on_jit": list(self.left_on_jit),
+            "native": list(self.native),
         }
         if self.changes:
             found["changes"] = [c.to_dict() for c in self.changes]
@@ -146,10 +151,14 @@ def decide(
     arch: str,
     no_compiler: str | None,
     accept_missing: bool,
+    jit: Sequence[Outlook] = (),
+    native: bool = False,
 ) -> CompletionDecision:
     """`missing`: each extension target vLLM dispatches on `arch` that cannot run there (from the
     arch audit of the official wheel) → why it is used there (vLLM's dispatch code). `no_compiler`:
-    why no nvcc here can target `arch`, None when one can."""
+    why no nvcc here can target `arch`, None when one can. `jit`: the families the target runs
+    only by PTX JIT (`nightly.native.outlook`); with `native` (`--native`) the targets of those a
+    rebuild makes native are built too, and every other one is named as left on JIT, with its bill."""
     weighed = tuple(changes)
     everything = [c for c in changes if c.scope is Scope.EVERYTHING]
     if everything:
@@ -159,29 +168,35 @@ def decide(
             f"{first.label} changes {', '.join(first.beyond)}, which every extension target depends on",
             changes=weighed,
         )
+    by_jit, left_on_jit = _jit_targets(jit, arch=arch, native=native, no_compiler=no_compiler)
     changed: dict[str, list[str]] = {}  # target → each change that touches its sources, with the files
     for change in (c for c in changes if c.scope is Scope.EXTENSIONS):
         for target in change.targets:
             files = [file for file, owner in change.compiled_into if owner == target]
             where = f" ({', '.join(files)})" if files else ""
             changed.setdefault(target, []).append(f"{change.label}{where}")
-    targets = tuple(sorted({*missing, *changed}))
+    targets = tuple(sorted({*missing, *changed, *by_jit}))
     if not targets:
         carried = [c.label for c in changes]
         suffix = f"; {', '.join(carried)} (Python only) carried onto it" if carried else ""
-        return CompletionDecision(
-            Choice.TAKE, f"every extension vLLM runs on {arch} has code for it{suffix}", changes=weighed
-        )
+        why = f"every extension vLLM runs on {arch} has code for it{suffix}"
+        return CompletionDecision(Choice.TAKE, why, changes=weighed, left_on_jit=left_on_jit)
 
     def reason(target: str) -> str:
         parts = [f"cannot run on {arch}"] if target in missing else []
         parts += [f"changed by {by}" for by in changed.get(target, [])]
+        parts += by_jit.get(target, [])
         return f"{target}: {', '.join(parts)}"
 
     reasons = [reason(t) for t in targets]
     if no_compiler is None:
         return CompletionDecision(
-            Choice.COMPLETE, f"building only {'; '.join(reasons)}", targets=targets, changes=weighed
+            Choice.COMPLETE,
+            f"building only {'; '.join(reasons)}",
+            targets=targets,
+            changes=weighed,
+            left_on_jit=left_on_jit,
+            native=tuple(sorted(by_jit)),
         )
     if changed:
         labels = sorted({c.label for c in changes if c.scope is Scope.EXTENSIONS})
@@ -193,6 +208,7 @@ def decide(
             f"taken without code for {arch} in {', '.join(targets)} (--accept-missing); {no_compiler}",
             will_not_run=will_not_run,
             changes=weighed,
+            left_on_jit=left_on_jit,
         )
     return CompletionDecision(
         Choice.SOURCE,
@@ -200,6 +216,25 @@ def decide(
         "--accept-missing takes it without them",
         changes=weighed,
     )
+
+
+def _jit_targets(
+    jit: Sequence[Outlook], *, arch: str, native: bool, no_compiler: str | None
+) -> tuple[dict[str, list[str]], tuple[str, ...]]:
+    """The targets `--native` rebuilds (each with its families' bills), and a line for every JIT
+    family left as it is: why a rebuild would not make it native, or that `--native` would."""
+    built: dict[str, list[str]] = {}
+    left = []
+    for seen in jit:
+        if not seen.rebuild:
+            left.append(seen.line())
+        elif not native:
+            left.append(f"{seen.line()}; --native builds it for {arch}")
+        elif no_compiler is not None:
+            left.append(f"{seen.line()}; --native cannot build it: {no_compiler}")
+        else:
+            built.setdefault(seen.jit.target, []).append(f"{seen.jit.family} {seen.jit.bill()}")
+    return built, tuple(left)
 
 
 def changes_need_compiler(labels: Sequence[str], no_compiler: str) -> str:

@@ -11,6 +11,7 @@ or `--torch-packages` names is refused, not installed over it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -34,6 +35,7 @@ from spark_build.nightly.completion import (
     ChangeScope,
     Choice,
     CompletionDecision,
+    Missing,
     Scope,
     TargetSources,
     before_configure,
@@ -43,6 +45,14 @@ from spark_build.nightly.completion import (
     scope_of,
 )
 from spark_build.nightly.fetch import mirror_wheel, sidecar_path, wheel_in_wheelhouse, write_sidecar
+from spark_build.nightly.native import (
+    Outlook,
+    asked_for_target,
+    jit_families,
+    not_native_after,
+    outlook,
+    rebuilt_in,
+)
 from spark_build.nightly.official import (
     GITHUB_RELEASES,
     PACKAGE_INDEX,
@@ -56,6 +66,7 @@ from spark_build.nightly.official import (
 )
 from spark_build.nightly.transport import RETRY_POLICY, RetryPolicy, Say
 from spark_build.pipeline.progress import StepOutcome, new_run_id, point_latest, summary_payload, write_summary
+from spark_build.upstream.patches import ScopedPatch
 from spark_build.wheel.audit import first_and_more
 from spark_build.wheel.proof import Proof, render_proof, wheel_requirements
 from spark_build.wheel.repatch import Change, Run, changed_files, patch_wheel
@@ -89,6 +100,8 @@ class PreferWheel:
     no_compiler: str | None = None  # why no nvcc here can complete the wheel for arch_list; None: one can
     accept_missing: bool = False  # --accept-missing: take the wheel without what the target cannot run
     run_id: str = ""  # the run folder the decision goes into (a completion's logs are there first); "": a new one
+    native: bool = False  # --native: also rebuild the targets the target GPU runs only by PTX JIT
+    patches: tuple[ScopedPatch, ...] = ()  # the series' patches that compile families as 12.x (`Native:`)
 
 
 # A host problem stops the run: a wheel that could not be judged is neither taken nor refused, and
@@ -204,7 +217,7 @@ def prefer_wheel(
         if isinstance(scopes, CompletionDecision):
             decision = Decision(False, scopes.why, found.filename, found.place.value, completion=scopes.to_dict())
             return _from_source(options, decision, build, say)
-        taken = _take(found, options, prove, say, run, complete, clock, scopes)
+        taken = _take(found, wanted, options, prove, say, run, complete, clock, scopes)
     except HostProblem as err:
         _stopped(options, err, found, clock() - started)
         raise
@@ -233,8 +246,10 @@ def prefer_wheel(
         with_changes = f" with {', '.join(labels)}" if labels else ""
         what = f"{', '.join(completion.targets)} built for {options.arch_list}{with_changes}"
         proven = f"completed here ({what}), {proven}"
-    elif completion is not None:
+    elif completion is not None and completion.choice is Choice.TAKE_INCOMPLETE:
         proven = f"{completion.why}; will not run: {'; '.join(completion.will_not_run)}"
+    if completion is not None and completion.left_on_jit:
+        proven += f"; {len(completion.left_on_jit)} left on PTX JIT"
     done = completion.to_dict() if completion is not None else None
     decision = Decision(True, proven, found.filename, found.place.value, str(target), sha, line, completion=done)
     write_taken_run(
@@ -355,6 +370,7 @@ class _Refused:
 
 def _take(
     found: OfficialWheel,
+    wanted: Wanted,
     options: PreferWheel,
     prove: Callable[[Path], Proof],
     say: Say,
@@ -364,9 +380,9 @@ def _take(
     scopes: Sequence[ChangeScope],
 ) -> tuple[Path, Proof, float, CompletionDecision | None, TargetsBuilt | None] | _Refused:
     """The found wheel downloaded, fitting the user's torch, carrying the changes' Python files,
-    completed where it lacks code for the target or a change touches a target's sources (with the
-    compile's record), and proven (with the seconds its proofs took, the completion's compile not
-    counted); or why not."""
+    completed where it lacks code for the target, a change touches a target's sources or
+    `--native` rebuilds what runs by PTX JIT (with the compile's record), and proven (with the
+    seconds its proofs took, the completion's compile not counted); or why not."""
     try:
         wheel = _download(found, options.wheelhouse / DOWNLOADS, options.retry, say)
     except HostProblem as err:
@@ -387,7 +403,8 @@ def _take(
     if isinstance(proof, str):
         return _Refused(f"{found.filename} {proof}")
     changed = any(s.scope is Scope.EXTENSIONS for s in scopes)
-    if not proof.problems and not changed:
+    jit = _jit_outlook(proof, wanted.version, options)
+    if not proof.problems and not changed and not jit:
         return wheel, proof, clock() - began, None, None
     compiled = [s.label for s in scopes if s.scope is Scope.EXTENSIONS]
     refused = (
@@ -405,24 +422,45 @@ def _take(
         arch=options.arch_list,
         no_compiler=_no_compiler(options, complete),
         accept_missing=options.accept_missing,
+        jit=jit,
+        native=options.native,
     )
+    for line in completion.left_on_jit:
+        say(f"prebuilt: left on PTX JIT: {line}")
+    if completion.choice is Choice.TAKE:
+        return wheel, proof, clock() - began, completion, None
     say(f"prebuilt: {completion.choice.value}: {completion.why}")
     if completion.choice is Choice.TAKE_INCOMPLETE:
         return wheel, proof, clock() - began, completion, None
     if completion.choice is not Choice.COMPLETE or complete is None:
         return _Refused(f"{refused}; {completion.why}", completion.to_dict())
+    rebuilt = rebuilt_in(jit, completion.native)
+    wanted_built = [*missing, *(Missing(o.jit.target, o.jit.extension, o.jit.bill()) for o in rebuilt)]
+    only_native = not proof.problems and not changed  # the official wheel runs as it is, by JIT
     try:
         completed, built = completed_wheel(
-            wheel, missing, completion.targets, options.arch_list, wheel.parent / "completed", complete
+            wheel, wanted_built, completion.targets, options.arch_list, wheel.parent / "completed", complete
         )
     except StepFailed as err:  # the source or a compile of the targets: the full build is what is left
         where = f" (log: {err.log})" if err.log else ""
+        if only_native:
+            failed = _native_failed(completion, rebuilt, f"{err.message}{where}", say)
+            return wheel, proof, clock() - began, failed, None
         return _Refused(f"{refused}; completing it failed: {err.message}{where}", completion.to_dict())
     say(f"prebuilt: completed {completed.name}; validating it as any wheel")
     again = judge(completed, options, prove)
     if isinstance(again, str):
+        if only_native:
+            return (
+                wheel,
+                proof,
+                clock() - began,
+                _native_failed(completion, rebuilt, f"{completed.name} {again}", say),
+                None,
+            )
         return _Refused(f"{completed.name} (completed here) {again}", completion.to_dict())
-    return completed, again, clock() - began - float(built.result.get("seconds", 0.0)), completion, built
+    checked = _checked_native(completion, rebuilt, again, options.arch_list, say)
+    return completed, again, clock() - began - float(built.result.get("seconds", 0.0)), checked, built
 
 
 def _carried(change: Change) -> str:
@@ -432,6 +470,58 @@ def _carried(change: Change) -> str:
         return f"{change.label} (Python only)"
     python = any(f.endswith(".py") for f in changed_files(change.diff))
     return f"{change.label} ({'its Python files' if python else 'its label only'}; its compiled code is built)"
+
+
+def _native_failed(
+    completion: CompletionDecision, rebuilt: Sequence[Outlook], why: str, say: Say
+) -> CompletionDecision:
+    """A `--native` rebuild of an official wheel that proved itself failed: the official wheel is
+    taken as it is (it runs those families by PTX JIT, as without --native), saying why."""
+    say(f"prebuilt: --native could not rebuild {', '.join(completion.native)}: {why}; taking the official wheel")
+    return dataclasses.replace(
+        completion,
+        choice=Choice.TAKE,
+        why=f"--native could not rebuild {', '.join(completion.native)}: {why}",
+        targets=(),
+        native=(),
+        left_on_jit=(*completion.left_on_jit, *(f"{o.line()}; --native could not rebuild it" for o in rebuilt)),
+    )
+
+
+def _jit_outlook(proof: Proof, version: Version, options: PreferWheel) -> tuple[Outlook, ...]:
+    """The families the target runs only by PTX JIT in the official wheel, each with whether a
+    rebuild here would make it native; none without a target to complete for."""
+    families = jit_families(proof.results)
+    if not options.arch_list or not families:
+        return ()
+    return outlook(
+        families,
+        version=version,
+        arch=options.arch_list,
+        patches=options.patches,
+        official_native=asked_for_target(proof.results),
+    )
+
+
+def _checked_native(
+    completion: CompletionDecision, rebuilt: Sequence[Outlook], proof: Proof, arch: str, say: Say
+) -> CompletionDecision:
+    """What `--native` promised, checked against the completed wheel's own arch table and JIT
+    bill: a rebuilt target still on PTX JIT is named (the wheel runs, as the official one did),
+    and only the targets that turned native stay native in the decision."""
+    if not rebuilt:
+        return completion
+    still = not_native_after(rebuilt, proof.results)
+    for target, found in sorted(still.items()):
+        say(f"prebuilt: --native did not make {target} native: {found}")
+    native = tuple(t for t in completion.native if t not in still)
+    if native:
+        say(f"prebuilt: --native: {', '.join(native)} native on {arch} (the completed wheel's arch table)")
+    return dataclasses.replace(
+        completion,
+        native=native,
+        left_on_jit=(*completion.left_on_jit, *(f"{t} after the rebuild: {f}" for t, f in sorted(still.items()))),
+    )
 
 
 def judge(wheel: Path, options: PreferWheel, prove: Callable[[Path], Proof]) -> Proof | str:

@@ -34,7 +34,7 @@ from packaging.version import Version
 
 from spark_build.errors import StepFailed
 
-_HEADER = re.compile(r"^(Releases|Releases-why|Releases-end|Without|Required):\s*(.+?)\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^(Releases|Releases-why|Releases-end|Without|Required|Native):\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class ScopedPatch:
     final: bool = False  # `Releases-end: final`: never tried past the range
     without: str = ""  # what a build without the patch costs (`Without:`)
     required: bool = False  # `Required: yes`: a build without it is no build
+    native: tuple[str, ...] = ()  # `Native: FA2, Marlin`: kernel families it compiles as 12.x SASS (`wheel.jitbill`)
 
     @property
     def name(self) -> str:
@@ -126,6 +127,7 @@ def read_patch(path: Path) -> ScopedPatch:
         final=end.startswith("final"),
         without=fields.get("Without", ""),
         required=fields.get("Required", "no").lower() in ("yes", "true"),
+        native=tuple(name.strip() for name in fields.get("Native", "").split(",") if name.strip()),
     )
 
 

@@ -68,16 +68,16 @@ def release_repo(upstream: Path, tmp_path: Path) -> Path:
     return repo
 
 
-def official_wheel(upstream: Path, tools: Path, folder: Path) -> Path:
+def official_wheel(upstream: Path, tools: Path, folder: Path, arch: str = "9.0") -> Path:
     """The release's wheel as it would be published for Hopper only: `_C` built by the example's
-    own CMake for 9.0, with the release's Python package and a RECORD, its sha256 beside it."""
+    own CMake for `arch` (9.0), with the release's Python package and a RECORD, its sha256 beside it."""
     assert CUDA_HOME is not None
     source = folder / "release"
     subprocess.run(
         ["git", "-c", "advice.detachedHead=false", "clone", "-q", "--branch", RELEASE, upstream, source], check=True
     )
     spec = TargetBuild(
-        source, folder / "build", folder / "stage", "9.0", tools / "cmake", CUDA_HOME, Path(sys.executable), 2
+        source, folder / "build", folder / "stage", arch, tools / "cmake", CUDA_HOME, Path(sys.executable), 2
     )
     run = CompileRun(
         source="official 9.0",
@@ -200,6 +200,8 @@ def test_prefer_wheel_completes_a_wheel_whose_extension_lacks_sm121a_by_building
         "why": "building only _C: cannot run on 12.1a",
         "targets": ["_C"],
         "will_not_run": [],
+        "left_on_jit": [],
+        "native": [],
     }
     # The completion's compile in the summary as a source build's: jobs, objects, the cache.
     compiled = summary["results"]["complete"]
