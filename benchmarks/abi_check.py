@@ -4,11 +4,13 @@ torch they will load with.
 Usage: abi_check.py OFFICIAL.whl COMPLETED.whl PYTHON
 
 1. Every file of the two wheels compared byte for byte (the dist-info folder named by version).
-2. For each extension that differs: its undefined dynamic symbols, each looked up in the
-   libraries it links (NEEDED), found where PYTHON's torch and NVIDIA packages keep theirs, then
-   in the system's. A symbol no linked library defines is ABI drift (a torch other than the one
-   it was built against); the driver's (`libcuda.so.1`) are listed apart on a host without one.
-Exit 0 when only the rebuilt extensions, METADATA and RECORD differ and no symbol is unresolved.
+2. For each extension that differs: its NEEDED list against the official file's, and its
+   undefined dynamic symbols, each looked up in the libraries it links, found where PYTHON's
+   torch and NVIDIA packages keep theirs, then in the system's. A symbol no linked library
+   defines is ABI drift (a torch other than the one it was built against); the driver's are
+   listed apart on a host without one, and only where the file links `libcuda.so.1`.
+Exit 0 when only the rebuilt extensions, METADATA and RECORD differ, the NEEDED lists are the
+official files', and no symbol is unresolved.
 """
 
 from __future__ import annotations
@@ -65,7 +67,14 @@ def main(official: Path, completed: Path, python: str) -> int:
             undefined = _symbols(lib, defined=False)
             left = set(undefined)
             report = []
-            for needed in _needed(lib):
+            needed_new = _needed(lib)
+            shipped = Path(scratch) / f"official-{Path(name).name}"
+            shipped.write_bytes(old[name])
+            needed_old = _needed(shipped)
+            same = "the same as" if needed_new == needed_old else f"NOT the same as ({needed_old})"
+            print(f"{name}: NEEDED {needed_new}, {same} the official file's")
+            ok = ok and needed_new == needed_old
+            for needed in needed_new:
                 found = next((d / needed for d in dirs if (d / needed).exists()), None)
                 if found is None:
                     report.append(f"{needed}: not on this host")
@@ -73,7 +82,9 @@ def main(official: Path, completed: Path, python: str) -> int:
                 hit = left & _symbols(found, defined=True)
                 left -= hit
                 report.append(f"{needed}: {len(hit)} ({found.parent})")
-            driver = {s for s in left if s.startswith("cu") and s[2:3].isupper()}
+            # The driver's symbols are bound by libcuda.so.1 at load: only where the file links it.
+            linked = "libcuda.so.1" in needed_new
+            driver = {s for s in left if s.startswith("cu") and s[2:3].isupper()} if linked else set()
             print(f"{name}: {len(undefined)} undefined symbols; resolved by " + "; ".join(report))
             if driver:
                 print(f"  {len(driver)} driver API symbols ({', '.join(sorted(driver)[:4])}…) left to libcuda.so.1")

@@ -78,6 +78,30 @@ def build_stubs(
     return made
 
 
+_DECLARED = re.compile(r"\b(cu[A-Z][A-Za-z0-9_]*)\s*\(")
+
+
+def driver_link_stub(cuda_home: Path, stub_dir: Path, runner: Runner, log: Path, step: str) -> Path:
+    """A `libcuda.so.1` that defines every function `cuda.h` declares (its `_v2` names as the
+    header maps them), as the toolkit's own `lib64/stubs/libcuda.so` does, for linking on a host
+    without the driver. An empty stand-in is not enough for a link: torch's CMake links with
+    `-Wl,--as-needed`, which drops a library that defines nothing the objects use, and the
+    extension would lose `libcuda.so.1` from its NEEDED list while calling the driver
+    (`cuTensorMapEncodeTiled` in qutlass)."""
+    stub_dir.mkdir(parents=True, exist_ok=True)
+    header = stub_dir / "cuda-declarations.i"
+    runner.run(["gcc", "-E", "-P", "-o", header, cuda_home / "include" / "cuda.h"], log=log, step=step)
+    names = sorted(set(_DECLARED.findall(header.read_text(errors="replace"))))
+    source = stub_dir / "libcuda-stub.c"
+    source.write_text(
+        "/* link-time stand-in for the CUDA driver; never loaded */\n"
+        + "".join(f"void {n}(void) {{}}\n" for n in names)
+    )
+    out = stub_dir / "libcuda.so"
+    runner.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", out, source], log=log, step=step)
+    return out
+
+
 def cmake_args(
     source: Path,
     build_dir: Path,

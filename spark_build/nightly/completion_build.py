@@ -4,9 +4,10 @@ The toolchain: the interpreter with exactly the torch the official wheel pins (i
 link against that torch's libraries, so another torch is ABI drift), a CMake the release
 accepts, and what a build host without a GPU lacks:
 - the driver library `libcuda.so.1` (vLLM links `CUDA::cuda_driver`): a stand-in with its soname
-  is linked instead. An extension is a shared object, so the driver's symbols stay undefined in
-  it and `libcuda.so.1` stays in its NEEDED list; the real driver binds them at load, as with the
-  toolkit's own `lib64/stubs/libcuda.so`. The validate step's linkage check reads that list.
+  that defines the driver API is linked instead (`arch.cmake_configure.driver_link_stub`), so
+  the driver's symbols stay undefined in the extension and `libcuda.so.1` stays in its NEEDED
+  list, as with the toolkit's own `lib64/stubs/libcuda.so`; the real driver binds them at load.
+  libnvrtc comes from torch's own `nvidia-*` package.
 - the math libraries' headers (`cusparse.h`, which torch's `ATen/cuda` headers include) in a
   toolkit trimmed to the compiler: torch's own `nvidia-*` packages carry the same CUDA
   release's headers, so they are put on `CPATH` — no compile command changes.
@@ -34,7 +35,7 @@ from typing import Any
 import psutil
 from packaging.version import InvalidVersion, Version
 
-from spark_build.arch.cmake_configure import build_stubs, missing_link_libraries
+from spark_build.arch.cmake_configure import build_stubs, driver_link_stub, missing_link_libraries
 from spark_build.compile import cache as compiler_cache
 from spark_build.compile import ninjabuild
 from spark_build.compile.extension_targets import CompileRun, TargetBuild, TargetsBuilt, build_targets
@@ -169,9 +170,19 @@ def toolchain(
         if headers:
             env["CPATH"] = os.pathsep.join([str(headers[0].parent), *filter(None, [os.environ.get("CPATH")])])
             notes.append(f"{cuda_home} lacks the math libraries' headers; from torch's packages: {headers[0].parent}")
-    stubs = build_stubs(missing_link_libraries(cuda_home), stub_dir, runner, log, "complete")
-    for var, path in sorted(stubs.items()):
-        notes.append(f"{var}: {path} stands in at link time (no driver here; the loader binds the real one)")
+    stubs: dict[str, Path] = {}
+    for lib in missing_link_libraries(cuda_home):
+        if lib.cmake_var == "CUDA_cuda_driver_LIBRARY":
+            stubs[lib.cmake_var] = driver_link_stub(cuda_home, stub_dir, runner, log, "complete")
+            notes.append(f"no driver here: {lib.soname} is linked against a stand-in that defines the driver API")
+            continue
+        real = sorted(Path(found["purelib"]).glob(f"nvidia/*/lib/{lib.soname}"))
+        if real:  # nvrtc: torch's own package ships the real library
+            stubs[lib.cmake_var] = real[0]
+            notes.append(f"{lib.soname} from torch's packages: {real[0]}")
+        else:
+            stubs.update(build_stubs([lib], stub_dir, runner, log, "complete"))
+            notes.append(f"{lib.soname}: an empty stand-in (configure only; a target linking it would lose it)")
     args = (
         f"-DVLLM_PYTHON_EXECUTABLE={python}",
         *(f"-D{var}={path}" for var, path in sorted(stubs.items())),

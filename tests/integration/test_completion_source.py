@@ -6,18 +6,21 @@ here has). GitHub is out of reach: qutlass comes from the git bundle of ../share
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
+from spark_build.arch.cmake_configure import StubLibrary, build_stubs, driver_link_stub
 from spark_build.durable import sha256_of
 from spark_build.errors import UsageError
 from spark_build.nightly.completion_source import prepare_tree, scope
 from spark_build.proc import Runner
 from spark_build.steps.changes import apply_change
 from tests.artifacts import cutlass_headers, git_bundle, vllm_sdist
-from tests.conftest import ROOT
+from tests.conftest import CUDA_HOME, ROOT
 
 
 def test_offline_the_0_33_0_completion_names_the_one_source_it_lacks_after_scoping_cmake_to_qutlass(
@@ -107,3 +110,24 @@ def test_a_prepared_tree_is_reused_while_its_sdist_patches_and_changes_are_the_s
 
 def _no_change(tree: Path, diff: Path, label: str) -> None:
     raise AssertionError(f"no change was asked for, {label} was applied")
+
+
+def test_an_extension_linked_against_the_driver_stand_in_keeps_libcuda_in_its_needed_list(tmp_path: Path) -> None:
+    """torch's CMake links with -Wl,--as-needed: an empty libcuda.so stand-in would be dropped
+    from an extension that calls the driver (qutlass calls cuTensorMapEncodeTiled)."""
+    runner, log = Runner(), tmp_path / "link.log"
+    stub = driver_link_stub(CUDA_HOME, tmp_path / "stubs", runner, log, "complete")
+    driver = StubLibrary("CUDA_cuda_driver_LIBRARY", "libcuda.so.1")
+    (empty,) = build_stubs([driver], tmp_path / "empty", runner, log, "complete").values()
+    caller = tmp_path / "caller.c"
+    caller.write_text("int cuTensorMapEncodeTiled(void);\nint call(void) { return cuTensorMapEncodeTiled(); }\n")
+
+    def needed(driver: Path) -> list[str]:
+        out = tmp_path / f"ext-{driver.parent.name}.so"
+        link = ["gcc", "-shared", "-fPIC", "-o", out, caller, "-Wl,--as-needed", driver]
+        runner.run(link, log=log, step="complete")
+        dynamic = subprocess.run(["readelf", "-d", out], capture_output=True, text=True, check=True).stdout
+        return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic)
+
+    assert "libcuda.so.1" in needed(stub)
+    assert "libcuda.so.1" not in needed(empty)  # what the completion linked before: the driver call unbound
