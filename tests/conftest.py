@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +75,7 @@ class Build:
     output: str = ""
     seconds: float = 0.0
     first_summary: dict | None = None  # the fixture's own run (later runs move logs/latest)
+    compiler_cache: Path | None = None  # None: the workdir's own, empty one
 
     def options(self) -> dict[str, str | None]:
         """The options every test build shares: the example (its small disk and memory needs)
@@ -83,8 +85,9 @@ class Build:
             "workdir": str(self.workdir),
             "logs-dir": str(self.workdir / "logs"),
             # Each test its own compiler cache: the user's shared one would turn a test's
-            # compile (the one a test interrupts or times) into cache hits.
-            "cache-dir": str(self.workdir / "compiler-cache"),
+            # compile (the one a test interrupts or times) into cache hits. A test whose subject
+            # is not the compile names `warm_compiler_cache` instead.
+            "cache-dir": str(self.compiler_cache or self.workdir / "compiler-cache"),
             "repo": self.repo,
             "ref": "v0.2.0",
             "arch": "12.1a",
@@ -157,8 +160,8 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture
 def make_build(tmp_path: Path, upstream: Path, torch_index: str, uv_cache: Path) -> Callable[..., Build]:
-    def make(name: str = "work", repo: str | None = None) -> Build:
-        return Build(tmp_path / name, repo or str(upstream), torch_index, uv_cache)
+    def make(name: str = "work", repo: str | None = None, compiler_cache: Path | None = None) -> Build:
+        return Build(tmp_path / name, repo or str(upstream), torch_index, uv_cache, compiler_cache=compiler_cache)
 
     return make
 
@@ -173,6 +176,17 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, upstream: Path, torch_ind
     build.seconds = time.monotonic() - started
     build.first_summary = build.summary()
     return build
+
+
+@pytest.fixture(scope="session")
+def warm_compiler_cache(baseline: Build, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the baseline's ccache, for builds whose subject is not the compile (a kill
+    before it, another torch): every object is a hit, as in a user's second workdir, which
+    takes about as many seconds off each such build as the compile took. The copy keeps the
+    baseline's own statistics untouched."""
+    warm = tmp_path_factory.mktemp("warm-compiler-cache") / "ccache"
+    shutil.copytree(baseline.workdir / "compiler-cache", warm)
+    return warm
 
 
 def published_wheel(build: Build) -> Path:

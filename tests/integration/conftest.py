@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import git
 import pytest
 
 from spark_build.compile import ninjabuild
+from tests.artifacts import vllm_sdist
 from tests.servers import OfficialHost, official_server
 
 HERE = Path(__file__).parent
@@ -88,3 +91,36 @@ def cu130_venv() -> Path:
     assert probe.stdout.strip().startswith("13."), f"torch is built for CUDA {probe.stdout.strip()}, not 13.x"
     ready.write_text(wanted)
     return CU130_VENV
+
+
+@pytest.fixture(scope="session")
+def vllm_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """vLLM 0.13.0's sdist as a git repository tagged v0.13.0, as the clone step leaves it; made
+    once for the session (≈ 15 s of unpacking and committing 150 MB), since the tests that
+    configure it either clone it or only ever change its work tree, never its commits."""
+    sdist = vllm_sdist("0.13.0")
+    root = tmp_path_factory.mktemp("vllm")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(root, filter="data")
+    source = root / "vllm-0.13.0"
+    repo = git.Repo.init(source, initial_branch="main")
+    repo.git.add("-A", "-f")
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "spark-build tests")
+        config.set_value("user", "email", "tests@spark-build.invalid")
+    repo.index.commit("vLLM 0.13.0 sdist")
+    repo.create_tag("v0.13.0")
+    yield source
+    shutil.rmtree(root, ignore_errors=True)  # ~150 MB with its git objects; pytest keeps tmp dirs
+
+
+def triton_stand_in(root: Path) -> Path:
+    """Triton itself is not mirrored; vLLM only copies the .py files of its triton_kernels."""
+    repo = git.Repo.init(root, initial_branch="main")
+    package = root / "python" / "triton_kernels" / "triton_kernels"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("# stand-in for Triton v3.5.0's triton_kernels\n")
+    repo.index.add([str(package / "__init__.py")])
+    repo.index.commit("triton_kernels stand-in")
+    repo.create_tag("v3.5.0")
+    return root

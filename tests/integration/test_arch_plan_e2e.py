@@ -9,46 +9,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import git
 import pytest
 
-from tests.artifacts import git_bundle, vllm_sdist
+from tests.artifacts import git_bundle
 from tests.conftest import ROOT
+from tests.integration.conftest import triton_stand_in
 
 
 @pytest.fixture(scope="module")
-def offline_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def offline_setup(vllm_source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The sdist as the repo to clone, and an invoke.yaml naming every local stand-in."""
-    root = tmp_path_factory.mktemp("vllm-upstream")
-    with tarfile.open(vllm_sdist("0.13.0")) as tar:
-        tar.extractall(root, filter="data")
-    source = root / "vllm-0.13.0"
-    repo = git.Repo.init(source, initial_branch="main")
-    repo.git.add("-A", "-f")
-    repo.git.commit(
-        "-qm",
-        "vLLM 0.13.0 sdist",
-        env={
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@t.invalid",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t.invalid",
-        },
-    )
-    repo.create_tag("v0.13.0")
-    # Triton is not mirrored; vLLM's CMake only copies the .py files of its triton_kernels.
-    triton = root / "triton"
-    package = triton / "python" / "triton_kernels" / "triton_kernels"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("# stand-in for Triton v3.5.0's triton_kernels\n")
-    stand_in = git.Repo.init(triton, initial_branch="main")
-    stand_in.index.add([str(package / "__init__.py")])
-    stand_in.index.commit("triton_kernels stand-in")
-    stand_in.create_tag("v3.5.0")
-    return source, _settings(root / "offline.yaml", {"triton_kernels": triton})
+    root = tmp_path_factory.mktemp("vllm-offline")
+    return vllm_source, _settings(root / "offline.yaml", {"triton_kernels": triton_stand_in(root / "triton")})
 
 
 @pytest.fixture(scope="module")

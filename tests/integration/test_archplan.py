@@ -10,12 +10,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
 import pytest
 from packaging.version import Version
 
@@ -43,8 +41,9 @@ from spark_build.upstream.sources import prepare_sources
 from spark_build.upstream.targeted_cmake import target_cmake
 from spark_build.upstream.versions import external_projects
 from spark_build.wheel.archaudit import find_cuobjdump, parse_listing
-from tests.artifacts import git_bundle, vllm_sdist
+from tests.artifacts import git_bundle
 from tests.conftest import ROOT
+from tests.integration.conftest import triton_stand_in
 from tests.unit.test_archplan import SPARK, builds_for_major
 
 # --- the real thing: vLLM 0.13.0's CMake, before and after the patch series --------------------
@@ -59,37 +58,6 @@ def _run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedPr
             f"{' '.join(map(str, argv))} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
-
-
-@pytest.fixture(scope="session")
-def vllm_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """vLLM 0.13.0's sdist as a git repository tagged v0.13.0, as the clone step leaves it."""
-    sdist = vllm_sdist("0.13.0")
-    root = tmp_path_factory.mktemp("vllm")
-    with tarfile.open(sdist) as tar:
-        tar.extractall(root, filter="data")
-    source = root / "vllm-0.13.0"
-    repo = git.Repo.init(source, initial_branch="main")
-    repo.git.add("-A", "-f")
-    with repo.config_writer() as config:
-        config.set_value("user", "name", "spark-build tests")
-        config.set_value("user", "email", "tests@spark-build.invalid")
-    repo.index.commit("vLLM 0.13.0 sdist")
-    repo.create_tag("v0.13.0")
-    yield source
-    shutil.rmtree(root, ignore_errors=True)  # ~150 MB with its git objects; pytest keeps tmp dirs
-
-
-def _triton_stand_in(root: Path) -> Path:
-    """Triton itself is not mirrored; vLLM only copies the .py files of its triton_kernels."""
-    repo = git.Repo.init(root, initial_branch="main")
-    package = root / "python" / "triton_kernels" / "triton_kernels"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("# stand-in for Triton v3.5.0's triton_kernels\n")
-    repo.index.add([str(package / "__init__.py")])
-    repo.index.commit("triton_kernels stand-in")
-    repo.create_tag("v3.5.0")
-    return root
 
 
 @dataclass
@@ -109,7 +77,7 @@ def real_plans(tmp_path_factory: pytest.TempPathFactory, cu130_venv: Path, vllm_
         "vllm-flash-attn": str(git_bundle("flash-attention")),
         "flashmla": str(git_bundle("FlashMLA")),
         "qutlass": str(git_bundle("qutlass")),
-        "triton_kernels": str(_triton_stand_in(work / "triton")),
+        "triton_kernels": str(triton_stand_in(work / "triton")),
     }
     # No submodules: the bundles have none, and a configure does not read them. CUTLASS comes
     # from the nvidia-cutlass package (offline, nothing else has it).

@@ -305,24 +305,14 @@ def test_extension_links_the_cuda_runtime_statically(first_wheel: Path, tmp_path
 
 
 @needs_nvcc
-def test_wheel_is_reproducible_across_build_directories(
+def test_a_build_interrupted_in_another_deeper_directory_resumes_with_the_finished_objects_and_the_same_wheel(
     upstream: Path, first_wheel: Path, build_venv: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # A different, deeper path: nvcc hashes the source's absolute path into symbol names
-    # unless CMakeLists.txt overrides it (see "Reproducible objects" there).
-    elsewhere = tmp_path_factory.mktemp("second") / "a" / "longer" / "path"
-
-    second_wheel = build_wheel(upstream, elsewhere, build_venv)
-
-    assert second_wheel.name == first_wheel.name
-    assert record_without_itself(second_wheel) == record_without_itself(first_wheel)
-
-
-@needs_nvcc
-def test_interrupted_build_resumes_with_the_finished_objects_and_the_same_wheel(
-    upstream: Path, first_wheel: Path, build_venv: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    tree = prepared_clone(upstream, tmp_path_factory.mktemp("interrupted"))
+    """Two specifications, one build (each used to cost a build of its own): a resumed build reuses
+    the objects it finished, and the wheel does not depend on the build directory. A different,
+    deeper path: nvcc hashes the source's absolute path into symbol names unless CMakeLists.txt
+    overrides it (see "Reproducible objects" there)."""
+    tree = prepared_clone(upstream, tmp_path_factory.mktemp("interrupted") / "a" / "longer" / "path")
     full_plan = None
     with subprocess.Popen(
         [str(c) for c in build_command(build_venv)],
@@ -352,4 +342,5 @@ def test_interrupted_build_resumes_with_the_finished_objects_and_the_same_wheel(
     assert plans, output[-3000:]
     assert int(plans[0]) <= full_plan - 6, plans  # the six finished objects were reused
     (wheel,) = (tree / "dist").glob("*.whl")
+    assert wheel.name == first_wheel.name
     assert record_without_itself(wheel) == record_without_itself(first_wheel)

@@ -46,9 +46,9 @@ def one_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_an_existing_torch_is_built_against_and_validated_without_installing_torch(
-    make_build, torch_host: Path
+    make_build, torch_host: Path, warm_compiler_cache: Path
 ) -> None:
-    build: Build = make_build("existing")
+    build: Build = make_build("existing", compiler_cache=warm_compiler_cache)
     dry = ok(build.run("--torch", "existing", "--python", str(torch_host), "--dry-run"))
     assert f"torch: the torch already installed for {torch_host} (--torch existing)" in dry.stdout
 
