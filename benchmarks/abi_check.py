@@ -37,8 +37,17 @@ def _needed(lib: Path) -> list[str]:
 
 
 def _symbols(lib: Path, *, defined: bool) -> set[str]:
+    """Dynamic symbols by name (version tags dropped). Undefined ones leave out the weak (`w`,
+    `v`: `__gmon_start__`, the TM clone tables), which need no definition, and Python's C API
+    (`Py*`), which the interpreter that imports the extension defines."""
     flag = "--defined-only" if defined else "--undefined-only"
-    return {line.split()[-1].split("@")[0] for line in _lines(["nm", "-D", flag, str(lib)]) if line.strip()}
+    found = set()
+    for line in _lines(["nm", "-D", flag, str(lib)]):
+        parts = line.split()
+        if not parts or (not defined and (parts[-2] in ("w", "v") or parts[-1].startswith(("Py", "_Py")))):
+            continue
+        found.add(parts[-1].split("@")[0])
+    return found
 
 
 def _library_dirs(python: str) -> list[Path]:
