@@ -203,13 +203,11 @@ def _completion(
     import functools
     import json
     import os
-    import shutil
 
     from spark_build.arch.target_sources import target_sources
     from spark_build.compile.extension_targets import TargetBuild, configure_targets
     from spark_build.compile.jobplan import cpu_count
     from spark_build.nightly import completion_build, completion_source
-    from spark_build.nightly.completion import release_source
     from spark_build.steps.changes import apply_change
     from spark_build.steps.validate import extra_index
     from spark_build.upstream.facts import builds_against_torch, exact_torch, read_torch_pin
@@ -217,7 +215,7 @@ def _completion(
     nvcc = cfg.cuda_home / "bin" / "nvcc"
     if not os.access(nvcc, os.X_OK):
         return f"no nvcc at {nvcc} (--cuda-home)", None, None
-    if cfg.torch == "existing" and not (Path(cfg.python).parent / "ninja").exists() and not shutil.which("ninja"):
+    if cfg.torch == "existing" and completion_build.find_ninja(Path(cfg.python).parent) is None:
         # Otherwise the completion's own build venv gets cmake and ninja with its torch.
         return f"no ninja beside {cfg.python} or on PATH", None, None
     folder = cfg.workdir / "completion"
@@ -233,7 +231,7 @@ def _completion(
             origin = sdist.name
         else:
             say(f"prebuilt: {sdist}; taking the release's tag from {cfg.repo}")
-            made = lambda dest: release_source(cfg.repo, cfg.ref, dest, git)  # noqa: E731
+            made = lambda dest: completion_source.clone_release(cfg.repo, cfg.ref, dest, git)  # noqa: E731
             origin = f"{cfg.repo} {cfg.ref}"
         source, notes = completion_source.prepare_tree(
             made, origin, version, folder, patches_dir=cfg.patches_dir, changes=compiled,

@@ -11,9 +11,7 @@ replaced the wheel until now takes twenty-five.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -309,22 +307,3 @@ def extension_path(names: Sequence[str], target: str, wheel: str) -> str:
             hint="build from source without --prefer-wheel",
         )
     return found[0]
-
-
-def release_source(repo: str, ref: str, dest: Path, run: Callable[[list[str | os.PathLike[str]]], int]) -> Path:
-    """The release's source at `ref` (a shallow clone, reused when a completion is run again):
-    what the completion's CMake configures. The error says which source could not be had."""
-    if (dest / "CMakeLists.txt").is_file() and (dest / ".git").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    if run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repo, partial]) != 0:
-        raise StepFailed(
-            f"cannot get the source of {ref} from {repo} to complete the official wheel",
-            step="prefer-wheel",
-            hint="give --repo a clone or mirror that has the tag, or --accept-missing to take the wheel as it is",
-        )
-    shutil.rmtree(dest, ignore_errors=True)
-    partial.rename(dest)
-    return dest

@@ -59,7 +59,6 @@ _PROBE = (
 @dataclass(frozen=True)
 class Toolchain:
     python: Path
-    torch: str
     cmake: Path
     ninja: Path  # the stock one beside cmake or on PATH; the duration-weighted one is used where built
     env: dict[str, str]  # CPATH for headers the toolkit lacks
@@ -130,6 +129,13 @@ def build_python(
     return python, found
 
 
+def find_ninja(scripts: Path) -> Path | None:
+    """The stock Ninja a completion configures with: the interpreter's own (`pip install ninja`),
+    else PATH's."""
+    on_path = [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    return next((f / "ninja" for f in (scripts, *on_path) if (f / "ninja").is_file()), None)
+
+
 def cmake_version(cmake: Path) -> Version | None:
     status, output = run_command([str(cmake), "--version"])
     found = re.search(r"cmake version (\d+\.\d+(?:\.\d+)?)", output) if status == 0 else None
@@ -160,7 +166,7 @@ def toolchain(
             step="complete",
             hint=f"{python} -m pip install 'cmake>=3.26' ninja",
         )
-    ninja = next((f / "ninja" for f in (Path(found["scripts"]), *on_path) if (f / "ninja").is_file()), None)
+    ninja = find_ninja(Path(found["scripts"]))
     if ninja is None:
         raise StepFailed("no ninja for the release's CMake", step="complete", hint=f"{python} -m pip install ninja")
     notes: list[str] = [f"build interpreter {python} (torch {found['torch'] or 'none'}), {cmake}, {ninja}"]
@@ -187,7 +193,7 @@ def toolchain(
         f"-DVLLM_PYTHON_EXECUTABLE={python}",
         *(f"-D{var}={path}" for var, path in sorted(stubs.items())),
     )
-    return Toolchain(python, found["torch"], cmake, ninja, env, args, tuple(notes))
+    return Toolchain(python, cmake, ninja, env, args, tuple(notes))
 
 
 STEP = "complete"

@@ -9,8 +9,8 @@ while the index is not, and the sdist is what the wheel was built from; an sdist
 place than the wheel could be another project's release of the same name.
 
 The tree is kept between runs and reused only when it was made from the same sdist, patches
-and targets: unpacking again would give every source a new mtime and Ninja would recompile
-the objects an interrupted completion had finished.
+and changes (other targets only re-scope its CMake): unpacking again would give every source a
+new mtime and Ninja would recompile the objects an interrupted completion had finished.
 """
 
 from __future__ import annotations
@@ -66,9 +66,25 @@ def find_sdist(
     return mirror_file(entry.url, cache, name, entry.sha256, on_retry=say)
 
 
+def clone_release(repo: str, ref: str, dest: Path, run: Run) -> Path:
+    """The release's tag of `repo` as a shallow clone in `dest` (where no sdist could be had); the
+    error says which source could not be had."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repo, partial]) != 0:
+        raise StepFailed(
+            f"cannot get the source of {ref} from {repo} to complete the official wheel",
+            step="prefer-wheel",
+            hint="give --repo a clone or mirror that has the tag, or --accept-missing to take the wheel as it is",
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest
+
+
 def unpack_sdist(sdist: Path, dest: Path) -> Path:
-    """The sdist's tree under `dest` (a fresh folder), made its own git repository so that our
-    patches apply with `git apply` to it and to nothing around it."""
+    """The sdist's tree under `dest` (a fresh folder); renamed into place only when whole."""
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

@@ -6,7 +6,7 @@ them cannot be had. Completing a wheel builds one or two targets, so the `includ
 external-project files that define none of them are left out of the configure: every other
 line — the arch logic (`cuda_archs_loose_intersection`), `VLLM_GPU_FLAGS`, the targets in
 CMakeLists.txt itself — stays the release's, so the kept targets get the compile commands a
-full configure gives them (`tests/integration/test_targeted_cmake.py` compares them).
+full configure gives them (`tests/integration/test_archplan.py` compares them on vLLM 0.13.0's `_C`).
 
 Only whole files are dropped, never lines inside one; a file that hands a project's own CMake
 to the build (`FetchContent_MakeAvailable`, `add_subdirectory`) is kept whenever an asked
